@@ -1,0 +1,175 @@
+// Multi-head scaled-dot-product attention, flash style: per (batch, head, block of queries) the
+// keys are visited in blocks with a running max / running sum softmax, so memory is O(tile),
+// never Nq x Nk. The tiles themselves are in attention_internal.h; this file splits the work
+// over threads, picks the ISA, and holds the portable instantiation.
+#include <atomic>
+#include <vector>
+
+#include "attention_internal.h"
+#include "core/thread_pool.h"
+#include "cpu_features.h"
+
+namespace dk::cpu {
+namespace attn {
+namespace {
+
+// Portable "vector" of 4 floats; compilers map the loops onto SSE / NEON.
+struct VGeneric {
+  struct V {
+    float x[4];
+  };
+  static constexpr int W = 4;
+  static V zero() { return V{{0.f, 0.f, 0.f, 0.f}}; }
+  static V load(const float* p) {
+    V r;
+    for (int i = 0; i < W; ++i) r.x[i] = p[i];
+    return r;
+  }
+  static void store(float* p, V v) {
+    for (int i = 0; i < W; ++i) p[i] = v.x[i];
+  }
+  static V set1(float x) { return V{{x, x, x, x}}; }
+  static V bcast(const float* p) { return set1(*p); }
+  static V fma(V a, V b, V c) {
+    for (int i = 0; i < W; ++i) c.x[i] += a.x[i] * b.x[i];
+    return c;
+  }
+  static V add(V a, V b) {
+    for (int i = 0; i < W; ++i) a.x[i] += b.x[i];
+    return a;
+  }
+  static V sub(V a, V b) {
+    for (int i = 0; i < W; ++i) a.x[i] -= b.x[i];
+    return a;
+  }
+  static V mul(V a, V b) {
+    for (int i = 0; i < W; ++i) a.x[i] *= b.x[i];
+    return a;
+  }
+  static V max(V a, V b) {
+    for (int i = 0; i < W; ++i) a.x[i] = a.x[i] > b.x[i] ? a.x[i] : b.x[i];
+    return a;
+  }
+  static float exp2s(float x) {
+    if (!(x > -125.f)) return 0.f;
+    if (x > 126.f) x = 126.f;
+    const float t = x + 0.5f;
+    int n = static_cast<int>(t);
+    if (static_cast<float>(n) > t) --n;  // floor(x + 1/2)
+    const float f = x - static_cast<float>(n);
+    float p = kExp2C6;
+    p = p * f + kExp2C5;
+    p = p * f + kExp2C4;
+    p = p * f + kExp2C3;
+    p = p * f + kExp2C2;
+    p = p * f + kExp2C1;
+    p = p * f + kExp2C0;
+    const uint32_t bits = static_cast<uint32_t>(n + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+  }
+  static V exp2(V a) {
+    for (int i = 0; i < W; ++i) a.x[i] = exp2s(a.x[i]);
+    return a;
+  }
+};
+
+using RowsGeneric = FlashRows<VGeneric, 2, 4, 4>;
+
+}  // namespace
+
+Kernel kernel_generic() {
+  Kernel k;
+  k.mq = RowsGeneric::MQ;
+  k.rows = &RowsGeneric::rows;
+  k.scratch_floats = &RowsGeneric::scratch_floats;
+  k.name = "generic 4x8";
+  return k;
+}
+
+const Kernel& select_kernel() {
+  static const Kernel k = [] {
+#if defined(DK_X86)
+    switch (cpu_features().isa) {
+      case Isa::AVX512: return kernel_avx512();
+      case Isa::AVX2: return kernel_avx2();
+      default: break;
+    }
+#endif
+    return kernel_generic();
+  }();
+  return k;
+}
+
+void attention_with(const Kernel& kr, const AttentionParams& p, const float* q, const float* k, const float* v,
+                    float* out) {
+  if (p.B <= 0 || p.heads <= 0 || p.Nq <= 0 || p.Dv <= 0) return;
+  const int64_t BH = p.B * p.heads;
+  if (p.Nk <= 0) {  // softmax over nothing: define the result as 0
+    for (int64_t b = 0; b < p.B; ++b)
+      for (int64_t t = 0; t < p.Nq; ++t)
+        for (int64_t hh = 0; hh < p.heads; ++hh) {
+          float* o = out + b * p.o_batch + t * p.o_row + hh * p.Dv;
+          for (int64_t d = 0; d < p.Dv; ++d) o[d] = 0.f;
+        }
+    return;
+  }
+
+  Shape s;
+  s.Nq = p.Nq;
+  s.Nk = p.Nk;
+  s.D = p.D;
+  s.Dv = p.Dv;
+  s.q_row = p.q_row;
+  s.k_row = p.k_row;
+  s.v_row = p.v_row;
+  s.o_row = p.o_row;
+  s.mask_q = p.mask_q;
+  s.scale_log2 = p.scale * kLog2e;
+  s.causal = p.causal;
+
+  // Tasks are (b, h, run of panels). More panels per task amortise the K/V packing; enough
+  // tasks keep every thread busy (scheduled dynamically: causal rows differ in cost).
+  const int nt = num_threads();
+  const int64_t panels = ceil_div(p.Nq, kr.mq);
+  const int64_t per_task = imax(1, imin(8, BH * panels / (8 * static_cast<int64_t>(nt))));
+  const int64_t rows_per_task = per_task * kr.mq;
+  const int64_t ntq = ceil_div(p.Nq, rows_per_task);
+  const int64_t items = BH * ntq;
+  const int nthreads = static_cast<int>(imin(nt, items));
+
+  // All scratch is allocated here, on the calling thread, so a failure throws before any work.
+  const int64_t per_thread = align16(kr.scratch_floats(s, rows_per_task)) + 16;
+  std::vector<float> scratch(static_cast<size_t>(per_thread * nthreads));
+
+  std::atomic<int64_t> next{0};
+  parallel_tasks(nthreads, [&](int task, int) {
+    float* base = scratch.data() + task * per_thread;
+    float* sc = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(base) + 63) & ~uintptr_t(63));
+    for (;;) {
+      const int64_t it = next.fetch_add(1, std::memory_order_relaxed);
+      if (it >= items) break;
+      // Neighbouring items share a head (its K/V stay in cache); last query blocks first:
+      // under a causal mask they are the most expensive.
+      const int64_t bh = it / ntq, tq = ntq - 1 - it % ntq;
+      const int64_t b = bh / p.heads, hh = bh % p.heads;
+      Head h;
+      h.q = q + b * p.q_batch + hh * p.D;
+      h.k = k + b * p.k_batch + hh * p.D;
+      h.v = v + b * p.v_batch + hh * p.Dv;
+      h.o = out + b * p.o_batch + hh * p.Dv;
+      h.mask = p.mask ? p.mask + b * p.mask_b + hh * p.mask_h : nullptr;
+      const int64_t q0 = tq * rows_per_task;
+      kr.rows(s, h, q0, imin(p.Nq, q0 + rows_per_task), sc);
+    }
+  });
+}
+
+}  // namespace attn
+
+void attention(const AttentionParams& p, const float* q, const float* k, const float* v, float* out) {
+  attn::attention_with(attn::select_kernel(), p, q, k, v, out);
+}
+
+}  // namespace dk::cpu

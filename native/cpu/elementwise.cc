@@ -1,0 +1,159 @@
+// Elementwise kernels: broadcast binary ops, unary activations, clamp, axpby, GEGLU.
+#include <algorithm>
+#include <cmath>
+
+#include "../core/thread_pool.h"
+#include "kernels.h"
+
+namespace dk::cpu {
+namespace {
+
+constexpr int64_t kGrain = 1 << 14;
+
+inline float apply_binary(BinaryOp op, float a, float b) {
+  switch (op) {
+    case BinaryOp::Add: return a + b;
+    case BinaryOp::Sub: return a - b;
+    case BinaryOp::Mul: return a * b;
+    case BinaryOp::Div: return a / b;
+    case BinaryOp::Pow: return std::pow(a, b);
+    case BinaryOp::Maximum: return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b);
+    case BinaryOp::Minimum: return std::isnan(a) || std::isnan(b) ? NAN : std::min(a, b);
+  }
+  return 0.f;
+}
+
+inline float gelu_erf(float x) { return 0.5f * x * (1.f + std::erf(x * 0.70710678118654752f)); }
+
+inline float apply_unary(UnaryOp op, float x) {
+  switch (op) {
+    case UnaryOp::Neg: return -x;
+    case UnaryOp::Exp: return std::exp(x);
+    case UnaryOp::Log: return std::log(x);
+    case UnaryOp::Sqrt: return std::sqrt(x);
+    case UnaryOp::Rsqrt: return 1.f / std::sqrt(x);
+    case UnaryOp::Abs: return std::fabs(x);
+    case UnaryOp::Sigmoid: return 1.f / (1.f + std::exp(-x));
+    case UnaryOp::Tanh: return std::tanh(x);
+    case UnaryOp::Silu: return x / (1.f + std::exp(-x));
+    case UnaryOp::Gelu: return gelu_erf(x);
+    case UnaryOp::GeluTanh: {
+      const float k = 0.7978845608028654f;  // sqrt(2/pi)
+      return 0.5f * x * (1.f + std::tanh(k * (x + 0.044715f * x * x * x)));
+    }
+    case UnaryOp::QuickGelu: return x / (1.f + std::exp(-1.702f * x));
+    case UnaryOp::Square: return x * x;
+    case UnaryOp::Sin: return std::sin(x);
+    case UnaryOp::Cos: return std::cos(x);
+    case UnaryOp::Reciprocal: return 1.f / x;
+  }
+  return 0.f;
+}
+
+template <BinaryOp OP>
+void binary_flat(const float* a, const float* b, float* out, int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; i++) out[i] = apply_binary(OP, a[i], b[i]);
+}
+
+}  // namespace
+
+void binary(BinaryOp op, int ndim, const int64_t* shape, const float* a, const int64_t* sa, const float* b,
+            const int64_t* sb, float* out) {
+  int64_t n = 1;
+  for (int d = 0; d < ndim; d++) n *= shape[d];
+  if (n == 0) return;
+  // Contiguous operands of the same shape: one flat loop the compiler vectorises.
+  bool flat = true;
+  for (int d = ndim - 1, s = 1; d >= 0; s *= static_cast<int>(shape[d]), d--)
+    if (shape[d] != 1 && (sa[d] != s || sb[d] != s)) { flat = false; break; }
+  if (flat) {
+    parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
+      switch (op) {
+        case BinaryOp::Add: binary_flat<BinaryOp::Add>(a, b, out, lo, hi); break;
+        case BinaryOp::Sub: binary_flat<BinaryOp::Sub>(a, b, out, lo, hi); break;
+        case BinaryOp::Mul: binary_flat<BinaryOp::Mul>(a, b, out, lo, hi); break;
+        case BinaryOp::Div: binary_flat<BinaryOp::Div>(a, b, out, lo, hi); break;
+        default: for (int64_t i = lo; i < hi; i++) out[i] = apply_binary(op, a[i], b[i]);
+      }
+    });
+    return;
+  }
+  // General case: rows along the last dim, outer index decomposed per row.
+  const int64_t inner = ndim > 0 ? shape[ndim - 1] : 1;
+  const int64_t rows = n / inner;
+  const int64_t ia = ndim > 0 ? sa[ndim - 1] : 0, ib = ndim > 0 ? sb[ndim - 1] : 0;
+  parallel_for(rows, std::max<int64_t>(1, kGrain / inner), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; r++) {
+      int64_t rem = r, oa = 0, ob = 0;
+      for (int d = ndim - 2; d >= 0; d--) {
+        int64_t idx = rem % shape[d];
+        rem /= shape[d];
+        oa += idx * sa[d];
+        ob += idx * sb[d];
+      }
+      const float* pa = a + oa;
+      const float* pb = b + ob;
+      float* po = out + r * inner;
+      if (ia == 1 && ib == 1) {
+        for (int64_t i = 0; i < inner; i++) po[i] = apply_binary(op, pa[i], pb[i]);
+      } else if (ia == 1 && ib == 0) {
+        const float bv = pb[0];
+        for (int64_t i = 0; i < inner; i++) po[i] = apply_binary(op, pa[i], bv);
+      } else {
+        for (int64_t i = 0; i < inner; i++) po[i] = apply_binary(op, pa[i * ia], pb[i * ib]);
+      }
+    }
+  });
+}
+
+void binary_scalar(BinaryOp op, const float* a, float s, bool scalar_first, float* out, int64_t n) {
+  parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
+    if (scalar_first)
+      for (int64_t i = lo; i < hi; i++) out[i] = apply_binary(op, s, a[i]);
+    else if (op == BinaryOp::Mul)
+      for (int64_t i = lo; i < hi; i++) out[i] = a[i] * s;
+    else if (op == BinaryOp::Add)
+      for (int64_t i = lo; i < hi; i++) out[i] = a[i] + s;
+    else
+      for (int64_t i = lo; i < hi; i++) out[i] = apply_binary(op, a[i], s);
+  });
+}
+
+void unary(UnaryOp op, const float* a, float* out, int64_t n) {
+  parallel_for(n, kGrain / 4, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; i++) out[i] = apply_unary(op, a[i]);
+  });
+}
+
+void clamp(const float* a, float lo_v, float hi_v, float* out, int64_t n) {
+  parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; i++) {
+      float v = a[i];
+      out[i] = std::isnan(v) ? v : std::min(std::max(v, lo_v), hi_v);
+    }
+  });
+}
+
+void axpby(int64_t n, float a, const float* x, float b, const float* y, float c, const float* z, float* out) {
+  parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
+    if (y && z)
+      for (int64_t i = lo; i < hi; i++) out[i] = a * x[i] + b * y[i] + c * z[i];
+    else if (y)
+      for (int64_t i = lo; i < hi; i++) out[i] = a * x[i] + b * y[i];
+    else
+      for (int64_t i = lo; i < hi; i++) out[i] = a * x[i];
+  });
+}
+
+void geglu(const float* x, float* out, int64_t rows, int64_t C) {
+  parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(C, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; r++) {
+      const float* h = x + r * 2 * C;
+      const float* g = h + C;
+      float* o = out + r * C;
+      for (int64_t i = 0; i < C; i++) o[i] = h[i] * gelu_erf(g[i]);
+    }
+  });
+}
+
+}  // namespace dk::cpu

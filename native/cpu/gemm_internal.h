@@ -1,0 +1,72 @@
+// Shared between gemm.cc (blocking, threading), conv2d.cc (implicit GEMM) and the ISA files
+// gemm_avx512.cc / gemm_avx2.cc (register-blocked micro-kernels and packing routines).
+//
+// Packed layouts (BLIS style): an A micro-panel is [kc][mr] (column k of mr rows, rows past the
+// matrix edge are zero); a B micro-panel is [kc][nr]. The micro-kernel keeps the mr x nr C tile
+// in registers over the whole kc loop and writes it once, applying the epilogue.
+#pragma once
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace dk::cpu::gemm {
+
+// What the micro-kernel does when it writes its tile (m x n valid of mr x nr):
+//   C = alpha * acc + (beta != 0 ? beta * C : 0) + bias[j] + residual[i, j]
+// bias / residual may be null. beta == 0 never reads C. Pointers are already offset to the tile.
+struct TileEpi {
+  float alpha = 1.f;
+  float beta = 0.f;
+  const float* bias = nullptr;
+  const float* residual = nullptr;
+  int64_t ldr = 0;
+};
+
+using KernelFn = void (*)(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int m, int n,
+                          const TileEpi& e);
+// dst[k * width + i] = rows[i][k] for i < nrows, k < kc; lanes nrows..width-1 are zero (also when
+// rows[i] is null). width is the kernel's mr (A panels) or nr (B panels of a transposed B).
+using PackRowsFn = void (*)(int64_t kc, const float* const* rows, int nrows, int width, float* dst);
+
+struct Kernel {
+  int mr = 0, nr = 0;
+  KernelFn kernel = nullptr;
+  PackRowsFn pack_rows = nullptr;
+  const char* name = "";
+};
+
+Kernel kernel_generic();
+#if defined(DK_X86)
+Kernel kernel_avx2();
+Kernel kernel_avx512();
+#endif
+// The best kernel for cpu_features().isa (DIFFUSEKIT_ISA caps it).
+const Kernel& select_kernel();
+
+constexpr int kMaxMR = 16;
+
+// Cache blocking (floats): KC deep, MC rows of A per L2 block, NC columns of B per slab.
+// Zero fields keep the defaults; the lab sets these when tuning.
+struct Blocking {
+  int64_t kc = 0, mc = 0, nc = 0;
+};
+Blocking& blocking_override();
+// Replaces the dispatched kernel (lab only: comparing tiles and ISA paths in one process).
+void set_kernel_for_lab(const Kernel& k);  // the widest register tile any ISA file uses (for stack row tables)
+
+// Source of op(A) for the driver: fills one A micro-panel (rows i0..i0+rows-1, columns
+// k0..k0+kc-1) as [kc][kr.mr], zero beyond `rows`. sgemm packs plain matrices; conv2d
+// gathers input patches here, which is what makes it an implicit GEMM.
+struct ASource {
+  virtual ~ASource() = default;
+  // Row i of op(A) when it is contiguous in k (enables the few-rows dot-product path), else null.
+  virtual const float* row(int64_t) const { return nullptr; }
+  virtual void pack(const Kernel& kr, int64_t i0, int rows, int64_t k0, int64_t kc, float* dst) const = 0;
+};
+
+// C[M,N] = alpha * A[M,K] @ op(B)[K,N] + beta * C (+ ep), multithreaded, one problem.
+// op(B) is B[K,N] with leading dim ldb, or B[N,K] when transB.
+void gemm_driver(int64_t M, int64_t N, int64_t K, float alpha, const ASource& a, const float* B, int64_t ldb,
+                 bool transB, float beta, float* C, int64_t ldc, const GemmEpilogue& ep);
+
+}  // namespace dk::cpu::gemm

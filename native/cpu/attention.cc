@@ -3,6 +3,7 @@
 // never Nq x Nk. The tiles themselves are in attention_internal.h; this file splits the work
 // over threads, picks the ISA, and holds the portable instantiation.
 #include <atomic>
+#include <cstdlib>
 #include <vector>
 
 #include "attention_internal.h"
@@ -133,7 +134,8 @@ void attention_with(const Kernel& kr, const AttentionParams& p, const float* q, 
   // tasks keep every thread busy (scheduled dynamically: causal rows differ in cost).
   const int nt = num_threads();
   const int64_t panels = ceil_div(p.Nq, kr.mq);
-  const int64_t per_task = imax(1, imin(8, BH * panels / (8 * static_cast<int64_t>(nt))));
+  static const int64_t max_panels = std::getenv("DK_ATTN_PANELS") ? std::atoi(std::getenv("DK_ATTN_PANELS")) : 8;
+  const int64_t per_task = imax(1, imin(max_panels, BH * panels / (8 * static_cast<int64_t>(nt))));
   const int64_t rows_per_task = per_task * kr.mq;
   const int64_t ntq = ceil_div(p.Nq, rows_per_task);
   const int64_t items = BH * ntq;

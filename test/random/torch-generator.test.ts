@@ -1,14 +1,7 @@
 import * as fs from "fs";
-import * as path from "path";
 import { TorchGenerator, randnTensor, halfBitsToNumber, fmaf } from "../../lib/random/torch-generator";
 import { SafetensorsFile } from "../helpers/read-safetensors";
-
-// Same rule as test/helpers/reference.ts (inlined so this suite does not depend on it).
-const REF_DIR = process.env.DIFFUSEKIT_REFERENCE_DIR ?? path.resolve(__dirname, "../../../shared/reference");
-const CASES = path.join(REF_DIR, "cases", "torch_randn.json");
-const haveRef = fs.existsSync(CASES);
-if (!haveRef) console.warn(`torch-generator golden tests skipped: no reference data at ${REF_DIR}`);
-const describeRef = haveRef ? describe : describe.skip;
+import { describeIfReference, referencePath } from "../helpers/reference";
 
 interface Entry {
   name: string;
@@ -30,10 +23,10 @@ function bitExact(name: string, got: ArrayLike<number>, want: ArrayLike<number>)
   if (count) throw new Error(`${name}: ${count}/${want.length} values differ: ${bad.join("; ")}`);
 }
 
-describeRef("TorchGenerator vs torch 1.13 golden draws", () => {
-  const entries = haveRef ? (JSON.parse(fs.readFileSync(CASES, "utf8")).entries as Entry[]) : [];
-  const st = haveRef ? SafetensorsFile.read(path.join(REF_DIR, "cases", "torch_randn.safetensors")) : null;
-  const want = (name: string): Float32Array => st!.get(name).data as Float32Array;
+describeIfReference("TorchGenerator vs torch 1.13 golden draws", () => {
+  const entries = JSON.parse(fs.readFileSync(referencePath("cases", "torch_randn.json"), "utf8")).entries as Entry[];
+  const st = SafetensorsFile.read(referencePath("cases", "torch_randn.safetensors"));
+  const want = (name: string): Float32Array => st.get(name).data as Float32Array;
 
   test("every recipe in torch_randn.json is covered", () => {
     const covered = new Set<string>();
@@ -93,14 +86,14 @@ describeRef("TorchGenerator vs torch 1.13 golden draws", () => {
 
   test("randn float16 (1,4,8,8) is bit-exact", () => {
     const name = "manual_seed42.randn.float16.1x4x8x8";
-    const ref = st!.get(name).data as Uint16Array;
+    const ref = st.get(name).data as Uint16Array;
     bitExact(name, new TorchGenerator(42).randnFloat16([1, 4, 8, 8]), ref);
     expect(halfBitsToNumber(ref[0])).toBeCloseTo(0.38671875, 10);
   });
 
   test("randn float64 (1,4,8,8) within 4 ulp (V8 libm vs glibc), mostly exact", () => {
     const name = "manual_seed42.randn.float64.1x4x8x8";
-    const ref = st!.get(name).data as Float64Array;
+    const ref = st.get(name).data as Float64Array;
     const got = new TorchGenerator(42).randnFloat64([1, 4, 8, 8]);
     let exact = 0;
     for (let i = 0; i < ref.length; i++) {

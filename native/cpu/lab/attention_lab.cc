@@ -264,6 +264,7 @@ void bench(const std::vector<attn::Kernel>& kernels) {
       {"cross 4096x77 d40", 2, 8, 4096, 77, 40, false},
       {"self 256 d160", 2, 8, 256, 256, 160, false},
       {"causal 1024 d64", 2, 8, 1024, 1024, 64, true},
+      {"tune 4096 d40", 1, 2, 4096, 4096, 40, false},  // 1/8 of the first, for quick A/B runs
   };
   std::printf("threads %d, isa %s\n", dk::num_threads(), dk::cpu::isa_description().c_str());
   const char* only = std::getenv("LAB_SHAPE");  // e.g. LAB_SHAPE="self 4096" runs just that one
@@ -293,7 +294,7 @@ void bench(const std::vector<attn::Kernel>& kernels) {
       // Wall time, and process CPU time (the machine is shared: CPU time says what the kernel
       // would do with the cores to itself). Best of several runs for both.
       double best = 1e30, best_cpu = 1e30;
-      const int reps = flops > 2e10 ? 3 : 8;
+      const int reps = std::getenv("LAB_REPS") ? std::atoi(std::getenv("LAB_REPS")) : flops > 2e10 ? 3 : 8;
       for (int r = 0; r < reps; ++r) {
         const double t0 = now(), c0 = cpu_now();
         attn::attention_with(kr, p, q.data(), k.data(), v.data(), o.data());

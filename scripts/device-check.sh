@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One self-contained GPU check (target: under 6 minutes on an H100): uses the addon already built
+# with CUDA (build/Release) and the compiled dist/; needs only Node and the GPU driver (plus python3
+# with torch for the comparison column, and nvcc-built lab binaries in .device/labs when present).
+# Runs the CUDA-vs-CPU parity suite, then the CUDA benchmark, and writes a report (text + JSON).
+# Usage: scripts/device-check.sh [REPORT_DIR]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${1:-device-report}"
+mkdir -p "$OUT_DIR"
+REPORT="$OUT_DIR/report.txt"
+: > "$REPORT"
+say() { echo "$@" | tee -a "$REPORT"; }
+
+say "# diffusekit device check, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+say "node $(node --version), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | sed 's/^/gpu: /' | tee -a "$REPORT"
+node -e "const d=require('./dist'); console.log('devices:', JSON.stringify(d.devices())); console.log('build:', JSON.stringify(d.buildInfo()))" 2>&1 | tee -a "$REPORT"
+
+status=0
+say ""
+say "## parity (CUDA vs CPU, float32/float16/bfloat16)"
+timeout 180 node dist/check/cuda-parity.js --json "$OUT_DIR/parity.json" > "$OUT_DIR/parity.txt" 2>&1 || status=1
+grep -E "FAIL|passed" "$OUT_DIR/parity.txt" | tee -a "$REPORT"
+
+say ""
+say "## kernel labs (native harnesses)"
+for lab in .device/labs/*; do
+  [ -x "$lab" ] || continue
+  say "### $(basename "$lab")"
+  timeout 60 "$lab" >> "$OUT_DIR/labs.txt" 2>&1; rc=$?
+  tail -n 25 "$OUT_DIR/labs.txt" | tee -a "$REPORT" > /dev/null
+  say "exit $rc"
+done
+
+say ""
+say "## benchmark (diffusekit, float16)"
+timeout 150 node dist/bench/cuda-bench.js --dtype float16 --json "$OUT_DIR/bench.json" 2>&1 | tee -a "$REPORT" || status=1
+
+if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+  say ""
+  say "## the same cases through PyTorch $(python3 -c 'import torch; print(torch.__version__)')"
+  timeout 120 python3 scripts/torch-bench.py "$OUT_DIR/torch.json" float16 2>&1 | tee -a "$REPORT"
+  node -e '
+    const ours = require(process.argv[1]).rows, theirs = require(process.argv[2]).rows;
+    console.log("ratio (torch ms / diffusekit ms; > 1 means diffusekit is faster)");
+    for (const r of ours) { const t = theirs.find((x) => x.group === r.group && x.name === r.name);
+      if (t) console.log(`${r.group.padEnd(10)} ${r.name.padEnd(40)} ${(t.ms / r.ms).toFixed(2)}x`); }
+  ' "$PWD/$OUT_DIR/bench.json" "$PWD/$OUT_DIR/torch.json" 2>&1 | tee -a "$REPORT"
+fi
+say ""
+say "device check finished with status $status"
+exit $status

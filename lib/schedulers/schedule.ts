@@ -10,6 +10,8 @@
  *  - timestep grids are numpy float64 (np.linspace / np.arange, then np.round = half-to-even);
  *    Euler-type grids are cast to float32, the others to int64.
  *  - np.interp and the Karras ramp run in float64 and the sigmas are cast to float32 at the end.
+ *  - _sigma_to_t (Karras) uses np.log of the float32 sigma table, numpy's own SIMD float32 log
+ *    (npLogF32), and numpy 1.24's float32 value-based casting for its weights.
  *
  * Config parsing (snake_case scheduler_config.json -> camelCase SchedulerConfig) lives in
  * ./scheduler-config.ts and is re-exported here.
@@ -21,34 +23,16 @@ import {
   BetaSchedule,
 } from "./scheduler-config";
 
+import { fmaf } from "../random/torch-generator";
+
 export * from "./scheduler-config";
+/** float32 fused multiply-add with one rounding (same binding as lib/random's). */
+export { fmaf };
 
 const fround = Math.fround;
 
 // ---------------------------------------------------------------------------------------------
 // numeric emulation helpers (exported for the step() implementations and tests)
-
-const fmaF64 = new Float64Array(1);
-const fmaU32 = new Uint32Array(fmaF64.buffer);
-
-/** float32 fused multiply-add (one rounding), for float32 inputs. */
-export function fmaf(a: number, b: number, c: number): number {
-  const p = a * b; // exact: 24 + 24 bits
-  const s = p + c;
-  const bb = s - p;
-  const err = p - (s - bb) + (c - bb);
-  if (err === 0 || !Number.isFinite(s)) return fround(s);
-  // round-to-odd in double, then the float32 rounding is correct
-  fmaF64[0] = s;
-  if ((fmaU32[0] & 1) === 0) {
-    if (err > 0 === s > 0) fmaU32[0] += 1;
-    else if (fmaU32[0] === 0) {
-      fmaU32[0] = 0xffffffff;
-      fmaU32[1] -= 1;
-    } else fmaU32[0] -= 1;
-  }
-  return fround(fmaF64[0]);
-}
 
 /** numpy's np.round / np.rint: round half to even. */
 export function roundHalfEven(x: number): number {
@@ -276,9 +260,41 @@ export function trainSigmas(alphasCumprod: Float32Array): Float32Array {
   return alphasCumprod.map((a) => fround(Math.sqrt(fround(fround(1 - a) / a))));
 }
 
-/** np.log of a float32 array (float32 result). */
+// numpy's SIMD float32 log (loops_exponent_log, AVX2-FMA3 / AVX512F): mantissa m in (sqrt(1/2), sqrt(2)],
+// log(m) = P(m - 1) / Q(m - 1) with degree-5 minimax polynomials evaluated by FMA, plus e * ln 2.
+// Up to ~4 ulp from the true log, and _sigma_to_t amplifies one ulp to ~1e-5 in t, so it is reproduced.
+const NP_LOG_P = [0, 9.999999999999998702752e-1, 2.112677543073053063722, 1.480000633576506585156, 3.808837741388407920751e-1, 2.589979117907922693523e-2].map(fround);
+const NP_LOG_Q = [1, 2.612677543073109236779, 2.453006071784736363091, 9.864942958519418960339e-1, 1.546476374983906719538e-1, 5.875095403124574342950e-3].map(fround);
+const NP_LOGE2 = fround(Math.LN2);
+const NP_SQRT1_2 = fround(Math.SQRT1_2);
+const logBitsF32 = new Float32Array(1);
+const logBitsI32 = new Int32Array(logBitsF32.buffer);
+
+/** np.log on a float32 value, as numpy's vectorised loop computes it (positive finite normal inputs). */
+export function npLogF32(x: number): number {
+  if (!(x >= 1.1754943508222875e-38) || x === Infinity) return fround(Math.log(x)); // 0, negatives, NaN, inf, denormals
+  logBitsF32[0] = x;
+  const bits = logBitsI32[0];
+  let e = (bits >>> 23) - 126;
+  logBitsI32[0] = (bits & 0x7fffff) | 0x3f000000; // m in [0.5, 1)
+  let m = logBitsF32[0];
+  if (m <= NP_SQRT1_2) {
+    m = fround(m + m);
+    e -= 1;
+  }
+  const y = fround(m - 1);
+  let num = fmaf(NP_LOG_P[5], y, NP_LOG_P[4]);
+  let den = fmaf(NP_LOG_Q[5], y, NP_LOG_Q[4]);
+  for (let k = 3; k >= 0; k--) {
+    num = fmaf(num, y, NP_LOG_P[k]);
+    den = fmaf(den, y, NP_LOG_Q[k]);
+  }
+  return fmaf(e, NP_LOGE2, fround(num / den));
+}
+
+/** np.log of a float32 array (float32 result, numpy's SIMD algorithm). */
 export function logF32(x: Float32Array): Float32Array {
-  return x.map((v) => fround(Math.log(v)));
+  return x.map(npLogF32);
 }
 
 /**

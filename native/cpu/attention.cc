@@ -3,7 +3,6 @@
 // never Nq x Nk. The tiles themselves are in attention_internal.h; this file splits the work
 // over threads, picks the ISA, and holds the portable instantiation.
 #include <atomic>
-#include <cstdlib>
 #include <vector>
 
 #include "attention_internal.h"
@@ -70,6 +69,10 @@ struct VGeneric {
     std::memcpy(&scale, &bits, sizeof scale);
     return p * scale;
   }
+  static void transpose8(const float* src, int64_t lds, float* dst, int64_t ldd, const float* sc, bool per_row) {
+    for (int i = 0; i < 8; ++i)
+      for (int j = 0; j < 8; ++j) dst[i * ldd + j] = src[j * lds + i] * (per_row ? sc[i] : sc[0]);
+  }
   static V exp2(V a) {
     for (int i = 0; i < W; ++i) a.x[i] = exp2s(a.x[i]);
     return a;
@@ -134,8 +137,7 @@ void attention_with(const Kernel& kr, const AttentionParams& p, const float* q, 
   // tasks keep every thread busy (scheduled dynamically: causal rows differ in cost).
   const int nt = num_threads();
   const int64_t panels = ceil_div(p.Nq, kr.mq);
-  static const int64_t max_panels = std::getenv("DK_ATTN_PANELS") ? std::atoi(std::getenv("DK_ATTN_PANELS")) : 8;
-  const int64_t per_task = imax(1, imin(max_panels, BH * panels / (8 * static_cast<int64_t>(nt))));
+  const int64_t per_task = imax(1, imin(16, BH * panels / (8 * static_cast<int64_t>(nt))));
   const int64_t rows_per_task = per_task * kr.mq;
   const int64_t ntq = ceil_div(p.Nq, rows_per_task);
   const int64_t items = BH * ntq;

@@ -21,6 +21,27 @@ struct V256 {
   static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  // 8 x 8 transpose in ymm registers (unpack, shuffle, lane swap), then the scale.
+  static void transpose8(const float* src, int64_t lds, float* dst, int64_t ldd, const float* sc, bool per_row) {
+    __m256 r[8], t[8];
+    for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(src + j * lds);
+    for (int j = 0; j < 8; j += 2) {
+      t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
+      t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+    }
+    for (int j = 0; j < 8; j += 4) {
+      r[j] = _mm256_shuffle_ps(t[j], t[j + 2], 0x44);
+      r[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], 0xEE);
+      r[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0x44);
+      r[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {
+      t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+      t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+    }
+    for (int i = 0; i < 8; ++i)
+      _mm256_storeu_ps(dst + i * ldd, _mm256_mul_ps(t[i], _mm256_set1_ps(per_row ? sc[i] : sc[0])));
+  }
   // 2^x for x <= 0; exactly 0 at x <= -125 (and -inf): no denormals downstream.
   static V exp2(V x) {
     const V live = _mm256_cmp_ps(x, _mm256_set1_ps(-125.f), _CMP_GT_OQ);

@@ -87,13 +87,20 @@ inline void prefetch_span(const float* p, int64_t n) {
   if (n > 0) __builtin_prefetch(p + n - 1, 0, 2);
 }
 
+inline void prefetch_span_w(float* p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i, 1, 3);
+  if (n > 0) __builtin_prefetch(p + n - 1, 1, 3);
+}
+constexpr int64_t kAhead = 12;  // rows of prefetch distance for the query / output streams
+
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t align16(int64_t n) { return (n + 15) & ~int64_t(15); }
 
 // VT: vector traits with V, W, zero, load, store, set1, bcast, fma, add, sub, mul, max, exp2
-// (exp2 exact 0 below -125, input <= 0 expected). NV: vectors per panel; RK: keys per S tile;
+// (exp2 exact 0 below -125, input <= 0 expected), and transpose8(src, lds, dst, ldd, sc,
+// per_row): dst[i][j] = src[j][i] * (per_row ? sc[i] : sc[0]) for an 8 x 8 block. NV: vectors per panel; RK: keys per S tile;
 // RV: output dims per OT tile.
 template <class VT, int NV, int RK, int RV>
 struct FlashRows {
@@ -108,8 +115,10 @@ struct FlashRows {
            align16(nkb * s.Dv) + align16(nkb * MQ) + 16;
   }
 
-  // S[i][:] = sum_d Kp[d][i] * QT[d][:] for the RK keys of one packed group.
-  static void qk_tile(const float* __restrict kp, const float* __restrict qt, int64_t D, float* __restrict s) {
+  // S[i][:] = sum_d Kp[d][i] * QT[d][:] for the RK keys of one packed group; when mx is given,
+  // mx = max(mx, S[i][:]) over the first `valid` keys (saves a pass when nothing edits S after).
+  static void qk_tile(const float* __restrict kp, const float* __restrict qt, int64_t D, float* __restrict s,
+                      V* mx, int valid) {
     V acc[RK][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < RK; ++i)
@@ -130,6 +139,13 @@ struct FlashRows {
     for (int i = 0; i < RK; ++i)
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) VT::store(s + i * MQ + v * W, acc[i][v]);
+    if (mx) {
+#pragma GCC unroll 16
+      for (int i = 0; i < RK; ++i)
+        if (i < valid)
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) mx[v] = VT::max(mx[v], acc[i][v]);
+    }
   }
 
   // OT[i][:] = alpha * OT[i][:] + sum_j Vp[j][i] * P[j][:] for R output dims (vp points at dim 0
@@ -183,17 +199,17 @@ struct FlashRows {
     float* sb = vp + align16(nkb * Dv);
 
     // Pack the queries (pre-scaled) and reset the running state.
+    float qscale[8];
+    for (float& x : qscale) x = s.scale_log2;
     for (int64_t p = 0; p < P; ++p) {
       float* qt = qt_all + p * D * MQ;
       const int64_t qa = q0 + p * MQ, nv = imin(MQ, q1 - qa);
-      for (int64_t c = 0; c < MQ; ++c) {
-        if (c < nv) {
-          const float* qr = h.q + (qa + c) * s.q_row;
-          for (int64_t d = 0; d < D; ++d) qt[d * MQ + c] = qr[d] * s.scale_log2;
-        } else {
-          for (int64_t d = 0; d < D; ++d) qt[d * MQ + c] = 0.f;
-        }
-      }
+      // Rows are strided, and with few keys (cross-attention) their misses would dominate.
+      for (int64_t c = 0; c < nv; ++c)
+        if (qa + c + kAhead < q1) prefetch_span(h.q + (qa + c + kAhead) * s.q_row, D);
+      transpose(h.q + qa * s.q_row, s.q_row, qt, MQ, D, nv, qscale, false);
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t c = nv; c < MQ; ++c) qt[d * MQ + c] = 0.f;
       for (int64_t i = 0; i < Dv * MQ; ++i) ot_all[p * Dv * MQ + i] = 0.f;
       for (int64_t c = 0; c < MQ; ++c) {
         m_all[p * MQ + c] = kMinusFltMax;
@@ -249,7 +265,15 @@ struct FlashRows {
         float* mp = m_all + p * MQ;
         float* lp = l_all + p * MQ;
 
-        for (int64_t g = 0; g < ceil_div(nkp, RK); ++g) qk_tile(kp + g * D * RK, qt, D, sb + g * RK * MQ);
+        // Running max: fused into the S tiles unless a mask or the causal edge edits S after.
+        const bool causal_edge = s.causal && kb0 + nkp - 1 > qa + off;
+        const bool fuse_max = !h.mask && !causal_edge;
+        V mnew[NV], mold[NV], lsum[NV], alpha[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) mold[v] = mnew[v] = VT::load(mp + v * W);
+        for (int64_t g = 0; g < ceil_div(nkp, RK); ++g)
+          qk_tile(kp + g * D * RK, qt, D, sb + g * RK * MQ, fuse_max ? mnew : nullptr,
+                  static_cast<int>(imin(RK, nkp - g * RK)));
 
         if (h.mask) {
           if (s.mask_q == 0) {
@@ -265,7 +289,7 @@ struct FlashRows {
             }
           }
         }
-        if (s.causal && kb0 + nkp - 1 > qa + off) {
+        if (causal_edge) {
           for (int64_t c = 0; c < nv; ++c) {
             // Row qa+c sees keys j <= qa + c + off.
             const int64_t first_masked = imax(qa + c + off + 1 - kb0, 0);
@@ -274,12 +298,11 @@ struct FlashRows {
         }
 
         // Online softmax, lane-wise.
-        V mnew[NV], mold[NV], lsum[NV], alpha[NV];
+        if (!fuse_max) {
+          for (int64_t j = 0; j < nkp; ++j) {
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) mold[v] = mnew[v] = VT::load(mp + v * W);
-        for (int64_t j = 0; j < nkp; ++j) {
-#pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) mnew[v] = VT::max(mnew[v], VT::load(sb + j * MQ + v * W));
+            for (int v = 0; v < NV; ++v) mnew[v] = VT::max(mnew[v], VT::load(sb + j * MQ + v * W));
+          }
         }
         // m starts at -FLT_MAX, so a row that has seen only -inf keeps a finite reference and
         // exp2(-inf - m) is 0 instead of NaN.
@@ -310,13 +333,26 @@ struct FlashRows {
     // out = OT / l; rows that saw no key at all (l == 0) get zeros.
     for (int64_t p = 0; p < P; ++p) {
       const int64_t qa = q0 + p * MQ, nv = imin(MQ, q1 - qa);
-      const float* ot = ot_all + p * Dv * MQ;
       const float* lp = l_all + p * MQ;
-      for (int64_t c = 0; c < nv; ++c) {
-        float* orow = h.o + (qa + c) * s.o_row;
-        const float inv = lp[c] > 0.f ? 1.f / lp[c] : 0.f;
-        for (int64_t d = 0; d < Dv; ++d) orow[d] = ot[d * MQ + c] * inv;
-      }
+      float inv[MQ];
+      for (int64_t c = 0; c < MQ; ++c) inv[c] = lp[c] > 0.f ? 1.f / lp[c] : 0.f;
+      for (int64_t c = 0; c < nv; ++c)
+        if (qa + c + kAhead < q1) prefetch_span_w(h.o + (qa + c + kAhead) * s.o_row, Dv);
+      transpose(ot_all + p * Dv * MQ, MQ, h.o + qa * s.o_row, s.o_row, nv, Dv, inv, true);
+    }
+  }
+
+  // dst[i * ldd + j] = src[j * lds + i] * scale for i < ni, j < nj, where scale is sc[i] when
+  // per_row, else sc[0]. 8 x 8 blocks go through VT::transpose8.
+  static void transpose(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t ni, int64_t nj,
+                        const float* sc, bool per_row) {
+    const int64_t ni8 = ni & ~int64_t(7), nj8 = nj & ~int64_t(7);
+    for (int64_t i = 0; i < ni8; i += 8)
+      for (int64_t j = 0; j < nj8; j += 8)
+        VT::transpose8(src + j * lds + i, lds, dst + i * ldd + j, ldd, per_row ? sc + i : sc, per_row);
+    for (int64_t i = 0; i < ni; ++i) {
+      const float f = per_row ? sc[i] : sc[0];
+      for (int64_t j = i < ni8 ? nj8 : 0; j < nj; ++j) dst[i * ldd + j] = src[j * lds + i] * f;
     }
   }
 };

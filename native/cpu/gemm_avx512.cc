@@ -36,8 +36,11 @@ constexpr int MR = 14, NR = 32;
 // Accumulates the 14 x 32 product of packed panels into t[14][32] (64-byte aligned).
 // Written in assembly because GCC's allocator spills some of the 28 accumulators when the same
 // loop is written with intrinsics, which costs about a third of the throughput.
-inline void tile_14x32(int64_t kc, const float* A, const float* B, float* t) {
-  int64_t k4 = kc >> 2, k1 = kc & 3;
+// The C tile (m rows of 128 bytes at C, row pitch ldc) is written after the loop: one row's lines
+// are prefetched per 4-k iteration, spread out so the prefetches are not dropped in a burst.
+inline void tile_14x32(int64_t kc, const float* A, const float* B, float* t, const float* C, int64_t ldc, int m) {
+  int64_t k4 = kc >> 2, k1 = kc & 3, pn = m, ldcb = ldc * 4;
+  const char* cp = reinterpret_cast<const char*>(C);
   __asm__ volatile(
       "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
       "vmovaps %%zmm0, %%zmm1\n\t" "vmovaps %%zmm0, %%zmm2\n\t" "vmovaps %%zmm0, %%zmm3\n\t"
@@ -53,6 +56,14 @@ inline void tile_14x32(int64_t kc, const float* A, const float* B, float* t) {
       "jz 2f\n\t"
       ".p2align 5\n"
       "1:\n\t"
+      "test %[pn], %[pn]\n\t"
+      "jz 5f\n\t"
+      "prefetcht0 (%[cp])\n\t"
+      "prefetcht0 64(%[cp])\n\t"
+      "prefetcht0 127(%[cp])\n\t"
+      "add %[ldcb], %[cp]\n\t"
+      "dec %[pn]\n"
+      "5:\n\t"
       "prefetcht0 1024(%[b])\n\t"
       DK_KSTEP("0", "0")
       "prefetcht0 1088(%[b])\n\t"
@@ -78,8 +89,8 @@ inline void tile_14x32(int64_t kc, const float* A, const float* B, float* t) {
       DK_STORE2(5, 10, 11) DK_STORE2(6, 12, 13) DK_STORE2(7, 14, 15) DK_STORE2(8, 16, 17)
       DK_STORE2(9, 18, 19) DK_STORE2(10, 20, 21) DK_STORE2(11, 22, 23) DK_STORE2(12, 24, 25)
       DK_STORE2(13, 26, 27)
-      : [a] "+r"(A), [b] "+r"(B), [k4] "+r"(k4), [k1] "+r"(k1)
-      : [t] "r"(t)
+      : [a] "+r"(A), [b] "+r"(B), [k4] "+r"(k4), [k1] "+r"(k1), [cp] "+r"(cp), [pn] "+r"(pn)
+      : [t] "r"(t), [ldcb] "r"(ldcb)
       : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
         "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20",
         "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
@@ -90,9 +101,8 @@ inline void tile_14x32(int64_t kc, const float* A, const float* B, float* t) {
 
 void kernel_14x32(int64_t kc, const float* A, const float* B, float* C, int64_t ldc, int m, int n,
                   const TileEpi& e) {
-  for (int i = 0; i < m; ++i) _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
   alignas(64) float t[MR * NR];
-  tile_14x32(kc, A, B, t);
+  tile_14x32(kc, A, B, t, C, ldc, m);
 
   const __mmask16 m0 = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
   const __mmask16 m1 = n >= 32 ? __mmask16(0xFFFF) : n <= 16 ? __mmask16(0) : __mmask16((1u << (n - 16)) - 1);
@@ -146,21 +156,41 @@ inline void transpose16(__m512 r[16]) {
 }
 
 void pack_rows_avx512(int64_t kc, const float* const* rows, int nrows, int width, float* dst) {
+  static const float kZeros[16] = {};
   for (int g = 0; g < width; g += 16) {
     const int lanes = width - g < 16 ? width - g : 16;
     const __mmask16 out_mask = __mmask16((1u << lanes) - 1);
+    // Absent rows read nothing: a zero mask (no access, no fault) at a harmless address.
     const float* src[16];
-    for (int i = 0; i < 16; ++i) src[i] = (i < lanes && g + i < nrows) ? rows[g + i] : nullptr;
+    int64_t step[16];
+    __mmask16 live = 0;
+    for (int i = 0; i < 16; ++i) {
+      const bool on = i < lanes && g + i < nrows && rows[g + i];
+      src[i] = on ? rows[g + i] : kZeros;
+      step[i] = on ? 1 : 0;
+      live = __mmask16(live | (on ? 1u << i : 0u));
+    }
     for (int64_t k0 = 0; k0 < kc; k0 += 16) {
       const int klen = kc - k0 < 16 ? int(kc - k0) : 16;
       const __mmask16 in_mask = __mmask16((1u << klen) - 1);
       __m512 r[16];
-      for (int i = 0; i < 16; ++i)
-        r[i] = src[i] ? (klen == 16 ? _mm512_loadu_ps(src[i] + k0) : _mm512_maskz_loadu_ps(in_mask, src[i] + k0))
-                      : _mm512_setzero_ps();
+      for (int i = 0; i < 16; ++i) {
+        const float* p = src[i] + k0 * step[i];
+        // The rows usually come from memory once per call (activations): fetch 512 bytes ahead.
+        _mm_prefetch(reinterpret_cast<const char*>(p + 128 * step[i]), _MM_HINT_T0);
+        r[i] = _mm512_maskz_loadu_ps((live >> i) & 1 ? in_mask : __mmask16(0), p);
+      }
       transpose16(r);
       float* d = dst + k0 * width + g;
-      for (int kk = 0; kk < klen; ++kk) _mm512_mask_storeu_ps(d + kk * width, out_mask, r[kk]);
+      if (lanes == 16) {
+        for (int kk = 0; kk < klen; ++kk) _mm512_storeu_ps(d + kk * width, r[kk]);
+      } else {
+        // A full store of row kk spills into lanes 0.. of row kk+1, which the next store (in
+        // ascending k) overwrites; only the call's last row needs the masked store.
+        const int full = k0 + klen == kc ? klen - 1 : klen;
+        for (int kk = 0; kk < full; ++kk) _mm512_storeu_ps(d + kk * width, r[kk]);
+        for (int kk = full; kk < klen; ++kk) _mm512_mask_storeu_ps(d + kk * width, out_mask, r[kk]);
+      }
     }
   }
 }

@@ -4,6 +4,7 @@
 // Also the engine's host services: device capabilities, the path override, the last plan.
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -43,6 +44,14 @@ GemmPath path_from_env() {
 std::atomic<int>& path_slot() {
   static std::atomic<int> p{static_cast<int>(path_from_env())};
   return p;
+}
+
+std::atomic<int>& stages_slot() {
+  static std::atomic<int> s{[] {
+    const char* e = std::getenv("DK_CUDA_WGMMA_STAGES");
+    return e && std::atoi(e) == 4 ? 4 : 3;
+  }()};
+  return s;
 }
 
 thread_local char g_last_plan[192] = "";
@@ -92,6 +101,8 @@ void gemm_typed(int device, int64_t batch, bool transA, bool transB, int64_t M, 
 // ------------------------------------------------------------------ engine services
 void set_gemm_path(GemmPath p) { path_slot().store(static_cast<int>(p)); }
 GemmPath gemm_path() { return static_cast<GemmPath>(path_slot().load()); }
+void set_wgmma_stages(int stages) { stages_slot().store(stages == 4 ? 4 : 3); }
+int wgmma_stages() { return stages_slot().load(); }
 const char* gemm_last_plan() { return g_last_plan; }
 bool gemm_wgmma_available(int device) { return tile::detail::device_caps(device).wgmma; }
 

@@ -13,6 +13,11 @@ enum class GemmPath : int { Auto = 0, Simt = 1, MmaSync = 2, Wgmma = 3 };
 void set_gemm_path(GemmPath p);
 GemmPath gemm_path();
 
+// Pipeline depth of the wgmma kernel, 3 (default) or 4, while both are being measured; the
+// initial value comes from DK_CUDA_WGMMA_STAGES.
+void set_wgmma_stages(int stages);
+int wgmma_stages();
+
 // True when this build carries the sm_90a wgmma kernels and `device` can run them.
 bool gemm_wgmma_available(int device);
 

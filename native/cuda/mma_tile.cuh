@@ -22,6 +22,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <type_traits>
@@ -140,13 +141,13 @@ __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uin
 // chunk c ^ (r & 7): ldmatrix's 8 row addresses (8 consecutive rows, same logical chunk) then hit
 // 8 different 16-byte bank groups. With the tile 1024-byte aligned this is exactly the hardware's
 // 128-byte swizzle, so wgmma descriptors can read the same tiles.
-__device__ __forceinline__ uint32_t kmajor_off(int r, int c) {
+__host__ __device__ __forceinline__ uint32_t kmajor_off(int r, int c) {
   return static_cast<uint32_t>(r * 128 + ((c ^ (r & 7)) << 4));
 }
 // MN-major tile: 64 k-rows of COLS elements (COLS*2 bytes); chunk c of row k at c ^ (k & 7)
 // (flips only the low three bits, so a chunk stays inside its aligned 128-byte group).
 template <int COLS>
-__device__ __forceinline__ uint32_t mnmajor_off(int k, int c) {
+__host__ __device__ __forceinline__ uint32_t mnmajor_off(int k, int c) {
   return static_cast<uint32_t>(k * COLS * 2 + ((c ^ (k & 7)) << 4));
 }
 
@@ -388,6 +389,85 @@ __device__ __forceinline__ TileCoord tile_coord(const TileParams& p) {
   return t;
 }
 
+// ------------------------------------------------------------------ split-K planning
+// Split-K factor: a rough time model in units of one CTA k-tile (64 deep). A CTA costs its
+// k-tiles plus ~2 for pipeline fill and epilogue (+2 to write float32 partials when split); the
+// reduction pass costs ~2 per partial tile spread over the GPU plus a launch. CTAs spread over
+// the SMs in ceil(ctas / sms) rounds.
+inline int choose_splits(long long tiles, int ktiles, int sms) {
+  if (tiles >= sms || ktiles < 4 || sms <= 0) return 1;
+  int best = 1;
+  double best_cost = 1e30;
+  const int max_s = std::min(32, ktiles / 2);
+  for (int s = 1; s <= max_s; ++s) {
+    const int kper = (ktiles + s - 1) / s;
+    const int used = (ktiles + kper - 1) / kper;
+    if (used != s) continue;  // same as a smaller factor
+    const long long ctas = tiles * used;
+    const double rounds = static_cast<double>((ctas + sms - 1) / sms);
+    double cost = rounds * (kper + 2 + (used > 1 ? 2 : 0));
+    if (used > 1) cost += 2.0 * static_cast<double>(ctas) / sms + 3.0;
+    if (cost < best_cost * 0.97) {  // prefer fewer splits unless clearly faster
+      best_cost = cost;
+      best = used;
+    }
+  }
+  return best;
+}
+
+// ------------------------------------------------------------------ mma.sync fragment addresses
+// The byte offset, inside a stage's A (or B) tile, of the 16-byte row that `lane` hands to
+// ldmatrix.x4 for warp tile row wm (col wn), m16 tile mi (n16 pair pj) and k16 step k16.
+// x4 loads four 8x8 matrices; lanes 8j..8j+7 address the rows of matrix j.
+//  A fragment a0..a3 = (m0-7,k0-7) (m8-15,k0-7) (m0-7,k8-15) (m8-15,k8-15): from a K-major
+//    [m][k] tile with plain ldmatrix, from an MN-major [k][m] tile with .trans (rows are k).
+//  B fragments of n-tiles 2pj, 2pj+1 = (n0-7,k0-7) (n0-7,k8-15) (n8-15,k0-7) (n8-15,k8-15):
+//    plain from [n][k], .trans from [k][n].
+// Host-callable so lab/tile_layout_check.cu can replay them against an ldmatrix/mma model.
+template <bool K_MAJOR>
+struct AFragAddr {
+  uint32_t base;
+  int x, lrow, hi;
+  __host__ __device__ __forceinline__ AFragAddr(int lane, int wm) {
+    const int lj = lane >> 3, lr = lane & 7;
+    lrow = lr;
+    if (K_MAJOR) {  // row wm*64 + mi*16 + (lj&1)*8 + lr, chunk (2*k16 + lj/2) ^ lr == (2*k16) ^ x
+      base = static_cast<uint32_t>((wm * 64 + (lj & 1) * 8 + lr) * 128);
+      x = (lj >> 1) ^ lr;
+      hi = 0;
+    } else {  // k-row k16*16 + (lj/2)*8 + lr, chunk (wm*8 + mi*2 + (lj&1)) ^ lr (low 3 bits only)
+      base = static_cast<uint32_t>(((lj >> 1) * 8 + lr) * 256);
+      x = lj & 1;
+      hi = wm * 8;
+    }
+  }
+  __host__ __device__ __forceinline__ uint32_t operator()(int mi, int k16) const {
+    if (K_MAJOR) return base + mi * 16 * 128 + (((2 * k16) ^ x) << 4);
+    return base + k16 * 16 * 256 + ((hi + ((mi * 2 + x) ^ lrow)) << 4);
+  }
+};
+template <bool K_MAJOR>
+struct BFragAddr {
+  uint32_t base;
+  int x, lrow, wn4;
+  __host__ __device__ __forceinline__ BFragAddr(int lane, int wn) {
+    const int lj = lane >> 3, lr = lane & 7;
+    lrow = lr;
+    wn4 = wn * 4;
+    if (K_MAJOR) {
+      base = static_cast<uint32_t>((wn * 32 + (lj >> 1) * 8 + lr) * 128);
+      x = (lj & 1) ^ lr;
+    } else {
+      base = static_cast<uint32_t>(((lj & 1) * 8 + lr) * 256);
+      x = lj >> 1;
+    }
+  }
+  __host__ __device__ __forceinline__ uint32_t operator()(int pj, int k16) const {
+    if (K_MAJOR) return base + pj * 16 * 128 + (((2 * k16) ^ x) << 4);
+    return base + k16 * 16 * 256 + (((wn4 + pj * 2 + x) ^ lrow) << 4);
+  }
+};
+
 // ------------------------------------------------------------------ mma.sync kernel
 namespace mma_cfg {
 constexpr int BM = 128, BN = 128, BK = 64, STAGES = 3, THREADS = 256;
@@ -427,25 +507,9 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const TileParams p) {
   }
   bl.init(static_cast<const T*>(p.B) + tc.b * p.strideB, p.ldb, p.N, n0, p.K, tid);
 
-  // Per-lane ldmatrix offsets (see the fragment maps in the comment of each branch below).
   const int lane = tid & 31, warp = tid >> 5, wm = warp >> 2, wn = warp & 3;
-  const int lj = lane >> 3, lr = lane & 7;
-  uint32_t a_off, b_off;
-  int a_x, b_x;
-  if constexpr (A_K) {  // matrices (m0-7,k0-7) (m8-15,k0-7) (m0-7,k8-15) (m8-15,k8-15) = a0..a3
-    a_off = (wm * 64 + (lj & 1) * 8 + lr) * 128;
-    a_x = (lj >> 1) ^ lr;
-  } else {  // [k][m] tile, .trans: the same four matrices, rows are k
-    a_off = ((lj >> 1) * 8 + lr) * (128 * 2);
-    a_x = lj & 1;
-  }
-  if constexpr (B_K) {  // [n][k]: (n0-7,k0-7)=b0 (n0-7,k8-15)=b1 of n-tile 0, then n-tile 1
-    b_off = (wn * 32 + (lj >> 1) * 8 + lr) * 128;
-    b_x = (lj & 1) ^ lr;
-  } else {  // [k][n], .trans: (k0-7,n0-7)=b0 (k8-15,n0-7)=b1 of n-tile 0, then n-tile 1
-    b_off = ((lj & 1) * 8 + lr) * (128 * 2);
-    b_x = lj >> 1;
-  }
+  const AFragAddr<A_K> a_addr(lane, wm);
+  const BFragAddr<B_K> b_addr(lane, wn);
 
   float acc[4][4][4];
 #pragma unroll
@@ -480,22 +544,14 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const TileParams p) {
       uint32_t af[4][4], bfr[4][2];
 #pragma unroll
       for (int mi = 0; mi < 4; ++mi) {
-        if constexpr (A_K) {
-          ldsm_x4(af[mi], sa + a_off + mi * 16 * 128 + (((2 * k16) ^ a_x) << 4));
-        } else {
-          const int mchunk = wm * 8 + ((mi * 2 + a_x) ^ lr);
-          ldsm_x4_t(af[mi], sa + a_off + k16 * 16 * 256 + (mchunk << 4));
-        }
+        if constexpr (A_K) ldsm_x4(af[mi], sa + a_addr(mi, k16));
+        else ldsm_x4_t(af[mi], sa + a_addr(mi, k16));
       }
 #pragma unroll
       for (int pj = 0; pj < 2; ++pj) {
         uint32_t r[4];
-        if constexpr (B_K) {
-          ldsm_x4(r, sb + b_off + pj * 16 * 128 + (((2 * k16) ^ b_x) << 4));
-        } else {
-          const int nchunk = (wn * 4 + pj * 2 + b_x) ^ lr;
-          ldsm_x4_t(r, sb + b_off + k16 * 16 * 256 + (nchunk << 4));
-        }
+        if constexpr (B_K) ldsm_x4(r, sb + b_addr(pj, k16));
+        else ldsm_x4_t(r, sb + b_addr(pj, k16));
         bfr[2 * pj][0] = r[0];
         bfr[2 * pj][1] = r[1];
         bfr[2 * pj + 1][0] = r[2];

@@ -40,31 +40,6 @@ int prepare_kernel(int device, size_t smem) {
   return o;
 }
 
-// Split-K factor: a rough time model in units of one CTA k-tile (64 deep). A CTA costs its
-// k-tiles plus ~2 for pipeline fill and epilogue (+2 to write float32 partials when split); the
-// reduction pass costs ~2 per partial tile spread over the GPU plus a launch. CTAs spread over
-// the SMs in ceil(ctas / sms) rounds.
-inline int choose_splits(long long tiles, int ktiles, int sms) {
-  if (tiles >= sms || ktiles < 4 || sms <= 0) return 1;
-  int best = 1;
-  double best_cost = 1e30;
-  const int max_s = std::min(32, ktiles / 2);
-  for (int s = 1; s <= max_s; ++s) {
-    const int kper = (ktiles + s - 1) / s;
-    const int used = (ktiles + kper - 1) / kper;
-    if (used != s) continue;  // same as a smaller factor
-    const long long ctas = tiles * used;
-    const double rounds = static_cast<double>((ctas + sms - 1) / sms);
-    double cost = rounds * (kper + 2 + (used > 1 ? 2 : 0));
-    if (used > 1) cost += 2.0 * static_cast<double>(ctas) / sms + 3.0;
-    if (cost < best_cost * 0.97) {  // prefer fewer splits unless clearly faster
-      best_cost = cost;
-      best = used;
-    }
-  }
-  return best;
-}
-
 // Float32 split-K workspace from the device's caching allocator. Freed right after the kernels
 // are enqueued: every op of a device runs on its one stream, so the next user of the block is
 // ordered after them.
@@ -142,8 +117,15 @@ void run_tiled(int device, TileParams p, bool tc_ok, const char* op) {
     if (tc_ok && want != GemmPath::Simt) {
       const bool kmajor = CONV || (!p.transA && p.transB);
       if (kmajor && caps.wgmma && want != GemmPath::MmaSync) {
-        launch_tensor_core<T, wgmma_kernel<T, CONV>, wg_cfg::BM, wg_cfg::BN>(device, caps, st, p, wg_cfg::SMEM,
-                                                                           "wgmma", op);
+        if (wgmma_stages() == 4) {
+          using Cfg = WgCfg<4>;
+          launch_tensor_core<T, wgmma_kernel<T, CONV, 4>, Cfg::BM, Cfg::BN>(device, caps, st, p, Cfg::SMEM,
+                                                                          "wgmma4", op);
+        } else {
+          using Cfg = WgCfg<3>;
+          launch_tensor_core<T, wgmma_kernel<T, CONV, 3>, Cfg::BM, Cfg::BN>(device, caps, st, p, Cfg::SMEM,
+                                                                          "wgmma3", op);
+        }
         return;
       }
       constexpr int BM = mma_cfg::BM, BN = mma_cfg::BN;

@@ -8,15 +8,21 @@ namespace dk::cuda::tile {
 // ------------------------------------------------------------------ wgmma kernel (sm_90a)
 // Compiled to a real body only for sm_90a (the arch-specific target wgmma needs); other targets
 // get an empty kernel that the host never launches (gemm_wgmma_available() says so).
-namespace wg_cfg {
-constexpr int BM = 128, BN = 160, BK = 64, STAGES = 3, THREADS = 256;
-constexpr uint32_t A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2, STAGE_BYTES = A_BYTES + B_BYTES;  // 36 KiB
-constexpr int LDS = BN + 8;
-constexpr size_t SMEM_MAIN = size_t(STAGES) * STAGE_BYTES;
-constexpr size_t SMEM_EPI = size_t(BM) * LDS * 4;
-constexpr size_t SMEM = (SMEM_MAIN > SMEM_EPI ? SMEM_MAIN : SMEM_EPI) + 1024;
-static_assert(STAGE_BYTES % 1024 == 0 && A_BYTES % 1024 == 0, "wgmma tiles must stay 1024-byte aligned");
-}  // namespace wg_cfg
+// Two pipeline depths are built while the better one is measured (set_wgmma_stages): 3 stages
+// (prefetch distance 1, 109 KiB, two CTAs per SM) or 4 (distance 2, 145 KiB, one CTA per SM).
+template <int STAGES_>
+struct WgCfg {
+  static constexpr int BM = 128, BN = 160, BK = 64, STAGES = STAGES_, THREADS = 256;
+  static constexpr int MIN_CTAS = STAGES == 3 ? 2 : 1;
+  static constexpr uint32_t A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2;
+  static constexpr uint32_t STAGE_BYTES = A_BYTES + B_BYTES;  // 36 KiB
+  static constexpr int LDS = BN + 8;
+  static constexpr size_t SMEM_MAIN = size_t(STAGES) * STAGE_BYTES;
+  static constexpr size_t SMEM_EPI = size_t(BM) * LDS * 4;
+  static constexpr size_t SMEM = (SMEM_MAIN > SMEM_EPI ? SMEM_MAIN : SMEM_EPI) + 1024;
+  static_assert(STAGE_BYTES % 1024 == 0 && A_BYTES % 1024 == 0, "wgmma tiles must stay 1024-byte aligned");
+  static_assert(STAGES >= 3, "the stage refilled in iteration kt held tile kt-2");
+};
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // Shared-memory matrix descriptor for a K-major tile with 128-byte swizzle: rows of 128 B, 8-row
@@ -105,10 +111,13 @@ __device__ __forceinline__ void wgmma_m64n160k16<__nv_bfloat16>(float (&d)[80], 
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <class T, bool CONV>
-__global__ void __launch_bounds__(256, 2) wgmma_kernel(const TileParams p) {
+template <class T, bool CONV, int STAGES_>
+__global__ void __launch_bounds__(256, WgCfg<STAGES_>::MIN_CTAS) wgmma_kernel(const TileParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using namespace wg_cfg;
+  using Cfg = WgCfg<STAGES_>;
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, STAGES = Cfg::STAGES, THREADS = Cfg::THREADS;
+  constexpr int LDS = Cfg::LDS;
+  constexpr uint32_t A_BYTES = Cfg::A_BYTES, STAGE_BYTES = Cfg::STAGE_BYTES;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const uint32_t raw = smem_u32(smem_raw);
   const uint32_t pad = ((raw + 1023u) & ~1023u) - raw;

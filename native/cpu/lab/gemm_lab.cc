@@ -378,6 +378,33 @@ void bench_ukernel() {
   }
 }
 
+// Packing alone: floats per ns for 14-row A panels, from a cache-resident or a large matrix.
+void bench_pack() {
+  const gemm::Kernel& kr = gemm::select_kernel();
+  std::mt19937 g(5);
+  for (int64_t rows_total : {int64_t(56), int64_t(8192)}) {
+    const int64_t K = 1280;
+    auto A = randv(size_t(rows_total * K), g);
+    std::vector<float> dst(size_t(kr.mr * 384 + 64));
+    double best = 1e30;
+    for (int rep = 0; rep < 3; ++rep) {
+      double c0 = cpu_now();
+      int64_t elems = 0;
+      for (int it = 0; it < 40; ++it)
+        for (int64_t i0 = 0; i0 + kr.mr <= rows_total; i0 += kr.mr)
+          for (int64_t k0 = 0; k0 < K; k0 += 320) {
+            const float* ptr[gemm::kMaxMR];
+            for (int i = 0; i < kr.mr; ++i) ptr[i] = A.data() + (i0 + i) * K + k0;
+            kr.pack_rows(320, ptr, kr.mr, kr.mr, dst.data());
+            elems += 320 * kr.mr;
+          }
+      best = std::min(best, (cpu_now() - c0) / elems);
+    }
+    std::printf("  pack_rows %s, %lld x %lld matrix: %.3f ns per float\n", kr.name, (long long)rows_total, (long long)K,
+                best * 1e9);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -397,7 +424,7 @@ int main(int argc, char** argv) {
   }
   double peak = 0;
   if (mode == "peak" || mode == "bench" || mode == "ukernel" || mode == "all") peak = measure_peak(mode == "peak");
-  if (mode == "ukernel") bench_ukernel();
+  if (mode == "ukernel") { bench_ukernel(); bench_pack(); }
   if (mode == "bench" || mode == "all") bench(peak);
   if (mode == "test" || mode == "all") std::printf(fails ? "TESTS FAILED (%d)\n" : "ALL TESTS PASSED\n", fails);
   return fails ? 1 : 0;

@@ -1,0 +1,635 @@
+// Fused attention on device (contract: native/cpu/kernels.h, attention.cc):
+// out = softmax(scale * q k^T + mask) v per (batch, head), never materialising the scores.
+//
+// Tensor-core path (float16 / bfloat16, D and Dv multiples of 8 up to 160, 16-byte aligned
+// rows): a block of 4 warps owns BM = 64*MT queries; each warp owns 16*MT query rows, keeps
+// its Q fragments in registers and walks the keys in tiles of 64 (FlashAttention-2's loop
+// order, Dao 2023). Per key tile: S = Q K^T with mma.sync m16n8k16 (float32 accumulate), an
+// online softmax in the log2 domain (scale*log2(e) folded into one multiply, ex2.approx),
+// then O += P V with P taken straight from the S accumulators (the m16n8k16 C layout of two
+// n8 tiles is the A layout of one k16 step). K and V tiles arrive by cp.async into padded
+// shared rows (row pitch an odd number of 16-byte units, so ldmatrix is conflict-free);
+// V(j) loads while S(j) is computed and K(j+1) while P(j)V(j) is. Head sizes are padded:
+// QK^T to a multiple of 16 (k-steps), PV only to a multiple of 8 (n-tiles), so D = Dv = 40
+// runs as 48 x 40. In the last, partial key tile only the 16-key slices holding real keys are
+// computed: 77 cross-attention keys cost 80, not 128.
+//
+// SIMT path (float32, odd head sizes, misaligned views, D or Dv over 160): 64 x 64 tiles,
+// 256 threads, 4x4 scores per thread, float32 throughout; Dv over 256 is done in slices of
+// 256 columns (softmax does not depend on V).
+//
+// Semantics shared by both: causal keeps j <= i + (Nk - Nq); the optional float32 mask is
+// added to the scaled scores; a query row that sees no key (all masked or -inf) outputs 0.
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+#include "kernel_util.cuh"
+#include "kernels.h"
+
+namespace dk::cuda {
+namespace attn {
+
+using ku::from_f;
+using ku::to_f;
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct Args {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* o;
+  int64_t B, Nq, Nk, H;
+  int D, Dv;
+  int64_t q_batch, q_row, q_head;  // element strides; head h starts at h * x_head
+  int64_t k_batch, k_row, k_head;
+  int64_t v_batch, v_row, v_head;
+  int64_t o_batch, o_row, o_head;
+  float scale_log2;  // scale * log2(e)
+  bool causal;
+  const float* mask;
+  int64_t mask_b, mask_h, mask_q;
+  int64_t q_tiles;
+};
+
+__host__ __device__ __forceinline__ int64_t lmin(int64_t x, int64_t y) { return x < y ? x : y; }
+__host__ __device__ __forceinline__ int64_t lmax(int64_t x, int64_t y) { return x > y ? x : y; }
+
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// ================================================================ tensor-core path
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x2_t(uint32_t (&r)[2], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_u32(p)));
+}
+
+// d += a * b for one m16n8k16 tile, float32 accumulators.
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Two floats as one register of two 16-bit values (lower column in the low half).
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __half>) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  } else {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+}
+
+// Row pitch (elements) of a shared tile whose rows hold `cols` 16-bit values: an odd number of
+// 16-byte units, so the 8 row addresses of one ldmatrix phase fall in 8 different bank groups.
+constexpr int pitch(int cols) { return ((cols / 8) % 2 == 1) ? cols : cols + 8; }
+
+template <int DK, int DV, int MT> struct TcCfg {
+  static constexpr int NW = 4, THREADS = NW * 32;
+  static constexpr int BM = 16 * MT * NW, BN = 64;
+  static constexpr int QS = pitch(DK), KS = pitch(DK), VS = pitch(DV);
+  static constexpr int SMEM = (BM * QS + BN * KS + BN * VS) * 2;
+  static_assert(DK % 16 == 0 && DV % 8 == 0, "padded head sizes");
+  static_assert(QS >= DV, "the output is staged in the Q tile");
+};
+
+// Copies rows [0, rows) x chunks [0, chunks) of 8 elements into a shared tile of ROWS x CH
+// chunks (pitch P); the rest of the tile is zero-filled.
+template <int ROWS, int CH, int P, int THREADS, typename T>
+__device__ __forceinline__ void load_tile(T* sm, const T* g, int64_t row_stride, int rows, int chunks,
+                                          const T* any_valid) {
+#pragma unroll
+  for (int c0 = 0; c0 < ROWS * CH; c0 += THREADS) {
+    const int c = c0 + static_cast<int>(threadIdx.x);
+    if (ROWS * CH % THREADS == 0 || c < ROWS * CH) {
+      const int r = c / CH, ch = c % CH;
+      const bool valid = r < rows && ch < chunks;
+      const T* src = valid ? g + r * row_stride + ch * 8 : any_valid;
+      cp_async16(sm + r * P + ch * 8, src, valid);
+    }
+  }
+}
+
+template <typename T, int DK, int DV, int MT>
+__global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
+  using C = TcCfg<DK, DV, MT>;
+  constexpr int BM = C::BM, BN = C::BN, QS = C::QS, KS = C::KS, VS = C::VS;
+  constexpr int NT = BN / 8;    // n8 tiles of S
+  constexpr int KQ = DK / 16;   // k16 steps of QK^T
+  constexpr int NV = DV / 8;    // n8 tiles of O
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);
+  T* Ks = Qs + BM * QS;
+  T* Vs = Ks + BN * KS;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, tq = lane & 3;
+  int64_t qt = blockIdx.x % a.q_tiles;
+  const int64_t bh = blockIdx.x / a.q_tiles;
+  const int64_t h = bh % a.H, b = bh / a.H;
+  if (a.causal) qt = a.q_tiles - 1 - qt;  // the longest rows first
+  const int64_t q0 = qt * BM;
+  const T* qg = static_cast<const T*>(a.q) + b * a.q_batch + h * a.q_head + q0 * a.q_row;
+  const T* kg = static_cast<const T*>(a.k) + b * a.k_batch + h * a.k_head;
+  const T* vg = static_cast<const T*>(a.v) + b * a.v_batch + h * a.v_head;
+  T* og = static_cast<T*>(a.o) + b * a.o_batch + h * a.o_head + q0 * a.o_row;
+  const int q_rows = static_cast<int>(lmin(BM, a.Nq - q0));
+  const int64_t diag = a.Nk - a.Nq;  // key j is visible to query i when j <= i + diag
+  int64_t n_end = a.Nk;
+  if (a.causal) n_end = lmax(0, lmin(a.Nk, q0 + BM + diag));
+  const int ntiles = static_cast<int>((n_end + BN - 1) / BN);
+  const int dch = a.D / 8, dvch = a.Dv / 8;
+
+  load_tile<BM, DK / 8, QS, 128>(Qs, qg, a.q_row, q_rows, dch, static_cast<const T*>(a.q));
+  if (ntiles > 0)
+    load_tile<BN, DK / 8, KS, 128>(Ks, kg, a.k_row, static_cast<int>(lmin(BN, a.Nk)), dch,
+                                   static_cast<const T*>(a.k));
+  cp_async_commit();
+  cp_async_wait_all();
+  __syncthreads();
+
+  const int wrow = warp * 16 * MT;  // first tile row of this warp
+  uint32_t qf[MT][KQ][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int ks = 0; ks < KQ; ks++)
+      ldsm_x4(qf[mt][ks], Qs + (wrow + mt * 16 + (lane & 15)) * QS + ks * 16 + (lane >> 4) * 8);
+
+  float o[MT][NV][4];
+  float m[MT][2], l[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+    for (int nv = 0; nv < NV; nv++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) o[mt][nv][e] = 0.f;
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.f;
+  }
+
+  for (int j = 0; j < ntiles; j++) {
+    const int64_t n0 = static_cast<int64_t>(j) * BN;
+    const int kv = static_cast<int>(lmin(BN, a.Nk - n0));  // real keys in this tile
+    if (j > 0) {
+      cp_async_wait_all();  // K(j) landed
+      __syncthreads();      // and every warp is done with V(j-1)
+    }
+    load_tile<BN, DV / 8, VS, 128>(Vs, vg + n0 * a.v_row, a.v_row, kv, dvch, static_cast<const T*>(a.v));
+    cp_async_commit();
+
+    // ---- S = Q K^T
+    float s[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) s[mt][nt][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KQ; ks++) {
+#pragma unroll
+      for (int np = 0; np < NT / 2; np++) {
+        if (np * 16 < kv) {
+          uint32_t bk[4];
+          ldsm_x4(bk, Ks + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * KS + ks * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816<T>(s[mt][2 * np], qf[mt][ks], bk[0], bk[1]);
+            mma16816<T>(s[mt][2 * np + 1], qf[mt][ks], bk[2], bk[3]);
+          }
+        }
+      }
+    }
+
+    // ---- online softmax (log2 domain)
+    const bool edge = kv < BN || a.mask != nullptr || (a.causal && n0 + BN - 1 > q0 + diag);
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+      for (int hf = 0; hf < 2; hf++) {
+        const int64_t row = q0 + wrow + mt * 16 + g + 8 * hf;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+          for (int e = 0; e < 2; e++) {
+            float x = s[mt][nt][2 * hf + e] * a.scale_log2;
+            if (edge) {
+              const int64_t col = n0 + nt * 8 + 2 * tq + e;
+              if (col >= a.Nk || (a.causal && col > row + diag)) {
+                x = -INFINITY;
+              } else if (a.mask != nullptr && row < a.Nq) {
+                x += a.mask[b * a.mask_b + h * a.mask_h + row * a.mask_q + col] * kLog2e;
+              }
+            }
+            s[mt][nt][2 * hf + e] = x;
+            mx = fmaxf(mx, x);
+          }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mnew = fmaxf(m[mt][hf], mx);
+        const float muse = mnew == -INFINITY ? 0.f : mnew;  // a row with no key yet: all p = 0
+        const float alpha = exp2_approx(m[mt][hf] - muse);
+        m[mt][hf] = mnew;
+        float rs = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+          for (int e = 0; e < 2; e++) {
+            const float p = exp2_approx(s[mt][nt][2 * hf + e] - muse);
+            s[mt][nt][2 * hf + e] = p;
+            rs += p;
+          }
+        l[mt][hf] = l[mt][hf] * alpha + rs;  // this thread's columns only; summed over the quad at the end
+#pragma unroll
+        for (int nv = 0; nv < NV; nv++) {
+          o[mt][nv][2 * hf] *= alpha;
+          o[mt][nv][2 * hf + 1] *= alpha;
+        }
+      }
+    }
+
+    cp_async_wait_all();  // V(j) landed
+    __syncthreads();      // and every warp is done with K(j)
+    if (j + 1 < ntiles) {
+      const int64_t n1 = n0 + BN;
+      load_tile<BN, DK / 8, KS, 128>(Ks, kg + n1 * a.k_row, a.k_row, static_cast<int>(lmin(BN, a.Nk - n1)),
+                                     dch, static_cast<const T*>(a.k));
+      cp_async_commit();
+    }
+
+    // ---- O += P V
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+      if (kk * 16 < kv) {
+        uint32_t pa[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+          pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+          pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+          pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
+        const T* vrow = Vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * VS;
+#pragma unroll
+        for (int dp = 0; dp < NV / 2; dp++) {
+          uint32_t bv[4];
+          ldsm_x4_t(bv, vrow + dp * 16 + (lane >> 4) * 8);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816<T>(o[mt][2 * dp], pa[mt], bv[0], bv[1]);
+            mma16816<T>(o[mt][2 * dp + 1], pa[mt], bv[2], bv[3]);
+          }
+        }
+        if constexpr (NV % 2 == 1) {
+          uint32_t bv[2];
+          ldsm_x2_t(bv, vrow + (NV - 1) * 8);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) mma16816<T>(o[mt][NV - 1], pa[mt], bv[0], bv[1]);
+        }
+      }
+    }
+  }
+
+  // ---- normalise, stage this warp's rows in its part of the Q tile, store 16-byte chunks
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+      float lt = l[mt][hf];
+      lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+      lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+      const float inv = lt > 0.f ? 1.0f / lt : 0.f;
+      T* srow = Qs + (wrow + mt * 16 + g + 8 * hf) * QS + 2 * tq;
+#pragma unroll
+      for (int nv = 0; nv < NV; nv++)
+        *reinterpret_cast<uint32_t*>(srow + nv * 8) = pack2<T>(o[mt][nv][2 * hf] * inv, o[mt][nv][2 * hf + 1] * inv);
+    }
+  }
+  __syncwarp();
+  constexpr int WROWS = 16 * MT;
+#pragma unroll
+  for (int c0 = 0; c0 < WROWS * NV; c0 += 32) {
+    const int c = c0 + lane;
+    if (WROWS * NV % 32 == 0 || c < WROWS * NV) {
+      const int r = c / NV, ch = c % NV;
+      if (wrow + r < q_rows && ch < dvch)
+        *reinterpret_cast<uint4*>(og + (wrow + r) * a.o_row + ch * 8) =
+            *reinterpret_cast<const uint4*>(Qs + (wrow + r) * QS + ch * 8);
+    }
+  }
+}
+
+template <typename T, int DK, int DV, int MT> void launch_tc(int device, const Args& a, cudaStream_t s) {
+  using C = TcCfg<DK, DV, MT>;
+  auto kern = attn_tc<T, DK, DV, MT>;
+  if (C::SMEM > 48 * 1024) {
+    static bool raised[64] = {};  // per device; a repeated call is harmless
+    if (device < 0 || device >= 64 || !raised[device]) {
+      check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM), "attention");
+      if (device >= 0 && device < 64) raised[device] = true;
+    }
+  }
+  const int64_t blocks = a.q_tiles * a.H * a.B;
+  kern<<<static_cast<unsigned>(blocks), C::THREADS, C::SMEM, s>>>(a);
+  ku::launch_check("attention");
+}
+
+// ================================================================ SIMT path
+constexpr int SB = 64;   // queries and keys per tile
+constexpr int SDC = 16;  // head-dim slice of Q and K staged at once
+constexpr int SKC = 16;  // keys of V staged at once
+
+template <typename T, int NJ>
+__global__ void __launch_bounds__(256) attn_simt(Args a) {
+  constexpr int DVP = 16 * NJ;
+  __shared__ __align__(16) float Qc[SDC][SB + 4];  // [d][query]
+  __shared__ __align__(16) float Kc[SDC][SB + 4];  // [d][key]
+  __shared__ __align__(16) float Pt[SB][SB + 4];   // [key][query]
+  __shared__ float Vc[SKC][DVP];
+
+  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+  const int64_t qt = blockIdx.x % a.q_tiles;
+  const int64_t bh = blockIdx.x / a.q_tiles;
+  const int64_t h = bh % a.H, b = bh / a.H;
+  const int64_t q0 = qt * SB;
+  const T* qg = static_cast<const T*>(a.q) + b * a.q_batch + h * a.q_head;
+  const T* kg = static_cast<const T*>(a.k) + b * a.k_batch + h * a.k_head;
+  const T* vg = static_cast<const T*>(a.v) + b * a.v_batch + h * a.v_head;
+  T* og = static_cast<T*>(a.o) + b * a.o_batch + h * a.o_head;
+  const int64_t diag = a.Nk - a.Nq;
+  int64_t n_end = a.Nk;
+  if (a.causal) n_end = lmax(0, lmin(a.Nk, q0 + SB + diag));
+
+  float o[4][NJ];
+  float m[4], l[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    m[i] = -INFINITY;
+    l[i] = 0.f;
+#pragma unroll
+    for (int jj = 0; jj < NJ; jj++) o[i][jj] = 0.f;
+  }
+
+  for (int64_t n0 = 0; n0 < n_end; n0 += SB) {
+    float s[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++) s[i][j] = 0.f;
+    for (int d0 = 0; d0 < a.D; d0 += SDC) {
+#pragma unroll
+      for (int e = 0; e < SB * SDC / 256; e++) {
+        const int idx = tid + 256 * e, r = idx / SDC, dd = idx % SDC;
+        const bool dok = d0 + dd < a.D;
+        Qc[dd][r] = (dok && q0 + r < a.Nq) ? to_f(qg[(q0 + r) * a.q_row + d0 + dd]) : 0.f;
+        Kc[dd][r] = (dok && n0 + r < a.Nk) ? to_f(kg[(n0 + r) * a.k_row + d0 + dd]) : 0.f;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int dd = 0; dd < SDC; dd++) {
+        const float4 qv = *reinterpret_cast<const float4*>(&Qc[dd][ty * 4]);
+        const float4 kv = *reinterpret_cast<const float4*>(&Kc[dd][tx * 4]);
+        const float qa[4] = {qv.x, qv.y, qv.z, qv.w}, ka[4] = {kv.x, kv.y, kv.z, kv.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+          for (int j = 0; j < 4; j++) s[i][j] = fmaf(qa[i], ka[j], s[i][j]);
+      }
+      __syncthreads();
+    }
+    // online softmax over this tile; the 16 threads of one row group are 16 consecutive lanes
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const int64_t row = q0 + ty * 4 + i;
+      float mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const int64_t col = n0 + tx * 4 + j;
+        float x = s[i][j] * a.scale_log2;
+        if (col >= a.Nk || (a.causal && col > row + diag)) x = -INFINITY;
+        else if (a.mask != nullptr && row < a.Nq)
+          x += a.mask[b * a.mask_b + h * a.mask_h + row * a.mask_q + col] * kLog2e;
+        s[i][j] = x;
+        mx = fmaxf(mx, x);
+      }
+#pragma unroll
+      for (int off = 1; off < 16; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      const float mnew = fmaxf(m[i], mx);
+      const float muse = mnew == -INFINITY ? 0.f : mnew;
+      const float alpha = exp2_approx(m[i] - muse);
+      m[i] = mnew;
+      float rs = 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        s[i][j] = exp2_approx(s[i][j] - muse);
+        rs += s[i][j];
+      }
+      l[i] = l[i] * alpha + rs;
+#pragma unroll
+      for (int jj = 0; jj < NJ; jj++) o[i][jj] *= alpha;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+      *reinterpret_cast<float4*>(&Pt[tx * 4 + j][ty * 4]) = make_float4(s[0][j], s[1][j], s[2][j], s[3][j]);
+    // O += P V, SKC keys of V at a time
+    for (int kc = 0; kc < SB; kc += SKC) {
+      for (int idx = tid; idx < SKC * DVP; idx += 256) {
+        const int kr = idx / DVP, c = idx % DVP;
+        const int64_t key = n0 + kc + kr;
+        Vc[kr][c] = (key < a.Nk && c < a.Dv) ? to_f(vg[key * a.v_row + c]) : 0.f;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < SKC; kk++) {
+        const float4 pv = *reinterpret_cast<const float4*>(&Pt[kc + kk][ty * 4]);
+        const float pa[4] = {pv.x, pv.y, pv.z, pv.w};
+#pragma unroll
+        for (int jj = 0; jj < NJ; jj++) {
+          const float vv = Vc[kk][tx + 16 * jj];
+#pragma unroll
+          for (int i = 0; i < 4; i++) o[i][jj] = fmaf(pa[i], vv, o[i][jj]);
+        }
+      }
+      __syncthreads();
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    float lt = l[i];
+#pragma unroll
+    for (int off = 1; off < 16; off <<= 1) lt += __shfl_xor_sync(0xffffffffu, lt, off);
+    const float inv = lt > 0.f ? 1.0f / lt : 0.f;
+    const int64_t row = q0 + ty * 4 + i;
+    if (row >= a.Nq) continue;
+#pragma unroll
+    for (int jj = 0; jj < NJ; jj++) {
+      const int c = tx + 16 * jj;
+      if (c < a.Dv) og[row * a.o_row + c] = from_f<T>(o[i][jj] * inv);
+    }
+  }
+}
+
+template <typename T> void launch_simt(int device, Args a, cudaStream_t s) {
+  (void)device;
+  a.q_tiles = (a.Nq + SB - 1) / SB;
+  const int64_t blocks = a.q_tiles * a.H * a.B;
+  if (blocks > 0x7fffffffLL) throw_range("attention: too many query tiles for one launch");
+  const int Dv_all = a.Dv;
+  const T* v0 = static_cast<const T*>(a.v);
+  T* o0 = static_cast<T*>(a.o);
+  for (int c0 = 0; c0 < Dv_all; c0 += 256) {  // softmax does not depend on V: slice wide Dv
+    a.v = v0 + c0;
+    a.o = o0 + c0;
+    a.Dv = std::min(256, Dv_all - c0);
+    const unsigned g = static_cast<unsigned>(blocks);
+    const int nj = (a.Dv + 15) / 16;
+    if (nj <= 2) attn_simt<T, 2><<<g, 256, 0, s>>>(a);
+    else if (nj <= 3) attn_simt<T, 3><<<g, 256, 0, s>>>(a);
+    else if (nj <= 4) attn_simt<T, 4><<<g, 256, 0, s>>>(a);
+    else if (nj <= 5) attn_simt<T, 5><<<g, 256, 0, s>>>(a);
+    else if (nj <= 8) attn_simt<T, 8><<<g, 256, 0, s>>>(a);
+    else if (nj <= 10) attn_simt<T, 10><<<g, 256, 0, s>>>(a);
+    else attn_simt<T, 16><<<g, 256, 0, s>>>(a);
+    ku::launch_check("attention");
+  }
+}
+
+// ================================================================ dispatch
+template <typename T> bool tc_eligible(const Args& a) {
+  if constexpr (std::is_same_v<T, float>) {
+    return false;
+  } else {
+    if (a.D % 8 || a.Dv % 8 || a.D > 160 || a.Dv > 160) return false;
+    const int64_t st[] = {a.q_batch, a.q_row, a.q_head, a.k_batch, a.k_row, a.k_head,
+                          a.v_batch, a.v_row, a.v_head, a.o_batch, a.o_row, a.o_head};
+    for (int64_t x : st)
+      if (x % 8) return false;
+    return ku::aligned16(a.q) && ku::aligned16(a.k) && ku::aligned16(a.v) && ku::aligned16(a.o);
+  }
+}
+
+// Smallest instantiated (DK, DV) holding (D, Dv); MT = 2 (128 queries per block) while the
+// registers allow it. Returns false when none fits.
+template <typename T> bool launch_tc_any(int device, Args a, cudaStream_t s) {
+  auto go = [&](auto dk, auto dv, auto mt) {
+    constexpr int DK = decltype(dk)::value, DV = decltype(dv)::value, MT = decltype(mt)::value;
+    a.q_tiles = (a.Nq + TcCfg<DK, DV, MT>::BM - 1) / TcCfg<DK, DV, MT>::BM;
+    if (a.q_tiles * a.H * a.B > 0x7fffffffLL) throw_range("attention: too many query tiles for one launch");
+    launch_tc<T, DK, DV, MT>(device, a, s);
+    return true;
+  };
+  using std::integral_constant;
+  using I = int;
+  if (a.D <= 32 && a.Dv <= 32) return go(integral_constant<I, 32>(), integral_constant<I, 32>(), integral_constant<I, 2>());
+  if (a.D <= 48 && a.Dv <= 40) return go(integral_constant<I, 48>(), integral_constant<I, 40>(), integral_constant<I, 2>());
+  if (a.D <= 48 && a.Dv <= 48) return go(integral_constant<I, 48>(), integral_constant<I, 48>(), integral_constant<I, 2>());
+  if (a.D <= 64 && a.Dv <= 64) return go(integral_constant<I, 64>(), integral_constant<I, 64>(), integral_constant<I, 2>());
+  if (a.D <= 80 && a.Dv <= 80) return go(integral_constant<I, 80>(), integral_constant<I, 80>(), integral_constant<I, 2>());
+  if (a.D <= 128 && a.Dv <= 128) return go(integral_constant<I, 128>(), integral_constant<I, 128>(), integral_constant<I, 1>());
+  if (a.D <= 160 && a.Dv <= 160) return go(integral_constant<I, 160>(), integral_constant<I, 160>(), integral_constant<I, 1>());
+  return false;
+}
+
+// force: 0 = choose, 1 = tensor-core path only, 2 = SIMT path only (for the lab).
+template <typename T> void run(int device, Args a, int force) {
+  cudaStream_t s = stream(device);
+  if constexpr (!std::is_same_v<T, float>) {
+    if (force != 2 && tc_eligible<T>(a) && launch_tc_any<T>(device, a, s)) return;
+  }
+  if (force == 1) throw_range("attention: the tensor-core path cannot take this shape");
+  launch_simt<T>(device, a, s);
+}
+
+inline Args make_args(const AttentionParams& p, const void* q, const void* k, const void* v, void* out) {
+  if (p.B < 0 || p.Nq < 0 || p.Nk < 0 || p.heads < 0 || p.D <= 0 || p.Dv <= 0)
+    throw_range("attention: sizes must be non-negative and head sizes positive");
+  if (p.D > (1 << 20) || p.Dv > (1 << 20)) throw_range("attention: head size too large");
+  Args a{};
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.o = out;
+  a.B = p.B;
+  a.Nq = p.Nq;
+  a.Nk = p.Nk;
+  a.H = p.heads;
+  a.D = static_cast<int>(p.D);
+  a.Dv = static_cast<int>(p.Dv);
+  a.q_batch = p.q_batch;
+  a.q_row = p.q_row;
+  a.q_head = p.D;
+  a.k_batch = p.k_batch;
+  a.k_row = p.k_row;
+  a.k_head = p.D;
+  a.v_batch = p.v_batch;
+  a.v_row = p.v_row;
+  a.v_head = p.Dv;
+  a.o_batch = p.o_batch;
+  a.o_row = p.o_row;
+  a.o_head = p.Dv;
+  a.scale_log2 = p.scale * kLog2e;
+  a.causal = p.causal;
+  a.mask = p.mask;
+  a.mask_b = p.mask_b;
+  a.mask_h = p.mask_h;
+  a.mask_q = p.mask_q;
+  return a;
+}
+
+// Entry with a forced path, for ops_lab.
+inline void attention_forced(int device, DType dt, const AttentionParams& p, const void* q, const void* k,
+                             const void* v, void* out, int force) {
+  if (p.B == 0 || p.Nq == 0 || p.heads == 0) return;
+  Args a = make_args(p, q, k, v, out);
+  DK_DISPATCH_FLOAT(dt, "attention", run<T>(device, a, force));
+}
+
+}  // namespace attn
+
+void attention(int device, DType dt, const AttentionParams& p, const void* q, const void* k, const void* v,
+               void* out) {
+  attn::attention_forced(device, dt, p, q, k, v, out, 0);
+}
+
+}  // namespace dk::cuda

@@ -41,10 +41,10 @@ struct PatchA final : gemm::ASource {
         const bool inside = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
         ptr[i] = inside ? x + ((img[i] * p.H + ih) * p.W + iw) * p.C + c : nullptr;
       }
-      float* d = dst + (k - k0) * mr;
-      if (len >= 8) {
-        kr.pack_rows(len, ptr, rows, mr, d);
+      if (len >= 8 || kr.a_rows) {
+        gemm::pack_a_columns(kr, kc, k - k0, len, ptr, rows, dst);
       } else {  // few channels (an RGB input layer): plain copies beat a transpose
+        float* d = dst + (k - k0) * mr;
         for (int64_t kk = 0; kk < len; ++kk)
           for (int i = 0; i < mr; ++i) d[kk * mr + i] = (i < rows && ptr[i]) ? ptr[i][kk] : 0.f;
       }

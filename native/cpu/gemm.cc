@@ -198,8 +198,9 @@ void run_rect(const Kernel& kr, const Blocking& bl, const Problem& p, int64_t m0
       base.beta = first ? p.beta : 1.f;
       for (int64_t ic = m0; ic < m1; ic += mc_blk) {
         const int64_t mc = std::min(mc_blk, m1 - ic);
+        const int64_t apanel = a_panel_floats(kr, kc);
         for (int64_t i0 = 0; i0 < mc; i0 += mr)
-          p.a->pack(kr, ic + i0, int(std::min<int64_t>(mr, mc - i0)), pc, kc, abuf + i0 * kc);
+          p.a->pack(kr, ic + i0, int(std::min<int64_t>(mr, mc - i0)), pc, kc, abuf + i0 / mr * apanel);
         for (int64_t j0 = 0; j0 < nc; j0 += nr) {
           const int n = int(std::min<int64_t>(nr, nc - j0));
           const float* bp = bbuf + j0 * kc;
@@ -212,7 +213,7 @@ void run_rect(const Kernel& kr, const Blocking& bl, const Problem& p, int64_t m0
               e.residual = p.ep.residual + row * p.ep.ldr + col;
               e.ldr = p.ep.ldr;
             }
-            kr.kernel(kc, abuf + i0 * kc, bp, p.C + row * p.ldc + col, p.ldc, m, n, e);
+            kr.kernel(kc, abuf + i0 / mr * apanel, bp, p.C + row * p.ldc + col, p.ldc, m, n, e);
           }
         }
       }
@@ -284,7 +285,7 @@ void run_batched(int64_t batch, const GetProblem& get) {
   // Scratch for one thread: an A block and a B slab, sized for the largest rectangle.
   const int64_t kc = std::min(bl.kc, round_up(std::max<int64_t>(p0.K, 1), 8));
   const int64_t rect_n = round_up(ceil_div(p0.N, split.tn), kr.nr) + kr.nr;
-  const int64_t a_elems = round_up(bl.mc * kc + 64, 16);
+  const int64_t a_elems = round_up(bl.mc / kr.mr * a_panel_floats(kr, kc) + 64, 16);
   const int64_t b_elems = round_up(std::min(bl.nc, rect_n) * kc + 64, 16);
   Scratch scratch(size_t(nt) * (a_elems + b_elems));
 
@@ -312,7 +313,18 @@ struct PlainA final : ASource {
     if (!transA) {
       const float* ptr[kMaxMR];
       for (int i = 0; i < rows; ++i) ptr[i] = A + (i0 + i) * lda + k0;
-      kr.pack_rows(kc, ptr, rows, mr, dst);
+      pack_a_columns(kr, kc, 0, kc, ptr, rows, dst);
+      return;
+    }
+    if (kr.a_rows) {  // op(A) row i is column i of A: a strided gather per row
+      const int64_t pitch = a_pitch(kc);
+      for (int i = 0; i < mr; ++i) {
+        float* d = dst + i * pitch;
+        if (i < rows)
+          for (int64_t k = 0; k < kc; ++k) d[k] = A[(k0 + k) * lda + i0 + i];
+        else
+          std::memset(d, 0, sizeof(float) * kc);
+      }
       return;
     }
     for (int64_t k = 0; k < kc; ++k) {
@@ -325,6 +337,23 @@ struct PlainA final : ASource {
 };
 
 }  // namespace
+
+void pack_a_columns(const Kernel& kr, int64_t kc, int64_t k0, int64_t len, const float* const* rows, int nrows,
+                    float* panel) {
+  if (!kr.a_rows) {
+    kr.pack_rows(len, rows, nrows, kr.mr, panel + k0 * kr.mr);
+    return;
+  }
+  const int64_t pitch = a_pitch(kc);
+  for (int i = 0; i < kr.mr; ++i) {
+    float* d = panel + i * pitch + k0;
+    const float* src = i < nrows ? rows[i] : nullptr;
+    if (src)
+      std::memcpy(d, src, sizeof(float) * len);
+    else
+      std::memset(d, 0, sizeof(float) * len);
+  }
+}
 
 Blocking& blocking_override() {
   static Blocking b;

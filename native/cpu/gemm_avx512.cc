@@ -99,10 +99,114 @@ inline void tile_14x32(int64_t kc, const float* A, const float* B, float* t, con
 #undef DK_KSTEP
 #undef DK_STORE2
 
+// Same tile with A as 14 rows at a pitch (Kernel::a_rows): the rows are addressed from three bases
+// (rows 0, 3, 10) and two indices (1 and 3 pitches), since x86 scales are only 1, 2, 4 and 8.
+#define DK_A0 "(%[a0])"
+#define DK_A1 "(%[a0],%[s1],1)"
+#define DK_A2 "(%[a0],%[s1],2)"
+#define DK_A3 "(%[a3])"
+#define DK_A4 "(%[a0],%[s1],4)"
+#define DK_A5 "(%[a3],%[s1],2)"
+#define DK_A6 "(%[a0],%[s3],2)"
+#define DK_A7 "(%[a3],%[s1],4)"
+#define DK_A8 "(%[a0],%[s1],8)"
+#define DK_A9 "(%[a3],%[s3],2)"
+#define DK_A10 "(%[a10])"
+#define DK_A11 "(%[a10],%[s1],1)"
+#define DK_A12 "(%[a10],%[s1],2)"
+#define DK_A13 "(%[a10],%[s3],1)"
+#define DK_RROW(D, ADDR, c0, c1, bc)                       \
+  "vbroadcastss " D ADDR ", %%zmm" #bc "\n\t"              \
+  "vfmadd231ps %%zmm28, %%zmm" #bc ", %%zmm" #c0 "\n\t"    \
+  "vfmadd231ps %%zmm29, %%zmm" #bc ", %%zmm" #c1 "\n\t"
+#define DK_RSTEP(D, BOFF)                                                                              \
+  "vmovaps " BOFF "(%[b]), %%zmm28\n\t"                                                                \
+  "vmovaps " BOFF "+64(%[b]), %%zmm29\n\t"                                                             \
+  DK_RROW(D, DK_A0, 0, 1, 30) DK_RROW(D, DK_A1, 2, 3, 31) DK_RROW(D, DK_A2, 4, 5, 30)                  \
+  DK_RROW(D, DK_A3, 6, 7, 31) DK_RROW(D, DK_A4, 8, 9, 30) DK_RROW(D, DK_A5, 10, 11, 31)                \
+  DK_RROW(D, DK_A6, 12, 13, 30) DK_RROW(D, DK_A7, 14, 15, 31) DK_RROW(D, DK_A8, 16, 17, 30)            \
+  DK_RROW(D, DK_A9, 18, 19, 31) DK_RROW(D, DK_A10, 20, 21, 30) DK_RROW(D, DK_A11, 22, 23, 31)          \
+  DK_RROW(D, DK_A12, 24, 25, 30) DK_RROW(D, DK_A13, 26, 27, 31)
+#define DK_TSTORE2(r, c0, c1) \
+  "vmovaps %%zmm" #c0 ", 128*" #r "(%[a3])\n\t" "vmovaps %%zmm" #c1 ", 128*" #r "+64(%[a3])\n\t"
+
+inline void tile_14x32_rows(int64_t kc, const float* A, const float* B, float* t, const float* C, int64_t ldc,
+                            int m) {
+  const int64_t s1 = a_pitch(kc) * 4, s3 = 3 * s1;
+  const char* a0 = reinterpret_cast<const char*>(A);
+  const char* a3 = a0 + s3;
+  const char* a10 = a0 + 10 * s1;
+  int64_t k = kc >> 2, pn = m;
+  const int64_t k1 = kc & 3, ldcb = ldc * 4;
+  const char* cp = reinterpret_cast<const char*>(C);
+  __asm__ volatile(
+      "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
+      "vmovaps %%zmm0, %%zmm1\n\t" "vmovaps %%zmm0, %%zmm2\n\t" "vmovaps %%zmm0, %%zmm3\n\t"
+      "vmovaps %%zmm0, %%zmm4\n\t" "vmovaps %%zmm0, %%zmm5\n\t" "vmovaps %%zmm0, %%zmm6\n\t"
+      "vmovaps %%zmm0, %%zmm7\n\t" "vmovaps %%zmm0, %%zmm8\n\t" "vmovaps %%zmm0, %%zmm9\n\t"
+      "vmovaps %%zmm0, %%zmm10\n\t" "vmovaps %%zmm0, %%zmm11\n\t" "vmovaps %%zmm0, %%zmm12\n\t"
+      "vmovaps %%zmm0, %%zmm13\n\t" "vmovaps %%zmm0, %%zmm14\n\t" "vmovaps %%zmm0, %%zmm15\n\t"
+      "vmovaps %%zmm0, %%zmm16\n\t" "vmovaps %%zmm0, %%zmm17\n\t" "vmovaps %%zmm0, %%zmm18\n\t"
+      "vmovaps %%zmm0, %%zmm19\n\t" "vmovaps %%zmm0, %%zmm20\n\t" "vmovaps %%zmm0, %%zmm21\n\t"
+      "vmovaps %%zmm0, %%zmm22\n\t" "vmovaps %%zmm0, %%zmm23\n\t" "vmovaps %%zmm0, %%zmm24\n\t"
+      "vmovaps %%zmm0, %%zmm25\n\t" "vmovaps %%zmm0, %%zmm26\n\t" "vmovaps %%zmm0, %%zmm27\n\t"
+      "test %[k], %[k]\n\t"
+      "jz 2f\n\t"
+      ".p2align 5\n"
+      "1:\n\t"
+      "test %[pn], %[pn]\n\t"
+      "jz 5f\n\t"
+      "prefetcht0 (%[cp])\n\t"
+      "prefetcht0 64(%[cp])\n\t"
+      "prefetcht0 127(%[cp])\n\t"
+      "add %[ldcb], %[cp]\n\t"
+      "dec %[pn]\n"
+      "5:\n\t"
+      "prefetcht0 1024(%[b])\n\t"
+      DK_RSTEP("0", "0")
+      "prefetcht0 1088(%[b])\n\t"
+      DK_RSTEP("4", "128")
+      DK_RSTEP("8", "256")
+      DK_RSTEP("12", "384")
+      "add $16, %[a0]\n\t"
+      "add $16, %[a3]\n\t"
+      "add $16, %[a10]\n\t"
+      "add $512, %[b]\n\t"
+      "dec %[k]\n\t"
+      "jnz 1b\n"
+      "2:\n\t"
+      "mov %[k1], %[k]\n\t"
+      "test %[k], %[k]\n\t"
+      "jz 4f\n"
+      "3:\n\t"
+      DK_RSTEP("0", "0")
+      "add $4, %[a0]\n\t"
+      "add $4, %[a3]\n\t"
+      "add $4, %[a10]\n\t"
+      "add $128, %[b]\n\t"
+      "dec %[k]\n\t"
+      "jnz 3b\n"
+      "4:\n\t"
+      "mov %[t], %[a3]\n\t"
+      DK_TSTORE2(0, 0, 1) DK_TSTORE2(1, 2, 3) DK_TSTORE2(2, 4, 5) DK_TSTORE2(3, 6, 7) DK_TSTORE2(4, 8, 9)
+      DK_TSTORE2(5, 10, 11) DK_TSTORE2(6, 12, 13) DK_TSTORE2(7, 14, 15) DK_TSTORE2(8, 16, 17)
+      DK_TSTORE2(9, 18, 19) DK_TSTORE2(10, 20, 21) DK_TSTORE2(11, 22, 23) DK_TSTORE2(12, 24, 25)
+      DK_TSTORE2(13, 26, 27)
+      : [a0] "+r"(a0), [a3] "+r"(a3), [a10] "+r"(a10), [b] "+r"(B), [k] "+r"(k), [cp] "+r"(cp), [pn] "+r"(pn)
+      : [s1] "r"(s1), [s3] "r"(s3), [t] "m"(t), [ldcb] "m"(ldcb), [k1] "m"(k1)
+      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+        "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20",
+        "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+}
+
+template <bool kRows>
 void kernel_14x32(int64_t kc, const float* A, const float* B, float* C, int64_t ldc, int m, int n,
                   const TileEpi& e) {
   alignas(64) float t[MR * NR];
-  tile_14x32(kc, A, B, t, C, ldc, m);
+  if (kRows)
+    tile_14x32_rows(kc, A, B, t, C, ldc, m);
+  else
+    tile_14x32(kc, A, B, t, C, ldc, m);
 
   const __mmask16 m0 = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
   const __mmask16 m1 = n >= 32 ? __mmask16(0xFFFF) : n <= 16 ? __mmask16(0) : __mmask16((1u << (n - 16)) - 1);
@@ -197,14 +301,16 @@ void pack_rows_avx512(int64_t kc, const float* const* rows, int nrows, int width
 
 }  // namespace
 
-Kernel kernel_avx512() {
+Kernel kernel_avx512_variant(bool rows) {
   Kernel k;
   k.mr = MR;
   k.nr = NR;
-  k.kernel = kernel_14x32;
+  k.kernel = rows ? kernel_14x32<true> : kernel_14x32<false>;
   k.pack_rows = pack_rows_avx512;
-  k.name = "avx512 14x32";
+  k.a_rows = rows;
+  k.name = rows ? "avx512 14x32 A-rows" : "avx512 14x32 A-interleaved";
   return k;
 }
+Kernel kernel_avx512() { return kernel_avx512_variant(true); }
 
 }  // namespace dk::cpu::gemm

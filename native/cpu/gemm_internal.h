@@ -1,9 +1,12 @@
 // Shared between gemm.cc (blocking, threading), conv2d.cc (implicit GEMM) and the ISA files
 // gemm_avx512.cc / gemm_avx2.cc (register-blocked micro-kernels and packing routines).
 //
-// Packed layouts (BLIS style): an A micro-panel is [kc][mr] (column k of mr rows, rows past the
-// matrix edge are zero); a B micro-panel is [kc][nr]. The micro-kernel keeps the mr x nr C tile
-// in registers over the whole kc loop and writes it once, applying the epilogue.
+// Packed layouts: a B micro-panel is [kc][nr] (BLIS style). An A micro-panel is either [kc][mr]
+// (interleaved: column k of the mr rows) or, for kernels with a_rows, mr rows of kc floats at a
+// pitch of a_pitch(kc) floats (packing is then a plain copy per row, no transpose; the pitch is
+// an odd number of cache lines so the mr row streams fall in different L1 sets). Rows past the
+// matrix edge are zero. The micro-kernel keeps the mr x nr C tile in registers over the whole kc
+// loop and writes it once, applying the epilogue.
 #pragma once
 #include <cstdint>
 
@@ -31,14 +34,29 @@ using PackRowsFn = void (*)(int64_t kc, const float* const* rows, int nrows, int
 struct Kernel {
   int mr = 0, nr = 0;
   KernelFn kernel = nullptr;
-  PackRowsFn pack_rows = nullptr;
+  PackRowsFn pack_rows = nullptr;  // B panels of a transposed B, and interleaved A panels
+  bool a_rows = false;             // A panels row-major at a_pitch(kc) (see above)
   const char* name = "";
 };
+
+// Floats between rows of a row-major A panel: >= kc, a whole odd number of 64-byte lines.
+inline int64_t a_pitch(int64_t kc) {
+  int64_t lines = (kc + 15) / 16;
+  return (lines | 1) * 16;
+}
+inline int64_t a_panel_floats(const Kernel& kr, int64_t kc) {
+  return kr.a_rows ? kr.mr * a_pitch(kc) : kr.mr * kc;
+}
+// Writes columns [k0, k0+len) of an A panel (of depth kc) from row pointers that point at column
+// k0; rows i >= nrows or with a null pointer get zeros.
+void pack_a_columns(const Kernel& kr, int64_t kc, int64_t k0, int64_t len, const float* const* rows, int nrows,
+                    float* panel);
 
 Kernel kernel_generic();
 #if defined(DK_X86)
 Kernel kernel_avx2();
 Kernel kernel_avx512();
+Kernel kernel_avx512_variant(bool a_rows);  // lab: compare A panel layouts
 #endif
 // The best kernel for cpu_features().isa (DIFFUSEKIT_ISA caps it).
 const Kernel& select_kernel();
@@ -55,7 +73,7 @@ Blocking& blocking_override();
 void set_kernel_for_lab(const Kernel& k);  // the widest register tile any ISA file uses (for stack row tables)
 
 // Source of op(A) for the driver: fills one A micro-panel (rows i0..i0+rows-1, columns
-// k0..k0+kc-1) as [kc][kr.mr], zero beyond `rows`. sgemm packs plain matrices; conv2d
+// k0..k0+kc-1) in the kernel's layout (pack_a_columns), zero beyond `rows`. sgemm packs plain matrices; conv2d
 // gathers input patches here, which is what makes it an implicit GEMM.
 struct ASource {
   virtual ~ASource() = default;

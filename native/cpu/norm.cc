@@ -6,6 +6,7 @@
 // data are shifted by the chunk's (float) mean, their sum and sum of squares give the chunk's
 // exact mean and M2, and chunks are merged in double with Chan's formula, in a fixed order so
 // the result does not depend on the thread count. Biased variance, eps inside the sqrt.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -130,8 +131,8 @@ void group_norm_with(const Kernels& k, const float* x, float* y, int64_t N, int6
     }
   });
 
-  // Merge chunks per (n, g) in order; then y = x * a + b per channel.
-  std::vector<float> coef(static_cast<size_t>(N * C * 2));
+  // Merge chunks per (n, g) in order; then per channel y = ((x - mh) - ml) * a + b.
+  std::vector<float> coef(static_cast<size_t>(N * C * 4));
   for (int64_t n = 0; n < N; ++n)
     for (int64_t g = 0; g < G; ++g) {
       double cnt = 0, mean = 0, m2 = 0;
@@ -146,18 +147,21 @@ void group_norm_with(const Kernels& k, const float* x, float* y, int64_t N, int6
         cnt = tot;
       }
       const double rstd = 1.0 / std::sqrt(m2 / cnt + static_cast<double>(eps));
+      const float mh = static_cast<float>(mean), ml = static_cast<float>(mean - mh);
+      float* cf = coef.data() + n * C * 4;
       for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-        const double a = (gamma ? gamma[c] : 1.0) * rstd;
-        coef[n * C * 2 + c] = static_cast<float>(a);
-        coef[n * C * 2 + C + c] = static_cast<float>((beta ? beta[c] : 0.0) - mean * a);
+        cf[c] = mh;
+        cf[C + c] = ml;
+        cf[2 * C + c] = static_cast<float>((gamma ? gamma[c] : 1.0) * rstd);
+        cf[3 * C + c] = beta ? beta[c] : 0.f;
       }
     }
 
   parallel_for(N * L, std::max<int64_t>(1, 16384 / C), [&](int64_t lo, int64_t hi) {
     while (lo < hi) {
       const int64_t n = lo / L, end = std::min(hi, (n + 1) * L);
-      const float* cf = coef.data() + n * C * 2;
-      k.affine(x + lo * C, y + lo * C, end - lo, C, cf, cf + C, silu);
+      const float* cf = coef.data() + n * C * 4;
+      k.affine(x + lo * C, y + lo * C, end - lo, C, cf, cf + C, cf + 2 * C, cf + 3 * C, silu);
       lo = end;
     }
   });

@@ -16,9 +16,11 @@ struct Kernels {
   // With d = x[r*C + c] - mc[c]: e[c] = sum_r d, q[c] = sum_r d^2 (shifted data: the shift need
   // not be the exact mean, the caller corrects with e).
   void (*colsqdev)(const float* x, int64_t rows, int64_t C, const float* mc, float* q, float* e) = nullptr;
-  // y[r*C + c] = f(x[r*C + c] * a[c] + b[c]), f = SiLU when silu, else identity
-  void (*affine)(const float* x, float* y, int64_t rows, int64_t C, const float* a, const float* b,
-                 bool silu) = nullptr;
+  // y[r*C + c] = f(((x[r*C + c] - mh[c]) - ml[c]) * a[c] + b[c]), f = SiLU when silu, else
+  // identity. mh + ml is the mean split in two floats: the subtraction stays exact to float
+  // precision even when the mean is large against the spread (x * a + b would not).
+  void (*affine)(const float* x, float* y, int64_t rows, int64_t C, const float* mh, const float* ml,
+                 const float* a, const float* b, bool silu) = nullptr;
   void (*layer_norm_rows)(const float* x, float* y, int64_t rows, int64_t C, const float* gamma,
                           const float* beta, float eps) = nullptr;
   void (*softmax_rows)(const float* x, float* y, int64_t rows, int64_t C) = nullptr;
@@ -113,23 +115,25 @@ struct NormRows {
   // SiLU(y) = y * sigmoid(y) = y / (1 + e^-y); e^-y = inf gives -0, the limit.
   static V silu(V y) { return VT::div(y, VT::add(VT::set1(1.f), VT::exp(VT::sub(VT::zero(), y)))); }
 
-  static void affine(const float* x, float* y, int64_t rows, int64_t C, const float* a, const float* b, bool act) {
+  static V norm1(const float* x, const float* mh, const float* ml, const float* a, const float* b) {
+    return VT::fma(VT::sub(VT::sub(VT::load(x), VT::load(mh)), VT::load(ml)), VT::load(a), VT::load(b));
+  }
+
+  static void affine(const float* x, float* y, int64_t rows, int64_t C, const float* mh, const float* ml,
+                     const float* a, const float* b, bool act) {
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = x + r * C;
       float* yr = y + r * C;
       int64_t c = 0;
       if (act) {
-        for (; c + W <= C; c += W) VT::store(yr + c, silu(VT::fma(VT::load(xr + c), VT::load(a + c), VT::load(b + c))));
+        for (; c + W <= C; c += W) VT::store(yr + c, silu(norm1(xr + c, mh + c, ml + c, a + c, b + c)));
       } else {
-        for (; c + 2 * W <= C; c += 2 * W) {
-          VT::store(yr + c, VT::fma(VT::load(xr + c), VT::load(a + c), VT::load(b + c)));
-          VT::store(yr + c + W, VT::fma(VT::load(xr + c + W), VT::load(a + c + W), VT::load(b + c + W)));
-        }
-        for (; c + W <= C; c += W) VT::store(yr + c, VT::fma(VT::load(xr + c), VT::load(a + c), VT::load(b + c)));
+        for (; c + W <= C; c += W) VT::store(yr + c, norm1(xr + c, mh + c, ml + c, a + c, b + c));
       }
       if (c < C) {
         const int n = static_cast<int>(C - c);
-        V v = VT::fma(VT::loadn(xr + c, n), VT::loadn(a + c, n), VT::loadn(b + c, n));
+        const V d = VT::sub(VT::sub(VT::loadn(xr + c, n), VT::loadn(mh + c, n)), VT::loadn(ml + c, n));
+        const V v = VT::fma(d, VT::loadn(a + c, n), VT::loadn(b + c, n));
         VT::storen(yr + c, act ? silu(v) : v, n);
       }
     }
@@ -149,43 +153,53 @@ struct NormRows {
     return VT::hsum(VT::add(VT::add(a0, a1), VT::add(a2, a3)));
   }
 
-  static float row_sqdev(const float* x, int64_t C, float mean) {
-    const V m = VT::set1(mean);
-    V a0 = VT::zero(), a1 = VT::zero();
+  // With d = x - shift over the row: sd = sum d, sq = sum d^2.
+  static void row_dev(const float* x, int64_t C, float shift, float* sd, float* sq) {
+    const V m = VT::set1(shift);
+    V q0 = VT::zero(), q1 = VT::zero(), e0 = VT::zero(), e1 = VT::zero();
     int64_t c = 0;
     for (; c + 2 * W <= C; c += 2 * W) {
       const V d0 = VT::sub(VT::load(x + c), m), d1 = VT::sub(VT::load(x + c + W), m);
-      a0 = VT::fma(d0, d0, a0);
-      a1 = VT::fma(d1, d1, a1);
+      q0 = VT::fma(d0, d0, q0);
+      q1 = VT::fma(d1, d1, q1);
+      e0 = VT::add(e0, d0);
+      e1 = VT::add(e1, d1);
     }
     for (; c < C; c += W) {
       const int n = static_cast<int>(C - c < W ? C - c : W);
-      // Lanes past n load 0 and must not add mean^2.
-      const V d = VT::zero_past(VT::sub(VT::loadn(x + c, n), m), n);
-      a0 = VT::fma(d, d, a0);
+      const V d = VT::zero_past(VT::sub(VT::loadn(x + c, n), m), n);  // lanes past n: 0, not -shift
+      q0 = VT::fma(d, d, q0);
+      e0 = VT::add(e0, d);
     }
-    return VT::hsum(VT::add(a0, a1));
+    *sd = VT::hsum(VT::add(e0, e1));
+    *sq = VT::hsum(VT::add(q0, q1));
   }
 
+  // Two passes over the row (L1-resident): a rough mean m0, then the exact mean and variance
+  // from the data shifted by m0; y = ((x - m0) - delta) * rstd * gamma + beta.
   static void layer_norm_rows(const float* x, float* y, int64_t rows, int64_t C, const float* gamma,
                               const float* beta, float eps) {
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = x + r * C;
       float* yr = y + r * C;
-      const float mean = row_sum(xr, C) / static_cast<float>(C);
-      const float var = row_sqdev(xr, C, mean) / static_cast<float>(C);
-      const float rstd = 1.f / __builtin_sqrtf(var + eps);
-      const V vr = VT::set1(rstd), vm = VT::set1(-mean * rstd);
+      const float m0 = row_sum(xr, C) / static_cast<float>(C);
+      float sd, sq;
+      row_dev(xr, C, m0, &sd, &sq);
+      const double delta = static_cast<double>(sd) / static_cast<double>(C);
+      double var = static_cast<double>(sq) / static_cast<double>(C) - delta * delta;
+      var = var > 0 ? var : 0;
+      const V vr = VT::set1(static_cast<float>(1.0 / __builtin_sqrt(var + static_cast<double>(eps))));
+      const V vm = VT::set1(m0), vd = VT::set1(static_cast<float>(delta));
       int64_t c = 0;
       for (; c + W <= C; c += W) {
-        V v = VT::fma(VT::load(xr + c), vr, vm);  // (x - mean) * rstd
+        V v = VT::mul(VT::sub(VT::sub(VT::load(xr + c), vm), vd), vr);
         if (gamma) v = VT::mul(v, VT::load(gamma + c));
         if (beta) v = VT::add(v, VT::load(beta + c));
         VT::store(yr + c, v);
       }
       if (c < C) {
         const int n = static_cast<int>(C - c);
-        V v = VT::fma(VT::loadn(xr + c, n), vr, vm);
+        V v = VT::mul(VT::sub(VT::sub(VT::loadn(xr + c, n), vm), vd), vr);
         if (gamma) v = VT::mul(v, VT::loadn(gamma + c, n));
         if (beta) v = VT::add(v, VT::loadn(beta + c, n));
         VT::storen(yr + c, v, n);
@@ -202,7 +216,7 @@ struct NormRows {
       for (; c + W <= C; c += W) mx = VT::max(mx, VT::load(xr + c));
       float m = VT::hmax(mx);
       for (; c < C; ++c) m = xr[c] > m ? xr[c] : m;
-      // A row of -inf has no defined softmax (PyTorch: NaN); subtracting 0 keeps it NaN-free: 0/0.
+      // A row of -inf has no softmax: subtracting 0 (not -inf) gives 0/0 = NaN, as PyTorch does.
       const V vm = VT::set1(m == -__builtin_huge_valf() ? 0.f : m);
       V s0 = VT::zero(), s1 = VT::zero();
       c = 0;

@@ -418,14 +418,24 @@ int main(int argc, char** argv) {
     fails += run_tests(gemm::kernel_generic());
 #if defined(DK_X86)
     if (cpu_features().isa >= Isa::AVX2) fails += run_tests(gemm::kernel_avx2());
-    if (cpu_features().isa >= Isa::AVX512) fails += run_tests(gemm::kernel_avx512());
+    if (cpu_features().isa >= Isa::AVX512) {
+      fails += run_tests(gemm::kernel_avx512_variant(false));
+      fails += run_tests(gemm::kernel_avx512_variant(true));
+    }
 #endif
     gemm::set_kernel_for_lab(dispatched);
   }
   double peak = 0;
-  if (mode == "peak" || mode == "bench" || mode == "ukernel" || mode == "all") peak = measure_peak(mode == "peak");
+  if (mode == "peak" || mode == "bench" || mode == "ukernel" || mode == "ab" || mode == "all") peak = measure_peak(mode == "peak");
   if (mode == "ukernel") { bench_ukernel(); bench_pack(); }
   if (mode == "bench" || mode == "all") bench(peak);
+  if (mode == "ab") {  // A/B of the two AVX-512 A layouts, interleaved runs
+    for (int r = 0; r < 2; ++r)
+      for (bool rows : {false, true}) {
+        gemm::set_kernel_for_lab(gemm::kernel_avx512_variant(rows));
+        bench(peak);
+      }
+  }
   if (mode == "test" || mode == "all") std::printf(fails ? "TESTS FAILED (%d)\n" : "ALL TESTS PASSED\n", fails);
   return fails ? 1 : 0;
 }

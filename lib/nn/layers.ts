@@ -1,0 +1,82 @@
+// Basic layers over lib/ops. Activations are channels-last: Conv2d takes NHWC and stores its
+// weight as OHWI (converted once from PyTorch's OIHW at load).
+import * as ops from "../ops";
+import { Tensor } from "../tensor";
+import { Module } from "./module";
+
+export class Linear extends Module {
+  constructor(readonly inFeatures: number, readonly outFeatures: number, readonly hasBias = true) {
+    super();
+    this.param("weight", { shape: [outFeatures, inFeatures] });
+    if (hasBias) this.param("bias", { shape: [outFeatures] });
+  }
+  /** x [..., in] -> [..., out]; `residual` is added in the GEMM epilogue. */
+  forward(x: Tensor, residual?: Tensor): Tensor {
+    return ops.linear(x, this.p("weight"), this.hasBias ? this.p("bias") : null, residual ?? null);
+  }
+}
+
+export interface Conv2dConfig { kernel: number; stride?: number; padding?: number; bias?: boolean }
+
+export class Conv2d extends Module {
+  readonly stride: number;
+  readonly padding: number;
+  readonly hasBias: boolean;
+  constructor(readonly inChannels: number, readonly outChannels: number, cfg: Conv2dConfig) {
+    super();
+    this.stride = cfg.stride ?? 1;
+    this.padding = cfg.padding ?? 0;
+    this.hasBias = cfg.bias ?? true;
+    this.param("weight", {
+      shape: [outChannels, inChannels, cfg.kernel, cfg.kernel],
+      fromCheckpoint: (t) => ops.convWeightToOHWI(t),
+      toCheckpoint: (t) => { const v = t.permute([0, 3, 1, 2]); try { return v.contiguous(); } finally { v.dispose(); } },
+    });
+    if (this.hasBias) this.param("bias", { shape: [outChannels] });
+  }
+  /** x [N,H,W,C] -> [N,P,Q,K]; `residual` [N,P,Q,K] is added in the epilogue. */
+  forward(x: Tensor, residual?: Tensor): Tensor {
+    return ops.conv2d(x, this.p("weight"), { stride: this.stride, padding: this.padding, bias: this.hasBias ? this.p("bias") : null, residual });
+  }
+}
+
+export class GroupNorm extends Module {
+  constructor(readonly groups: number, readonly channels: number, readonly eps = 1e-5, readonly affine = true) {
+    super();
+    if (channels % groups) throw new RangeError(`GroupNorm: ${groups} groups do not divide ${channels} channels`);
+    if (affine) {
+      this.param("weight", { shape: [channels] });
+      this.param("bias", { shape: [channels] });
+    }
+  }
+  /** x [N, ..., C]; `silu` fuses the activation that usually follows. */
+  forward(x: Tensor, silu = false): Tensor {
+    return ops.groupNorm(x, this.groups, { weight: this.affine ? this.p("weight") : null, bias: this.affine ? this.p("bias") : null, eps: this.eps, silu });
+  }
+}
+
+export class LayerNorm extends Module {
+  constructor(readonly dim: number, readonly eps = 1e-5, readonly affine = true) {
+    super();
+    if (affine) {
+      this.param("weight", { shape: [dim] });
+      this.param("bias", { shape: [dim] });
+    }
+  }
+  forward(x: Tensor): Tensor {
+    return ops.layerNorm(x, { weight: this.affine ? this.p("weight") : null, bias: this.affine ? this.p("bias") : null, eps: this.eps });
+  }
+}
+
+export class Embedding extends Module {
+  constructor(readonly count: number, readonly dim: number) {
+    super();
+    this.param("weight", { shape: [count, dim] });
+  }
+  /** ids int32/int64 [...] (on the CPU) -> [..., dim] */
+  forward(ids: Tensor): Tensor {
+    return ops.embedding(ids, this.p("weight"));
+  }
+  /** The table itself (e.g. position embeddings read whole). */
+  get weight(): Tensor { return this.p("weight"); }
+}

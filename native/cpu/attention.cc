@@ -2,11 +2,15 @@
 // keys are visited in blocks with a running max / running sum softmax, so memory is O(tile),
 // never Nq x Nk. The tiles themselves are in attention_internal.h; this file splits the work
 // over threads, picks the ISA, and holds the portable instantiation.
+//
+// Edge semantics: a row that sees no key (causal with Nq > Nk, or Nk == 0) is 0. Mask values
+// are floored at -FLT_MAX, so a row masked everywhere (by -inf or by finfo.min) averages V like
+// PyTorch does for finfo.min masks (PyTorch gives NaN for all -inf rows).
 #include <atomic>
 #include <vector>
 
 #include "attention_internal.h"
-#include "core/thread_pool.h"
+#include "../core/thread_pool.h"
 #include "cpu_features.h"
 
 namespace dk::cpu {

@@ -65,27 +65,7 @@ struct V512 {
 
 using Rows512 = FlashRows<V512, 2, 12, 12>;
 
-template <class R>
-Kernel make(const char* name) {
-  Kernel k;
-  k.mq = R::MQ;
-  k.rows = &R::rows;
-  k.scratch_floats = &R::scratch_floats;
-  k.name = name;
-  return k;
-}
-
 }  // namespace
-
-Kernel kernel_avx512_variant(int which) {
-  switch (which) {
-    case 0: return make<FlashRows<V512, 3, 8, 8>>("avx512 8x48");
-    case 1: return make<FlashRows<V512, 2, 14, 12>>("avx512 14x32");
-    case 2: return make<FlashRows<V512, 1, 16, 16>>("avx512 16x16");
-    case 3: return make<FlashRows<V512, 4, 6, 6>>("avx512 6x64");
-    default: return make<Rows512>("avx512 12x32");
-  }
-}
 
 Kernel kernel_avx512() {
   Kernel k;

@@ -55,8 +55,6 @@ Kernel kernel_generic();
 #if defined(DK_X86)
 Kernel kernel_avx2();
 Kernel kernel_avx512();
-// Other register tiles, kept for the lab's comparisons (0..3; anything else: the default).
-Kernel kernel_avx512_variant(int which);
 #endif
 // The kernel for cpu_features().isa (DIFFUSEKIT_ISA caps it).
 const Kernel& select_kernel();

@@ -311,6 +311,6 @@ Kernel kernel_avx512_variant(bool rows) {
   k.name = rows ? "avx512 14x32 A-rows" : "avx512 14x32 A-interleaved";
   return k;
 }
-Kernel kernel_avx512() { return kernel_avx512_variant(true); }
+Kernel kernel_avx512() { return kernel_avx512_variant(true); }  // A-rows: packing A is a copy
 
 }  // namespace dk::cpu::gemm

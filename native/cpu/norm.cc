@@ -8,9 +8,10 @@
 // the result does not depend on the thread count. Biased variance, eps inside the sqrt.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
-#include "core/thread_pool.h"
+#include "../core/thread_pool.h"
 #include "cpu_features.h"
 #include "kernels.h"
 #include "norm_internal.h"
@@ -57,8 +58,33 @@ struct NGeneric {
     for (int i = 0; i < W; ++i) c.x[i] += a.x[i] * b.x[i];
     return c;
   }
+  // e^x = 2^n * 2^f by the same polynomial as the SIMD files (std::exp does not vectorise);
+  // 0 below 2^-125, +inf from 2^128, NaN stays NaN.
+  static float exp1(float x) {
+    float t = x * kNormLog2e;
+    if (!(t > -125.f)) return t != t ? t : 0.f;
+    if (t >= 128.f) return __builtin_huge_valf();
+    const float u = t + 0.5f;
+    int n = static_cast<int>(u);
+    if (static_cast<float>(n) > u) --n;  // floor(t + 1/2)
+    const float f = t - static_cast<float>(n);
+    float p = kN2C6;
+    p = p * f + kN2C5;
+    p = p * f + kN2C4;
+    p = p * f + kN2C3;
+    p = p * f + kN2C2;
+    p = p * f + kN2C1;
+    p = p * f + kN2C0;
+    // 2^n as two factors so n = 128 (t just below 128 rounding up) does not overflow the field.
+    const int n1 = n / 2, n2 = n - n1;
+    uint32_t b1 = static_cast<uint32_t>(n1 + 127) << 23, b2 = static_cast<uint32_t>(n2 + 127) << 23;
+    float s1, s2;
+    std::memcpy(&s1, &b1, sizeof s1);
+    std::memcpy(&s2, &b2, sizeof s2);
+    return p * s1 * s2;
+  }
   static V exp(V a) {
-    for (int i = 0; i < W; ++i) a.x[i] = std::exp(a.x[i]);
+    for (int i = 0; i < W; ++i) a.x[i] = exp1(a.x[i]);
     return a;
   }
   static float hsum(V v) { return (v.x[0] + v.x[1]) + (v.x[2] + v.x[3]); }

@@ -122,12 +122,15 @@ template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float 
 // 16-byte units, so the 8 row addresses of one ldmatrix phase fall in 8 different bank groups.
 constexpr int pitch(int cols) { return ((cols / 8) % 2 == 1) ? cols : cols + 8; }
 
-template <int DK, int DV, int MT> struct TcCfg {
+// DK: QK^T head size (multiple of 16), DV: PV head size (multiple of 8), MT: m16 tiles per
+// warp (BM = 64*MT queries per block), BN: keys per tile, EXP16: exponentials as f16x2
+// (float16 only; the row sums then come from the tensor cores through a column of ones).
+template <int DK, int DV, int MT, int BN_, bool EXP16> struct TcCfg {
   static constexpr int NW = 4, THREADS = NW * 32;
-  static constexpr int BM = 16 * MT * NW, BN = 64;
+  static constexpr int BM = 16 * MT * NW, BN = BN_;
   static constexpr int QS = pitch(DK), KS = pitch(DK), VS = pitch(DV);
   static constexpr int SMEM = (BM * QS + BN * KS + BN * VS) * 2;
-  static_assert(DK % 16 == 0 && DV % 8 == 0, "padded head sizes");
+  static_assert(DK % 16 == 0 && DV % 8 == 0 && BN % 16 == 0, "padded head sizes");
   static_assert(QS >= DV, "the output is staged in the Q tile");
 };
 
@@ -139,7 +142,7 @@ __device__ __forceinline__ void load_tile(T* sm, const T* g, int64_t row_stride,
 #pragma unroll
   for (int c0 = 0; c0 < ROWS * CH; c0 += THREADS) {
     const int c = c0 + static_cast<int>(threadIdx.x);
-    if (ROWS * CH % THREADS == 0 || c < ROWS * CH) {
+    if ((ROWS * CH) % THREADS == 0 || c < ROWS * CH) {
       const int r = c / CH, ch = c % CH;
       const bool valid = r < rows && ch < chunks;
       const T* src = valid ? g + r * row_stride + ch * 8 : any_valid;
@@ -148,13 +151,20 @@ __device__ __forceinline__ void load_tile(T* sm, const T* g, int64_t row_stride,
   }
 }
 
-template <typename T, int DK, int DV, int MT>
+__device__ __forceinline__ uint32_t ex2_h2(uint32_t x) {
+  uint32_t y;
+  asm("ex2.approx.f16x2 %0, %1;" : "=r"(y) : "r"(x));
+  return y;
+}
+
+template <typename T, int DK, int DV, int MT, int BN, bool EXP16>
 __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
-  using C = TcCfg<DK, DV, MT>;
-  constexpr int BM = C::BM, BN = C::BN, QS = C::QS, KS = C::KS, VS = C::VS;
-  constexpr int NT = BN / 8;    // n8 tiles of S
-  constexpr int KQ = DK / 16;   // k16 steps of QK^T
-  constexpr int NV = DV / 8;    // n8 tiles of O
+  using C = TcCfg<DK, DV, MT, BN, EXP16>;
+  constexpr int BM = C::BM, QS = C::QS, KS = C::KS, VS = C::VS;
+  constexpr int NT = BN / 8;   // n8 tiles of S
+  constexpr int KQ = DK / 16;  // k16 steps of QK^T
+  constexpr int NV = DV / 8;   // n8 tiles of O
+  static_assert(!EXP16 || std::is_same_v<T, __half>, "f16x2 exponentials need float16 P");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);
   T* Ks = Qs + BM * QS;
@@ -177,6 +187,7 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
   if (a.causal) n_end = lmax(0, lmin(a.Nk, q0 + BM + diag));
   const int ntiles = static_cast<int>((n_end + BN - 1) / BN);
   const int dch = a.D / 8, dvch = a.Dv / 8;
+  const float* mbase = a.mask ? a.mask + b * a.mask_b + h * a.mask_h : nullptr;
 
   load_tile<BM, DK / 8, QS, 128>(Qs, qg, a.q_row, q_rows, dch, static_cast<const T*>(a.q));
   if (ntiles > 0)
@@ -194,12 +205,13 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
     for (int ks = 0; ks < KQ; ks++)
       ldsm_x4(qf[mt][ks], Qs + (wrow + mt * 16 + (lane & 15)) * QS + ks * 16 + (lane >> 4) * 8);
 
-  float o[MT][NV][4];
+  constexpr int NO = EXP16 ? NV + 1 : NV;  // EXP16: tile NV accumulates P * ones = row sums
+  float o[MT][NO][4];
   float m[MT][2], l[MT][2];
 #pragma unroll
   for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
-    for (int nv = 0; nv < NV; nv++)
+    for (int nv = 0; nv < NO; nv++)
 #pragma unroll
       for (int e = 0; e < 4; e++) o[mt][nv][e] = 0.f;
     m[mt][0] = m[mt][1] = -INFINITY;
@@ -228,7 +240,7 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
     for (int ks = 0; ks < KQ; ks++) {
 #pragma unroll
       for (int np = 0; np < NT / 2; np++) {
-        if (np * 16 < kv) {
+        if (np * 16 < kv) {  // 16-key slices past the last key are skipped
           uint32_t bk[4];
           ldsm_x4(bk, Ks + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * KS + ks * 16 + ((lane >> 3) & 1) * 8);
 #pragma unroll
@@ -241,12 +253,19 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
     }
 
     // ---- online softmax (log2 domain)
-    const bool edge = kv < BN || a.mask != nullptr || (a.causal && n0 + BN - 1 > q0 + diag);
+    const bool edge = kv < BN || mbase != nullptr || (a.causal && n0 + BN - 1 > q0 + diag);
+    uint32_t p16[MT][NT][2];  // EXP16: P as f16x2, [hf] = row g or g+8
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
       for (int hf = 0; hf < 2; hf++) {
         const int64_t row = q0 + wrow + mt * 16 + g + 8 * hf;
+        int lim = kv;  // keys [0, lim) of this tile are visible to this row
+        const float* mrow = nullptr;
+        if (edge) {
+          if (a.causal) lim = static_cast<int>(lmax(0, lmin(kv, row + diag - n0 + 1)));
+          if (mbase != nullptr && row < a.Nq) mrow = mbase + row * a.mask_q + n0;
+        }
         float mx = -INFINITY;
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
@@ -254,12 +273,9 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
           for (int e = 0; e < 2; e++) {
             float x = s[mt][nt][2 * hf + e] * a.scale_log2;
             if (edge) {
-              const int64_t col = n0 + nt * 8 + 2 * tq + e;
-              if (col >= a.Nk || (a.causal && col > row + diag)) {
-                x = -INFINITY;
-              } else if (a.mask != nullptr && row < a.Nq) {
-                x += a.mask[b * a.mask_b + h * a.mask_h + row * a.mask_q + col] * kLog2e;
-              }
+              const int col = nt * 8 + 2 * tq + e;
+              if (col >= lim) x = -INFINITY;
+              else if (mrow != nullptr) x += mrow[col] * kLog2e;
             }
             s[mt][nt][2 * hf + e] = x;
             mx = fmaxf(mx, x);
@@ -271,18 +287,24 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
         const float muse = mnew == -INFINITY ? 0.f : mnew;  // a row with no key yet: all p = 0
         const float alpha = exp2_approx(m[mt][hf] - muse);
         m[mt][hf] = mnew;
-        float rs = 0.f;
+        if constexpr (EXP16) {
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++)
+          for (int nt = 0; nt < NT; nt++)
+            p16[mt][nt][hf] = ex2_h2(pack2<__half>(s[mt][nt][2 * hf] - muse, s[mt][nt][2 * hf + 1] - muse));
+        } else {
+          float rs = 0.f;
 #pragma unroll
-          for (int e = 0; e < 2; e++) {
-            const float p = exp2_approx(s[mt][nt][2 * hf + e] - muse);
-            s[mt][nt][2 * hf + e] = p;
-            rs += p;
-          }
-        l[mt][hf] = l[mt][hf] * alpha + rs;  // this thread's columns only; summed over the quad at the end
+          for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-        for (int nv = 0; nv < NV; nv++) {
+            for (int e = 0; e < 2; e++) {
+              const float p = exp2_approx(s[mt][nt][2 * hf + e] - muse);
+              s[mt][nt][2 * hf + e] = p;
+              rs += p;
+            }
+          l[mt][hf] = l[mt][hf] * alpha + rs;  // this thread's columns; summed over the quad at the end
+        }
+#pragma unroll
+        for (int nv = 0; nv < NO; nv++) {
           o[mt][nv][2 * hf] *= alpha;
           o[mt][nv][2 * hf + 1] *= alpha;
         }
@@ -293,8 +315,8 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
     __syncthreads();      // and every warp is done with K(j)
     if (j + 1 < ntiles) {
       const int64_t n1 = n0 + BN;
-      load_tile<BN, DK / 8, KS, 128>(Ks, kg + n1 * a.k_row, a.k_row, static_cast<int>(lmin(BN, a.Nk - n1)),
-                                     dch, static_cast<const T*>(a.k));
+      load_tile<BN, DK / 8, KS, 128>(Ks, kg + n1 * a.k_row, a.k_row, static_cast<int>(lmin(BN, a.Nk - n1)), dch,
+                                     static_cast<const T*>(a.k));
       cp_async_commit();
     }
 
@@ -305,10 +327,17 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
         uint32_t pa[MT][4];
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
-          pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-          pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-          pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-          pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+          if constexpr (EXP16) {
+            pa[mt][0] = p16[mt][2 * kk][0];
+            pa[mt][1] = p16[mt][2 * kk][1];
+            pa[mt][2] = p16[mt][2 * kk + 1][0];
+            pa[mt][3] = p16[mt][2 * kk + 1][1];
+          } else {
+            pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+            pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+            pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+            pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+          }
         }
         const T* vrow = Vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * VS;
 #pragma unroll
@@ -327,6 +356,11 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
 #pragma unroll
           for (int mt = 0; mt < MT; mt++) mma16816<T>(o[mt][NV - 1], pa[mt], bv[0], bv[1]);
         }
+        if constexpr (EXP16) {
+          constexpr uint32_t kOnes = 0x3C003C00u;  // two float16 1.0
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) mma16816<T>(o[mt][NV], pa[mt], kOnes, kOnes);
+        }
       }
     }
   }
@@ -336,9 +370,14 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
   for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
-      float lt = l[mt][hf];
-      lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-      lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+      float lt;
+      if constexpr (EXP16) {
+        lt = o[mt][NV][2 * hf];  // every column of the ones tile holds the row sum
+      } else {
+        lt = l[mt][hf];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+      }
       const float inv = lt > 0.f ? 1.0f / lt : 0.f;
       T* srow = Qs + (wrow + mt * 16 + g + 8 * hf) * QS + 2 * tq;
 #pragma unroll
@@ -351,7 +390,7 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
 #pragma unroll
   for (int c0 = 0; c0 < WROWS * NV; c0 += 32) {
     const int c = c0 + lane;
-    if (WROWS * NV % 32 == 0 || c < WROWS * NV) {
+    if ((WROWS * NV) % 32 == 0 || c < WROWS * NV) {
       const int r = c / NV, ch = c % NV;
       if (wrow + r < q_rows && ch < dvch)
         *reinterpret_cast<uint4*>(og + (wrow + r) * a.o_row + ch * 8) =
@@ -360,9 +399,10 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
   }
 }
 
-template <typename T, int DK, int DV, int MT> void launch_tc(int device, const Args& a, cudaStream_t s) {
-  using C = TcCfg<DK, DV, MT>;
-  auto kern = attn_tc<T, DK, DV, MT>;
+template <typename T, int DK, int DV, int MT, int BN, bool EXP16>
+void launch_tc(int device, Args a, cudaStream_t s) {
+  using C = TcCfg<DK, DV, MT, BN, EXP16>;
+  auto kern = attn_tc<T, DK, DV, MT, BN, EXP16>;
   if (C::SMEM > 48 * 1024) {
     static bool raised[64] = {};  // per device; a repeated call is harmless
     if (device < 0 || device >= 64 || !raised[device]) {
@@ -370,7 +410,9 @@ template <typename T, int DK, int DV, int MT> void launch_tc(int device, const A
       if (device >= 0 && device < 64) raised[device] = true;
     }
   }
+  a.q_tiles = (a.Nq + C::BM - 1) / C::BM;
   const int64_t blocks = a.q_tiles * a.H * a.B;
+  if (blocks > 0x7fffffffLL) throw_range("attention: too many query tiles for one launch");
   kern<<<static_cast<unsigned>(blocks), C::THREADS, C::SMEM, s>>>(a);
   ku::launch_check("attention");
 }
@@ -549,25 +591,21 @@ template <typename T> bool tc_eligible(const Args& a) {
   }
 }
 
-// Smallest instantiated (DK, DV) holding (D, Dv); MT = 2 (128 queries per block) while the
-// registers allow it. Returns false when none fits.
-template <typename T> bool launch_tc_any(int device, Args a, cudaStream_t s) {
-  auto go = [&](auto dk, auto dv, auto mt) {
-    constexpr int DK = decltype(dk)::value, DV = decltype(dv)::value, MT = decltype(mt)::value;
-    a.q_tiles = (a.Nq + TcCfg<DK, DV, MT>::BM - 1) / TcCfg<DK, DV, MT>::BM;
-    if (a.q_tiles * a.H * a.B > 0x7fffffffLL) throw_range("attention: too many query tiles for one launch");
-    launch_tc<T, DK, DV, MT>(device, a, s);
-    return true;
-  };
-  using std::integral_constant;
-  using I = int;
-  if (a.D <= 32 && a.Dv <= 32) return go(integral_constant<I, 32>(), integral_constant<I, 32>(), integral_constant<I, 2>());
-  if (a.D <= 48 && a.Dv <= 40) return go(integral_constant<I, 48>(), integral_constant<I, 40>(), integral_constant<I, 2>());
-  if (a.D <= 48 && a.Dv <= 48) return go(integral_constant<I, 48>(), integral_constant<I, 48>(), integral_constant<I, 2>());
-  if (a.D <= 64 && a.Dv <= 64) return go(integral_constant<I, 64>(), integral_constant<I, 64>(), integral_constant<I, 2>());
-  if (a.D <= 80 && a.Dv <= 80) return go(integral_constant<I, 80>(), integral_constant<I, 80>(), integral_constant<I, 2>());
-  if (a.D <= 128 && a.Dv <= 128) return go(integral_constant<I, 128>(), integral_constant<I, 128>(), integral_constant<I, 1>());
-  if (a.D <= 160 && a.Dv <= 160) return go(integral_constant<I, 160>(), integral_constant<I, 160>(), integral_constant<I, 1>());
+// Whether float16 attention takes its exponentials as f16x2 (twice the MUFU rate; P is
+// rounded to float16 for the PV product either way). Off until ops_lab's timings say it pays.
+constexpr bool kExpHalf2 = false;
+
+// Smallest instantiated (DK, DV) holding (D, Dv). MT and BN are the largest that compile
+// without spills under the 255-register cap (ptxas -v). Returns false when none fits.
+template <typename T> bool launch_tc_any(int device, const Args& a, cudaStream_t s) {
+  constexpr bool E = kExpHalf2 && std::is_same_v<T, __half>;
+  if (a.D <= 32 && a.Dv <= 32) return launch_tc<T, 32, 32, 2, 64, E>(device, a, s), true;
+  if (a.D <= 48 && a.Dv <= 40) return launch_tc<T, 48, 40, 2, 64, E>(device, a, s), true;
+  if (a.D <= 48 && a.Dv <= 48) return launch_tc<T, 48, 48, 2, 64, E>(device, a, s), true;
+  if (a.D <= 64 && a.Dv <= 64) return launch_tc<T, 64, 64, 2, 64, E>(device, a, s), true;
+  if (a.D <= 80 && a.Dv <= 80) return launch_tc<T, 80, 80, 2, 32, E>(device, a, s), true;
+  if (a.D <= 128 && a.Dv <= 128) return launch_tc<T, 128, 128, 1, 64, E>(device, a, s), true;
+  if (a.D <= 160 && a.Dv <= 160) return launch_tc<T, 160, 160, 1, 32, E>(device, a, s), true;
   return false;
 }
 

@@ -49,7 +49,8 @@ std::atomic<int>& path_slot() {
 std::atomic<int>& stages_slot() {
   static std::atomic<int> s{[] {
     const char* e = std::getenv("DK_CUDA_WGMMA_STAGES");
-    return e && std::atoi(e) == 4 ? 4 : 3;
+    const int v = e ? std::atoi(e) : 0;
+    return v == 3 || v == 4 ? v : 0;
   }()};
   return s;
 }
@@ -101,7 +102,7 @@ void gemm_typed(int device, int64_t batch, bool transA, bool transB, int64_t M, 
 // ------------------------------------------------------------------ engine services
 void set_gemm_path(GemmPath p) { path_slot().store(static_cast<int>(p)); }
 GemmPath gemm_path() { return static_cast<GemmPath>(path_slot().load()); }
-void set_wgmma_stages(int stages) { stages_slot().store(stages == 4 ? 4 : 3); }
+void set_wgmma_stages(int stages) { stages_slot().store(stages == 3 || stages == 4 ? stages : 0); }
 int wgmma_stages() { return stages_slot().load(); }
 const char* gemm_last_plan() { return g_last_plan; }
 bool gemm_wgmma_available(int device) { return tile::detail::device_caps(device).wgmma; }

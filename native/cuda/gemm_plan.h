@@ -13,8 +13,9 @@ enum class GemmPath : int { Auto = 0, Simt = 1, MmaSync = 2, Wgmma = 3 };
 void set_gemm_path(GemmPath p);
 GemmPath gemm_path();
 
-// Pipeline depth of the wgmma kernel, 3 (default) or 4, while both are being measured; the
-// initial value comes from DK_CUDA_WGMMA_STAGES.
+// Pipeline depth of the wgmma kernel while both depths are being measured: 3 (two CTAs per SM),
+// 4 (one CTA per SM, deeper prefetch), or 0 = choose per problem (4 when the output tiles cannot
+// give every SM two CTAs, else 3). The initial value comes from DK_CUDA_WGMMA_STAGES (default 0).
 void set_wgmma_stages(int stages);
 int wgmma_stages();
 

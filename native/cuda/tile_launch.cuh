@@ -26,18 +26,21 @@ void use_device(int device);
 void set_last_plan(const char* plan);
 
 // Raises the kernel's dynamic shared-memory limit (once per device) and returns how many CTAs
-// of 256 threads fit on one SM.
+// of 256 threads fit on one SM, or 0 when the kernel cannot run here (too little shared memory):
+// the caller then takes the SIMT path.
 template <auto Kern>
 int prepare_kernel(int device, size_t smem) {
-  static std::atomic<int> occupancy[16];  // 0 = not yet asked
+  static std::atomic<int> occupancy[16];  // 0 = not yet asked, -1 = cannot run
   int o = occupancy[device].load(std::memory_order_relaxed);
-  if (o > 0) return o;
-  check(cudaFuncSetAttribute(Kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-        "gemm: cudaFuncSetAttribute");
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, Kern, 256, smem), "gemm: occupancy query");
-  if (o < 1) throw_error("gemm: tile kernel does not fit on this GPU (" + std::to_string(smem) + " B shared memory)");
+  if (o != 0) return o > 0 ? o : 0;
+  cudaError_t e = cudaFuncSetAttribute(Kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, Kern, 256, smem);
+  if (e != cudaSuccess || o < 1) {
+    cudaGetLastError();  // clear a non-sticky configuration error
+    o = -1;
+  }
   occupancy[device].store(o, std::memory_order_relaxed);
-  return o;
+  return o > 0 ? o : 0;
 }
 
 // Float32 split-K workspace from the device's caching allocator. Freed right after the kernels
@@ -57,13 +60,14 @@ struct Workspace {
   Workspace& operator=(const Workspace&) = delete;
 };
 
+// Returns false (nothing launched) when the kernel cannot run on this device.
 template <class T, auto Kern, int BM, int BN>
-void launch_tensor_core(int device, const DeviceCaps& caps, cudaStream_t st, TileParams p, size_t smem,
+bool launch_tensor_core(int device, const DeviceCaps& caps, cudaStream_t st, TileParams p, size_t smem,
                         const char* family, const char* op) {
   p.mtiles = (p.M + BM - 1) / BM;
   p.ntiles = (p.N + BN - 1) / BN;
   const int ktiles = (p.K + 63) / 64;
-  prepare_kernel<Kern>(device, smem);
+  if (!prepare_kernel<Kern>(device, smem)) return false;
   const long long tiles = static_cast<long long>(p.batch) * p.mtiles * p.ntiles;
   int splits = choose_splits(tiles, ktiles, caps.sms);
   p.kt_per_split = splits > 1 ? (ktiles + splits - 1) / splits : ktiles;
@@ -87,6 +91,7 @@ void launch_tensor_core(int device, const DeviceCaps& caps, cudaStream_t st, Til
   std::snprintf(plan, sizeof plan, "%s %dx%dx64 splits=%d grid=%lld tiles=%lld ktiles=%d", family, BM, BN, splits,
                 grid, tiles, ktiles);
   set_last_plan(plan);
+  return true;
 }
 
 template <class T, bool CONV>
@@ -117,31 +122,39 @@ void run_tiled(int device, TileParams p, bool tc_ok, const char* op) {
     if (tc_ok && want != GemmPath::Simt) {
       const bool kmajor = CONV || (!p.transA && p.transB);
       if (kmajor && caps.wgmma && want != GemmPath::MmaSync) {
-        if (wgmma_stages() == 4) {
+        int stages = wgmma_stages();
+        if (stages == 0) {
+          const long long tiles = static_cast<long long>(p.batch) * ((p.M + WgCfg<3>::BM - 1) / WgCfg<3>::BM) *
+                                  ((p.N + WgCfg<3>::BN - 1) / WgCfg<3>::BN);
+          stages = tiles >= 2LL * caps.sms ? 3 : 4;
+        }
+        bool done;
+        if (stages == 4) {
           using Cfg = WgCfg<4>;
-          launch_tensor_core<T, wgmma_kernel<T, CONV, 4>, Cfg::BM, Cfg::BN>(device, caps, st, p, Cfg::SMEM,
-                                                                          "wgmma4", op);
+          done = launch_tensor_core<T, wgmma_kernel<T, CONV, 4>, Cfg::BM, Cfg::BN>(device, caps, st, p, Cfg::SMEM,
+                                                                                 "wgmma4", op);
         } else {
           using Cfg = WgCfg<3>;
-          launch_tensor_core<T, wgmma_kernel<T, CONV, 3>, Cfg::BM, Cfg::BN>(device, caps, st, p, Cfg::SMEM,
-                                                                          "wgmma3", op);
+          done = launch_tensor_core<T, wgmma_kernel<T, CONV, 3>, Cfg::BM, Cfg::BN>(device, caps, st, p, Cfg::SMEM,
+                                                                                 "wgmma3", op);
         }
-        return;
+        if (done) return;
       }
       constexpr int BM = mma_cfg::BM, BN = mma_cfg::BN;
       constexpr size_t SM = mma_cfg::SMEM;
+      bool done;
       if constexpr (CONV) {
-        launch_tensor_core<T, mma_kernel<T, true, true, true>, BM, BN>(device, caps, st, p, SM, "mma", op);
+        done = launch_tensor_core<T, mma_kernel<T, true, true, true>, BM, BN>(device, caps, st, p, SM, "mma", op);
       } else if (!p.transA && p.transB) {
-        launch_tensor_core<T, mma_kernel<T, true, true, false>, BM, BN>(device, caps, st, p, SM, "mma", op);
+        done = launch_tensor_core<T, mma_kernel<T, true, true, false>, BM, BN>(device, caps, st, p, SM, "mma", op);
       } else if (!p.transA && !p.transB) {
-        launch_tensor_core<T, mma_kernel<T, true, false, false>, BM, BN>(device, caps, st, p, SM, "mma", op);
+        done = launch_tensor_core<T, mma_kernel<T, true, false, false>, BM, BN>(device, caps, st, p, SM, "mma", op);
       } else if (p.transA && p.transB) {
-        launch_tensor_core<T, mma_kernel<T, false, true, false>, BM, BN>(device, caps, st, p, SM, "mma", op);
+        done = launch_tensor_core<T, mma_kernel<T, false, true, false>, BM, BN>(device, caps, st, p, SM, "mma", op);
       } else {
-        launch_tensor_core<T, mma_kernel<T, false, false, false>, BM, BN>(device, caps, st, p, SM, "mma", op);
+        done = launch_tensor_core<T, mma_kernel<T, false, false, false>, BM, BN>(device, caps, st, p, SM, "mma", op);
       }
-      return;
+      if (done) return;
     }
   }
   launch_simt<T, CONV>(st, p, op);

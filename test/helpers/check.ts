@@ -126,8 +126,3 @@ export async function expectRejects(p: Promise<unknown>, message: RegExp | strin
   }
   throw new Error(`expected a rejection matching ${message}, but it resolved`);
 }
-
-/** Bytes a float32 tensor of `shape` holds. */
-export function f32Bytes(shape: readonly number[]): number {
-  return 4 * numel(shape);
-}

@@ -64,24 +64,6 @@ export function mulberry32(seed: number): () => number {
   };
 }
 
-export class Rng {
-  private readonly next: () => number;
-  private spare: number | null = null;
-  constructor(seed: number) { this.next = mulberry32(seed); }
-  uniform(lo = 0, hi = 1): number { return lo + (hi - lo) * this.next(); }
-  int(lo: number, hi: number): number { return lo + Math.floor(this.next() * (hi - lo)); }
-  /** Standard normal by Box-Muller (the second draw of each pair is kept for the next call). */
-  normal(): number {
-    if (this.spare !== null) { const s = this.spare; this.spare = null; return s; }
-    let u1 = this.next();
-    while (u1 <= 0) u1 = this.next();
-    const u2 = this.next();
-    const r = Math.sqrt(-2 * Math.log(u1));
-    this.spare = r * Math.sin(2 * Math.PI * u2);
-    return r * Math.cos(2 * Math.PI * u2);
-  }
-}
-
 /**
  * Normal values (mean, std) rounded to float32, so the reference sees exactly what the tensor holds.
  */

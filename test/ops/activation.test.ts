@@ -5,14 +5,15 @@ import { evalOp, expectClose, expectThrows, tensorOf } from "../helpers/check";
 
 const SHAPES = [[1], [7], [3, 33], [2, 5, 65], [40, 129]];
 
-const ACTIVATIONS: [string, (x: Tensor) => Tensor, (v: number) => number][] = [
-  ["silu", ops.silu, R.fn.silu],
-  ["sigmoid", ops.sigmoid, R.fn.sigmoid],
-  ["tanh", ops.tanh, R.fn.tanh],
-  ["gelu (erf)", (x) => ops.gelu(x), R.fn.gelu],
-  ["gelu approximate none", (x) => ops.gelu(x, { approximate: "none" }), R.fn.gelu],
-  ["gelu (tanh)", (x) => ops.gelu(x, { approximate: "tanh" }), R.fn.geluTanh],
-  ["quickGelu", ops.quickGelu, R.fn.quickGelu],
+/** [name, op, reference, what its error messages must mention] */
+const ACTIVATIONS: [string, (x: Tensor) => Tensor, (v: number) => number, RegExp][] = [
+  ["silu", ops.silu, R.fn.silu, /silu/],
+  ["sigmoid", ops.sigmoid, R.fn.sigmoid, /sigmoid/],
+  ["tanh", ops.tanh, R.fn.tanh, /tanh/],
+  ["gelu (erf)", (x) => ops.gelu(x), R.fn.gelu, /gelu/],
+  ["gelu approximate none", (x) => ops.gelu(x, { approximate: "none" }), R.fn.gelu, /gelu/],
+  ["gelu (tanh)", (x) => ops.gelu(x, { approximate: "tanh" }), R.fn.geluTanh, /gelu/],
+  ["quickGelu", ops.quickGelu, R.fn.quickGelu, /quick_?[gG]elu/],
 ];
 
 describe("activations", () => {
@@ -109,13 +110,11 @@ describe("softmax", () => {
 });
 
 describe("bad arguments", () => {
-  test.each(ACTIVATIONS)("%s: int input, disposed input and non-Tensor are TypeErrors", (name, op) => {
-    const opName = name.split(" ")[0] === "quickGelu" ? "quick_gelu|quickGelu" : name.startsWith("gelu (tanh)") ? "gelu" : name.split(" ")[0];
-    const re = new RegExp(opName);
+  test.each(ACTIVATIONS)("%s: int input, disposed input and non-Tensor are TypeErrors", (_name, op, _ref, re) => {
     expectThrows(() => op(Tensor.fromArray(new Int32Array(3), [3])), TypeError, re);
     const d = Tensor.zeros([3]);
     d.dispose();
-    expectThrows(() => op(d), TypeError, new RegExp(`(${opName}).*disposed`));
+    expectThrows(() => op(d), TypeError, new RegExp(`(${re.source}).*disposed`));
     expectThrows(() => op(3 as unknown as Tensor), TypeError, re);
   });
 

@@ -70,7 +70,7 @@ describe("permute / transpose / contiguous", () => {
     const base = memoryStats("cpu").bytesInUse;
     const views = [t.reshape([4096]), t.permute([1, 0]), ops.slice(t, 0, 3, 40, 2), ...ops.chunk(t, 3, 1)];
     await synchronize("cpu");
-    expect(memoryStats("cpu").bytesInUse).toBe(base);
+    expect(memoryStats("cpu").bytesInUse).toBeLessThanOrEqual(base);  // <=: other suites' garbage may be freed meanwhile
     const c = views[1].contiguous();
     await synchronize("cpu");
     expect(memoryStats("cpu").bytesInUse - base).toBeGreaterThanOrEqual(64 * 64 * 4);
@@ -129,7 +129,7 @@ describe("concat / split / chunk", () => {
     const a = Tensor.fromArray(new Int32Array([1, 2, 3, 4]), [2, 2]), b = Tensor.fromArray(new Int32Array([5, 6]), [2, 1]);
     const c = ops.concat([a, b], 1);
     expect(Array.from((await c.toArray()) as Int32Array)).toEqual([1, 2, 5, 3, 4, 6]);
-    const h = ops.concat([ops.cast(a, "float16"), ops.cast(b, "float16")], 0 + 1);
+    const h = ops.concat([ops.cast(a, "float16"), ops.cast(b, "float16")], 1);
     expect(h.dtype).toBe("float16");
     expect(Array.from(await h.toFloat32Array())).toEqual([1, 2, 5, 3, 4, 6]);
     for (const t of [a, b, c, h]) t.dispose();

@@ -21,10 +21,10 @@
 
 #include <sys/mman.h>
 
-#include "core/thread_pool.h"
-#include "cpu/attention_internal.h"
-#include "cpu/cpu_features.h"
-#include "cpu/kernels.h"
+#include "../../core/thread_pool.h"
+#include "../attention_internal.h"
+#include "../cpu_features.h"
+#include "../kernels.h"
 
 using dk::cpu::AttentionParams;
 namespace attn = dk::cpu::attn;
@@ -317,8 +317,6 @@ int main(int argc, char** argv) {
   const dk::cpu::Isa isa = dk::cpu::cpu_features().isa;
   if (isa >= dk::cpu::Isa::AVX2) kernels.push_back(attn::kernel_avx2());
   if (isa >= dk::cpu::Isa::AVX512) kernels.push_back(attn::kernel_avx512());
-  if (isa >= dk::cpu::Isa::AVX512 && std::getenv("LAB_VARIANTS"))
-    for (int w = 0; w < 4; ++w) kernels.push_back(attn::kernel_avx512_variant(w));
 #endif
   int failures = 0;
   if (!bench_only) {

@@ -1,0 +1,361 @@
+// UNet2DConditionModel, built from a diffusers config.json (SD 1.x / 2.x). Activations are NHWC
+// inside; forward() takes and returns diffusers' NCHW.
+import * as ops from "../ops";
+import { Tensor, tidy } from "../tensor";
+import { Conv2d, GroupNorm, Linear, Module } from "../nn";
+import { emitNhwc, emitPlain, scopeHook, type ActivationHook } from "../nn/attention";
+import {
+  CrossAttnDownBlock2D, CrossAttnUpBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
+  type UNetAttentionSettings, type UNetBlockCommon,
+} from "./blocks/unet-blocks";
+import { UnsupportedConfigError } from "./blocks/config";
+
+export { UnsupportedConfigError };
+
+/** config.json of a diffusers UNet2DConditionModel (snake_case as in the file; all optional). */
+export interface UNet2DConditionConfigJson {
+  sample_size?: number | number[] | null;
+  in_channels?: number;
+  out_channels?: number;
+  center_input_sample?: boolean;
+  flip_sin_to_cos?: boolean;
+  freq_shift?: number;
+  down_block_types?: string[];
+  mid_block_type?: string | null;
+  up_block_types?: string[];
+  only_cross_attention?: boolean | boolean[];
+  block_out_channels?: number[];
+  layers_per_block?: number | number[];
+  downsample_padding?: number;
+  mid_block_scale_factor?: number;
+  dropout?: number;
+  act_fn?: string;
+  norm_num_groups?: number | null;
+  norm_eps?: number;
+  cross_attention_dim?: number | number[];
+  transformer_layers_per_block?: number | number[] | number[][];
+  reverse_transformer_layers_per_block?: number[][] | null;
+  encoder_hid_dim?: number | null;
+  encoder_hid_dim_type?: string | null;
+  attention_head_dim?: number | number[];
+  num_attention_heads?: number | number[] | null;
+  dual_cross_attention?: boolean;
+  use_linear_projection?: boolean;
+  class_embed_type?: string | null;
+  addition_embed_type?: string | null;
+  addition_time_embed_dim?: number | null;
+  num_class_embeds?: number | null;
+  upcast_attention?: boolean;
+  resnet_time_scale_shift?: string;
+  resnet_skip_time_act?: boolean;
+  resnet_out_scale_factor?: number;
+  time_embedding_type?: string;
+  time_embedding_dim?: number | null;
+  time_embedding_act_fn?: string | null;
+  timestep_post_act?: string | null;
+  time_cond_proj_dim?: number | null;
+  conv_in_kernel?: number;
+  conv_out_kernel?: number;
+  projection_class_embeddings_input_dim?: number | null;
+  attention_type?: string;
+  class_embeddings_concat?: boolean;
+  mid_block_only_cross_attention?: boolean | null;
+  cross_attention_norm?: string | null;
+  addition_embed_type_num_heads?: number;
+  [key: string]: unknown;
+}
+
+/** The config with diffusers 0.27.2's defaults applied and every per-block list expanded. */
+export interface UNet2DConditionConfig {
+  sampleSize: number | number[] | null;
+  inChannels: number;
+  outChannels: number;
+  centerInputSample: boolean;
+  flipSinToCos: boolean;
+  freqShift: number;
+  downBlockTypes: string[];
+  midBlockType: string | null;
+  upBlockTypes: string[];
+  blockOutChannels: number[];
+  layersPerBlock: number[];
+  downsamplePadding: number;
+  midBlockScaleFactor: number;
+  normNumGroups: number;
+  normEps: number;
+  crossAttentionDim: number[];
+  transformerLayersPerBlock: number[];
+  /** Attention heads per down level (diffusers' attention_head_dim when num_attention_heads is null). */
+  numAttentionHeads: number[];
+  useLinearProjection: boolean;
+  upcastAttention: boolean;
+  resnetOutScaleFactor: number;
+  timeEmbedDim: number;
+  convInKernel: number;
+  convOutKernel: number;
+}
+
+const DOWN_TYPES = ["CrossAttnDownBlock2D", "DownBlock2D"];
+const UP_TYPES = ["CrossAttnUpBlock2D", "UpBlock2D"];
+const MID_TYPES = ["UNetMidBlock2DCrossAttn"];
+
+function perBlock<T>(model: string, key: string, value: T | T[], n: number): T[] {
+  if (!Array.isArray(value)) return Array.from({ length: n }, () => value);
+  if (value.length !== n) throw new RangeError(`${model}: config "${key}" has ${value.length} entries, expected one per down block (${n})`);
+  return [...value];
+}
+
+function positiveInt(model: string, key: string, v: unknown): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 1) throw new RangeError(`${model}: config "${key}" must be a positive integer, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+/** Applies diffusers 0.27.2's defaults and rejects what would change the math unsupported. */
+export function resolveUNetConfig(json: UNet2DConditionConfigJson): UNet2DConditionConfig {
+  const M = "UNet2DConditionModel";
+  const c = json;
+  const unsupported = (key: string, supported: string) => { throw new UnsupportedConfigError(M, key, c[key], supported); };
+  const mustBe = (key: string, dflt: unknown, allowed: unknown[] = [dflt]) => {
+    const v = c[key] === undefined ? dflt : c[key];
+    if (!allowed.some((a) => a === v)) unsupported(key, allowed.map((a) => JSON.stringify(a)).join(", "));
+  };
+  // settings outside SD 1.x / 2.x: reject rather than silently compute something else
+  mustBe("addition_embed_type", null);
+  mustBe("class_embed_type", null);
+  mustBe("num_class_embeds", null);
+  mustBe("encoder_hid_dim", null);
+  mustBe("encoder_hid_dim_type", null);
+  mustBe("time_embedding_type", "positional");
+  mustBe("time_embedding_act_fn", null);
+  mustBe("timestep_post_act", null);
+  mustBe("time_cond_proj_dim", null);
+  mustBe("act_fn", "silu");
+  mustBe("dual_cross_attention", false);
+  mustBe("resnet_time_scale_shift", "default");
+  mustBe("resnet_skip_time_act", false);
+  mustBe("attention_type", "default");
+  mustBe("cross_attention_norm", null);
+  mustBe("class_embeddings_concat", false);
+  mustBe("reverse_transformer_layers_per_block", null);
+  mustBe("mid_block_only_cross_attention", null, [null, false]);
+  if (c.num_attention_heads != null)
+    unsupported("num_attention_heads", "null (diffusers 0.27.2 rejects it too; attention_head_dim holds the head counts)");
+  const only = c.only_cross_attention ?? false;
+  if (only === true || (Array.isArray(only) && only.some((o) => o))) unsupported("only_cross_attention", "false");
+  if (c.norm_num_groups === null) unsupported("norm_num_groups", "a positive integer");
+
+  const downBlockTypes = c.down_block_types ?? ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"];
+  const upBlockTypes = c.up_block_types ?? ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"];
+  const midBlockType = c.mid_block_type === undefined ? "UNetMidBlock2DCrossAttn" : c.mid_block_type;
+  downBlockTypes.forEach((t) => { if (!DOWN_TYPES.includes(t)) unsupported("down_block_types", DOWN_TYPES.join(", ")); });
+  upBlockTypes.forEach((t) => { if (!UP_TYPES.includes(t)) unsupported("up_block_types", UP_TYPES.join(", ")); });
+  if (midBlockType !== null && !MID_TYPES.includes(midBlockType)) unsupported("mid_block_type", [...MID_TYPES, "null"].join(", "));
+
+  const blockOutChannels = c.block_out_channels ?? [320, 640, 1280, 1280];
+  const n = downBlockTypes.length;
+  if (upBlockTypes.length !== n) throw new RangeError(`${M}: down_block_types (${n}) and up_block_types (${upBlockTypes.length}) differ in length`);
+  if (blockOutChannels.length !== n) throw new RangeError(`${M}: block_out_channels (${blockOutChannels.length}) must have one entry per down block (${n})`);
+  blockOutChannels.forEach((ch) => positiveInt(M, "block_out_channels", ch));
+
+  const tlpb = c.transformer_layers_per_block ?? 1;
+  if (Array.isArray(tlpb) && tlpb.some((x) => Array.isArray(x))) unsupported("transformer_layers_per_block", "an integer or a list of integers");
+  const normNumGroups = positiveInt(M, "norm_num_groups", c.norm_num_groups ?? 32);
+  const layersPerBlock = perBlock(M, "layers_per_block", c.layers_per_block ?? 2, n).map((v) => positiveInt(M, "layers_per_block", v));
+  const numAttentionHeads = perBlock(M, "attention_head_dim", c.attention_head_dim ?? 8, n).map((v) => positiveInt(M, "attention_head_dim", v));
+  const crossAttentionDim = perBlock(M, "cross_attention_dim", c.cross_attention_dim ?? 1280, n).map((v) => positiveInt(M, "cross_attention_dim", v));
+  const transformerLayersPerBlock = perBlock(M, "transformer_layers_per_block", tlpb as number | number[], n)
+    .map((v) => positiveInt(M, "transformer_layers_per_block", v));
+  const convInKernel = c.conv_in_kernel ?? 3, convOutKernel = c.conv_out_kernel ?? 3;
+  if (convInKernel % 2 !== 1) unsupported("conv_in_kernel", "an odd integer");
+  if (convOutKernel % 2 !== 1) unsupported("conv_out_kernel", "an odd integer");
+
+  return {
+    sampleSize: c.sample_size ?? null,
+    inChannels: positiveInt(M, "in_channels", c.in_channels ?? 4),
+    outChannels: positiveInt(M, "out_channels", c.out_channels ?? 4),
+    centerInputSample: c.center_input_sample ?? false,
+    flipSinToCos: c.flip_sin_to_cos ?? true,
+    freqShift: c.freq_shift ?? 0,
+    downBlockTypes, midBlockType, upBlockTypes, blockOutChannels, layersPerBlock,
+    downsamplePadding: c.downsample_padding ?? 1,
+    midBlockScaleFactor: c.mid_block_scale_factor ?? 1,
+    normNumGroups,
+    normEps: c.norm_eps ?? 1e-5,
+    crossAttentionDim, transformerLayersPerBlock, numAttentionHeads,
+    useLinearProjection: c.use_linear_projection ?? false,
+    upcastAttention: c.upcast_attention ?? false,
+    resnetOutScaleFactor: c.resnet_out_scale_factor ?? 1,
+    timeEmbedDim: c.time_embedding_dim ?? blockOutChannels[0] * 4,
+    convInKernel, convOutKernel,
+  };
+}
+
+/** diffusers `TimestepEmbedding`: linear_1, SiLU, linear_2. */
+class TimestepEmbedding extends Module {
+  readonly linear1: Linear;
+  readonly linear2: Linear;
+  constructor(inDim: number, dim: number) {
+    super();
+    this.linear1 = this.child("linear_1", new Linear(inDim, dim));
+    this.linear2 = this.child("linear_2", new Linear(dim, dim));
+  }
+  forward(x: Tensor): Tensor {
+    return tidy(() => this.linear2.forward(ops.silu(this.linear1.forward(x))));
+  }
+}
+
+export interface UNetForwardOptions {
+  /** Receives named activations as diffusers' forward hooks see them (see ActivationHook). */
+  hooks?: ActivationHook;
+}
+
+/**
+ * The conditional U-Net. Hook names (as in the reference data): time_proj, time_embedding,
+ * conv_in, down_blocks.i.0 (hidden output), down_blocks.i.1.j (j-th skip), down_blocks.i.resnets.j,
+ * down_blocks.i.attentions.j(.norm/.proj_in/.transformer_blocks.k(.norm1...)/.proj_out),
+ * down_blocks.i.downsamplers.0, mid_block(.resnets.j/.attentions.j...), up_blocks.i(...),
+ * conv_norm_out (before SiLU), conv_act.
+ */
+export class UNet2DConditionModel extends Module {
+  readonly config: UNet2DConditionConfig;
+  readonly convIn: Conv2d;
+  readonly timeEmbedding: TimestepEmbedding;
+  readonly downBlocks: DownBlock2D[] = [];
+  readonly midBlock: UNetMidBlock2DCrossAttn | null;
+  readonly upBlocks: UpBlock2D[] = [];
+  readonly convNormOut: GroupNorm;
+  readonly convOut: Conv2d;
+
+  constructor(configJson: UNet2DConditionConfigJson) {
+    super();
+    const cfg = this.config = resolveUNetConfig(configJson);
+    const boc = cfg.blockOutChannels, n = boc.length;
+    const common: UNetBlockCommon = { tembChannels: cfg.timeEmbedDim, groups: cfg.normNumGroups, eps: cfg.normEps, outputScaleFactor: cfg.resnetOutScaleFactor };
+    const attention = (level: number): UNetAttentionSettings => ({
+      heads: cfg.numAttentionHeads[level], crossAttentionDim: cfg.crossAttentionDim[level],
+      transformerLayers: Array(cfg.layersPerBlock[level]).fill(cfg.transformerLayersPerBlock[level]),
+      useLinearProjection: cfg.useLinearProjection, upcastAttention: cfg.upcastAttention,
+    });
+
+    this.convIn = this.child("conv_in", new Conv2d(cfg.inChannels, boc[0], { kernel: cfg.convInKernel, padding: (cfg.convInKernel - 1) / 2 }));
+    this.timeEmbedding = this.child("time_embedding", new TimestepEmbedding(boc[0], cfg.timeEmbedDim));
+
+    let out = boc[0];
+    cfg.downBlockTypes.forEach((type, i) => {
+      const cin = out;
+      out = boc[i];
+      const blockCfg = { inChannels: cin, outChannels: out, numLayers: cfg.layersPerBlock[i], addDownsample: i < n - 1, downsamplePadding: cfg.downsamplePadding, common };
+      this.downBlocks.push(this.child(`down_blocks.${i}`, type === "CrossAttnDownBlock2D"
+        ? new CrossAttnDownBlock2D({ ...blockCfg, attention: attention(i) })
+        : new DownBlock2D(blockCfg)));
+    });
+
+    this.midBlock = cfg.midBlockType === null ? null : this.child("mid_block", new UNetMidBlock2DCrossAttn({
+      channels: boc[n - 1], common: { ...common, outputScaleFactor: cfg.midBlockScaleFactor },
+      attention: { ...attention(n - 1), transformerLayers: [cfg.transformerLayersPerBlock[n - 1]] },
+    }));
+
+    // the up path reads every per-level list reversed
+    const rev = <T>(xs: T[]): T[] => [...xs].reverse();
+    const rboc = rev(boc), rLayers = rev(cfg.layersPerBlock), rHeads = rev(cfg.numAttentionHeads);
+    const rCross = rev(cfg.crossAttentionDim), rTlpb = rev(cfg.transformerLayersPerBlock);
+    out = rboc[0];
+    cfg.upBlockTypes.forEach((type, i) => {
+      const prev = out;
+      out = rboc[i];
+      const cin = rboc[Math.min(i + 1, n - 1)];
+      const numLayers = rLayers[i] + 1;
+      const blockCfg = { inChannels: cin, prevOutputChannels: prev, outChannels: out, numLayers, addUpsample: i < n - 1, common };
+      this.upBlocks.push(this.child(`up_blocks.${i}`, type === "CrossAttnUpBlock2D"
+        ? new CrossAttnUpBlock2D({ ...blockCfg, attention: {
+          heads: rHeads[i], crossAttentionDim: rCross[i], transformerLayers: Array(numLayers).fill(rTlpb[i]),
+          useLinearProjection: cfg.useLinearProjection, upcastAttention: cfg.upcastAttention } })
+        : new UpBlock2D(blockCfg)));
+    });
+
+    this.convNormOut = this.child("conv_norm_out", new GroupNorm(cfg.normNumGroups, boc[0], cfg.normEps));
+    this.convOut = this.child("conv_out", new Conv2d(boc[0], cfg.outChannels, { kernel: cfg.convOutKernel, padding: (cfg.convOutKernel - 1) / 2 }));
+  }
+
+  /**
+   * sample [B, inChannels, H, W] (NCHW), timestep a number, or a tensor of 1 or B values (any
+   * numeric dtype; used as float32, as diffusers does), encoderHiddenStates [B, M, crossAttentionDim]
+   * -> [B, outChannels, H, W] (NCHW), the predicted noise (or v / x0, per the scheduler's config).
+   */
+  forward(sample: Tensor, timestep: number | Tensor, encoderHiddenStates: Tensor, opts: UNetForwardOptions = {}): Tensor {
+    const cfg = this.config;
+    if (sample.ndim !== 4 || sample.shape[1] !== cfg.inChannels)
+      throw new RangeError(`UNet2DConditionModel.forward: sample must be [B, ${cfg.inChannels}, H, W], got [${sample.shape.join(",")}]`);
+    const B = sample.shape[0];
+    if (encoderHiddenStates.ndim !== 3 || encoderHiddenStates.shape[0] !== B)
+      throw new RangeError(`UNet2DConditionModel.forward: encoderHiddenStates must be [${B}, M, D], got [${encoderHiddenStates.shape.join(",")}]`);
+    const hook = opts.hooks;
+    return tidy(() => {
+      const ctx = encoderHiddenStates.dtype === sample.dtype && encoderHiddenStates.device === sample.device ? encoderHiddenStates : encoderHiddenStates.to(sample.device, sample.dtype);
+      let x = ops.nchwToNhwc(sample);
+      if (cfg.centerInputSample) x = ops.sub(ops.mul(x, 2), 1);
+
+      // 1. time: sinusoid (float32) -> MLP; every resnet takes silu(emb)
+      const t = timestepVector(timestep, B, sample.device);
+      let tProj = ops.timestepEmbedding(t, cfg.blockOutChannels[0], { flipSinToCos: cfg.flipSinToCos, downscaleFreqShift: cfg.freqShift });
+      if (tProj.dtype !== sample.dtype) tProj = tProj.to(sample.device, sample.dtype);
+      emitPlain(hook, "time_proj", tProj);
+      const emb = this.timeEmbedding.forward(tProj);
+      emitPlain(hook, "time_embedding", emb);
+      const embAct = ops.silu(emb);
+
+      // 2. down path: conv_in and every block output are skips
+      let h = this.convIn.forward(x);
+      x.dispose();
+      emitNhwc(hook, "conv_in", h);
+      const skips: Tensor[] = [h];
+      this.downBlocks.forEach((block, i) => {
+        const r = block.forward(h, embAct, ctx, scopeHook(hook, `down_blocks.${i}.`));
+        h = r.hidden;
+        skips.push(...r.skips);
+        emitNhwc(hook, `down_blocks.${i}.0`, h);
+        r.skips.forEach((s, j) => emitNhwc(hook, `down_blocks.${i}.1.${j}`, s));
+      });
+
+      // 3. mid
+      if (this.midBlock) {
+        h = this.midBlock.forward(h, embAct, ctx, scopeHook(hook, "mid_block."));
+        emitNhwc(hook, "mid_block", h);
+      }
+
+      // 4. up path: each block eats its skips (last first); the upsampler targets the next skips' size
+      this.upBlocks.forEach((block, i) => {
+        const used = skips.splice(skips.length - block.skipCount, block.skipCount);
+        const next = skips[skips.length - 1];
+        const size: [number, number] | undefined = next && i < this.upBlocks.length - 1 ? [next.shape[1], next.shape[2]] : undefined;
+        const prev = h;
+        h = block.forward(prev, used, embAct, ctx, size, scopeHook(hook, `up_blocks.${i}.`));
+        for (const s of used) s.dispose();
+        prev.dispose();
+        emitNhwc(hook, `up_blocks.${i}`, h);
+      });
+
+      // 5. out: GroupNorm + SiLU fused; the hook's pre-SiLU value is recomputed on demand
+      const hFinal = h;
+      emitNhwc(hook, "conv_norm_out", () => this.convNormOut.forward(hFinal));
+      const act = this.convNormOut.forward(h, true);
+      emitNhwc(hook, "conv_act", act);
+      const out = this.convOut.forward(act);
+      return ops.nhwcToNchw(out);
+    });
+  }
+}
+
+/** The timestep(s) as float32 [B] on `device` (one value is broadcast, as diffusers' expand). */
+function timestepVector(timestep: number | Tensor, B: number, device: string): Tensor {
+  if (typeof timestep === "number") {
+    if (!Number.isFinite(timestep)) throw new RangeError(`UNet2DConditionModel.forward: timestep must be finite, got ${timestep}`);
+    return Tensor.fromArray(new Float32Array(B).fill(timestep), [B], { device });
+  }
+  const count = timestep.numel;
+  if (count !== 1 && count !== B)
+    throw new RangeError(`UNet2DConditionModel.forward: timestep must hold 1 or ${B} values, got shape [${timestep.shape.join(",")}]`);
+  let t = timestep.reshape([count]);
+  if (t.dtype !== "float32" || t.device !== device) t = t.to(device, "float32");
+  if (count === 1 && B > 1) t = ops.concat(Array(B).fill(t), 0);
+  return t;
+}

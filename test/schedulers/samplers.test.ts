@@ -1,10 +1,12 @@
 // Samplers vs diffusers 0.27.2: every trajectory of cases/schedulers replayed with the fake model
 // from the reference README, each step's sample within 1e-5·S (S = max(1, max|samples|) of the case).
 import * as fs from "fs";
-import { Tensor } from "../../lib/tensor";
-import { add, mul } from "../../lib/ops";
+import { Tensor, tidy } from "../../lib/tensor";
+import { add, axpby, mul } from "../../lib/ops";
+import { memoryStats } from "../../lib/devices";
+import { TorchGenerator } from "../../lib/random/torch-generator";
 import { parseDiffusersJson, SchedulerClassName } from "../../lib/schedulers/schedule";
-import { NoiseSource, Scheduler, StepOptions, schedulerFromConfig } from "../../lib/schedulers";
+import { NoiseSource, SAMPLER_NAMES, Scheduler, StepOptions, createScheduler, schedulerFromConfig } from "../../lib/schedulers";
 import { SafetensorsFile } from "../helpers/read-safetensors";
 import { describeIfReference, referencePath } from "../helpers/reference";
 
@@ -33,7 +35,7 @@ const TOL = 1e-5;
 /** model_output = f32(0.3)·x_in + f32(0.05·cos(t/100)) (product and sum rounded separately). */
 function fakeModel(x: Tensor, t: number): Tensor {
   const p = mul(x, 0.3);
-  const out = add(p, Math.fround(0.0501 * Math.cos(t / 100)));
+  const out = add(p, Math.fround(0.05 * Math.cos(t / 100)));
   p.dispose();
   return out;
 }
@@ -212,4 +214,289 @@ describeIfReference("samplers vs diffusers 0.27.2 (cases/schedulers trajectories
       nz.dispose();
     });
   }
+});
+
+// ---------------------------------------------------------------------------------------------
+// API, options, noise order and state (no reference data needed)
+
+const SD15 = {
+  _class_name: "PNDMScheduler",
+  beta_start: 0.00085,
+  beta_end: 0.012,
+  beta_schedule: "scaled_linear",
+  num_train_timesteps: 1000,
+  set_alpha_to_one: false,
+  skip_prk_steps: true,
+  steps_offset: 1,
+  clip_sample: false,
+  trained_betas: null,
+};
+
+function seededLatents(seed: number, shape = [1, 4, 8, 8]): Tensor {
+  return Tensor.fromArray(new TorchGenerator(seed).randn(shape), shape);
+}
+
+/** The plain denoising loop with the fake model; returns the final sample's values. */
+async function runLoop(sched: Scheduler, steps: number, opts: StepOptions = {}, wrapTidy = false): Promise<Float32Array> {
+  sched.setTimesteps(steps);
+  const x0 = seededLatents(7);
+  let x = mul(x0, sched.initNoiseSigma);
+  x0.dispose();
+  for (const t of sched.timesteps) {
+    const next = (): Tensor => {
+      const xin = sched.scaleModelInput(x, t);
+      const m = fakeModel(xin, t);
+      const prev = sched.step(m, t, x, opts);
+      xin.dispose();
+      m.dispose();
+      return prev;
+    };
+    const prev = wrapTidy ? tidy(next) : next();
+    x.dispose();
+    x = prev;
+  }
+  const out = await x.toFloat32Array();
+  x.dispose();
+  return out;
+}
+
+function relDiff(a: Float32Array, b: Float32Array): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num = Math.max(num, Math.abs(a[i] - b[i]));
+    den = Math.max(den, Math.abs(b[i]));
+  }
+  return num / Math.max(den, 1e-30);
+}
+
+describe("sampler names and options", () => {
+  test("SAMPLER_NAMES lists the twelve user names", () => {
+    expect([...SAMPLER_NAMES]).toEqual([
+      "ddim", "ddpm", "pndm", "euler", "euler-a", "heun", "lms", "dpm++2m", "dpm++2m-karras", "dpm++2m-sde-karras", "unipc", "lcm",
+    ]);
+  });
+
+  test("an unknown sampler name is a RangeError listing every valid one", () => {
+    for (const bad of ["dpm++3m", "Euler", "", "euler_a"]) {
+      let err: unknown;
+      try {
+        createScheduler(bad, SD15);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(RangeError);
+      const msg = (err as Error).message;
+      expect(msg).toContain(JSON.stringify(bad));
+      for (const n of SAMPLER_NAMES) expect(msg).toContain(`"${n}"`);
+    }
+    expect(() => createScheduler(undefined as unknown as string)).toThrow(RangeError);
+  });
+
+  test("names map to classes and fix their own options; from_config semantics for the rest", () => {
+    const want: Record<string, string> = {
+      ddim: "DDIMScheduler", ddpm: "DDPMScheduler", pndm: "PNDMScheduler", euler: "EulerDiscreteScheduler",
+      "euler-a": "EulerAncestralDiscreteScheduler", heun: "HeunDiscreteScheduler", lms: "LMSDiscreteScheduler",
+      "dpm++2m": "DPMSolverMultistepScheduler", "dpm++2m-karras": "DPMSolverMultistepScheduler",
+      "dpm++2m-sde-karras": "DPMSolverMultistepScheduler", unipc: "UniPCMultistepScheduler", lcm: "LCMScheduler",
+    };
+    for (const n of SAMPLER_NAMES) expect([n, createScheduler(n, SD15).className]).toEqual([n, want[n]]);
+    // the SD1.5 file has no timestep_spacing: each class falls back to its own default
+    expect(createScheduler("ddim", SD15).config.timestepSpacing).toBe("leading");
+    expect(createScheduler("euler", SD15).config.timestepSpacing).toBe("linspace");
+    expect(createScheduler("ddim", SD15).config.stepsOffset).toBe(1);
+    expect(createScheduler("dpm++2m", SD15).config.useKarrasSigmas).toBe(false);
+    expect(createScheduler("dpm++2m-karras", SD15).config.useKarrasSigmas).toBe(true);
+    const sde = createScheduler("dpm++2m-sde-karras", SD15, { use_karras_sigmas: false, algorithm_type: "dpmsolver++" });
+    expect([sde.config.algorithmType, sde.config.useKarrasSigmas]).toEqual(["sde-dpmsolver++", true]);
+    expect(createScheduler("euler", SD15, { timestep_spacing: "trailing" }).config.timestepSpacing).toBe("trailing");
+    // a parsed SchedulerConfig of another class: its default-valued fields do not leak across
+    const eulerCfg = createScheduler("euler", SD15).config;
+    expect(createScheduler("ddim", eulerCfg).config.timestepSpacing).toBe("leading");
+    expect(createScheduler("ddim", eulerCfg).config.betaSchedule).toBe("scaled_linear");
+    // diffusers' in-memory configs list the keys it filled with defaults
+    const withDefaults = { ...SD15, timestep_spacing: "leading", _use_default_values: ["timestep_spacing"] };
+    expect(createScheduler("euler", withDefaults).config.timestepSpacing).toBe("linspace");
+  });
+
+  test.each([
+    ["ddpm", { variance_type: "learned_range" }, /variance_type must be one of "fixed_small", "fixed_small_log", "fixed_large", got "learned_range"/],
+    ["ddpm", { prediction_type: "x0" }, /prediction_type must be one of "epsilon", "v_prediction", "sample", got "x0"/],
+    ["euler-a", { prediction_type: "sample" }, /prediction_type must be one of "epsilon", "v_prediction", got "sample"/],
+    ["pndm", { prediction_type: "sample" }, /prediction_type must be one of "epsilon", "v_prediction", got "sample"/],
+    ["euler", { timestep_spacing: "middle" }, /timestep_spacing must be one of "linspace", "leading", "trailing"/],
+    ["dpm++2m", { solver_order: 3 }, null], // the name fixes the order: 2M
+    ["unipc", { solver_order: 4 }, /solver_order must be one of 1, 2, 3, got 4/],
+    ["unipc", { predict_x0: false }, /predict_x0 must be true/],
+    ["dpm++2m", { beta_schedule: "sigmoid" }, /beta_schedule "sigmoid" is not supported/],
+  ])("%s with %j is a RangeError naming the allowed values", (name, over, msg) => {
+    if (msg === null) {
+      expect(createScheduler(name, SD15, over).config.solverOrder).toBe(2);
+      expect(() => schedulerFromConfig("DPMSolverMultistepScheduler", { ...SD15, ...over })).toThrow(/solver_order must be one of 1, 2, got 3/);
+      return;
+    }
+    expect(() => createScheduler(name, SD15, over)).toThrow(RangeError);
+    expect(() => createScheduler(name, SD15, over)).toThrow(msg);
+  });
+
+  test("DPM-Solver algorithm types other than the ++ ones are refused with the allowed list", () => {
+    const raw = { ...SD15, algorithm_type: "sde-dpmsolver", final_sigmas_type: "sigma_min" };
+    expect(() => schedulerFromConfig("DPMSolverMultistepScheduler", raw)).toThrow(/algorithm_type must be one of "dpmsolver\+\+", "sde-dpmsolver\+\+", got "sde-dpmsolver"/);
+  });
+
+  test("bad step options and misuse are errors that say what was expected", () => {
+    const ddim = createScheduler("ddim", SD15);
+    const x = seededLatents(1);
+    expect(() => ddim.step(x, 1, x)).toThrow(/call setTimesteps/);
+    ddim.setTimesteps(5);
+    expect(() => ddim.step(x, ddim.timesteps[0], x, { eta: -1 })).toThrow(/eta must be a finite number >= 0/);
+    const y = Tensor.zeros([1, 4, 8, 9]);
+    expect(() => ddim.step(y, ddim.timesteps[0], x)).toThrow(RangeError);
+    expect(() => ddim.step(y, ddim.timesteps[0], x)).toThrow(/modelOutput has shape \[1, 4, 8, 9\] but sample has \[1, 4, 8, 8\]/);
+    const lms = createScheduler("lms", SD15);
+    lms.setTimesteps(5);
+    expect(() => lms.step(x, lms.timesteps[0], x, { order: 5 })).toThrow(/order must be one of 1, 2, 3, 4, got 5/);
+    const euler = createScheduler("euler", SD15);
+    euler.setTimesteps(3);
+    expect(() => euler.step(x, 123.5, x)).toThrow(/timestep 123.5 is not in the schedule/);
+    expect(() => euler.step(x, euler.timesteps[0], x, { sChurn: -1 })).toThrow(/sChurn must be a finite number >= 0/);
+    for (const t of euler.timesteps) euler.step(x, t, x).dispose();
+    expect(() => euler.step(x, euler.timesteps[0], x)).toThrow(/all 3 steps are done/);
+    expect(() => euler.setBeginIndex(3)).toThrow(/index must be an integer in \[0, 2\]/);
+    x.dispose();
+    y.dispose();
+  });
+
+  test("every sampler runs a short loop from the SD1.5 config with a torch generator, finite", async () => {
+    for (const n of SAMPLER_NAMES) {
+      const s = createScheduler(n, SD15);
+      const out = await runLoop(s, 4, { generator: new TorchGenerator(3) });
+      expect([n, out.every(Number.isFinite)]).toEqual([n, true]);
+      s.dispose();
+    }
+  });
+});
+
+describe("noise draws follow diffusers' order", () => {
+  const shape = [1, 4, 8, 8];
+  // number of g.randn(shape) calls in a 6-step loop
+  test.each([
+    ["ddpm", {}, {}, 5], // default DDPM grid ends at t = 0, which draws nothing
+    ["ddim", {}, {}, 0],
+    ["ddim", {}, { eta: 1 }, 6],
+    ["pndm", {}, {}, 0],
+    ["euler", {}, {}, 6], // drawn even when unused (s_churn = 0)
+    ["euler-a", {}, {}, 6],
+    ["heun", {}, {}, 0],
+    ["lms", {}, {}, 0],
+    ["dpm++2m", {}, {}, 0],
+    ["dpm++2m-sde-karras", {}, {}, 6],
+    ["unipc", {}, {}, 0],
+    ["lcm", {}, {}, 5], // all but the last step
+  ] as const)("%s %j %j draws %i times", async (name, over, opts, draws) => {
+    const cfg = name === "ddpm" ? { ...SD15, steps_offset: 0 } : SD15;
+    const s = createScheduler(name, cfg, over);
+    const g = new TorchGenerator(11);
+    await runLoop(s, 6, { ...opts, generator: g });
+    const ref = new TorchGenerator(11);
+    for (let i = 0; i < draws; i++) ref.randn(shape);
+    expect(Array.from(g.randn([4]))).toEqual(Array.from(ref.randn([4])));
+  });
+
+  test("opts.noise replaces the draw; a list of generators draws per batch item", async () => {
+    const s = createScheduler("euler-a", SD15);
+    s.setTimesteps(3);
+    const x = seededLatents(5, [2, 4, 8, 8]);
+    const t = s.timesteps[0];
+    const nz = seededLatents(9, [2, 4, 8, 8]);
+    const a = await s.step(x, t, x, { noise: nz }).toFloat32Array();
+    s.reset();
+    const g0 = new TorchGenerator(9);
+    const fake: NoiseSource = { randn: () => g0.randn([2, 4, 8, 8]) };
+    const b = await s.step(x, t, x, { generator: fake }).toFloat32Array();
+    expect(Array.from(a)).toEqual(Array.from(b));
+    s.reset();
+    const gens = [new TorchGenerator(1), new TorchGenerator(2)];
+    const c = await s.step(x, t, x, { generator: gens }).toFloat32Array();
+    s.reset();
+    const both = new Float32Array(512);
+    both.set(new TorchGenerator(1).randn([1, 4, 8, 8]), 0);
+    both.set(new TorchGenerator(2).randn([1, 4, 8, 8]), 256);
+    const nz2 = Tensor.fromArray(both, [2, 4, 8, 8]);
+    const d = await s.step(x, t, x, { noise: nz2 }).toFloat32Array();
+    expect(Array.from(c)).toEqual(Array.from(d));
+    expect(() => s.step(x, t, x, { noise: seededLatents(1) })).toThrow(/opts.noise has shape/);
+    for (const k of [x, nz, nz2]) k.dispose();
+  });
+});
+
+describe("sampler state", () => {
+  test.each(["pndm", "heun", "lms", "dpm++2m", "dpm++2m-sde-karras", "unipc"])(
+    "%s: reset() restarts the trajectory; history survives tidy(); dispose() frees it",
+    async (name) => {
+      const s = createScheduler(name, SD15);
+      const opts = (): StepOptions => ({ generator: new TorchGenerator(5) });
+      const before = memoryStats("cpu").bytesInUse;
+      const a = await runLoop(s, 8, opts());
+      s.reset();
+      const b = await runLoop(s, 8, opts(), true);
+      expect(Array.from(b)).toEqual(Array.from(a));
+      // a run cut short, then a fresh setTimesteps: no state leaks into the new run
+      s.setTimesteps(8);
+      const x = seededLatents(3);
+      s.step(x, s.timesteps[0], x, opts()).dispose();
+      x.dispose();
+      const c = await runLoop(s, 8, opts());
+      expect(Array.from(c)).toEqual(Array.from(a));
+      s.dispose();
+      expect(memoryStats("cpu").bytesInUse).toBe(before);
+    },
+  );
+
+  test("img2img: setBeginIndex starts the sigma samplers mid-schedule, and addNoise uses that sigma", async () => {
+    const s = createScheduler("euler", SD15);
+    s.setTimesteps(10);
+    s.setBeginIndex(4);
+    const x = seededLatents(2);
+    const z = seededLatents(3);
+    const noisy = s.addNoise(x, z, s.timesteps[4]);
+    const want = axpby(1, x, s.sigmas![4], z);
+    expect(Array.from(await noisy.toFloat32Array())).toEqual(Array.from(await want.toFloat32Array()));
+    const xin = s.scaleModelInput(noisy, s.timesteps[4]);
+    expect(s.stepIndex).toBe(4);
+    s.step(xin, s.timesteps[4], noisy).dispose();
+    expect(s.stepIndex).toBe(5);
+    for (const k of [x, z, noisy, want, xin]) k.dispose();
+  });
+
+  test("scaleModelInput of the identity samplers is a new handle (disposing it keeps the sample)", async () => {
+    const s = createScheduler("ddim", SD15);
+    s.setTimesteps(4);
+    const x = seededLatents(4);
+    const xin = s.scaleModelInput(x, s.timesteps[0]);
+    expect(xin).not.toBe(x);
+    xin.dispose();
+    expect((await x.toFloat32Array()).length).toBe(256);
+    x.dispose();
+  });
+});
+
+describe("variants without reference data agree with the tested ones (same ODE, other discretisation)", () => {
+  // 30-step final samples of two solvers of the same probability-flow ODE differ by the
+  // discretisation error only; a wrong coefficient in a higher-order term lands far outside.
+  test.each([
+    ["dpm++2m", { solver_type: "heun" }, "dpm++2m", {}, 2e-3],
+    ["dpm++2m", { solver_order: 1 }, "dpm++2m", {}, 2e-2],
+    ["unipc", { solver_order: 3 }, "unipc", {}, 2e-3],
+    ["unipc", { solver_type: "bh1" }, "unipc", {}, 2e-3],
+    ["unipc", { solver_order: 1 }, "unipc", {}, 2e-2],
+    ["pndm", { skip_prk_steps: false }, "pndm", {}, 2e-3],
+    ["heun", {}, "dpm++2m", {}, 2e-3],
+  ] as const)("%s %j vs %s %j", async (n1, o1, n2, o2, tol) => {
+    const a = await runLoop(createScheduler(n1, SD15, o1), 30);
+    const b = await runLoop(createScheduler(n2, SD15, o2), 30);
+    const d = relDiff(a, b);
+    process.stderr.write(`[samplers] ${n1} ${JSON.stringify(o1)} vs ${n2}: ${d.toExponential(2)}\n`);
+    expect(d).toBeLessThan(tol);
+  });
 });

@@ -205,6 +205,21 @@ export class Tensor {
   }
 }
 
+/**
+ * The native handle of an op argument, with errors that name the op and the argument
+ * (TypeError for a non-Tensor or a disposed one).
+ */
+export function arg(x: unknown, op: string, name: string): NativeTensor {
+  if (!(x instanceof Tensor)) throw new TypeError(`${op}: ${name} must be a Tensor, got ${x === null ? "null" : typeof x}`);
+  if (x.handle.disposed) throw new TypeError(`${op}: ${name} is disposed`);
+  return x.handle;
+}
+
+/** Like arg() for an optional tensor: null/undefined pass through as null. */
+export function optArg(x: unknown, op: string, name: string): NativeTensor | null {
+  return x === null || x === undefined ? null : arg(x, op, name);
+}
+
 /** Wraps a native result (for lib/ops). */
 export function wrap(h: NativeTensor): Tensor {
   return new Tensor(h);

@@ -290,8 +290,8 @@ export function convertSingleFileToDiffusers(source: HostStateDictSource, config
   if (mismatched.length || (strict && missing.length)) {
     const list = (xs: string[]) => xs.slice(0, 12).join(", ") + (xs.length > 12 ? `, ... (${xs.length} in all)` : "");
     const parts: string[] = [];
-    if (missing.length) parts.push(`missing ${list(missing)}`);
     if (mismatched.length) parts.push(`shape mismatches ${list(mismatched)}`);
+    if (missing.length) parts.push(`missing ${list(missing)}`);
     throw new Error(`single-file checkpoint does not fit the configs (wrong model family or configs?): ${parts.join("; ")}`);
   }
   const out: SingleFileConversion = { keyMap, unused: keys.filter((k) => !used.has(k)), textEncoderFormat: format };

@@ -1,6 +1,6 @@
 // Fused multi-head scaled-dot-product attention (flash-style: no N x N score matrix).
 import { native } from "../native";
-import { Tensor, wrap } from "../tensor";
+import { Tensor, arg, optArg, wrap } from "../tensor";
 
 export interface AttentionOptions {
   heads: number;
@@ -20,5 +20,5 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   if (!Number.isInteger(heads) || heads < 1) throw new RangeError(`attention: heads must be a positive integer, got ${heads}`);
   const d = q.ndim === 3 ? q.shape[2] / heads : NaN;
   const scale = opts.scale ?? 1 / Math.sqrt(d);
-  return wrap(native().attention(q.handle, k.handle, v.handle, heads, scale, opts.causal ?? false, opts.mask?.handle ?? null));
+  return wrap(native().attention(arg(q, "attention", "q"), arg(k, "attention", "k"), arg(v, "attention", "v"), heads, scale, opts.causal ?? false, optArg(opts.mask, "attention", "mask")));
 }

@@ -1,6 +1,6 @@
 // 2-D convolution on channels-last activations (implicit GEMM; fused bias and residual).
 import { native } from "../native";
-import { Tensor, wrap } from "../tensor";
+import { Tensor, arg, optArg, wrap } from "../tensor";
 
 export interface Conv2dOptions {
   stride?: number | [number, number];
@@ -11,30 +11,41 @@ export interface Conv2dOptions {
   residual?: Tensor | null;
 }
 
-const pair = (v: number | [number, number] | undefined, dflt: number): number[] =>
-  v === undefined ? [dflt, dflt] : typeof v === "number" ? [v, v] : [v[0], v[1]];
+function pair(v: number | readonly number[] | undefined, dflt: number, name: string): number[] {
+  if (v === undefined) return [dflt, dflt];
+  if (typeof v === "number") return [v, v];
+  if (!Array.isArray(v) || v.length !== 2) throw new RangeError(`conv2d: ${name} must be a number or [h, w], got ${JSON.stringify(v)}`);
+  return [v[0], v[1]];
+}
 
 /** x [N,H,W,C] (NHWC), weight [K,R,S,C] (OHWI) -> [N,P,Q,K]. */
 export function conv2d(x: Tensor, weight: Tensor, opts: Conv2dOptions = {}): Tensor {
   return wrap(
-    native().conv2d(x.handle, weight.handle, opts.bias ? opts.bias.handle : null, opts.residual ? opts.residual.handle : null,
-      pair(opts.stride, 1), pair(opts.padding, 0), pair(opts.dilation, 1)),
+    native().conv2d(arg(x, "conv2d", "x"), arg(weight, "conv2d", "weight"), optArg(opts.bias, "conv2d", "bias"), optArg(opts.residual, "conv2d", "residual"),
+      pair(opts.stride, 1, "stride"), pair(opts.padding, 0, "padding"), pair(opts.dilation, 1, "dilation")),
   );
 }
 
 /** PyTorch's OIHW conv weight -> OHWI, the layout conv2d takes (done once at load). */
 export function convWeightToOHWI(w: Tensor): Tensor {
+  arg(w, "convWeightToOHWI", "weight");
   if (w.ndim !== 4) throw new RangeError(`convWeightToOHWI: weight must have 4 dims, got [${w.shape.join(",")}]`);
   const v = w.permute([0, 2, 3, 1]);
   try { return v.contiguous(); } finally { v.dispose(); }
 }
 
 /** NCHW <-> NHWC copies for the public edges. */
+function check4d(x: Tensor, op: string): void {
+  arg(x, op, "x");
+  if (x.ndim !== 4) throw new RangeError(`${op}: input must have 4 dims, got [${x.shape.join(",")}]`);
+}
 export function nchwToNhwc(x: Tensor): Tensor {
+  check4d(x, "nchwToNhwc");
   const v = x.permute([0, 2, 3, 1]);
   try { return v.contiguous(); } finally { v.dispose(); }
 }
 export function nhwcToNchw(x: Tensor): Tensor {
+  check4d(x, "nhwcToNchw");
   const v = x.permute([0, 3, 1, 2]);
   try { return v.contiguous(); } finally { v.dispose(); }
 }

@@ -1,11 +1,11 @@
 // Elementwise arithmetic with numpy broadcasting, scalar forms, and the fused sampler update.
 import { native, type BinaryOpName, type UnaryOpName } from "../native";
-import { Tensor, wrap } from "../tensor";
+import { Tensor, arg, optArg, wrap } from "../tensor";
 
 function binary(op: BinaryOpName, a: Tensor | number, b: Tensor | number): Tensor {
-  if (a instanceof Tensor && b instanceof Tensor) return wrap(native().binary(op, a.handle, b.handle));
-  if (a instanceof Tensor && typeof b === "number") return wrap(native().binaryScalar(op, a.handle, b, false));
-  if (typeof a === "number" && b instanceof Tensor) return wrap(native().binaryScalar(op, b.handle, a, true));
+  if (a instanceof Tensor && b instanceof Tensor) return wrap(native().binary(op, arg(a, op, "a"), arg(b, op, "b")));
+  if (a instanceof Tensor && typeof b === "number") return wrap(native().binaryScalar(op, arg(a, op, "a"), b, false));
+  if (typeof a === "number" && b instanceof Tensor) return wrap(native().binaryScalar(op, arg(b, op, "b"), a, true));
   throw new TypeError(`${op}: at least one operand must be a Tensor (and the other a Tensor or number)`);
 }
 
@@ -20,7 +20,7 @@ export const minimum = (a: Tensor | number, b: Tensor | number): Tensor => binar
 /** @internal */
 export function unary(op: UnaryOpName, x: Tensor): Tensor {
   if (!(x instanceof Tensor)) throw new TypeError(`${op}: input must be a Tensor`);
-  return wrap(native().unary(op, x.handle));
+  return wrap(native().unary(op, arg(x, op, "x")));
 }
 
 export const neg = (x: Tensor): Tensor => unary("neg", x);
@@ -35,7 +35,7 @@ export const cos = (x: Tensor): Tensor => unary("cos", x);
 export const reciprocal = (x: Tensor): Tensor => unary("reciprocal", x);
 
 export function clamp(x: Tensor, min: number, max: number): Tensor {
-  return wrap(native().clamp(x.handle, min, max));
+  return wrap(native().clamp(arg(x, "clamp", "x"), min, max));
 }
 
 /**
@@ -43,5 +43,5 @@ export function clamp(x: Tensor, min: number, max: number): Tensor {
  * fused so a step reads each latent once.
  */
 export function axpby(a: number, x: Tensor, b = 0, y?: Tensor, c = 0, z?: Tensor): Tensor {
-  return wrap(native().axpby(x.handle, a, y ? y.handle : null, b, z ? z.handle : null, c));
+  return wrap(native().axpby(arg(x, "axpby", "x"), a, optArg(y, "axpby", "y"), b, optArg(z, "axpby", "z"), c));
 }

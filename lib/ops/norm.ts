@@ -1,6 +1,6 @@
 // Normalisations (float32 statistics on every backend).
 import { native } from "../native";
-import { Tensor, wrap } from "../tensor";
+import { Tensor, arg, optArg, wrap } from "../tensor";
 
 export interface GroupNormOptions {
   weight?: Tensor | null;
@@ -12,10 +12,10 @@ export interface GroupNormOptions {
 
 /** x [N, ..., C] channels-last; `groups` groups of consecutive channels. */
 export function groupNorm(x: Tensor, groups: number, opts: GroupNormOptions = {}): Tensor {
-  return wrap(native().groupNorm(x.handle, groups, opts.weight?.handle ?? null, opts.bias?.handle ?? null, opts.eps ?? 1e-5, opts.silu ?? false));
+  return wrap(native().groupNorm(arg(x, "groupNorm", "x"), groups, optArg(opts.weight, "groupNorm", "weight"), optArg(opts.bias, "groupNorm", "bias"), opts.eps ?? 1e-5, opts.silu ?? false));
 }
 
 /** Normalises the last dim. */
 export function layerNorm(x: Tensor, opts: { weight?: Tensor | null; bias?: Tensor | null; eps?: number } = {}): Tensor {
-  return wrap(native().layerNorm(x.handle, opts.weight?.handle ?? null, opts.bias?.handle ?? null, opts.eps ?? 1e-5));
+  return wrap(native().layerNorm(arg(x, "layerNorm", "x"), optArg(opts.weight, "layerNorm", "weight"), optArg(opts.bias, "layerNorm", "bias"), opts.eps ?? 1e-5));
 }

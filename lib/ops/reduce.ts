@@ -1,8 +1,9 @@
 // Reductions over one or more dims (accumulated in double on CPU).
 import { native, type ReduceOpName } from "../native";
-import { Tensor, wrap } from "../tensor";
+import { Tensor, arg, optArg, wrap } from "../tensor";
 
 function reduce(op: ReduceOpName, x: Tensor, dims: number | readonly number[] | undefined, keepdim: boolean): Tensor {
+  arg(x, op, "x");
   const list = dims === undefined ? x.shape.map((_, i) => i) : typeof dims === "number" ? [dims] : [...dims];
   const norm = list.map((d) => {
     const n = d < 0 ? d + x.ndim : d;
@@ -13,7 +14,7 @@ function reduce(op: ReduceOpName, x: Tensor, dims: number | readonly number[] | 
   if (sorted.length === 0) return x.contiguous();
   let cur = x;
   for (const d of sorted) {
-    const next = wrap(native().reduce(op, cur.handle, d, keepdim));
+    const next = wrap(native().reduce(op, arg(cur, op, "cur"), d, keepdim));
     if (cur !== x) cur.dispose();
     cur = next;
   }

@@ -52,7 +52,7 @@ static Napi::Array to_js_array(Napi::Env env, const dk::Shape& s) {
   return a;
 }
 
-static void throw_disposed(Napi::Env env) { throw Napi::Error::New(env, "Tensor is disposed"); }
+static void throw_disposed(Napi::Env env) { throw Napi::TypeError::New(env, "Tensor is disposed"); }
 
 Napi::Value NativeTensor::Shape(const Napi::CallbackInfo& info) {
   if (disposed()) throw_disposed(info.Env());

@@ -29,8 +29,8 @@ constexpr std::array<const char*, 16> kUnaryNames = {"neg", "exp", "log", "sqrt"
 constexpr std::array<const char*, 3> kReduceNames = {"sum", "mean", "max"};
 
 Napi::Value Binary(const Napi::CallbackInfo& info) {
-  const char* op = "binary";
-  BinaryOp bop = parse_enum<BinaryOp>(string_arg(info, 0, op, "op"), kBinaryNames, op, "op");
+  BinaryOp bop = parse_enum<BinaryOp>(string_arg(info, 0, "binary", "op"), kBinaryNames, "binary", "op");
+  const char* op = kBinaryNames[static_cast<int>(bop)];
   const Tensor& a = tensor_arg(info, 1, op, "a");
   const Tensor& b = tensor_arg(info, 2, op, "b");
   check_compute_dtype(op, "a", a);
@@ -42,7 +42,7 @@ Napi::Value Binary(const Napi::CallbackInfo& info) {
     int64_t ia = i - (nd - a.ndim()), ib = i - (nd - b.ndim());
     int64_t da = ia >= 0 ? a.shape[ia] : 1, db = ib >= 0 ? b.shape[ib] : 1;
     if (da != db && da != 1 && db != 1)
-      throw_range(std::string(kBinaryNames[static_cast<int>(bop)]) + ": shapes " + shape_str(a.shape) + " and " +
+      throw_range(std::string(op) + ": shapes " + shape_str(a.shape) + " and " +
                   shape_str(b.shape) + " cannot be broadcast together");
     shape[i] = std::max(da, db);
     if (da == 0 || db == 0) shape[i] = 0;
@@ -50,21 +50,21 @@ Napi::Value Binary(const Napi::CallbackInfo& info) {
     sb[i] = (ib >= 0 && db != 1) ? b.strides[ib] : 0;
   }
   Tensor out = new_like(a, shape);
-  run_op(kBinaryNames[static_cast<int>(bop)], a.device(), {a, b}, {out},
+  run_op(op, a.device(), {a, b}, {out},
          [=] { cpu::binary(bop, static_cast<int>(nd), shape.data(), a.ptr<float>(), sa.data(), b.ptr<float>(), sb.data(), out.ptr<float>()); },
          [=] { DK_CUDA_ONLY(cuda::binary(a.device().index, a.dtype, bop, static_cast<int>(nd), shape.data(), a.data(), sa.data(), b.data(), sb.data(), out.data())); });
   return NativeTensor::Wrap(info.Env(), out);
 }
 
 Napi::Value BinaryScalar(const Napi::CallbackInfo& info) {
-  const char* op = "binaryScalar";
-  BinaryOp bop = parse_enum<BinaryOp>(string_arg(info, 0, op, "op"), kBinaryNames, op, "op");
+  BinaryOp bop = parse_enum<BinaryOp>(string_arg(info, 0, "binaryScalar", "op"), kBinaryNames, "binaryScalar", "op");
+  const char* op = kBinaryNames[static_cast<int>(bop)];
   Tensor a = contiguous(tensor_arg(info, 1, op, "a"));
   float s = static_cast<float>(number_arg(info, 2, op, "scalar"));
   bool first = bool_arg(info, 3, op, "scalarFirst");
   check_compute_dtype(op, "a", a);
   Tensor out = new_like(a, a.shape);
-  run_op(kBinaryNames[static_cast<int>(bop)], a.device(), {a}, {out},
+  run_op(op, a.device(), {a}, {out},
          [=] { cpu::binary_scalar(bop, a.ptr<float>(), s, first, out.ptr<float>(), a.numel()); },
          [=] { DK_CUDA_ONLY(cuda::binary_scalar(a.device().index, a.dtype, bop, a.data(), s, first, out.data(), a.numel())); });
   return NativeTensor::Wrap(info.Env(), out);

@@ -56,7 +56,6 @@ Kernel kernel_generic();
 #if defined(DK_X86)
 Kernel kernel_avx2();
 Kernel kernel_avx512();
-Kernel kernel_avx512_variant(bool a_rows);  // lab: compare A panel layouts
 #endif
 // The best kernel for cpu_features().isa (DIFFUSEKIT_ISA caps it).
 const Kernel& select_kernel();

@@ -218,9 +218,11 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
     l[mt][0] = l[mt][1] = 0.f;
   }
 
-  for (int j = 0; j < ntiles; j++) {
+  // One key tile. FULL (all BN keys real) drops the per-slice guards from the unrolled code.
+  auto tile = [&](const int j, auto full) {
+    constexpr bool FULL = decltype(full)::value;
     const int64_t n0 = static_cast<int64_t>(j) * BN;
-    const int kv = static_cast<int>(lmin(BN, a.Nk - n0));  // real keys in this tile
+    const int kv = FULL ? BN : static_cast<int>(lmin(BN, a.Nk - n0));  // real keys in this tile
     if (j > 0) {
       cp_async_wait_all();  // K(j) landed
       __syncthreads();      // and every warp is done with V(j-1)
@@ -240,7 +242,7 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
     for (int ks = 0; ks < KQ; ks++) {
 #pragma unroll
       for (int np = 0; np < NT / 2; np++) {
-        if (np * 16 < kv) {  // 16-key slices past the last key are skipped
+        if (FULL || np * 16 < kv) {  // 16-key slices past the last key are skipped
           uint32_t bk[4];
           ldsm_x4(bk, Ks + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * KS + ks * 16 + ((lane >> 3) & 1) * 8);
 #pragma unroll
@@ -253,7 +255,7 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
     }
 
     // ---- online softmax (log2 domain)
-    const bool edge = kv < BN || mbase != nullptr || (a.causal && n0 + BN - 1 > q0 + diag);
+    const bool edge = !FULL || mbase != nullptr || (a.causal && n0 + BN - 1 > q0 + diag);
     uint32_t p16[MT][NT][2];  // EXP16: P as f16x2, [hf] = row g or g+8
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
@@ -323,7 +325,7 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
     // ---- O += P V
 #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++) {
-      if (kk * 16 < kv) {
+      if (FULL || kk * 16 < kv) {
         uint32_t pa[MT][4];
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
@@ -363,6 +365,10 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
         }
       }
     }
+    };
+  for (int j = 0; j < ntiles; j++) {
+    if (a.Nk - static_cast<int64_t>(j) * BN >= BN) tile(j, std::true_type());
+    else tile(j, std::false_type());
   }
 
   // ---- normalise, stage this warp's rows in its part of the Q tile, store 16-byte chunks

@@ -8,7 +8,7 @@ import * as os from "os";
 import * as path from "path";
 import { Tensor } from "../../lib/tensor";
 import { StateDictError } from "../../lib/nn/module";
-import { writeSafetensors } from "../../lib/io/safetensors";
+import { writeSafetensors, type SafetensorsTensorInput } from "../../lib/io/safetensors";
 import { ModelFolder } from "../../lib/io/model-folder";
 import { LazyStateDict, type HostTensor } from "../../lib/io/state-dict";
 import { CLIPTextModel, parseCLIPTextConfig } from "../../lib/models/clip-text";
@@ -434,9 +434,9 @@ describe("CLIPTextModel loading errors (temp folders)", () => {
     fs.writeFileSync(path.join(root, "model_index.json"), JSON.stringify({ _class_name: "StableDiffusionPipeline", text_encoder: ["transformers", "CLIPTextModel"], safety_checker: [null, null] }));
     fs.writeFileSync(path.join(root, "text_encoder", "config.json"), JSON.stringify(smallConfigJson(c)));
     if (w) {
-      const rec: Record<string, { dtype: "F32" | "I64"; shape: number[]; data: Float32Array | BigInt64Array }> = {};
+      const rec: Record<string, SafetensorsTensorInput> = {};
       for (const [k, t] of w) rec[k] = { dtype: "F32", shape: [...t.shape], data: t.data };
-      writeSafetensors(path.join(root, "text_encoder", "model.safetensors"), rec as never);
+      writeSafetensors(path.join(root, "text_encoder", "model.safetensors"), rec);
     }
     for (const [f, text] of Object.entries(extraFiles)) fs.writeFileSync(path.join(root, "text_encoder", f), text);
     return root;
@@ -466,7 +466,7 @@ describe("CLIPTextModel loading errors (temp folders)", () => {
     fs.mkdirSync(path.join(root2, "text_encoder"), { recursive: true });
     fs.copyFileSync(path.join(root, "model_index.json"), path.join(root2, "model_index.json"));
     fs.copyFileSync(path.join(root, "text_encoder", "config.json"), path.join(root2, "text_encoder", "config.json"));
-    const rec: Record<string, { dtype: "F32" | "I64"; shape: number[]; data: Float32Array | BigInt64Array }> = {};
+    const rec: Record<string, SafetensorsTensorInput> = {};
     for (const [k, t] of w) rec[k] = { dtype: "F32", shape: [...t.shape], data: t.data };
     rec["text_model.embeddings.position_ids"] = { dtype: "I64", shape: [1, 9], data: BigInt64Array.from({ length: 9 }, (_, i) => BigInt(i)) };
     writeSafetensors(path.join(root2, "text_encoder", "model.safetensors"), rec);

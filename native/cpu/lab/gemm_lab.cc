@@ -378,31 +378,36 @@ void bench_ukernel() {
   }
 }
 
-// Packing alone: floats per ns for 14-row A panels, from a cache-resident or a large matrix.
+// Packing alone: ns per float for 14-row A panels and 32-row B panels (transposed B), from a
+// cache-resident or a large matrix.
 void bench_pack() {
   const gemm::Kernel& kr = gemm::select_kernel();
   std::mt19937 g(5);
-  for (int64_t rows_total : {int64_t(56), int64_t(8192)}) {
-    const int64_t K = 1280;
-    auto A = randv(size_t(rows_total * K), g);
-    std::vector<float> dst(size_t(kr.mr * 384 + 64));
-    double best = 1e30;
-    for (int rep = 0; rep < 3; ++rep) {
-      double c0 = cpu_now();
-      int64_t elems = 0;
-      for (int it = 0; it < 40; ++it)
-        for (int64_t i0 = 0; i0 + kr.mr <= rows_total; i0 += kr.mr)
-          for (int64_t k0 = 0; k0 < K; k0 += 320) {
-            const float* ptr[gemm::kMaxMR];
-            for (int i = 0; i < kr.mr; ++i) ptr[i] = A.data() + (i0 + i) * K + k0;
-            kr.pack_rows(320, ptr, kr.mr, kr.mr, dst.data());
-            elems += 320 * kr.mr;
-          }
-      best = std::min(best, (cpu_now() - c0) / elems);
+  for (int width : {kr.mr, kr.nr})
+    for (int64_t rows_total : {int64_t(64), int64_t(8192)}) {
+      const int64_t K = 1280, kc = 384;
+      auto A = randv(size_t(rows_total * K), g);
+      std::vector<float> dst(size_t(gemm::a_panel_floats(kr, kc) + kr.nr * kc + 64));
+      double best = 1e30;
+      for (int rep = 0; rep < 3; ++rep) {
+        double c0 = cpu_now();
+        int64_t elems = 0;
+        for (int it = 0; it < 20; ++it)
+          for (int64_t i0 = 0; i0 + width <= rows_total; i0 += width)
+            for (int64_t k0 = 0; k0 + kc <= K; k0 += kc) {
+              const float* ptr[64];
+              for (int i = 0; i < width; ++i) ptr[i] = A.data() + (i0 + i) * K + k0;
+              if (width == kr.mr)
+                gemm::pack_a_columns(kr, kc, 0, kc, ptr, width, dst.data());
+              else
+                kr.pack_rows(kc, ptr, width, width, dst.data());
+              elems += kc * width;
+            }
+        best = std::min(best, (cpu_now() - c0) / elems);
+      }
+      std::printf("  pack %s panel of %d rows, from a %lld x %lld matrix: %.3f ns per float\n",
+                  width == kr.mr ? "A" : "B", width, (long long)rows_total, (long long)K, best * 1e9);
     }
-    std::printf("  pack_rows %s, %lld x %lld matrix: %.3f ns per float\n", kr.name, (long long)rows_total, (long long)K,
-                best * 1e9);
-  }
 }
 
 }  // namespace
@@ -418,24 +423,14 @@ int main(int argc, char** argv) {
     fails += run_tests(gemm::kernel_generic());
 #if defined(DK_X86)
     if (cpu_features().isa >= Isa::AVX2) fails += run_tests(gemm::kernel_avx2());
-    if (cpu_features().isa >= Isa::AVX512) {
-      fails += run_tests(gemm::kernel_avx512_variant(false));
-      fails += run_tests(gemm::kernel_avx512_variant(true));
-    }
+    if (cpu_features().isa >= Isa::AVX512) fails += run_tests(gemm::kernel_avx512());
 #endif
     gemm::set_kernel_for_lab(dispatched);
   }
   double peak = 0;
-  if (mode == "peak" || mode == "bench" || mode == "ukernel" || mode == "ab" || mode == "all") peak = measure_peak(mode == "peak");
+  if (mode == "peak" || mode == "bench" || mode == "ukernel" || mode == "all") peak = measure_peak(mode == "peak");
   if (mode == "ukernel") { bench_ukernel(); bench_pack(); }
   if (mode == "bench" || mode == "all") bench(peak);
-  if (mode == "ab") {  // A/B of the two AVX-512 A layouts, interleaved runs
-    for (int r = 0; r < 2; ++r)
-      for (bool rows : {false, true}) {
-        gemm::set_kernel_for_lab(gemm::kernel_avx512_variant(rows));
-        bench(peak);
-      }
-  }
   if (mode == "test" || mode == "all") std::printf(fails ? "TESTS FAILED (%d)\n" : "ALL TESTS PASSED\n", fails);
   return fails ? 1 : 0;
 }

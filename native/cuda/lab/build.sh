@@ -12,6 +12,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 OUT="${LAB_OUT:-$ROOT/build/lab}"
 ARCH="${LAB_ARCH:--gencode arch=compute_90a,code=sm_90a}"
 NVCC="${NVCC:-nvcc}"
+if ! command -v "$NVCC" >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then NVCC=/usr/local/cuda/bin/nvcc; fi
 mkdir -p "$OUT"
 cd "$ROOT"
 

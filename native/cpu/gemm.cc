@@ -80,6 +80,8 @@ Blocking blocking_for(const Kernel& kr) {
   return b;
 }
 
+constexpr int64_t kL2SlabBytes = 512 << 10;
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
@@ -186,7 +188,12 @@ void run_rect(const Kernel& kr, const Blocking& bl, const Problem& p, int64_t m0
   const int mr = kr.mr, nr = kr.nr;
   const int64_t kc_blk = even_block(p.K, bl.kc, 8);
   const int64_t mc_blk = even_block(m1 - m0, bl.mc, mr);
-  const int64_t nc_blk = even_block(n1 - n0, bl.nc, nr);
+  // With a single A block (few rows) each B panel is used by only a few tiles, so the slab
+  // should stay in L2 (half of it) rather than come back from L3; re-packing the small A block
+  // per slab is cheap.
+  int64_t nc_cap = bl.nc;
+  if (m1 - m0 <= bl.mc) nc_cap = std::max<int64_t>(nr, std::min(bl.nc, kL2SlabBytes / (kc_blk * 4) / nr * nr));
+  const int64_t nc_blk = even_block(n1 - n0, nc_cap, nr);
   for (int64_t jc = n0; jc < n1; jc += nc_blk) {
     const int64_t nc = std::min(nc_blk, n1 - jc);
     for (int64_t pc = 0; pc < p.K; pc += kc_blk) {

@@ -5,3 +5,14 @@ export { devices, resolveDevice, memoryStats, resetPeakMemory, emptyCache, synch
 export type { DeviceInfo, CpuDeviceInfo, CudaDeviceInfo, MemoryStats, BuildInfo } from "./devices";
 export * as ops from "./ops";
 export { version } from "./version";
+export * as nn from "./nn";
+export { CLIPTextModel } from "./models/clip-text";
+export { UNet2DConditionModel } from "./models/unet-2d-condition";
+export { AutoencoderKL } from "./models/autoencoder-kl";
+export { CLIPTokenizer } from "./tokenizers/clip";
+export { SafetensorsFile, writeSafetensors, serializeSafetensors } from "./io/safetensors";
+export { SafetensorsStateDict } from "./io/state-dict";
+export { ModelFolder } from "./io/model-folder";
+export { TorchGenerator } from "./random/torch-generator";
+export { createScheduler, SAMPLER_NAMES } from "./schedulers";
+export type { Scheduler } from "./schedulers/scheduler";

@@ -164,6 +164,9 @@ export function alphaSigma(sigma: number): { alpha: number; sigma: number; lambd
 /** A fresh copy (history and results never alias the caller's tensors). */
 export const copyOf = (x: Tensor): Tensor => axpby(1, x);
 
+/** A new handle on x's data: a view when x is contiguous, else a contiguous copy. */
+export const newHandle = (x: Tensor): Tensor => (x.isContiguous ? x.reshape(x.shape) : x.contiguous());
+
 /**
  * x0 from a model output with sqrt(alpha_bar_t) = sqrtA, sqrt(1 - alpha_bar_t) = sqrtB (float32):
  * epsilon: x0 = (x - sqrtB·eps)/sqrtA (Ho et al. 2020, eq. 15); v: x0 = sqrtA·x - sqrtB·v
@@ -314,8 +317,9 @@ export abstract class SchedulerBase implements Scheduler {
     this.stepIdx = null;
   }
 
+  /** Frees the held tensors; the scheduler stays usable (as after reset()). */
   dispose(): void {
-    this.clearState();
+    this.reset();
   }
 
   [Symbol.dispose](): void {
@@ -323,7 +327,7 @@ export abstract class SchedulerBase implements Scheduler {
   }
 
   scaleModelInput(sample: Tensor, _timestep: number): Tensor {
-    return sample.reshape(sample.shape);
+    return newHandle(sample);
   }
 
   step(modelOutput: Tensor, timestep: number, sample: Tensor, opts: StepOptions = {}): Tensor {
@@ -370,7 +374,7 @@ export abstract class SchedulerBase implements Scheduler {
 
   /** Keep the caller's tensor for a later step: a new handle on the same storage. */
   protected retain(t: Tensor): Tensor {
-    return keep(t.reshape(t.shape));
+    return keep(newHandle(t));
   }
 
   /** diffusers' index_for_timestep: the position of t in the schedule, the second match if repeated. */

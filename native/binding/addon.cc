@@ -13,6 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_tensor_ops(env, exports);
   register_math_ops(env, exports);
   register_nn_ops(env, exports);
+  register_grad_ops(env, exports);
   register_runtime(env, exports);
   return exports;
 }

@@ -88,6 +88,7 @@ Napi::Value guarded(const Napi::CallbackInfo& info, Entry fn);
 void register_tensor_ops(Napi::Env env, Napi::Object exports);
 void register_math_ops(Napi::Env env, Napi::Object exports);
 void register_nn_ops(Napi::Env env, Napi::Object exports);
+void register_grad_ops(Napi::Env env, Napi::Object exports);
 void register_runtime(Napi::Env env, Napi::Object exports);
 
 }  // namespace dk::binding

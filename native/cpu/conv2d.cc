@@ -19,8 +19,10 @@ struct PatchA final : gemm::ASource {
   const float* x;
   explicit PatchA(const Conv2dParams& prm, const float* xin) : p(prm), x(xin) {}
 
-  void pack(const gemm::Kernel& kr, int64_t i0, int rows, int64_t k0, int64_t kc, float* dst) const override {
-    const int mr = kr.mr;
+  // Calls fn(offset in the panel's k, run length, row pointers or null for padding) for each
+  // (r, s) tap run of channels that [k0, k0 + kc) covers, for output pixels i0..i0+rows-1.
+  template <class Fn>
+  void for_each_run(int64_t i0, int rows, int64_t k0, int64_t kc, Fn&& fn) const {
     // Where each output pixel's window starts (top-left tap, may be in the padding).
     int64_t img[gemm::kMaxMR], ih0[gemm::kMaxMR], iw0[gemm::kMaxMR];
     const int64_t PQ = p.P * p.Q;
@@ -41,15 +43,29 @@ struct PatchA final : gemm::ASource {
         const bool inside = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
         ptr[i] = inside ? x + ((img[i] * p.H + ih) * p.W + iw) * p.C + c : nullptr;
       }
+      fn(k - k0, len, ptr);
+      k += len;
+    }
+  }
+
+  void pack(const gemm::Kernel& kr, int64_t i0, int rows, int64_t k0, int64_t kc, float* dst) const override {
+    const int mr = kr.mr;
+    for_each_run(i0, rows, k0, kc, [&](int64_t off, int64_t len, const float* const* ptr) {
       if (len >= 8 || kr.a_rows) {
-        gemm::pack_a_columns(kr, kc, k - k0, len, ptr, rows, dst);
+        gemm::pack_a_columns(kr, kc, off, len, ptr, rows, dst);
       } else {  // few channels (an RGB input layer): plain copies beat a transpose
-        float* d = dst + (k - k0) * mr;
+        float* d = dst + off * mr;
         for (int64_t kk = 0; kk < len; ++kk)
           for (int i = 0; i < mr; ++i) d[kk * mr + i] = (i < rows && ptr[i]) ? ptr[i][kk] : 0.f;
       }
-      k += len;
-    }
+    });
+  }
+
+  void prefetch(int64_t i0, int rows, int64_t k0, int64_t kc) const override {
+    for_each_run(i0, rows, k0, kc, [&](int64_t, int64_t len, const float* const* ptr) {
+      for (int i = 0; i < rows; ++i)
+        if (ptr[i]) gemm::prefetch_span(ptr[i], len);
+    });
   }
 };
 

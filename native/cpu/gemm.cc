@@ -208,12 +208,33 @@ void run_rect(const Kernel& kr, const Blocking& bl, const Problem& p, int64_t m0
         const int64_t apanel = a_panel_floats(kr, kc);
         for (int64_t i0 = 0; i0 < mc; i0 += mr)
           p.a->pack(kr, ic + i0, int(std::min<int64_t>(mr, mc - i0)), pc, kc, abuf + i0 / mr * apanel);
+        // The next A block (activations, usually in DRAM) is prefetched a few rows per tile while
+        // this one is multiplied, so its packing does not stall on memory.
+        int64_t nx_i = m1, nx_rows = 0, nx_k = pc, nx_kc = kc;
+        if (ic + mc < m1) {
+          nx_i = ic + mc;
+          nx_rows = std::min(mc_blk, m1 - nx_i);
+        } else if (pc + kc < p.K) {
+          nx_i = m0;
+          nx_rows = std::min(mc_blk, m1 - m0);
+          nx_k = pc + kc;
+          nx_kc = std::min(kc_blk, p.K - nx_k);
+        }
+        const int64_t tiles = ceil_div(nc, nr) * ceil_div(mc, mr);
+        const int64_t pf_rows = ceil_div(nx_rows, tiles);
+        int64_t pf_next = nx_i;
+        const int64_t pf_end = nx_i + nx_rows;
         for (int64_t j0 = 0; j0 < nc; j0 += nr) {
           const int n = int(std::min<int64_t>(nr, nc - j0));
           const float* bp = bbuf + j0 * kc;
           TileEpi e = base;
           if (last && p.ep.bias) e.bias = p.ep.bias + jc + j0;
           for (int64_t i0 = 0; i0 < mc; i0 += mr) {
+            if (pf_next < pf_end) {
+              const int64_t r = std::min(pf_rows, pf_end - pf_next);
+              p.a->prefetch(pf_next, int(r), nx_k, nx_kc);
+              pf_next += r;
+            }
             const int m = int(std::min<int64_t>(mr, mc - i0));
             const int64_t row = ic + i0, col = jc + j0;
             if (last && p.ep.residual) {
@@ -315,6 +336,13 @@ struct PlainA final : ASource {
   bool transA;
   PlainA(const float* a, int64_t l, bool t) : A(a), lda(l), transA(t) {}
   const float* row(int64_t i) const override { return transA ? nullptr : A + i * lda; }
+  void prefetch(int64_t i0, int rows, int64_t k0, int64_t kc) const override {
+    if (!transA) {
+      for (int i = 0; i < rows; ++i) prefetch_span(A + (i0 + i) * lda + k0, kc);
+    } else {
+      for (int64_t k = 0; k < kc; ++k) prefetch_span(A + (k0 + k) * lda + i0, rows);
+    }
+  }
   void pack(const Kernel& kr, int64_t i0, int rows, int64_t k0, int64_t kc, float* dst) const override {
     const int mr = kr.mr;
     if (!transA) {

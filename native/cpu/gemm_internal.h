@@ -79,7 +79,16 @@ struct ASource {
   // Row i of op(A) when it is contiguous in k (enables the few-rows dot-product path), else null.
   virtual const float* row(int64_t) const { return nullptr; }
   virtual void pack(const Kernel& kr, int64_t i0, int rows, int64_t k0, int64_t kc, float* dst) const = 0;
+  // Hint: the same region will be packed soon (bring it towards L2). Optional.
+  virtual void prefetch(int64_t /*i0*/, int /*rows*/, int64_t /*k0*/, int64_t /*kc*/) const {}
 };
+
+// Prefetches the cache lines of n floats at p towards L2.
+inline void prefetch_span(const float* p, int64_t n) {
+  if (n <= 0) return;
+  for (int64_t k = 0; k < n; k += 16) __builtin_prefetch(p + k, 0, 2);
+  __builtin_prefetch(p + n - 1, 0, 2);
+}
 
 // C[M,N] = alpha * A[M,K] @ op(B)[K,N] + beta * C (+ ep), multithreaded, one problem.
 // op(B) is B[K,N] with leading dim ldb, or B[N,K] when transB.

@@ -1,0 +1,222 @@
+// Backward of the elementwise family and the small data-movement ops: activation derivatives,
+// broadcast binary / scalar ops, clamp, GEGLU, softmax, max, nearest upsampling, embedding
+// (scatter-add) and slicing. Derivatives are evaluated in double and rounded once.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "../core/thread_pool.h"
+#include "backward.h"
+
+namespace dk::cpu {
+namespace {
+
+constexpr int64_t kGrain = 1 << 14;
+constexpr double kInvSqrt2 = 0.70710678118654752440;
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;
+
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+// d f(x) / dx
+inline double unary_grad(UnaryOp op, double x) {
+  switch (op) {
+    case UnaryOp::Neg: return -1.0;
+    case UnaryOp::Exp: return std::exp(x);
+    case UnaryOp::Log: return 1.0 / x;
+    case UnaryOp::Sqrt: return 0.5 / std::sqrt(x);
+    case UnaryOp::Rsqrt: return -0.5 / (x * std::sqrt(x));
+    case UnaryOp::Abs: return x > 0 ? 1.0 : (x < 0 ? -1.0 : 0.0);
+    case UnaryOp::Sigmoid: { const double s = sigmoid(x); return s * (1 - s); }
+    case UnaryOp::Tanh: { const double t = std::tanh(x); return 1 - t * t; }
+    case UnaryOp::Silu: { const double s = sigmoid(x); return s * (1 + x * (1 - s)); }
+    case UnaryOp::Gelu: return 0.5 * (1 + std::erf(x * kInvSqrt2)) + x * kInvSqrt2Pi * std::exp(-0.5 * x * x);
+    case UnaryOp::GeluTanh: {
+      const double k = 0.7978845608028654, c = 0.044715;
+      const double t = std::tanh(k * (x + c * x * x * x));
+      return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * c * x * x);
+    }
+    case UnaryOp::QuickGelu: { const double s = sigmoid(1.702 * x); return s + 1.702 * x * s * (1 - s); }
+    case UnaryOp::Square: return 2 * x;
+    case UnaryOp::Sin: return std::cos(x);
+    case UnaryOp::Cos: return -std::sin(x);
+    case UnaryOp::Reciprocal: return -1.0 / (x * x);
+  }
+  return 0.0;
+}
+
+// d (a op b) / da (which = 0) or / db (which = 1), torch's conventions: maximum/minimum split
+// the gradient at ties, pow's exponent gradient is 0 where a == 0 and b >= 0.
+inline double binary_grad(BinaryOp op, int which, double a, double b) {
+  switch (op) {
+    case BinaryOp::Add: return 1.0;
+    case BinaryOp::Sub: return which ? -1.0 : 1.0;
+    case BinaryOp::Mul: return which ? a : b;
+    case BinaryOp::Div: return which ? -a / (b * b) : 1.0 / b;
+    case BinaryOp::Pow:
+      if (which == 0) return b == 0 ? 0.0 : b * std::pow(a, b - 1);
+      return (a == 0 && b >= 0) ? 0.0 : std::pow(a, b) * std::log(a);
+    case BinaryOp::Maximum: {
+      const double mine = which ? b : a, other = which ? a : b;
+      return mine > other ? 1.0 : (mine == other ? 0.5 : 0.0);
+    }
+    case BinaryOp::Minimum: {
+      const double mine = which ? b : a, other = which ? a : b;
+      return mine < other ? 1.0 : (mine == other ? 0.5 : 0.0);
+    }
+  }
+  return 0.0;
+}
+
+inline double gelu_erf(double x) { return 0.5 * x * (1 + std::erf(x * kInvSqrt2)); }
+
+}  // namespace
+
+void unary_backward(UnaryOp op, const float* x, const float* dy, float* dx, int64_t n) {
+  parallel_for(n, kGrain / 4, [&](int64_t lo, int64_t hi) {
+    if (op == UnaryOp::Neg) {
+      for (int64_t i = lo; i < hi; ++i) dx[i] = -dy[i];
+      return;
+    }
+    for (int64_t i = lo; i < hi; ++i) dx[i] = static_cast<float>(dy[i] * unary_grad(op, x[i]));
+  });
+}
+
+void binary_backward(BinaryOp op, int which, int ndim, const int64_t* shape, const float* a, const int64_t* sa,
+                     const float* b, const int64_t* sb, const float* dy, float* dfull) {
+  int64_t n = 1;
+  for (int d = 0; d < ndim; d++) n *= shape[d];
+  if (n == 0) return;
+  const int64_t inner = ndim > 0 ? shape[ndim - 1] : 1;
+  const int64_t rows = n / inner;
+  const int64_t ia = ndim > 0 ? sa[ndim - 1] : 0, ib = ndim > 0 ? sb[ndim - 1] : 0;
+  parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(inner, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; r++) {
+      int64_t rem = r, oa = 0, ob = 0;
+      for (int d = ndim - 2; d >= 0; d--) {
+        const int64_t idx = rem % shape[d];
+        rem /= shape[d];
+        oa += idx * sa[d];
+        ob += idx * sb[d];
+      }
+      const float* pa = a + oa;
+      const float* pb = b + ob;
+      const float* g = dy + r * inner;
+      float* o = dfull + r * inner;
+      for (int64_t i = 0; i < inner; i++)
+        o[i] = static_cast<float>(g[i] * binary_grad(op, which, pa[i * ia], pb[i * ib]));
+    }
+  });
+}
+
+void binary_scalar_backward(BinaryOp op, const float* a, float s, bool scalar_first, const float* dy, float* dx,
+                            int64_t n) {
+  parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
+    if (op == BinaryOp::Mul) {
+      for (int64_t i = lo; i < hi; ++i) dx[i] = dy[i] * s;
+      return;
+    }
+    // the tensor is operand `which` of (a op s) or (s op a)
+    const int which = scalar_first ? 1 : 0;
+    for (int64_t i = lo; i < hi; ++i) {
+      const double x = a[i];
+      const double gr = scalar_first ? binary_grad(op, which, s, x) : binary_grad(op, which, x, s);
+      dx[i] = static_cast<float>(dy[i] * gr);
+    }
+  });
+}
+
+void clamp_backward(const float* x, float lo_v, float hi_v, const float* dy, float* dx, int64_t n) {
+  parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) dx[i] = (x[i] >= lo_v && x[i] <= hi_v) ? dy[i] : 0.f;
+  });
+}
+
+void geglu_backward(const float* x, const float* dy, float* dx, int64_t rows, int64_t C) {
+  parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(C, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* h = x + r * 2 * C;
+      const float* g = h + C;
+      const float* d = dy + r * C;
+      float* dh = dx + r * 2 * C;
+      float* dg = dh + C;
+      for (int64_t i = 0; i < C; ++i) {
+        dh[i] = static_cast<float>(d[i] * gelu_erf(g[i]));
+        dg[i] = static_cast<float>(static_cast<double>(d[i]) * h[i] * unary_grad(UnaryOp::Gelu, g[i]));
+      }
+    }
+  });
+}
+
+void softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, int64_t C) {
+  parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(C, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* yr = y + r * C;
+      const float* dr = dy + r * C;
+      double s = 0;
+      for (int64_t c = 0; c < C; ++c) s += static_cast<double>(yr[c]) * dr[c];
+      const float sf = static_cast<float>(s);
+      float* o = dx + r * C;
+      for (int64_t c = 0; c < C; ++c) o[c] = yr[c] * (dr[c] - sf);
+    }
+  });
+}
+
+void max_backward(const float* x, const float* y, const float* dy, float* dx, int64_t outer, int64_t n,
+                  int64_t inner) {
+  parallel_for(outer * inner, std::max<int64_t>(1, kGrain / std::max<int64_t>(n, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t oi = lo; oi < hi; ++oi) {
+      const int64_t o = oi / inner, i = oi % inner;
+      const float* xs = x + o * n * inner + i;
+      float* ds = dx + o * n * inner + i;
+      const float m = y[oi];
+      int64_t ties = 0;
+      for (int64_t k = 0; k < n; ++k) ties += xs[k * inner] == m;
+      const float share = ties ? dy[oi] / static_cast<float>(ties) : 0.f;
+      for (int64_t k = 0; k < n; ++k) ds[k * inner] = xs[k * inner] == m ? share : 0.f;
+    }
+  });
+}
+
+void upsample_nearest2x_backward(const float* dy, float* dx, int64_t N, int64_t H, int64_t W, int64_t C) {
+  parallel_for(N * H, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t nh = lo; nh < hi; ++nh) {
+      const int64_t n = nh / H, h = nh % H;
+      const float* r0 = dy + ((n * 2 * H + 2 * h) * 2 * W) * C;
+      const float* r1 = r0 + 2 * W * C;
+      float* o = dx + (n * H + h) * W * C;
+      for (int64_t w = 0; w < W; ++w) {
+        const float* a = r0 + 2 * w * C;
+        const float* b = r1 + 2 * w * C;
+        for (int64_t c = 0; c < C; ++c) o[w * C + c] = (a[c] + a[C + c]) + (b[c] + b[C + c]);
+      }
+    }
+  });
+}
+
+void embedding_backward(const void* ids, bool ids_is_64, int64_t n, const float* dy, int64_t D, int64_t V,
+                        float* dtable) {
+  std::memset(dtable, 0, sizeof(float) * V * D);
+  // Columns are split over threads so repeated ids never race; rows are summed in id order.
+  parallel_for(D, 64, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t id = ids_is_64 ? static_cast<const int64_t*>(ids)[i] : static_cast<const int32_t*>(ids)[i];
+      const float* src = dy + i * D;
+      float* dst = dtable + id * D;
+      for (int64_t d = lo; d < hi; ++d) dst[d] += src[d];
+    }
+  });
+}
+
+void slice_backward(const float* dy, float* dx, int64_t outer, int64_t size, int64_t count, int64_t inner,
+                    int64_t start, int64_t step) {
+  parallel_for(outer, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t o = lo; o < hi; ++o) {
+      float* base = dx + o * size * inner;
+      std::memset(base, 0, sizeof(float) * size * inner);
+      for (int64_t i = 0; i < count; ++i)
+        std::memcpy(base + (start + i * step) * inner, dy + (o * count + i) * inner, sizeof(float) * inner);
+    }
+  });
+}
+
+}  // namespace dk::cpu

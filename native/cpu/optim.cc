@@ -1,0 +1,84 @@
+// Optimiser updates, in place: AdamW (torch.optim.AdamW's single-tensor step), the EMA of
+// diffusers' EMAModel, and the pieces of global-norm gradient clipping.
+//
+// AdamW, each line one float32 rounding (no other fused multiply-add: this file is compiled for
+// baseline x86-64, where the compiler cannot contract a*b+c), scalars rounded once from double:
+//   p <- p * (1 - lr*wd)                  decoupled weight decay, applied first
+//   m <- fma(1 - b1, g, b1*m)
+//   v <- fma((1 - b2)*g, g, b2*v)
+//   p <- p + ((-lr / (1 - b1^k)) * m) / (sqrt(v) / sqrt(1 - b2^k) + eps)
+// which reproduces torch 1.13's CPU path bit for bit on the reference case.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../core/thread_pool.h"
+#include "backward.h"
+
+namespace dk::cpu {
+namespace {
+constexpr int64_t kGrain = 1 << 15;
+}
+
+void adamw_step(float* p, const float* g, float* m, float* v, int64_t n, const AdamWScalars& s) {
+  parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      float pi = p[i] * s.decay;
+      const float gi = g[i];
+      const float mi = std::fma(s.one_minus_beta1, gi, s.beta1 * m[i]);
+      const float vi = std::fma(s.one_minus_beta2 * gi, gi, s.beta2 * v[i]);
+      const float denom = std::sqrt(vi) / s.sqrt_bc2 + s.eps;
+      pi = pi + (s.neg_step_size * mi) / denom;
+      m[i] = mi;
+      v[i] = vi;
+      p[i] = pi;
+    }
+  });
+}
+
+void ema_update(float* shadow, const float* p, int64_t n, float one_minus_decay) {
+  parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const float d = shadow[i] - p[i];
+      const float t = one_minus_decay * d;
+      shadow[i] = shadow[i] - t;
+    }
+  });
+}
+
+double sum_squares(const float* x, int64_t n) {
+  // fixed chunking so the result does not depend on the thread count
+  constexpr int64_t kChunk = 1 << 14;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  if (chunks <= 1) {
+    double s = 0;
+    for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
+    return s;
+  }
+  std::vector<double> part(static_cast<size_t>(chunks), 0.0);
+  parallel_for(chunks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      double s = 0;
+      const int64_t e = std::min(n, (c + 1) * kChunk);
+      for (int64_t i = c * kChunk; i < e; ++i) s += static_cast<double>(x[i]) * x[i];
+      part[static_cast<size_t>(c)] = s;
+    }
+  });
+  double s = 0;
+  for (double v : part) s += v;
+  return s;
+}
+
+void scale_inplace(float* x, int64_t n, float s) {
+  parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) x[i] *= s;
+  });
+}
+
+void add_inplace(float* dst, const float* src, int64_t n) {
+  parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) dst[i] += src[i];
+  });
+}
+
+}  // namespace dk::cpu

@@ -16,3 +16,9 @@ export { ModelFolder } from "./io/model-folder";
 export { TorchGenerator } from "./random/torch-generator";
 export { createScheduler, SAMPLER_NAMES } from "./schedulers";
 export type { Scheduler } from "./schedulers/scheduler";
+export { loadPipeline, createRandomPipeline, StableDiffusionPipeline, SAMPLER_CHOICES, GeneratedImage, readPNGText } from "./pipelines";
+export type {
+  LoadPipelineOptions, PipelineConfigs, RandomPipelineOptions, PipelineDType, PipelineDevice, GenerateOptions, CommonGenerateOptions,
+  GenerateResult, StepInfo, DecodeResult, Img2ImgOptions, ImageParameters, RGBImage, ImageInput,
+} from "./pipelines";
+export type { SamplerName, NoiseSource } from "./schedulers";

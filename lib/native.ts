@@ -29,6 +29,11 @@ export interface CudaDeviceInfo {
 }
 export type DeviceInfo = CpuDeviceInfo | CudaDeviceInfo;
 export interface MemoryStats { bytesInUse: number; peakBytes: number; bytesCached: number }
+/** measurePeak(): *Gflops over wall time; *GflopsCpu per CPU-second summed over threads (the uncontended ceiling). */
+export interface CpuPeak {
+  threads: number; isa: string; fp32Kernel: string; fp32Gflops: number; bf16Gflops: number | null;
+  fp32GflopsCpu: number; bf16GflopsCpu: number | null; scaleGBs: number; triadGBs: number;
+}
 export interface BuildInfo { cuda: boolean; cudaDevices: number; x86: boolean; compiler: string; threads: number; isa: string }
 
 type T = NativeTensor;
@@ -71,6 +76,42 @@ export interface NativeAddon {
   synchronize(device: string): Promise<void>;
   queueDepth(device: string): number;
   buildInfo(): BuildInfo;
+  // benchmark support (native/binding/ops_bench.cc): FMA peak and memory bandwidth on the CPU pool
+  measurePeak(opts?: { seconds?: number; bandwidthMiB?: number }): CpuPeak;
+  // training (native/binding/ops_grad.cc): backward kernels, CPU float32; never recorded by autograd
+  conv2dBackward(dy: T, x: T, weight: T, stride: number[], padding: number[], dilation: number[],
+    needInput: boolean, needWeight: boolean, needBias: boolean): [T | null, T | null, T | null];
+  groupNormBackward(dy: T, x: T, groups: number, gamma: T | null, beta: T | null, eps: number, silu: boolean,
+    needInput: boolean, needGamma: boolean, needBeta: boolean): [T | null, T | null, T | null];
+  layerNormBackward(dy: T, x: T, gamma: T | null, eps: number, needInput: boolean, needGamma: boolean,
+    needBeta: boolean): [T | null, T | null, T | null];
+  /** attention() that also returns lse [B, heads, Nq], the per-row logsumexp the backward needs. */
+  attentionForward(q: T, k: T, v: T, heads: number, scale: number, causal: boolean, mask: T | null): [T, T];
+  attentionBackward(dout: T, out: T, lse: T, q: T, k: T, v: T, heads: number, scale: number, causal: boolean,
+    mask: T | null): [T, T, T];
+  unaryBackward(op: UnaryOpName, x: T, dy: T): T;
+  /** Gradient of operand `which` (0 = a, 1 = b) over the broadcast output shape. */
+  binaryBackward(op: BinaryOpName, a: T, b: T, dy: T, which: 0 | 1): T;
+  binaryScalarBackward(op: BinaryOpName, a: T, s: number, scalarFirst: boolean, dy: T): T;
+  clampBackward(x: T, min: number, max: number, dy: T): T;
+  gegluBackward(x: T, dy: T): T;
+  softmaxBackward(y: T, dy: T): T;
+  maxBackward(x: T, y: T, dy: T, dim: number): T;
+  upsampleNearest2xBackward(dy: T): T;
+  embeddingBackward(ids: T, dy: T, rows: number): T;
+  sliceBackward(dy: T, inputShape: number[], dim: number, start: number, step: number): T;
+  broadcastTo(x: T, shape: number[]): T;
+  /** A contiguous copy that never shares storage with x. */
+  clone(x: T): T;
+  // in place (optimisers, gradient accumulation)
+  addInPlace(dst: T, src: T): void;
+  copyInPlace(dst: T, src: T): void;
+  adamwStep(params: T[], grads: T[], expAvgs: T[], expAvgSqs: T[], lr: number, beta1: number, beta2: number,
+    eps: number, weightDecay: number, step: number): void;
+  emaUpdate(shadows: T[], params: T[], decay: number): void;
+  gradNorms(tensors: T[]): T;
+  clipGradNorm(grads: T[], maxNorm: number): T;
+  scaleInPlace(tensors: T[], scale: number): void;
 }
 
 /** The package root (holds package.json, prebuilds/ and build/). */

@@ -2,6 +2,7 @@
 // disposal. Parameters are declared with their diffusers/PyTorch shape; a module may store them
 // in another layout (Conv2d keeps OHWI) through `fromCheckpoint`.
 import { Tensor, type DType, type DeviceName } from "../tensor";
+import "../autograd";  // Tensor.requiresGrad / .grad (autograd records at the native boundary)
 
 /** Where load() gets tensors from: a safetensors file, several shards, or an in-memory map. */
 export interface StateDictSource {
@@ -129,6 +130,15 @@ export abstract class Module {
       if (moved !== t) t.dispose();
       owner.values.set(local, moved);
     }
+    return this;
+  }
+
+  /**
+   * Marks every loaded parameter as requiring gradients (or not), for training with
+   * lib/autograd. Tensors made later by loadStateDict() or to() start without it.
+   */
+  setRequiresGrad(on = true): this {
+    for (const [, t] of this.namedParameters()) t.requiresGrad = on;
     return this;
   }
 

@@ -15,6 +15,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_nn_ops(env, exports);
   register_grad_ops(env, exports);
   register_runtime(env, exports);
+  register_bench(env, exports);
   return exports;
 }
 

@@ -543,6 +543,18 @@ Napi::Value AddInPlace(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// copyInPlace(dst, src): dst <- src (EMA weights swapped into a model)
+Napi::Value CopyInPlace(const Napi::CallbackInfo& info) {
+  const char* op = "copyInPlace";
+  const Tensor& dst = tensor_arg(info, 0, op, "dst");
+  Tensor src = f32_arg(info, 1, op, "src");
+  check_inplace(op, "dst", dst);
+  expect_shape(op, "src", src, dst.shape);
+  Tensor d = dst;
+  run_op(op, d.device(), {d, src}, {d}, [=] { std::memcpy(d.data(), src.data(), d.nbytes()); }, no_cuda);
+  return info.Env().Undefined();
+}
+
 std::vector<Tensor> inplace_list(const Napi::CallbackInfo& info, size_t i, const char* op, const char* name) {
   std::vector<Tensor> ts = tensor_list_arg(info, i, op, name);
   for (const Tensor& t : ts) check_inplace(op, name, t);
@@ -710,6 +722,7 @@ void register_grad_ops(Napi::Env env, Napi::Object exports) {
   DK_EXPORT(exports, "broadcastTo", BroadcastTo);
   DK_EXPORT(exports, "clone", Clone);
   DK_EXPORT(exports, "addInPlace", AddInPlace);
+  DK_EXPORT(exports, "copyInPlace", CopyInPlace);
   DK_EXPORT(exports, "adamwStep", AdamwStep);
   DK_EXPORT(exports, "emaUpdate", EmaUpdate);
   DK_EXPORT(exports, "gradNorms", GradNorms);

@@ -1,14 +1,18 @@
 // Attention for training: a forward that also keeps each row's logsumexp, and the flash-style
-// backward that recomputes the probabilities from it, one tile at a time (never Nq x Nk).
+// backward that recomputes the probabilities from it, one tile of rows at a time (memory
+// O(tile x N) per thread, never the whole N x N score matrix).
 //
 // Per (batch b, head h), with s_ij = scale q_i.k_j + mask_ij, P_ij = exp(s_ij - lse_i):
 //   out_i = sum_j P_ij v_j                 lse_i = log sum_j exp(s_ij)
 //   dP_ij = dout_i . v_j                   Delta_i = dout_i . out_i  (= sum_j P_ij dP_ij)
 //   dS_ij = P_ij (dP_ij - Delta_i)
 //   dq_i = scale sum_j dS_ij k_j     dk_j = scale sum_i dS_ij q_i     dv_j = sum_i P_ij dout_i
-// Two passes so no two threads write the same row: tiles of queries produce dq, tiles of keys
-// produce dk and dv. Each tile transposes the operand it streams over ([D][N]) so every inner
-// loop is a contiguous axpy or dot the compiler vectorises.
+// Every product is an sgemm on a tile (the packed SIMD kernels; called inside a parallel task,
+// sgemm runs on that thread). Work split:
+//  * many (b, h) pairs (>= threads): one task per (b, h) walks its query tiles, writes dq and
+//    accumulates dk, dv (5 GEMMs per tile);
+//  * few pairs (e.g. the VAE's single head): tiles of queries produce dq, then tiles of keys
+//    produce dk, dv from the transposed scores (7 GEMMs per tile pair, all tiles in parallel).
 //
 // Semantics follow attention(): causal query i sees keys j <= i + (Nk - Nq); mask values are
 // floored at -FLT_MAX; a row that sees no key outputs 0 and gets lse = +inf (so P = 0).
@@ -24,7 +28,7 @@
 namespace dk::cpu {
 namespace {
 
-constexpr int64_t kTile = 32;
+constexpr int64_t kTile = 64;
 
 inline float dotf(const float* a, const float* b, int64_t n) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -36,56 +40,109 @@ inline float dotf(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-inline void axpyf(float a, const float* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
 // Keys query i may see: [0, key_end(i)).
 inline int64_t key_end(const AttentionParams& p, int64_t i) {
   if (!p.causal) return p.Nk;
   return std::max<int64_t>(0, std::min<int64_t>(p.Nk, i + (p.Nk - p.Nq) + 1));
-}
-// Queries that see key j: [query_begin(j), Nq).
-inline int64_t query_begin(const AttentionParams& p, int64_t j) {
-  if (!p.causal) return 0;
-  return std::max<int64_t>(0, j - (p.Nk - p.Nq));
 }
 
 inline const float* mask_row(const AttentionParams& p, int64_t b, int64_t h, int64_t i) {
   return p.mask ? p.mask + b * p.mask_b + h * p.mask_h + i * p.mask_q : nullptr;
 }
 
-// dst[d * n + t] = src[t * row + d] for t < n, d < D (one head's rows, transposed).
-void transpose_rows(const float* src, int64_t row, int64_t n, int64_t D, float* dst, float scale = 1.f) {
-  for (int64_t t = 0; t < n; ++t) {
-    const float* s = src + t * row;
-    for (int64_t d = 0; d < D; ++d) dst[d * n + t] = s[d] * scale;
+// One (b, h) head's operands as strided row blocks.
+struct Head {
+  const float *q, *k, *v, *o, *dout;
+  const float* lse;  // [Nq]
+  float *dq, *dk, *dv;
+};
+
+Head head_of(const AttentionParams& p, int64_t b, int64_t h, const float* q, const float* k, const float* v,
+             const float* o, const float* dout, const float* lse, float* dq, float* dk, float* dv) {
+  const int64_t H = p.heads, D = p.D, Dv = p.Dv;
+  Head t;
+  t.q = q + b * p.q_batch + h * D;
+  t.k = k + b * p.k_batch + h * D;
+  t.v = v + b * p.v_batch + h * Dv;
+  t.o = o ? o + b * p.o_batch + h * Dv : nullptr;
+  t.dout = dout ? dout + b * p.o_batch + h * Dv : nullptr;
+  t.lse = lse + (b * H + h) * p.Nq;
+  t.dq = dq ? dq + b * p.Nq * H * D + h * D : nullptr;
+  t.dk = dk ? dk + b * p.Nk * H * D + h * D : nullptr;
+  t.dv = dv ? dv + b * p.Nk * H * Dv + h * Dv : nullptr;
+  return t;
+}
+
+// s [rows, Nk] = scale * q[i0:i0+rows] k^T + mask, -inf where causal hides the key.
+void scores_rows(const AttentionParams& p, const Head& t, int64_t b, int64_t h, int64_t i0, int64_t rows, float* s) {
+  sgemm(1, false, true, rows, p.Nk, p.D, p.scale, t.q + i0 * p.q_row, p.q_row, 0, t.k, p.k_row, 0, 0.f, s, p.Nk, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* sr = s + r * p.Nk;
+    if (const float* m = mask_row(p, b, h, i0 + r))
+      for (int64_t j = 0; j < p.Nk; ++j) sr[j] += std::max(m[j], -FLT_MAX);
+    for (int64_t j = key_end(p, i0 + r); j < p.Nk; ++j) sr[j] = -INFINITY;
   }
 }
 
-// srow[j] = scale q.k_j + mask_j for j < jn, keys transposed in kt [D][Nk].
-void scores(const AttentionParams& p, const float* qi, const float* kt, const float* mrow, int64_t jn, float* srow) {
-  std::fill(srow, srow + jn, 0.f);
-  for (int64_t d = 0; d < p.D; ++d) axpyf(qi[d], kt + d * p.Nk, srow, jn);
-  if (mrow)
-    for (int64_t j = 0; j < jn; ++j) srow[j] = srow[j] * p.scale + std::max(mrow[j], -FLT_MAX);
-  else
-    for (int64_t j = 0; j < jn; ++j) srow[j] *= p.scale;
+// p = exp(s - lse_row) in place over rows of Nk.
+void probs_rows(const AttentionParams& p, const Head& t, int64_t i0, int64_t rows, float* s) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* sr = s + r * p.Nk;
+    const float l = t.lse[i0 + r];
+    if (std::isinf(l)) { std::fill(sr, sr + p.Nk, 0.f); continue; }
+    for (int64_t j = 0; j < p.Nk; ++j) sr[j] = exp_fast(sr[j] - l);
+  }
 }
 
-// Runs fn(b, h, tile, first) over every (b, h, tile of `count` rows); `first` is true when the
-// (b, h) differs from the previous call on this thread (so per-head packing can be reused).
-template <typename F>
-void for_tiles(const AttentionParams& p, int64_t count, F fn) {
-  const int64_t tiles = (count + kTile - 1) / kTile, total = p.B * p.heads * tiles;
-  parallel_for(total, 1, [&](int64_t lo, int64_t hi) {
-    int64_t last = -1;
-    for (int64_t t = lo; t < hi; ++t) {
-      const int64_t bh = t / tiles, tile = t % tiles;
-      fn(bh / p.heads, bh % p.heads, tile, bh != last);
-      last = bh;
+// The query-tile step: P and dS for rows [i0, i0+rows), dq for them, and (fused) dk/dv += .
+void query_tile(const AttentionParams& p, const Head& t, int64_t b, int64_t h, int64_t i0, int64_t rows, bool accum_kv,
+                bool first, float* P, float* dS) {
+  const int64_t Nk = p.Nk, HD = p.heads * p.D, HDv = p.heads * p.Dv;
+  scores_rows(p, t, b, h, i0, rows, P);
+  probs_rows(p, t, i0, rows, P);
+  // dS = dout V^T, then P (dS - Delta)
+  sgemm(1, false, true, rows, Nk, p.Dv, 1.f, t.dout + i0 * p.o_row, p.o_row, 0, t.v, p.v_row, 0, 0.f, dS, Nk, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float delta = dotf(t.dout + (i0 + r) * p.o_row, t.o + (i0 + r) * p.o_row, p.Dv);
+    float* d = dS + r * Nk;
+    const float* pr = P + r * Nk;
+    for (int64_t j = 0; j < Nk; ++j) d[j] = pr[j] * (d[j] - delta);
+  }
+  // dq = scale dS K
+  sgemm(1, false, false, rows, p.D, Nk, p.scale, dS, Nk, 0, t.k, p.k_row, 0, 0.f, t.dq + i0 * HD, HD, 0);
+  if (!accum_kv) return;
+  const float beta = first ? 0.f : 1.f;
+  // dv += P^T dout, dk += scale dS^T q
+  sgemm(1, true, false, Nk, p.Dv, rows, 1.f, P, Nk, 0, t.dout + i0 * p.o_row, p.o_row, 0, beta, t.dv, HDv, 0);
+  sgemm(1, true, false, Nk, p.D, rows, p.scale, dS, Nk, 0, t.q + i0 * p.q_row, p.q_row, 0, beta, t.dk, HD, 0);
+}
+
+// The key-tile step (two-pass mode): dk, dv for keys [j0, j0+cols) from the transposed scores.
+void key_tile(const AttentionParams& p, const Head& t, int64_t b, int64_t h, int64_t j0, int64_t cols,
+              const float* delta, float* PT, float* dST) {
+  const int64_t Nq = p.Nq, HD = p.heads * p.D, HDv = p.heads * p.Dv;
+  // PT [cols, Nq] = exp(scale k q^T + mask^T - lse)
+  sgemm(1, false, true, cols, Nq, p.D, p.scale, t.k + j0 * p.k_row, p.k_row, 0, t.q, p.q_row, 0, 0.f, PT, Nq, 0);
+  for (int64_t c = 0; c < cols; ++c) {
+    const int64_t j = j0 + c;
+    float* row = PT + c * Nq;
+    for (int64_t i = 0; i < Nq; ++i) {
+      const float l = t.lse[i];
+      float s = row[i];
+      if (p.mask) s += std::max(mask_row(p, b, h, i)[j], -FLT_MAX);
+      const bool hidden = std::isinf(l) || j >= key_end(p, i);
+      row[i] = hidden ? 0.f : exp_fast(s - l);
     }
-  });
+  }
+  // dST = (v dout^T - Delta) PT
+  sgemm(1, false, true, cols, Nq, p.Dv, 1.f, t.v + j0 * p.v_row, p.v_row, 0, t.dout, p.o_row, 0, 0.f, dST, Nq, 0);
+  for (int64_t c = 0; c < cols; ++c) {
+    float* d = dST + c * Nq;
+    const float* pr = PT + c * Nq;
+    for (int64_t i = 0; i < Nq; ++i) d[i] = pr[i] * (d[i] - delta[i]);
+  }
+  sgemm(1, false, false, cols, p.Dv, Nq, 1.f, PT, Nq, 0, t.dout, p.o_row, 0, 0.f, t.dv + j0 * HDv, HDv, 0);
+  sgemm(1, false, false, cols, p.D, Nq, p.scale, dST, Nq, 0, t.q, p.q_row, 0, 0.f, t.dk + j0 * HD, HD, 0);
 }
 
 }  // namespace
@@ -93,37 +150,42 @@ void for_tiles(const AttentionParams& p, int64_t count, F fn) {
 void attention_forward_lse(const AttentionParams& p, const float* q, const float* k, const float* v, float* out,
                            float* lse) {
   if (p.B <= 0 || p.heads <= 0 || p.Nq <= 0) return;
-  const int64_t Nk = p.Nk, D = p.D, Dv = p.Dv;
-  for_tiles(p, p.Nq, [&, Nk](int64_t b, int64_t h, int64_t tile, bool first) {
-    thread_local std::vector<float> kt, vt, srow;
-    if (first) {
-      kt.resize(static_cast<size_t>(D * Nk));
-      vt.resize(static_cast<size_t>(Dv * Nk));
-      srow.resize(static_cast<size_t>(Nk) + 1);
-      transpose_rows(k + b * p.k_batch + h * D, p.k_row, Nk, D, kt.data());
-      transpose_rows(v + b * p.v_batch + h * Dv, p.v_row, Nk, Dv, vt.data());
-    }
-    const int64_t i1 = std::min(p.Nq, (tile + 1) * kTile);
-    for (int64_t i = tile * kTile; i < i1; ++i) {
-      float* o = out + b * p.o_batch + i * p.o_row + h * Dv;
-      float* l = lse + (b * p.heads + h) * p.Nq + i;
-      const int64_t jn = key_end(p, i);
-      if (jn <= 0) {
-        std::fill(o, o + Dv, 0.f);
-        *l = INFINITY;
+  const int64_t Nk = p.Nk, Dv = p.Dv, tiles = (p.Nq + kTile - 1) / kTile;
+  parallel_for(p.B * p.heads * tiles, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> s(static_cast<size_t>(kTile * std::max<int64_t>(Nk, 1)));
+    std::vector<float> inv(kTile);
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t bh = task / tiles, b = bh / p.heads, h = bh % p.heads;
+      const int64_t i0 = (task % tiles) * kTile, rows = std::min(kTile, p.Nq - i0);
+      const Head t = head_of(p, b, h, q, k, v, nullptr, nullptr, lse, nullptr, nullptr, nullptr);
+      float* o = out + b * p.o_batch + i0 * p.o_row + h * Dv;
+      float* l = lse + (b * p.heads + h) * p.Nq + i0;
+      if (Nk <= 0) {
+        for (int64_t r = 0; r < rows; ++r) { std::fill(o + r * p.o_row, o + r * p.o_row + Dv, 0.f); l[r] = INFINITY; }
         continue;
       }
-      scores(p, q + b * p.q_batch + i * p.q_row + h * D, kt.data(), mask_row(p, b, h, i), jn, srow.data());
-      float m = srow[0];
-      for (int64_t j = 1; j < jn; ++j) m = std::max(m, srow[j]);
-      double sum = 0;
-      for (int64_t j = 0; j < jn; ++j) {
-        srow[j] = std::exp(srow[j] - m);
-        sum += srow[j];
+      scores_rows(p, t, b, h, i0, rows, s.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        float* sr = s.data() + r * Nk;
+        float m = -INFINITY;
+        for (int64_t j = 0; j < Nk; ++j) m = std::max(m, sr[j]);
+        if (m == -INFINITY) {  // sees no key
+          std::fill(sr, sr + Nk, 0.f);
+          inv[r] = 0.f;
+          l[r] = INFINITY;
+          continue;
+        }
+        float sum = 0.f;
+        for (int64_t j = 0; j < Nk; ++j) {
+          sr[j] = exp_fast(sr[j] - m);
+          sum += sr[j];
+        }
+        inv[r] = 1.f / sum;
+        l[r] = m + std::log(sum);
       }
-      const float inv = static_cast<float>(1.0 / sum);
-      for (int64_t d = 0; d < Dv; ++d) o[d] = dotf(srow.data(), vt.data() + d * Nk, jn) * inv;
-      *l = m + static_cast<float>(std::log(sum));
+      sgemm(1, false, false, rows, Dv, Nk, 1.f, s.data(), Nk, 0, t.v, p.v_row, 0, 0.f, o, p.o_row, 0);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t d = 0; d < Dv; ++d) o[r * p.o_row + d] *= inv[r];
     }
   });
 }
@@ -131,88 +193,54 @@ void attention_forward_lse(const AttentionParams& p, const float* q, const float
 void attention_backward(const AttentionParams& p, const float* q, const float* k, const float* v,
                         const float* out, const float* lse, const float* dout, float* dq, float* dk, float* dv) {
   if (p.B <= 0 || p.heads <= 0) return;
-  const int64_t Nq = p.Nq, Nk = p.Nk, D = p.D, Dv = p.Dv, H = p.heads;
-  // contiguous outputs [B, N, H*D]
-  const int64_t dq_row = H * D, dk_row = H * D, dv_row = H * Dv;
+  const int64_t Nq = p.Nq, Nk = p.Nk, BH = p.B * p.heads;
+  if (Nq <= 0 || Nk <= 0) {
+    if (Nq > 0) std::memset(dq, 0, sizeof(float) * p.B * Nq * p.heads * p.D);
+    if (Nk > 0) {
+      std::memset(dk, 0, sizeof(float) * p.B * Nk * p.heads * p.D);
+      std::memset(dv, 0, sizeof(float) * p.B * Nk * p.heads * p.Dv);
+    }
+    return;
+  }
+  const int64_t qtiles = (Nq + kTile - 1) / kTile;
+  auto head = [&](int64_t bh) { return head_of(p, bh / p.heads, bh % p.heads, q, k, v, out, dout, lse, dq, dk, dv); };
 
-  // ---- pass 1: dq, per tile of queries
-  if (Nq > 0) {
-    for_tiles(p, Nq, [&](int64_t b, int64_t h, int64_t tile, bool first) {
-      thread_local std::vector<float> kt, vt, srow, dprow;
-      if (first) {
-        kt.resize(static_cast<size_t>(D * Nk));
-        vt.resize(static_cast<size_t>(Dv * Nk));
-        srow.resize(static_cast<size_t>(Nk) + 1);
-        dprow.resize(static_cast<size_t>(Nk) + 1);
-        transpose_rows(k + b * p.k_batch + h * D, p.k_row, Nk, D, kt.data());
-        transpose_rows(v + b * p.v_batch + h * Dv, p.v_row, Nk, Dv, vt.data());
-      }
-      const int64_t i1 = std::min(Nq, (tile + 1) * kTile);
-      for (int64_t i = tile * kTile; i < i1; ++i) {
-        float* g = dq + b * Nq * dq_row + i * dq_row + h * D;
-        const int64_t jn = key_end(p, i);
-        const float li = lse[(b * H + h) * Nq + i];
-        if (jn <= 0 || std::isinf(li)) {
-          std::fill(g, g + D, 0.f);
-          continue;
+  if (BH >= num_threads()) {  // one task per head: dq, dk and dv in one pass
+    parallel_for(BH, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<float> P(static_cast<size_t>(kTile * Nk)), dS(static_cast<size_t>(kTile * Nk));
+      for (int64_t bh = lo; bh < hi; ++bh) {
+        const Head t = head(bh);
+        for (int64_t tile = 0; tile < qtiles; ++tile) {
+          const int64_t i0 = tile * kTile;
+          query_tile(p, t, bh / p.heads, bh % p.heads, i0, std::min(kTile, Nq - i0), true, tile == 0, P.data(), dS.data());
         }
-        const float* doi = dout + b * p.o_batch + i * p.o_row + h * Dv;
-        const float* oi = out + b * p.o_batch + i * p.o_row + h * Dv;
-        scores(p, q + b * p.q_batch + i * p.q_row + h * D, kt.data(), mask_row(p, b, h, i), jn, srow.data());
-        std::fill(dprow.begin(), dprow.begin() + jn, 0.f);
-        for (int64_t d = 0; d < Dv; ++d) axpyf(doi[d], vt.data() + d * Nk, dprow.data(), jn);
-        const float delta = dotf(doi, oi, Dv);
-        for (int64_t j = 0; j < jn; ++j) srow[j] = std::exp(srow[j] - li) * (dprow[j] - delta);
-        for (int64_t d = 0; d < D; ++d) g[d] = p.scale * dotf(srow.data(), kt.data() + d * Nk, jn);
       }
     });
+    return;
   }
-
-  // ---- pass 2: dk and dv, per tile of keys
-  if (Nk > 0) {
-    for_tiles(p, Nk, [&](int64_t b, int64_t h, int64_t tile, bool first) {
-      thread_local std::vector<float> qt, dot, delta, st, dpt;
-      if (first) {
-        qt.resize(static_cast<size_t>(D * Nq) + 1);
-        dot.resize(static_cast<size_t>(Dv * Nq) + 1);
-        delta.resize(static_cast<size_t>(Nq) + 1);
-        st.resize(static_cast<size_t>(Nq) + 1);
-        dpt.resize(static_cast<size_t>(Nq) + 1);
-        transpose_rows(q + b * p.q_batch + h * D, p.q_row, Nq, D, qt.data());
-        transpose_rows(dout + b * p.o_batch + h * Dv, p.o_row, Nq, Dv, dot.data());
-        for (int64_t i = 0; i < Nq; ++i)
-          delta[i] = dotf(dout + b * p.o_batch + i * p.o_row + h * Dv, out + b * p.o_batch + i * p.o_row + h * Dv, Dv);
-      }
-      const float* lrow = lse + (b * H + h) * Nq;
-      const int64_t j1 = std::min(Nk, (tile + 1) * kTile);
-      for (int64_t j = tile * kTile; j < j1; ++j) {
-        float* gk = dk + b * Nk * dk_row + j * dk_row + h * D;
-        float* gv = dv + b * Nk * dv_row + j * dv_row + h * Dv;
-        const int64_t i0 = query_begin(p, j), n = Nq - i0;
-        if (n <= 0) {
-          std::fill(gk, gk + D, 0.f);
-          std::fill(gv, gv + Dv, 0.f);
-          continue;
-        }
-        const float* kj = k + b * p.k_batch + j * p.k_row + h * D;
-        const float* vj = v + b * p.v_batch + j * p.v_row + h * Dv;
-        float* s = st.data() + i0;
-        std::fill(s, s + n, 0.f);
-        for (int64_t d = 0; d < D; ++d) axpyf(kj[d], qt.data() + d * Nq + i0, s, n);
-        for (int64_t i = 0; i < n; ++i) {
-          float x = s[i] * p.scale;
-          if (p.mask) x += std::max(mask_row(p, b, h, i0 + i)[j], -FLT_MAX);
-          s[i] = std::exp(x - lrow[i0 + i]);  // P_ij; 0 where lse is +inf
-        }
-        for (int64_t d = 0; d < Dv; ++d) gv[d] = dotf(s, dot.data() + d * Nq + i0, n);
-        float* dp = dpt.data() + i0;
-        std::fill(dp, dp + n, 0.f);
-        for (int64_t d = 0; d < Dv; ++d) axpyf(vj[d], dot.data() + d * Nq + i0, dp, n);
-        for (int64_t i = 0; i < n; ++i) s[i] *= dp[i] - delta[i0 + i];
-        for (int64_t d = 0; d < D; ++d) gk[d] = p.scale * dotf(s, qt.data() + d * Nq + i0, n);
-      }
-    });
-  }
+  // few heads: every query tile and every key tile in parallel
+  parallel_for(BH * qtiles, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> P(static_cast<size_t>(kTile * Nk)), dS(static_cast<size_t>(kTile * Nk));
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t bh = task / qtiles, i0 = (task % qtiles) * kTile;
+      query_tile(p, head(bh), bh / p.heads, bh % p.heads, i0, std::min(kTile, Nq - i0), false, false, P.data(), dS.data());
+    }
+  });
+  std::vector<float> delta(static_cast<size_t>(BH * Nq));
+  parallel_for(BH, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t bh = lo; bh < hi; ++bh) {
+      const Head t = head(bh);
+      for (int64_t i = 0; i < Nq; ++i) delta[bh * Nq + i] = dotf(t.dout + i * p.o_row, t.o + i * p.o_row, p.Dv);
+    }
+  });
+  const int64_t ktiles = (Nk + kTile - 1) / kTile;
+  parallel_for(BH * ktiles, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> PT(static_cast<size_t>(kTile * Nq)), dST(static_cast<size_t>(kTile * Nq));
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t bh = task / ktiles, j0 = (task % ktiles) * kTile;
+      key_tile(p, head(bh), bh / p.heads, bh % p.heads, j0, std::min(kTile, Nk - j0), delta.data() + bh * Nq, PT.data(), dST.data());
+    }
+  });
 }
 
 }  // namespace dk::cpu

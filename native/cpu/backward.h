@@ -8,7 +8,31 @@
 
 #include "kernels.h"
 
+#include <cstring>
+
 namespace dk::cpu {
+
+// e^x in a form compilers vectorise: 2^(x log2 e) = 2^n 2^f, f in [-1/2, 1/2], with the degree-6
+// polynomial of attention_internal.h (~1 ulp). Exactly 0 below -87 (so -inf gives 0), clamped
+// at 88 above, NaN stays NaN.
+inline float exp_fast(float x) {
+  const float xc = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+  const float t = xc * 1.4426950408889634f;
+  const int n = static_cast<int>(t + (t >= 0.f ? 0.5f : -0.5f));
+  const float f = t - static_cast<float>(n);
+  float p = 0.000153457921f;
+  p = p * f + 0.00133999297f;
+  p = p * f + 0.00961848907f;
+  p = p * f + 0.0555032864f;
+  p = p * f + 0.240226462f;
+  p = p * f + 0.693147182f;
+  p = p * f + 1.0f;
+  const int32_t bits = static_cast<int32_t>(static_cast<uint32_t>(n + 127) << 23);
+  float s;
+  std::memcpy(&s, &bits, sizeof s);
+  const float r = p * s;
+  return x < -87.f ? 0.f : (x != x ? x : r);
+}
 
 // ---------------------------------------------------------------- conv2d_backward.cc
 // dy [N,P,Q,K] -> dx [N,H,W,C]: the transposed convolution, run as a forward conv2d_nhwc of dy

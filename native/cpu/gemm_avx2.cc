@@ -11,22 +11,25 @@ constexpr int MR = 6, NR = 16;
 
 void kernel_6x16(int64_t kc, const float* __restrict A, const float* __restrict B, float* C, int64_t ldc, int m,
                  int n, const TileEpi& e) {
-  __m256 c[MR][2];
-  for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = _mm256_setzero_ps();
   for (int i = 0; i < MR && i < m; ++i) _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
-
+  // Named accumulators: with a __m256[6][2] array GCC 12 spills two of them every iteration.
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+#define DK_STEP2(i, x0, x1)                  \
+  a = _mm256_broadcast_ss(A + (i));          \
+  x0 = _mm256_fmadd_ps(a, b0, x0);           \
+  x1 = _mm256_fmadd_ps(a, b1, x1);
   for (int64_t k = 0; k < kc; ++k) {
     _mm_prefetch(reinterpret_cast<const char*>(B + NR * 8), _MM_HINT_T0);
-    __m256 b0 = _mm256_load_ps(B), b1 = _mm256_load_ps(B + 8);
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) {
-      __m256 a = _mm256_broadcast_ss(A + i);
-      c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
-      c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
-    }
+    const __m256 b0 = _mm256_load_ps(B), b1 = _mm256_load_ps(B + 8);
+    __m256 a;
+    DK_STEP2(0, c00, c01) DK_STEP2(1, c10, c11) DK_STEP2(2, c20, c21)
+    DK_STEP2(3, c30, c31) DK_STEP2(4, c40, c41) DK_STEP2(5, c50, c51)
     A += MR;
     B += NR;
   }
+#undef DK_STEP2
+  __m256 c[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
 
   const __m256 valpha = _mm256_set1_ps(e.alpha), vbeta = _mm256_set1_ps(e.beta);
   if (n == NR) {

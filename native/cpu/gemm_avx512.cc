@@ -129,6 +129,24 @@ inline void tile_14x32(int64_t kc, const float* A, const float* B, float* t, con
         "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
 }
 
+#undef DK_RROW
+#undef DK_RSTEP
+#undef DK_TSTORE2
+#undef DK_A0
+#undef DK_A1
+#undef DK_A2
+#undef DK_A3
+#undef DK_A4
+#undef DK_A5
+#undef DK_A6
+#undef DK_A7
+#undef DK_A8
+#undef DK_A9
+#undef DK_A10
+#undef DK_A11
+#undef DK_A12
+#undef DK_A13
+
 // Edge tiles of at most 7 rows (R x 32, 2R accumulators: few enough for GCC to keep in
 // registers): the last rows of M would otherwise cost a whole 14-row tile.
 template <int R>

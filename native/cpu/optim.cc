@@ -1,16 +1,24 @@
 // Optimiser updates, in place: AdamW (torch.optim.AdamW's single-tensor step), the EMA of
 // diffusers' EMAModel, and the pieces of global-norm gradient clipping.
 //
-// AdamW, each line one float32 rounding (no other fused multiply-add: this file is compiled for
-// baseline x86-64, where the compiler cannot contract a*b+c), scalars rounded once from double:
+// AdamW, each line one float32 rounding (no fused multiply-add but the two explicit ones), scalars
+// rounded once from double:
 //   p <- p * (1 - lr*wd)                  decoupled weight decay, applied first
 //   m <- fma(1 - b1, g, b1*m)
 //   v <- fma((1 - b2)*g, g, b2*v)
 //   p <- p + ((-lr / (1 - b1^k)) * m) / (sqrt(v) / sqrt(1 - b2^k) + eps)
-// which reproduces torch 1.13's CPU path bit for bit on the reference case.
+// which reproduces torch 1.13's CPU path bit for bit on the reference case (test/autograd/optim.test.ts).
 #include <algorithm>
 #include <cmath>
 #include <vector>
+
+// No contraction of a*b+c into FMA here, whatever the target (AArch64 GCC contracts by default):
+// the rounding sequence above is the contract.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 
 #include "../core/thread_pool.h"
 #include "backward.h"

@@ -18,9 +18,12 @@
 // 256 threads, 4x4 scores per thread, float32 throughout; Dv over 256 is done in slices of
 // 256 columns (softmax does not depend on V).
 //
-// Semantics shared by both: causal keeps j <= i + (Nk - Nq); the optional float32 mask is
-// added to the scaled scores; a query row that sees no key (all masked or -inf) outputs 0.
+// Semantics shared by both (and by the CPU kernel): causal keeps j <= i + (Nk - Nq); the
+// optional float32 mask is added to the scaled scores, floored at -FLT_MAX so that a row the
+// mask removes everywhere averages V over its keys (PyTorch's result for finfo.min masks); a
+// row that sees no key at all (causal with Nq > Nk, or Nk == 0) outputs 0.
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <type_traits>
 
@@ -55,6 +58,14 @@ struct Args {
 
 __host__ __device__ __forceinline__ int64_t lmin(int64_t x, int64_t y) { return x < y ? x : y; }
 __host__ __device__ __forceinline__ int64_t lmax(int64_t x, int64_t y) { return x > y ? x : y; }
+
+// A mask value in the log2 domain, floored at -FLT_MAX (as the CPU kernel does): a row that the
+// mask removes everywhere, by -inf or by finfo.min, then averages V over its keys as PyTorch does
+// for finfo.min masks, instead of dividing 0 by 0.
+__device__ __forceinline__ float mask_log2(float m) {
+  const float x = m * kLog2e;
+  return x < -FLT_MAX ? -FLT_MAX : x;
+}
 
 __device__ __forceinline__ float exp2_approx(float x) {
   float y;
@@ -256,7 +267,7 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
 
     // ---- online softmax (log2 domain)
     const bool edge = !FULL || mbase != nullptr || (a.causal && n0 + BN - 1 > q0 + diag);
-    uint32_t p16[MT][NT][2];  // EXP16: P as f16x2, [hf] = row g or g+8
+    [[maybe_unused]] uint32_t p16[EXP16 ? MT : 1][EXP16 ? NT : 1][2];  // EXP16: P as f16x2, [hf] = row g or g+8
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
@@ -277,7 +288,7 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
             if (edge) {
               const int col = nt * 8 + 2 * tq + e;
               if (col >= lim) x = -INFINITY;
-              else if (mrow != nullptr) x += mrow[col] * kLog2e;
+              else if (mrow != nullptr) x += mask_log2(mrow[col]);
             }
             s[mt][nt][2 * hf + e] = x;
             mx = fmaxf(mx, x);
@@ -429,7 +440,7 @@ constexpr int SDC = 16;  // head-dim slice of Q and K staged at once
 constexpr int SKC = 16;  // keys of V staged at once
 
 template <typename T, int NJ>
-__global__ void __launch_bounds__(256) attn_simt(Args a) {
+__global__ void __launch_bounds__(256, 1) attn_simt(Args a) {
   constexpr int DVP = 16 * NJ;
   __shared__ __align__(16) float Qc[SDC][SB + 4];  // [d][query]
   __shared__ __align__(16) float Kc[SDC][SB + 4];  // [d][key]
@@ -497,7 +508,7 @@ __global__ void __launch_bounds__(256) attn_simt(Args a) {
         float x = s[i][j] * a.scale_log2;
         if (col >= a.Nk || (a.causal && col > row + diag)) x = -INFINITY;
         else if (a.mask != nullptr && row < a.Nq)
-          x += a.mask[b * a.mask_b + h * a.mask_h + row * a.mask_q + col] * kLog2e;
+          x += mask_log2(a.mask[b * a.mask_b + h * a.mask_h + row * a.mask_q + col]);
         s[i][j] = x;
         mx = fmaxf(mx, x);
       }

@@ -8,8 +8,8 @@
 //                the sum and sum of squares per group for its chunk. Values are shifted by the
 //                group's first element x[n, 0, g*Cg] so E[x^2] - E[x]^2 does not cancel.
 //   2. finalize: one warp per (n, g) adds the P partials in a fixed order (float64) and writes
-//                per-channel a = rstd*gamma, b = beta - mean*a.
-//   3. apply:    same tiling as 1; y = x*a + b (then SiLU), a and b held in registers.
+//                the group mean and per-channel a = rstd*gamma, b = beta.
+//   3. apply:    same tiling as 1; y = (x - mean)*a + b (then SiLU), held in registers.
 // Every sum is taken in a fixed order, so results do not vary between runs.
 #include <cmath>
 
@@ -131,7 +131,7 @@ __global__ void gn_stats(GnGeo geo, const T* __restrict__ x, float2* __restrict_
 template <typename T>
 __global__ void gn_finalize(GnGeo geo, int N, const T* __restrict__ x, const float2* __restrict__ partial,
                             const T* __restrict__ gamma, const T* __restrict__ beta, float eps,
-                            float2* __restrict__ ab) {
+                            float2* __restrict__ ab, float* __restrict__ means) {
   const int lane = threadIdx.x & 31;
   const int w = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (w >= N * geo.G) return;
@@ -152,17 +152,18 @@ __global__ void gn_finalize(GnGeo geo, int N, const T* __restrict__ x, const flo
   const double ms = s / cnt;
   double var = ss / cnt - ms * ms;
   if (var < 0.0) var = 0.0;
-  const float mean = static_cast<float>(shift + ms);
-  const float rstd = static_cast<float>(1.0 / sqrt(var + static_cast<double>(eps)));
+  const double rstd = 1.0 / sqrt(var + static_cast<double>(eps));
+  if (lane == 0) means[w] = static_cast<float>(shift + ms);
   for (int c = g * geo.Cg + lane; c < (g + 1) * geo.Cg; c += 32) {
-    const float ga = gamma ? to_f(gamma[c]) : 1.f, be = beta ? to_f(beta[c]) : 0.f;
-    const float a = rstd * ga;
-    ab[static_cast<int64_t>(n) * geo.C + c] = make_float2(a, be - mean * a);
+    const double ga = gamma ? to_f(gamma[c]) : 1.0;
+    ab[static_cast<int64_t>(n) * geo.C + c] =
+        make_float2(static_cast<float>(rstd * ga), beta ? to_f(beta[c]) : 0.f);
   }
 }
 
 template <typename T, int VEC, bool SILU>
-__global__ void gn_apply(GnGeo geo, const T* __restrict__ x, const float2* __restrict__ ab, T* __restrict__ y) {
+__global__ void gn_apply(GnGeo geo, const T* __restrict__ x, const float2* __restrict__ ab,
+                         const float* __restrict__ means, T* __restrict__ y) {
   const int chunk = blockIdx.x, n = blockIdx.y, t = threadIdx.x;
   const int64_t l0 = chunk * geo.rpc;
   const int64_t l1 = min(geo.L, l0 + geo.rpc);
@@ -173,6 +174,7 @@ __global__ void gn_apply(GnGeo geo, const T* __restrict__ x, const float2* __res
   const int r0 = own ? t / geo.cv : 0;
   const int rstep = own ? geo.R : 1;
   for (int j = j0; j < geo.cv; j += geo.threads) {
+    const float mean = means[static_cast<int64_t>(n) * geo.G + j * VEC / geo.Cg];
     float a[VEC], b[VEC];
 #pragma unroll
     for (int k = 0; k < VEC; k++) {
@@ -186,7 +188,7 @@ __global__ void gn_apply(GnGeo geo, const T* __restrict__ x, const float2* __res
       load_vec<T, VEC>(x + off + l * geo.C, v);
 #pragma unroll
       for (int k = 0; k < VEC; k++) {
-        v[k] = v[k] * a[k] + b[k];
+        v[k] = (v[k] - mean) * a[k] + b[k];
         if constexpr (SILU) v[k] = silu(v[k]);
       }
       store_vec<T, VEC>(y + off + l * geo.C, v);
@@ -269,9 +271,12 @@ void group_norm_t(int device, const T* x, T* y, int64_t N, int64_t L, int64_t C,
 
   const size_t part_bytes = static_cast<size_t>(N) * geo.P * G * sizeof(float2);
   const size_t ab_bytes = static_cast<size_t>(N) * C * sizeof(float2);
-  char* ws = static_cast<char*>(device_alloc(device, part_bytes + ab_bytes));
+  const size_t mean_bytes = static_cast<size_t>(N) * G * sizeof(float);
+  const size_t ws_bytes = part_bytes + ab_bytes + mean_bytes;
+  char* ws = static_cast<char*>(device_alloc(device, ws_bytes));
   float2* partial = reinterpret_cast<float2*>(ws);
   float2* ab = reinterpret_cast<float2*>(ws + part_bytes);
+  float* means = reinterpret_cast<float*>(ws + part_bytes + ab_bytes);
   cudaStream_t s = stream(device);
   try {
     const dim3 grid(geo.P, static_cast<unsigned>(N));
@@ -289,7 +294,8 @@ void group_norm_t(int device, const T* x, T* y, int64_t N, int64_t L, int64_t C,
     }
     ku::launch_check("group_norm");
     const int warps = static_cast<int>(N * G);
-    gn_finalize<T><<<(warps + 7) / 8, 256, 0, s>>>(geo, static_cast<int>(N), x, partial, gamma, beta, eps, ab);
+    gn_finalize<T><<<(warps + 7) / 8, 256, 0, s>>>(geo, static_cast<int>(N), x, partial, gamma, beta, eps, ab,
+                                                   means);
     ku::launch_check("group_norm");
     if (simple) {  // the apply kernel's tiling with one pack column per thread pass
       geo.P = static_cast<int>(std::min<int64_t>(L, 65535));
@@ -299,22 +305,22 @@ void group_norm_t(int device, const T* x, T* y, int64_t N, int64_t L, int64_t C,
     const dim3 agrid(geo.P, static_cast<unsigned>(N));
 #define DK_GN_APPLY(V_)                                                                    \
   case V_:                                                                                 \
-    if (silu) gn_apply<T, V_, true><<<agrid, bs, 0, s>>>(geo, x, ab, y);          \
-    else gn_apply<T, V_, false><<<agrid, bs, 0, s>>>(geo, x, ab, y);              \
+    if (silu) gn_apply<T, V_, true><<<agrid, bs, 0, s>>>(geo, x, ab, means, y);          \
+    else gn_apply<T, V_, false><<<agrid, bs, 0, s>>>(geo, x, ab, means, y);              \
     break;
     switch (vec) {
       DK_GN_APPLY(8) DK_GN_APPLY(4) DK_GN_APPLY(2)
       default:
-        if (silu) gn_apply<T, 1, true><<<agrid, bs, 0, s>>>(geo, x, ab, y);
-        else gn_apply<T, 1, false><<<agrid, bs, 0, s>>>(geo, x, ab, y);
+        if (silu) gn_apply<T, 1, true><<<agrid, bs, 0, s>>>(geo, x, ab, means, y);
+        else gn_apply<T, 1, false><<<agrid, bs, 0, s>>>(geo, x, ab, means, y);
     }
 #undef DK_GN_APPLY
     ku::launch_check("group_norm");
   } catch (...) {
-    device_free(device, ws, part_bytes + ab_bytes);
+    device_free(device, ws, ws_bytes);
     throw;
   }
-  device_free(device, ws, part_bytes + ab_bytes);  // stream-ordered reuse (one stream per device)
+  device_free(device, ws, ws_bytes);  // stream-ordered reuse (one stream per device)
 }
 
 // ---------------------------------------------------------------- row reductions

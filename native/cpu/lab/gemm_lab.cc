@@ -1,16 +1,30 @@
-// README: correctness + speed lab for the CPU sgemm / conv2d_nhwc kernels (not part of the addon).
+// README: correctness + speed lab for the CPU sgemm / conv2d_nhwc kernels (gemm*.cc, conv2d.cc).
+// Not part of the addon.
 //
-// Build (from the repo root; same per-file flags as CMakeLists.txt):
-//   native/cpu/lab/build.sh            # -> /tmp/gemm_lab   (or copy the commands from it)
+// Build from the repository root (per-file ISA flags as in CMakeLists.txt; gemm_lab.sh does this):
+//   F="-std=c++17 -O3 -Wall -fno-math-errno -DDK_X86=1"
+//   g++ $F -c native/cpu/gemm.cc -o /tmp/gemm.o && g++ $F -c native/cpu/conv2d.cc -o /tmp/conv2d.o
+//   X="-mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512bf16 -mavx2 -mfma -mf16c"
+//   g++ $F $X -c native/cpu/gemm_avx512.cc -o /tmp/gemm_avx512.o
+//   g++ $F -mavx2 -mfma -mf16c -c native/cpu/gemm_avx2.cc -o /tmp/gemm_avx2.o
+//   S="native/core/thread_pool.cc native/core/allocator.cc native/cpu/cpu_features.cc"
+//   g++ $F native/cpu/lab/gemm_lab.cc $S /tmp/gemm*.o /tmp/conv2d.o -o /tmp/gemm_lab -lpthread
+// (on arm64: drop -DDK_X86=1 and the two ISA objects.)
 // Run:
 //   /tmp/gemm_lab test      # every ISA path (generic, avx2, avx512) vs naive float64 loops
 //   /tmp/gemm_lab peak      # fp32 FMA throughput of this machine, all threads
-//   /tmp/gemm_lab ukernel   # the micro-kernel alone on cache-resident panels
-//   /tmp/gemm_lab bench     # GFLOP/s and % of the measured peak: 2048^3, SD1.5 linears and 3x3 convs
-//   /tmp/gemm_lab all
-// Options: DIFFUSEKIT_THREADS=n; LAB_KC/LAB_MC/LAB_NC override the blocking; LAB_REPS=n.
-// Timings report best and median of LAB_REPS runs (the machine may be shared: read the best).
+//   /tmp/gemm_lab ukernel   # the micro-kernel alone on cache-resident panels, and packing speed
+//   /tmp/gemm_lab bench     # GFLOP/s and % of the measured peak: 2048^3, SD1.5 linears, 3x3 convs
+//   /tmp/gemm_lab all       # test + bench
+// Env: DIFFUSEKIT_THREADS=n, DIFFUSEKIT_ISA=generic|avx2 (bench), LAB_KC/LAB_MC/LAB_NC (blocking),
+// LAB_REPS=n, LAB_ONLY=<substring of a case name>.
+// Timings: best and median wall time of LAB_REPS runs, as % of the measured all-thread peak, and
+// "per-CPU-s" best / median: flops per CPU-second (all threads) against the peak loop's flops per
+// CPU-second. On a shared machine the wall numbers swing with the other load; per-CPU-s does not
+// count time the threads were descheduled (it still sees cache and memory contention).
+#if defined(DK_X86)
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -244,6 +258,7 @@ int run_tests(const gemm::Kernel& kr) {
 }
 
 // ---------------------------------------------------------------- peak
+#if defined(DK_X86)
 __attribute__((target("avx512f,fma"))) double fma_loop_avx512(int64_t iters) {
   __m512 acc[16];
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_ps(float(i));
@@ -264,12 +279,32 @@ __attribute__((target("avx2,fma"))) double fma_loop_avx2(int64_t iters) {
   for (int i = 0; i < 12; ++i) { _mm256_storeu_ps(t, acc[i]); for (float v : t) s += v; }
   return s;
 }
+#else
+// Portable stand-in (the compiler vectorises it to the target's width): 12 x 16 floats.
+double fma_loop_avx2(int64_t iters) {
+  float acc[12][16];
+  for (int i = 0; i < 12; ++i)
+    for (int l = 0; l < 16; ++l) acc[i][l] = float(i);
+  for (int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < 12; ++i)
+      for (int l = 0; l < 16; ++l) acc[i][l] = acc[i][l] * 0.999999f + 1e-7f;
+  float s = 0;
+  for (auto& r : acc)
+    for (float v : r) s += v;
+  return s;
+}
+double fma_loop_avx512(int64_t iters) { return fma_loop_avx2(iters); }
+#endif
 
 // Best of a few runs of the FMA loop on every thread at once; GFLOP/s.
 double measure_peak(bool verbose) {
   const bool avx512 = cpu_features().isa == Isa::AVX512;
   const int64_t iters = 20'000'000;
+#if defined(DK_X86)
   const double flops_per_thread = avx512 ? iters * 16.0 * 32 : iters * 12.0 * 16;
+#else
+  const double flops_per_thread = iters * 12.0 * 32;
+#endif
   double best = 0, best_cpu = 0;
   volatile double sink = 0;
   for (int rep = 0; rep < 5; ++rep) {
@@ -306,9 +341,10 @@ void timeit(const char* name, double flops, double peak, F&& f) {
   std::sort(ts.begin(), ts.end());
   std::sort(cs.begin(), cs.end());
   double best = flops / ts[0] / 1e9, med = flops / ts[ts.size() / 2] / 1e9;
-  double cpu_eff = 100 * flops / cs[cs.size() / 2] / 1e9 / g_peak_per_cpu_s;
-  std::printf("  %-36s %8.2f ms  best %6.1f GFLOP/s (%5.1f%%)  median %6.1f (%5.1f%%)  per-CPU-s %5.1f%%\n", name,
-              ts[0] * 1e3, best, 100 * best / peak, med, 100 * med / peak, cpu_eff);
+  double cpu_best = 100 * flops / cs[0] / 1e9 / g_peak_per_cpu_s;
+  double cpu_med = 100 * flops / cs[cs.size() / 2] / 1e9 / g_peak_per_cpu_s;
+  std::printf("  %-34s %8.2f ms  best %6.1f GFLOP/s (%5.1f%%)  median %6.1f (%5.1f%%)  per-CPU-s %5.1f%% / %5.1f%%\n",
+              name, ts[0] * 1e3, best, 100 * best / peak, med, 100 * med / peak, cpu_best, cpu_med);
 }
 
 void bench(double peak) {

@@ -9,6 +9,7 @@
 // Exit status: 0 when every check passed, 1 otherwise (the timings do not affect it).
 #include <algorithm>
 #include <chrono>
+#include <cfloat>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -803,7 +804,11 @@ void ref_attention(const cuda::AttentionParams& p, const std::vector<float>& q, 
             s += static_cast<double>(q[b * p.q_batch + i * p.q_row + h * p.D + d]) *
                  k[b * p.k_batch + j * p.k_row + h * p.D + d];
           s *= p.scale;
-          if (p.mask) s += mask[b * p.mask_b + h * p.mask_h + i * p.mask_q + j];
+          if (p.mask) {
+            // mask floored at -FLT_MAX in the log2 domain: fully masked keys tie at "-huge"
+            const double mv = mask[b * p.mask_b + h * p.mask_h + i * p.mask_q + j];
+            s = mv * 1.4426950408889634 < -static_cast<double>(FLT_MAX) ? -1e300 : s + mv;
+          }
           if (p.causal && j > i + (p.Nk - p.Nq)) s = -INFINITY;
           sc[j] = s;
           mx = std::max(mx, s);

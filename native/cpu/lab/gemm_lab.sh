@@ -1,5 +1,5 @@
 #!/bin/sh
-# Builds the GEMM/conv lab with the per-file flags CMakeLists.txt uses. Run from anywhere.
+# Builds native/cpu/lab/gemm_lab.cc (see its header) with the per-file flags of CMakeLists.txt.
 set -e
 cd "$(dirname "$0")/../../.."
 OUT=${OUT:-/tmp/gemm_lab}

@@ -1,0 +1,50 @@
+// The op families: every case runs on diffusekit here, and the same list goes to the PyTorch
+// script (scripts/torch-cpu-bench.py) when it can run.
+import type { Tensor } from "../tensor";
+import { rowFor, timeCpu, timingPolicy, type BenchContext, type OpCase } from "./cpu-common";
+import { attentionCases, prepareAttention } from "./cpu-attention";
+import { convCases, prepareConv } from "./cpu-conv";
+import { gemmCases, prepareGemm } from "./cpu-gemm";
+import { normCases, prepareNorm } from "./cpu-norm";
+import type { CpuBenchRow } from "./table";
+
+/** A case made runnable: its inputs (disposed after) and the call to time. */
+export interface Prepared { inputs: Tensor[]; fn: () => Tensor }
+
+export const opGroups = ["gemm", "conv", "attention", "norm"] as const;
+export type OpGroup = (typeof opGroups)[number];
+
+export function opCases(groups: ReadonlySet<string>, quick: boolean): OpCase[] {
+  const out: OpCase[] = [];
+  if (groups.has("gemm")) out.push(...gemmCases(quick));
+  if (groups.has("conv")) out.push(...convCases(quick));
+  if (groups.has("attention")) out.push(...attentionCases(quick));
+  if (groups.has("norm")) out.push(...normCases(quick));
+  return out;
+}
+
+function prepare(c: OpCase): Prepared {
+  switch (c.group) {
+    case "gemm": return prepareGemm(c);
+    case "conv": return prepareConv(c);
+    case "attention": return prepareAttention(c);
+    case "norm": return prepareNorm(c);
+  }
+}
+
+export async function runOpCases(cases: readonly OpCase[], ctx: BenchContext, onRow: (row: CpuBenchRow) => void): Promise<CpuBenchRow[]> {
+  const rows: CpuBenchRow[] = [];
+  const policy = timingPolicy(ctx.quick);
+  for (const c of cases) {
+    const p = prepare(c);
+    try {
+      const { ms, runs, cpuShare } = await timeCpu(p.fn, policy, ctx.peak.threads);
+      const row = rowFor(c, ms, runs, cpuShare, ctx.peak);
+      rows.push(row);
+      onRow(row);
+    } finally {
+      for (const t of p.inputs) t.dispose();
+    }
+  }
+  return rows;
+}

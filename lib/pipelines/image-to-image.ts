@@ -1,0 +1,138 @@
+/**
+ * Image to image (SDEdit, Meng et al. 2022): diffusers' StableDiffusionImg2ImgPipeline (0.27.2).
+ * The init image is encoded with the VAE, noised to the timestep where the last strength·steps of
+ * the schedule begin, and denoised over those steps; stages as in text-to-image.ts.
+ */
+import * as ops from "../ops";
+import { Tensor, tidy } from "../tensor";
+import { synchronize } from "../devices";
+import { TorchGenerator } from "../random/torch-generator";
+import type { NoiseSource } from "../schedulers";
+import { centerCrop, imageToNchw, loadImage, resizeImage, type ImageInput, type RGBImage } from "./images";
+import {
+  GENERATE_KEYS, checkSize, decodeLatents, denoise, drawNoise, encodeConditioning, imageParameters, resolveCommon, throwIfAborted,
+  type CommonGenerateOptions, type GenerateResult,
+} from "./text-to-image";
+import type { StableDiffusionPipeline } from "./stable-diffusion";
+
+export interface Img2ImgOptions extends CommonGenerateOptions {
+  /** A PNG/JPEG path, its bytes, or { width, height, data } 8-bit RGB pixels. */
+  image: ImageInput;
+  /**
+   * How much to change the image, in (0, 1]: the last floor(strength·steps) steps of the schedule
+   * run, starting from the image noised to that point. 1 ignores the image. Default 0.8.
+   */
+  strength?: number;
+  /**
+   * Output size (multiples of the VAE scale factor); the image is resized to it. Default: the
+   * image's size rounded down to a multiple of the scale factor by cropping the centre.
+   */
+  width?: number;
+  height?: number;
+}
+
+const IMG2IMG_KEYS: readonly string[] = [...GENERATE_KEYS.filter((k) => k !== "latents"), "image", "strength"];
+
+const now = (): number => performance.now() / 1000;
+
+/** The init image at the output size: cropped when only rounding, resized when a size is asked for. */
+function fitImage(op: string, img: RGBImage, f: number, width?: number, height?: number): RGBImage {
+  if (img.width < f || img.height < f) throw new RangeError(`${op}: the image (${img.width}x${img.height}) is smaller than the VAE scale factor ${f}`);
+  const W = width === undefined ? img.width - (img.width % f) : checkSize(op, "width", width, f);
+  const H = height === undefined ? img.height - (img.height % f) : checkSize(op, "height", height, f);
+  if (width === undefined && height === undefined) return centerCrop(img, W, H);
+  return resizeImage(img, W, H);
+}
+
+/** diffusers' get_timesteps: the tail of the schedule that strength keeps, and where it starts. */
+export function img2imgTimesteps(timesteps: readonly number[], steps: number, strength: number, order: number): { timesteps: number[]; beginIndex: number } {
+  const initTimestep = Math.min(Math.trunc(steps * strength), steps);
+  const tStart = Math.max(steps - initTimestep, 0);
+  return { timesteps: timesteps.slice(tStart * order), beginIndex: tStart * order };
+}
+
+export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgOptions): Promise<GenerateResult> {
+  pipe.assertLive("img2img");
+  const op = "img2img";
+
+  // 1. defaults and validation
+  const run = resolveCommon(pipe, opts, op, IMG2IMG_KEYS);
+  const { scheduler } = run;
+  let context: Tensor | null = null;
+  let latents: Tensor | null = null;
+  try {
+    const strength = opts.strength ?? 0.8;
+    if (typeof strength !== "number" || !(strength > 0 && strength <= 1))
+      throw new RangeError(`${op}: strength must be a number in (0, 1], got ${String(strength)}`);
+    if (opts.image === undefined) throw new TypeError(`${op}: image is required (a PNG/JPEG path, a Buffer, or { width, height, data })`);
+    const f = pipe.vaeScaleFactor;
+    const img = fitImage(op, await loadImage(opts.image, `${op}: image`), f, opts.width, opts.height);
+    const { width, height } = img;
+    scheduler.setTimesteps(run.steps);
+    const tail = img2imgTimesteps(scheduler.timesteps, run.steps, strength, scheduler.order);
+    if (tail.timesteps.length === 0)
+      throw new RangeError(`${op}: strength ${strength} with ${run.steps} steps leaves no step to run (strength·steps must be at least 1)`);
+    scheduler.setBeginIndex(tail.beginIndex);
+    throwIfAborted(run);
+
+    // 2. encode prompt (+ negative prompt under CFG)
+    const t0 = now();
+    context = encodeConditioning(pipe, run);
+    await synchronize(pipe.device);
+    throwIfAborted(run);
+    const t1 = now();
+
+    // 3. prepare latents: encode, sample the posterior, scale, noise to the first kept timestep
+    latents = encodeInitLatents(pipe, img, run.total, run.generator);
+    const noise = Tensor.fromArray(drawNoise(latents.shape, run.generator), latents.shape, { device: pipe.device });
+    try {
+      const init = latents;
+      latents = scheduler.addNoise(init, noise, tail.timesteps[0]);
+      init.dispose();
+    } finally {
+      noise.dispose();
+    }
+
+    // 4. denoising loop with classifier-free guidance, over the kept timesteps
+    const final = await denoise(pipe, run, { scheduler, timesteps: tail.timesteps, context }, latents);
+    latents = final;
+    const t2 = now();
+
+    // 5. decode
+    const { images } = await decodeLatents(pipe, final, imageParameters(pipe, run, width, height, { "Denoising strength": strength }));
+    const t3 = now();
+    return { images, seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: t3 - t2 } };
+  } finally {
+    context?.dispose();
+    latents?.dispose();
+    scheduler.dispose();
+  }
+}
+
+/**
+ * scaling_factor · (mean + std·noise) of the VAE posterior of the image, for `total` images
+ * ([total, 4, H/f, W/f] float32). The image is encoded once; with per-image generators each image
+ * draws its own posterior noise (diffusers' list-of-generators path), with one noise source one
+ * draw is shared by the whole batch (diffusers' single-generator path).
+ */
+export function encodeInitLatents(pipe: StableDiffusionPipeline, img: RGBImage, total: number, generator: NoiseSource | TorchGenerator[]): Tensor {
+  const { width: W, height: H } = img;
+  const pixels = Tensor.fromArray(imageToNchw(img), [1, 3, H, W], { device: pipe.device });
+  try {
+    return tidy(() => {
+      const x = pixels.dtype === pipe.vaeDtype ? pixels : pixels.to(pipe.device, pipe.vaeDtype);
+      const post = pipe.vae.encode(x);
+      const mean = post.mean.dtype === "float32" ? post.mean : post.mean.to(pipe.device, "float32");
+      const logvar = post.logvar.dtype === "float32" ? post.logvar : post.logvar.to(pipe.device, "float32");
+      const std = ops.exp(ops.mul(logvar, 0.5));
+      const one = [1, ...mean.shape.slice(1)];
+      const sample = (data: Float32Array) => ops.mul(ops.add(mean, ops.mul(std, Tensor.fromArray(data, one, { device: pipe.device }))), pipe.vae.config.scalingFactor);
+      const items = Array.isArray(generator)
+        ? generator.map((g) => sample(drawNoise(one, [g])))
+        : Array<Tensor>(total).fill(sample(drawNoise(one, generator)));
+      return items.length === 1 ? items[0] : ops.concat(items, 0);
+    });
+  } finally {
+    pixels.dispose();
+  }
+}

@@ -1,0 +1,223 @@
+/**
+ * loadPipeline: a Stable Diffusion 1.x / 2.x pipeline from a diffusers folder or from a
+ * single-file `.safetensors` checkpoint (original LDM key names).
+ *
+ * Single files carry weights only. Their configs come from the `configs` option or from the
+ * copies of the SD1.5 / SD2.1 (768-v) configs in the package's `configs/` folder, chosen by what
+ * the checkpoint holds (CLIP-L + 768-wide cross-attention: SD1; OpenCLIP-H + 1024: SD2). They have
+ * no tokenizer files either: pass `tokenizer` (a folder with vocab.json and merges.txt).
+ */
+import * as fs from "fs";
+import * as path from "path";
+import { packageRoot } from "../native";
+import { devices, resolveDevice } from "../devices";
+import type { DType } from "../tensor";
+import type { StateDictSource } from "../nn/module";
+import { ModelFolder, openWeightsFile, readJsonObject, isPickleFile, pickleRefusal, type JsonObject } from "../io/model-folder";
+import { CLIPTokenizer } from "../tokenizers/clip";
+import { CLIPTextModel } from "../models/clip-text";
+import { UNet2DConditionModel } from "../models/unet-2d-condition";
+import { AutoencoderKL, renameLegacyVaeKey } from "../models/autoencoder-kl";
+import { convertSingleFileToDiffusers, inspectSingleFile } from "../models/single-file";
+import { PIPELINE_DTYPES, StableDiffusionPipeline, type PipelineDType } from "./stable-diffusion";
+import { checkKeys } from "./text-to-image";
+
+/** Config objects for a single-file load (diffusers/transformers config.json contents). */
+export interface PipelineConfigs {
+  unet?: JsonObject;
+  vae?: JsonObject;
+  textEncoder?: JsonObject;
+  scheduler?: JsonObject;
+}
+
+export interface LoadPipelineOptions {
+  /** "auto" (default) picks CUDA when a GPU answers; "cuda:N" picks a GPU. */
+  device?: "cpu" | "cuda" | "auto" | string;
+  /** Weights and activations of the networks. Default float16 on CUDA, float32 on the CPU. */
+  dtype?: PipelineDType;
+  /** diffusers folder: load `<weights>.<variant>.safetensors` (e.g. "fp16"). */
+  variant?: string;
+  /**
+   * Single file: a folder in diffusers layout holding unet/, vae/, text_encoder/ and scheduler/
+   * configs (tokenizer/ too, optionally), or config objects that replace the built-in ones.
+   */
+  configs?: string | PipelineConfigs;
+  /** Single file: the tokenizer folder (vocab.json, merges.txt, ...). */
+  tokenizer?: string;
+}
+
+const LOAD_KEYS = ["device", "dtype", "variant", "configs", "tokenizer"];
+const SD_PIPELINES = ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionPipelineSafe"];
+
+/** Resolves and checks a device option. */
+export function resolvePipelineDevice(op: string, device: unknown): string {
+  const d = device ?? "auto";
+  if (typeof d !== "string" || !/^(cpu|auto|cuda(:\d+)?)$/.test(d))
+    throw new RangeError(`${op}: device must be one of "cpu", "cuda", "cuda:N", "auto", got ${JSON.stringify(d)}`);
+  const resolved = resolveDevice(d);
+  if (resolved.startsWith("cuda")) {
+    const index = resolved === "cuda" ? 0 : Number(resolved.slice(5));
+    const gpus = devices().filter((x) => x.type === "cuda");
+    if (!gpus.some((g) => g.type === "cuda" && g.index === index))
+      throw new Error(`${op}: device "${d}" was asked for, but ${gpus.length ? `only CUDA devices ${gpus.map((g) => g.type === "cuda" ? g.index : "").join(", ")} answered` : "no CUDA device answered (no GPU, no driver, or a CPU-only build)"}; use device "cpu" or "auto"`);
+  }
+  return resolved;
+}
+
+export function resolvePipelineDType(op: string, dtype: unknown, device: string): PipelineDType {
+  if (dtype === undefined) return device === "cpu" ? "float32" : "float16";
+  if (typeof dtype !== "string" || !PIPELINE_DTYPES.includes(dtype as PipelineDType))
+    throw new RangeError(`${op}: dtype must be one of ${PIPELINE_DTYPES.map((x) => JSON.stringify(x)).join(", ")}, got ${JSON.stringify(dtype)}`);
+  return dtype as PipelineDType;
+}
+
+/** An fp16 VAE with force_upcast runs in float32 (diffusers upcasts it to decode). */
+export function vaeDTypeFor(vae: AutoencoderKL, dtype: PipelineDType): DType {
+  return dtype === "float16" && vae.config.forceUpcast ? "float32" : dtype;
+}
+
+/** Modules built so far, disposed if a later component fails to load. */
+class Built {
+  private readonly items: { dispose(): void }[] = [];
+  add<T extends { dispose(): void }>(m: T): T {
+    this.items.push(m);
+    return m;
+  }
+  disposeAll(): void {
+    for (const m of this.items) m.dispose();
+  }
+}
+
+function loadInto(m: { loadStateDict(s: StateDictSource, o: { dtype: DType; device: string }): void }, source: StateDictSource & { close?(): void }, dtype: DType, device: string): void {
+  try {
+    m.loadStateDict(source, { dtype, device });
+  } finally {
+    source.close?.();
+  }
+}
+
+/**
+ * Loads a Stable Diffusion 1.x / 2.x pipeline: a diffusers folder (model_index.json, unet/, vae/,
+ * text_encoder/, tokenizer/, scheduler/) or a single-file `.safetensors` checkpoint.
+ */
+export async function loadPipeline(modelPath: string, opts: LoadPipelineOptions = {}): Promise<StableDiffusionPipeline> {
+  const op = "loadPipeline";
+  checkKeys(op, opts, LOAD_KEYS);
+  if (typeof modelPath !== "string" || modelPath === "") throw new TypeError(`${op}: path must be a model folder or a .safetensors file`);
+  const device = resolvePipelineDevice(op, opts.device);
+  const dtype = resolvePipelineDType(op, opts.dtype, device);
+  const full = path.resolve(modelPath);
+  if (!fs.existsSync(full)) throw new Error(`${op}: ${full} does not exist`);
+  if (fs.statSync(full).isDirectory()) {
+    if (opts.configs !== undefined || opts.tokenizer !== undefined)
+      throw new RangeError(`${op}: the configs and tokenizer options are for single-file checkpoints; a diffusers folder has its own`);
+    return loadFolder(full, device, dtype, opts.variant);
+  }
+  if (opts.variant !== undefined) throw new RangeError(`${op}: variant is for diffusers folders, not single files`);
+  if (isPickleFile(full)) throw pickleRefusal(full);
+  return loadSingleFile(full, device, dtype, opts);
+}
+
+async function loadFolder(dir: string, device: string, dtype: PipelineDType, variant?: string): Promise<StableDiffusionPipeline> {
+  const folder = ModelFolder.open(dir);
+  const cls = folder.index.className;
+  if (!SD_PIPELINES.includes(cls))
+    throw new Error(`loadPipeline: ${dir} is a ${cls}; loadPipeline loads Stable Diffusion 1.x/2.x pipelines (${SD_PIPELINES.join(", ")})`);
+  const expect = (name: string, classes: string[]) => {
+    const c = folder.component(name);
+    if (!classes.includes(c.className)) throw new Error(`loadPipeline: ${dir}: component "${name}" is a ${c.className}, expected ${classes.join(" or ")}`);
+  };
+  expect("unet", ["UNet2DConditionModel"]);
+  expect("vae", ["AutoencoderKL"]);
+  expect("text_encoder", ["CLIPTextModel"]);
+  expect("tokenizer", ["CLIPTokenizer", "CLIPTokenizerFast"]);
+
+  const tokenizer = CLIPTokenizer.fromDirectory(folder.componentDir("tokenizer"));
+  const scheduler = folder.config("scheduler");
+  const built = new Built();
+  try {
+    const textEncoder = built.add(CLIPTextModel.fromConfig(folder.config("text_encoder")));
+    loadInto(textEncoder, folder.weights("text_encoder", { variant }), dtype, device);
+    await yieldToLoop();
+    const unet = built.add(new UNet2DConditionModel(folder.config("unet")));
+    loadInto(unet, folder.weights("unet", { variant }), dtype, device);
+    await yieldToLoop();
+    const vae = built.add(new AutoencoderKL(folder.config("vae")));
+    const vaeDtype = vaeDTypeFor(vae, dtype);
+    loadInto(vae, folder.weights("vae", { variant, mapKey: renameLegacyVaeKey }), vaeDtype, device);
+    return new StableDiffusionPipeline({ tokenizer, textEncoder, unet, vae, scheduler, device, dtype, vaeDtype, modelName: path.basename(dir) });
+  } catch (e) {
+    built.disposeAll();
+    throw e;
+  }
+}
+
+function readConfigFolder(dir: string): Required<PipelineConfigs> {
+  const read = (sub: string, file: string) => readJsonObject(path.join(dir, sub, file), `${sub} config`);
+  return {
+    unet: read("unet", "config.json"),
+    vae: read("vae", "config.json"),
+    textEncoder: read("text_encoder", "config.json"),
+    scheduler: read("scheduler", "scheduler_config.json"),
+  };
+}
+
+/** The package's copy of the SD1.5 or SD2.1 configs. */
+export function builtinConfigDir(family: "sd1" | "sd2"): string {
+  return path.join(packageRoot, "configs", family === "sd1" ? "sd15" : "sd21");
+}
+
+async function loadSingleFile(file: string, device: string, dtype: PipelineDType, opts: LoadPipelineOptions): Promise<StableDiffusionPipeline> {
+  const op = "loadPipeline";
+  if (!file.toLowerCase().endsWith(".safetensors"))
+    throw new Error(`${op}: ${file} is neither a folder nor a .safetensors checkpoint`);
+  const tokenizerDir = opts.tokenizer ?? (typeof opts.configs === "string" && fs.existsSync(path.join(opts.configs, "tokenizer")) ? path.join(opts.configs, "tokenizer") : undefined);
+  if (tokenizerDir === undefined)
+    throw new Error(
+      `${op}: ${path.basename(file)} is a single-file checkpoint, which has no tokenizer files: pass { tokenizer: "<folder with vocab.json and merges.txt>" } ` +
+        `(the tokenizer/ folder of any diffusers copy of the same model family, e.g. stable-diffusion-v1-5/tokenizer; SD2.x needs its own, which pads with "!")`,
+    );
+  const tokenizer = CLIPTokenizer.fromDirectory(tokenizerDir);
+  const source = openWeightsFile(file);
+  const built = new Built();
+  try {
+    const info = inspectSingleFile(source);
+    let configs: Required<PipelineConfigs>;
+    if (typeof opts.configs === "string") {
+      configs = readConfigFolder(path.resolve(opts.configs));
+    } else {
+      if (opts.configs !== undefined && (opts.configs === null || typeof opts.configs !== "object"))
+        throw new TypeError(`${op}: configs must be a folder path or { unet, vae, textEncoder, scheduler } config objects`);
+      const given = opts.configs ?? {};
+      const complete = given.unet && given.vae && given.textEncoder && given.scheduler;
+      if (!complete && info.family === null)
+        throw new Error(
+          `${op}: ${path.basename(file)} is not recognised as SD 1.x or 2.x (text encoder: ${info.textEncoder ?? "none"}, ` +
+            `cross-attention width: ${info.crossAttentionDim ?? "unknown"}); pass { configs: "<folder with unet/, vae/, text_encoder/, scheduler/ configs>" }`,
+        );
+      const base = complete ? ({} as Required<PipelineConfigs>) : readConfigFolder(builtinConfigDir(info.family!));
+      configs = { ...base, ...Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) } as Required<PipelineConfigs>;
+    }
+    const conv = convertSingleFileToDiffusers(source, { unet: configs.unet, vae: configs.vae, textEncoder: configs.textEncoder });
+    const textEncoder = built.add(CLIPTextModel.fromConfig(configs.textEncoder));
+    loadInto(textEncoder, conv.textEncoder!, dtype, device);
+    await yieldToLoop();
+    const unet = built.add(new UNet2DConditionModel(configs.unet));
+    loadInto(unet, conv.unet!, dtype, device);
+    await yieldToLoop();
+    const vae = built.add(new AutoencoderKL(configs.vae));
+    const vaeDtype = vaeDTypeFor(vae, dtype);
+    loadInto(vae, conv.vae!, vaeDtype, device);
+    return new StableDiffusionPipeline({
+      tokenizer, textEncoder, unet, vae, scheduler: configs.scheduler, device, dtype, vaeDtype,
+      modelName: path.basename(file).replace(/\.safetensors$/i, ""),
+    });
+  } catch (e) {
+    built.disposeAll();
+    throw e;
+  } finally {
+    source.close();
+  }
+}
+
+const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));

@@ -1,0 +1,156 @@
+/**
+ * The Stable Diffusion 1.x / 2.x pipeline object: its components (tokenizer, CLIP text encoder,
+ * U-Net, VAE, the model's scheduler config), where and in which precision they run, and prompt
+ * encoding. The generation loops live in text-to-image.ts and image-to-image.ts.
+ *
+ * Precision: weights and activations of the three networks are in `dtype` on `device`; latents,
+ * guidance and every sampler update stay float32 (DESIGN.md, "Precision"). An fp16 VAE whose
+ * config says force_upcast runs in float32, as diffusers does.
+ */
+import { Tensor, tidy, keep, type DType } from "../tensor";
+import type { CLIPTokenizer } from "../tokenizers/clip";
+import type { CLIPTextModel } from "../models/clip-text";
+import type { UNet2DConditionModel } from "../models/unet-2d-condition";
+import type { AutoencoderKL } from "../models/autoencoder-kl";
+import type { SchedulerClassName } from "../schedulers/schedule";
+import { textToImage, decodeLatents, type GenerateOptions, type GenerateResult, type DecodeResult } from "./text-to-image";
+import { imageToImage, type Img2ImgOptions } from "./image-to-image";
+
+export type PipelineDevice = "cpu" | "cuda" | "auto";
+export type PipelineDType = "float32" | "float16" | "bfloat16";
+export const PIPELINE_DTYPES: readonly PipelineDType[] = ["float32", "float16", "bfloat16"];
+
+/** The diffusers class name of a scheduler_config.json object (`_class_name`). */
+export function schedulerClassOf(config: Readonly<Record<string, unknown>>): SchedulerClassName | null {
+  const c = config["_class_name"];
+  return typeof c === "string" ? (c as SchedulerClassName) : null;
+}
+
+export interface PipelineComponents {
+  tokenizer: CLIPTokenizer;
+  textEncoder: CLIPTextModel;
+  unet: UNet2DConditionModel;
+  vae: AutoencoderKL;
+  /** The model's scheduler_config.json (with `_class_name`): what "default" samples with, and what every sampler is built from. */
+  scheduler: Readonly<Record<string, unknown>>;
+  /** Resolved device ("cpu", "cuda", "cuda:1"...). */
+  device: string;
+  dtype: PipelineDType;
+  /** The VAE's dtype (float32 when an fp16 VAE must be upcast). Default: dtype. */
+  vaeDtype?: DType;
+  /** Short model name for image metadata (folder or file name). */
+  modelName?: string;
+}
+
+export class StableDiffusionPipeline {
+  readonly tokenizer: CLIPTokenizer;
+  readonly textEncoder: CLIPTextModel;
+  readonly unet: UNet2DConditionModel;
+  readonly vae: AutoencoderKL;
+  readonly scheduler: Readonly<Record<string, unknown>>;
+  readonly device: string;
+  readonly dtype: PipelineDType;
+  readonly vaeDtype: DType;
+  readonly modelName: string;
+  private isDisposed = false;
+
+  constructor(c: PipelineComponents) {
+    this.tokenizer = c.tokenizer;
+    this.textEncoder = c.textEncoder;
+    this.unet = c.unet;
+    this.vae = c.vae;
+    this.scheduler = Object.freeze({ ...c.scheduler });
+    this.device = c.device;
+    this.dtype = c.dtype;
+    this.vaeDtype = c.vaeDtype ?? c.dtype;
+    this.modelName = c.modelName ?? "";
+    const latentChannels = this.vae.config.latentChannels;
+    if (this.unet.config.inChannels !== latentChannels || this.unet.config.outChannels !== latentChannels)
+      throw new Error(
+        `StableDiffusionPipeline: the U-Net takes ${this.unet.config.inChannels} channels and returns ${this.unet.config.outChannels}, ` +
+          `the VAE has ${latentChannels} latent channels (inpainting U-Nets with 9 input channels are not supported by this pipeline)`,
+      );
+    const hidden = this.textEncoder.config.hiddenSize;
+    if (this.unet.config.crossAttentionDim.some((d) => d !== hidden))
+      throw new Error(`StableDiffusionPipeline: the U-Net's cross_attention_dim ${this.unet.config.crossAttentionDim.join("/")} does not match the text encoder's hidden size ${hidden}`);
+  }
+
+  /** Spatial factor between pixels and latents (8 for SD, 4 for tiny-sd). */
+  get vaeScaleFactor(): number {
+    return this.vae.config.scaleFactor;
+  }
+  /** Default image size: the U-Net's sample_size times the VAE scale factor. */
+  get defaultSize(): { width: number; height: number } {
+    const s = this.unet.config.sampleSize;
+    const [h, w] = Array.isArray(s) ? [s[0], s[1]] : [s ?? 64, s ?? 64];
+    return { width: w * this.vaeScaleFactor, height: h * this.vaeScaleFactor };
+  }
+  /** The scheduler class "default" names. */
+  get defaultSchedulerClass(): SchedulerClassName | null {
+    return schedulerClassOf(this.scheduler);
+  }
+  get disposed(): boolean {
+    return this.isDisposed;
+  }
+
+  /** @internal Throws when the pipeline was disposed. */
+  assertLive(op: string): void {
+    if (this.isDisposed) throw new Error(`${op}: the pipeline is disposed`);
+  }
+
+  /**
+   * Text encoder hidden states [B, 77, hidden] for one prompt or a list (`dtype` on `device`),
+   * exactly what diffusers' encode_prompt hands the U-Net: ids padded to 77 with the tokenizer's
+   * pad token and truncated to 75 tokens + BOS/EOS, no attention mask. `clipSkip` k uses
+   * final_layer_norm(hidden_states[-(k+1)]). The caller disposes the tensor.
+   */
+  async encodePrompt(text: string | readonly string[], opts: { clipSkip?: number } = {}): Promise<Tensor> {
+    this.assertLive("encodePrompt");
+    const texts = typeof text === "string" ? [text] : [...text];
+    if (texts.length === 0 || texts.some((t) => typeof t !== "string"))
+      throw new TypeError("encodePrompt: text must be a string or a non-empty array of strings");
+    return this.encodeTexts(texts, opts.clipSkip ?? 0);
+  }
+
+  /** @internal Synchronous encodePrompt: enqueues the encoder and returns the (kept) hidden states. */
+  encodeTexts(texts: readonly string[], clipSkip = 0): Tensor {
+    const L = this.tokenizer.maxLength;
+    const ids = new Int32Array(texts.length * L);
+    texts.forEach((t, i) => ids.set(this.tokenizer.encodePadded(t), i * L));
+    return keep(tidy(() => {
+      const idTensor = Tensor.fromArray(ids, [texts.length, L]);
+      return this.textEncoder.forward(idTensor, { clipSkip }).lastHiddenState;
+    }));
+  }
+
+  /** Text to image: see GenerateOptions (text-to-image.ts). */
+  generate(opts: GenerateOptions): Promise<GenerateResult> {
+    return textToImage(this, opts);
+  }
+
+  /** Image to image (SDEdit): see Img2ImgOptions (image-to-image.ts). */
+  img2img(opts: Img2ImgOptions): Promise<GenerateResult> {
+    return imageToImage(this, opts);
+  }
+
+  /**
+   * Latents [B, 4, h, w] (float32 NCHW, as the denoising loop leaves them) -> the VAE's decoded
+   * images, the float images and the 8-bit images, one image at a time.
+   */
+  decodeLatents(latents: Tensor): Promise<DecodeResult> {
+    this.assertLive("decodeLatents");
+    return decodeLatents(this, latents);
+  }
+
+  /** Frees every weight. The pipeline cannot be used afterwards. */
+  dispose(): void {
+    if (this.isDisposed) return;
+    this.isDisposed = true;
+    this.textEncoder.dispose();
+    this.unet.dispose();
+    this.vae.dispose();
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}

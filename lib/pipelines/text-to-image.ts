@@ -1,0 +1,487 @@
+/**
+ * Text to image: diffusers' StableDiffusionPipeline.__call__ (0.27.2), in five stages that read
+ * top to bottom in textToImage(): 1 defaults and validation, 2 encode the prompt (and the negative
+ * prompt for classifier-free guidance), 3 prepare the latents, 4 the denoising loop with CFG,
+ * 5 decode with the VAE. The stage helpers are shared with image-to-image.ts.
+ *
+ * Seeds: image k of a call gets seed + k and its own torch-compatible CPU generator (diffusers'
+ * list-of-generators form), so every image can be reproduced alone, and a single image with seed
+ * s starts from exactly the latents of diffusers' `torch.Generator("cpu").manual_seed(s)`.
+ */
+import * as ops from "../ops";
+import { Tensor, tidy } from "../tensor";
+import { synchronize } from "../devices";
+import { TorchGenerator, randnTensor } from "../random/torch-generator";
+import { SAMPLER_NAMES, createScheduler, schedulerFromConfig, type Scheduler, type NoiseSource } from "../schedulers";
+import { GeneratedImage, latentPreviews, postprocessDecoded, type ImageParameters } from "./images";
+import type { StableDiffusionPipeline } from "./stable-diffusion";
+
+/** Sampler names generate() takes: the lib/schedulers names plus "default" (the model's own scheduler). */
+export const SAMPLER_CHOICES: readonly string[] = [...SAMPLER_NAMES, "default"];
+
+/** Names A1111-compatible tools show, for the PNG parameters. */
+const SAMPLER_DISPLAY: Record<string, string> = {
+  ddim: "DDIM", ddpm: "DDPM", pndm: "PLMS", euler: "Euler", "euler-a": "Euler a", heun: "Heun", lms: "LMS",
+  "dpm++2m": "DPM++ 2M", "dpm++2m-karras": "DPM++ 2M Karras", "dpm++2m-sde-karras": "DPM++ 2M SDE Karras",
+  unipc: "UniPC", lcm: "LCM",
+};
+const CLASS_DISPLAY: Record<string, string> = {
+  DDIMScheduler: "DDIM", DDPMScheduler: "DDPM", PNDMScheduler: "PLMS", EulerDiscreteScheduler: "Euler",
+  EulerAncestralDiscreteScheduler: "Euler a", HeunDiscreteScheduler: "Heun", LMSDiscreteScheduler: "LMS",
+  DPMSolverMultistepScheduler: "DPM++ 2M", UniPCMultistepScheduler: "UniPC", LCMScheduler: "LCM",
+};
+
+/** What onStep receives after every denoising step. */
+export interface StepInfo {
+  /** 1-based: step / total is the progress. */
+  step: number;
+  total: number;
+  /** The timestep the U-Net saw at this step. */
+  timestep: number;
+  /**
+   * The latents after this step ([B,4,h,w] float32 NCHW on the pipeline's device). Valid only
+   * until the callback (or the promise it returns) finishes; do not dispose it.
+   */
+  latents: Tensor;
+  /** Every `previewEvery` steps: a cheap preview of the first image (latent resolution, no VAE). */
+  preview?: GeneratedImage;
+  /** The previews of every image of the batch. */
+  previews?: GeneratedImage[];
+}
+
+/** Options generate() and img2img() share. */
+export interface CommonGenerateOptions {
+  prompt: string | readonly string[];
+  /** One for all prompts or one per prompt. Default "" (what diffusers encodes for "no negative prompt"). */
+  negativePrompt?: string | readonly string[];
+  /** Denoising steps. Default 30. */
+  steps?: number;
+  /** Classifier-free guidance scale; <= 1 turns guidance off (one U-Net batch, negative prompt unused). Default 7.5. */
+  cfg?: number;
+  /** One of SAMPLER_CHOICES; "default" is the model's own scheduler class. Default "dpm++2m-karras". */
+  sampler?: string;
+  /** Seed of image 0; image k uses seed + k. Default: a random 32-bit seed (reported in `seeds`). */
+  seed?: number;
+  /** Images per prompt. Default 1. */
+  numImages?: number;
+  /** DDIM's eta (0 = deterministic); other samplers ignore it, as in diffusers. Default 0. */
+  eta?: number;
+  /** diffusers' guidance_rescale (Lin et al. 2023, §3.4), in [0, 1]. Default 0 (off). */
+  guidanceRescale?: number;
+  /** Use the output of the text encoder's layer L-k (diffusers' clip_skip; as there, only for the prompt, not the negative prompt). Default 0. */
+  clipSkip?: number;
+  onStep?: (info: StepInfo) => void | Promise<void>;
+  /** Aborting rejects with an Error named "AbortError" at the next step boundary; every tensor is freed. */
+  signal?: AbortSignal;
+  /** Attach previews to onStep every this many steps. Default: no previews. */
+  previewEvery?: number;
+  /**
+   * Replaces the seeded generators: every random draw (initial latents when `latents` is not
+   * given, the VAE posterior sample and noise of img2img, stochastic sampler steps) comes from
+   * `generator.randn(shape)` for the whole batch, in diffusers' call order. For exact replays.
+   */
+  generator?: NoiseSource;
+}
+
+export interface GenerateOptions extends CommonGenerateOptions {
+  /** Pixels; a multiple of the VAE scale factor. Default: the U-Net's sample_size x the scale factor. */
+  width?: number;
+  height?: number;
+  /**
+   * Starting noise [prompts·numImages, 4, height/f, width/f] (NCHW, unscaled: it is multiplied by the
+   * sampler's init_noise_sigma, as diffusers does with `latents=`). Default: drawn from the seeds.
+   */
+  latents?: Float32Array | Tensor;
+}
+
+export interface GenerateResult {
+  images: GeneratedImage[];
+  /** The seed of each image. */
+  seeds: number[];
+  /** Wall time per stage, in seconds. */
+  timings: { encode: number; denoise: number; decode: number };
+}
+
+export interface DecodeResult {
+  images: GeneratedImage[];
+  /** [B,3,H,W] the VAE's output, unclamped. */
+  decoded: Float32Array;
+  /** [B,H,W,3] clamp(decoded/2 + 0.5, 0, 1): diffusers' output_type="np". */
+  imageFloat: Float32Array;
+  /** [B,3,H,W] */
+  shape: number[];
+}
+
+// ---------------------------------------------------------------------------------------------
+// stage 1: defaults and validation
+
+const COMMON_KEYS = [
+  "prompt", "negativePrompt", "steps", "cfg", "sampler", "seed", "numImages", "eta", "guidanceRescale", "clipSkip",
+  "onStep", "signal", "previewEvery", "generator",
+];
+export const GENERATE_KEYS: readonly string[] = [...COMMON_KEYS, "width", "height", "latents"];
+
+const MAX_SEED = Number.MAX_SAFE_INTEGER;
+const MAX_SIZE = 16384;
+const MAX_IMAGES = 256;
+
+/** Everything stages 2-5 need, resolved and checked. */
+export interface ResolvedRun {
+  op: string;
+  /** One entry per image (prompts repeated numImages times, diffusers' order). */
+  prompts: string[];
+  negatives: string[];
+  /** The distinct prompts and negatives, and how many images each gets. */
+  uniquePrompts: string[];
+  uniqueNegatives: string[];
+  numImages: number;
+  total: number;
+  steps: number;
+  cfg: number;
+  cfgOn: boolean;
+  sampler: string;
+  samplerDisplay: string;
+  scheduler: Scheduler;
+  seeds: number[];
+  /** Per-image generators, or the caller's single noise source. */
+  generator: NoiseSource | TorchGenerator[];
+  eta: number;
+  guidanceRescale: number;
+  clipSkip: number;
+  onStep?: (info: StepInfo) => void | Promise<void>;
+  signal?: AbortSignal;
+  previewEvery: number;
+}
+
+const list = (xs: readonly string[]) => xs.map((x) => JSON.stringify(x)).join(", ");
+const got = (v: unknown) => (typeof v === "string" ? JSON.stringify(v) : typeof v === "number" || typeof v === "boolean" || v == null ? String(v) : typeof v);
+
+function integerIn(op: string, name: string, v: unknown, min: number, max: number, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max)
+    throw new RangeError(`${op}: ${name} must be an integer in [${min}, ${max}], got ${got(v)}`);
+  return v;
+}
+
+function numberIn(op: string, name: string, v: unknown, min: number, max: number, dflt: number, hint = ""): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== "number" || !Number.isFinite(v) || v < min || v > max)
+    throw new RangeError(`${op}: ${name} must be a number in [${min}, ${max === Infinity ? "inf" : max}]${hint}, got ${got(v)}`);
+  return v;
+}
+
+/** Rejects option names the operation does not know (a typo would otherwise be silently ignored). */
+export function checkKeys(op: string, opts: object, allowed: readonly string[]): void {
+  if (opts === null || typeof opts !== "object") throw new TypeError(`${op}: options must be an object`);
+  for (const k of Object.keys(opts))
+    if (!allowed.includes(k)) throw new RangeError(`${op}: unknown option ${JSON.stringify(k)} (allowed: ${allowed.join(", ")})`);
+}
+
+function textList(op: string, name: string, v: unknown): string[] {
+  if (typeof v === "string") return [v];
+  if (Array.isArray(v) && v.length > 0 && v.every((s) => typeof s === "string")) return [...v];
+  throw new TypeError(`${op}: ${name} must be a string or a non-empty array of strings, got ${got(v)}`);
+}
+
+/** The sampler for a run: a fresh scheduler built from the model's scheduler config. */
+export function makeScheduler(pipe: StableDiffusionPipeline, op: string, name: string): { scheduler: Scheduler; display: string } {
+  if (name === "default") {
+    const cls = pipe.defaultSchedulerClass;
+    if (cls === null) throw new RangeError(`${op}: the model's scheduler config has no _class_name, so sampler "default" is undefined; choose one of ${list(SAMPLER_NAMES)}`);
+    return { scheduler: schedulerFromConfig(cls, pipe.scheduler), display: CLASS_DISPLAY[cls] ?? cls };
+  }
+  return { scheduler: createScheduler(name, pipe.scheduler), display: SAMPLER_DISPLAY[name] ?? name };
+}
+
+export function resolveCommon(pipe: StableDiffusionPipeline, opts: CommonGenerateOptions, op: string, allowedKeys: readonly string[]): ResolvedRun {
+  checkKeys(op, opts, allowedKeys);
+  const uniquePrompts = textList(op, "prompt", opts.prompt);
+  const uniqueNegatives = opts.negativePrompt === undefined ? uniquePrompts.map(() => "") : textList(op, "negativePrompt", opts.negativePrompt);
+  if (uniqueNegatives.length === 1 && uniquePrompts.length > 1) while (uniqueNegatives.length < uniquePrompts.length) uniqueNegatives.push(uniqueNegatives[0]);
+  if (uniqueNegatives.length !== uniquePrompts.length)
+    throw new RangeError(`${op}: negativePrompt has ${uniqueNegatives.length} entries but prompt has ${uniquePrompts.length} (give one, or one per prompt)`);
+
+  const sampler = opts.sampler ?? "dpm++2m-karras";
+  if (typeof sampler !== "string" || !SAMPLER_CHOICES.includes(sampler))
+    throw new RangeError(`${op}: sampler must be one of ${list(SAMPLER_CHOICES)}, got ${got(sampler)}`);
+  const trainSteps = typeof pipe.scheduler["num_train_timesteps"] === "number" ? (pipe.scheduler["num_train_timesteps"] as number) : 1000;
+  const steps = integerIn(op, "steps", opts.steps, 1, trainSteps, 30);
+  const cfg = numberIn(op, "cfg", opts.cfg, 0, Infinity, 7.5, " (<= 1 turns guidance off)");
+  const numImages = integerIn(op, "numImages", opts.numImages, 1, MAX_IMAGES, 1);
+  const total = uniquePrompts.length * numImages;
+  if (total > MAX_IMAGES) throw new RangeError(`${op}: prompts x numImages = ${total} images exceed the limit of ${MAX_IMAGES} per call`);
+  const seed = integerIn(op, "seed", opts.seed, 0, MAX_SEED - total, Math.floor(Math.random() * 2 ** 32));
+  const eta = numberIn(op, "eta", opts.eta, 0, Infinity, 0);
+  const guidanceRescale = numberIn(op, "guidanceRescale", opts.guidanceRescale, 0, 1, 0);
+  const layers = pipe.textEncoder.config.numHiddenLayers;
+  const clipSkip = integerIn(op, "clipSkip", opts.clipSkip, 0, layers - 1, 0);
+  const previewEvery = integerIn(op, "previewEvery", opts.previewEvery, 1, Number.MAX_SAFE_INTEGER, 0);
+  if (opts.onStep !== undefined && typeof opts.onStep !== "function") throw new TypeError(`${op}: onStep must be a function`);
+  const signal = opts.signal;
+  if (signal !== undefined && (signal === null || typeof signal !== "object" || typeof signal.aborted !== "boolean"))
+    throw new TypeError(`${op}: signal must be an AbortSignal`);
+  const user = opts.generator;
+  if (user !== undefined && (user === null || typeof user !== "object" || typeof user.randn !== "function"))
+    throw new TypeError(`${op}: generator must have a randn(shape) method returning a Float32Array`);
+
+  const { scheduler, display } = makeScheduler(pipe, op, sampler);
+  const seeds = Array.from({ length: total }, (_, k) => seed + k);
+  const rep = (xs: string[]) => xs.flatMap((x) => Array<string>(numImages).fill(x));
+  return {
+    op, prompts: rep(uniquePrompts), negatives: rep(uniqueNegatives), uniquePrompts, uniqueNegatives, numImages, total,
+    steps, cfg, cfgOn: cfg > 1, sampler, samplerDisplay: display, scheduler, seeds,
+    generator: user ?? seeds.map((s) => new TorchGenerator(s)),
+    eta, guidanceRescale, clipSkip, onStep: opts.onStep, signal, previewEvery,
+  };
+}
+
+/** Checks a pixel size: a positive multiple of the VAE scale factor. */
+export function checkSize(op: string, name: string, v: unknown, f: number): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < f || v > MAX_SIZE || v % f !== 0)
+    throw new RangeError(`${op}: ${name} must be a positive multiple of ${f} (the VAE scale factor) up to ${MAX_SIZE}, got ${got(v)}`);
+  return v;
+}
+
+export function abortError(op: string): Error {
+  const e = new Error(`${op}: aborted`);
+  e.name = "AbortError";
+  return e;
+}
+
+export function throwIfAborted(run: ResolvedRun): void {
+  if (run.signal?.aborted) throw abortError(run.op);
+}
+
+const now = (): number => performance.now() / 1000;
+
+// ---------------------------------------------------------------------------------------------
+// stage 2: prompt encoding
+
+/**
+ * The U-Net's encoder_hidden_states for the whole batch: cat([negative, prompt]) rows under CFG
+ * (diffusers' order), else the prompt rows; each distinct prompt is encoded once and repeated
+ * numImages times. Kept: the caller disposes it.
+ */
+export function encodeConditioning(pipe: StableDiffusionPipeline, run: ResolvedRun): Tensor {
+  const B = run.uniquePrompts.length, N = run.numImages;
+  const pos = pipe.encodeTexts(run.uniquePrompts, run.clipSkip);
+  // diffusers encodes the negative prompt without clip_skip
+  const neg = run.cfgOn ? pipe.encodeTexts(run.uniqueNegatives, 0) : null;
+  try {
+    return tidy(() => {
+      const rows = (t: Tensor) => Array.from({ length: B }, (_, b) => Array<Tensor>(N).fill(ops.slice(t, 0, b, b + 1))).flat();
+      const parts = [...(neg ? rows(neg) : []), ...rows(pos)];
+      return parts.length === 1 ? ops.contiguous(parts[0]) : ops.concat(parts, 0);
+    });
+  } finally {
+    pos.dispose();
+    neg?.dispose();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// stage 3: latents
+
+/** diffusers' randn_tensor(shape, generator) on the CPU, float32 (list form: item k from generator k). */
+export function drawNoise(shape: readonly number[], generator: NoiseSource | TorchGenerator[]): Float32Array {
+  const data = Array.isArray(generator) ? randnTensor(shape, generator) : (generator as NoiseSource).randn(shape);
+  const n = shape.reduce((a, b) => a * b, 1);
+  if (!(data instanceof Float32Array) || data.length !== n)
+    throw new RangeError(`generator.randn(${JSON.stringify(shape)}) must return a Float32Array of ${n} values`);
+  return data;
+}
+
+function latentsFromOption(op: string, v: Float32Array | Tensor, shape: number[], device: string): Tensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  if (v instanceof Float32Array) {
+    if (v.length !== n) throw new RangeError(`${op}: latents must hold [${shape.join(", ")}] = ${n} float32 values (NCHW), got ${v.length}`);
+    return Tensor.fromArray(v, shape, { device });
+  }
+  if (v instanceof Tensor) {
+    if (v.disposed) throw new TypeError(`${op}: latents is disposed`);
+    if (v.ndim !== 4 || v.shape.some((d, i) => d !== shape[i]))
+      throw new RangeError(`${op}: latents must have shape [${shape.join(", ")}], got [${v.shape.join(", ")}]`);
+    return v.to(device, "float32");
+  }
+  throw new TypeError(`${op}: latents must be a Float32Array or a Tensor`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// stage 4: the denoising loop
+
+/**
+ * diffusers' rescale_noise_cfg (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample
+ * Steps are Flawed", §3.4): rescale the guided prediction to the text prediction's per-sample std
+ * (unbiased, over C,H,W), then mix by phi.
+ */
+export function rescaleNoiseCfg(guided: Tensor, text: Tensor, phi: number): Tensor {
+  const std = (x: Tensor) => {
+    const n = x.numel / x.shape[0];
+    const d = ops.sub(x, ops.mean(x, [1, 2, 3], true));
+    return ops.sqrt(ops.div(ops.sum(ops.square(d), [1, 2, 3], true), n - 1));
+  };
+  const rescaled = ops.mul(guided, ops.div(std(text), std(guided)));
+  return ops.axpby(phi, rescaled, 1 - phi, guided);
+}
+
+export interface DenoiseInput {
+  scheduler: Scheduler;
+  /** The timesteps to run (the whole schedule, or img2img's tail). */
+  timesteps: readonly number[];
+  /** Encoder hidden states from stage 2. */
+  context: Tensor;
+}
+
+/**
+ * Runs the loop; takes ownership of `latents` (float32 NCHW on the device) and returns the final
+ * latents (owned by the caller). Each step is one U-Net call on the whole batch (doubled under
+ * CFG), guidance in float32, the sampler step, then a device sync: the working set stays one
+ * step, onStep sees finished values, and an abort is noticed between steps.
+ */
+export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, input: DenoiseInput, latents: Tensor): Promise<Tensor> {
+  const { scheduler, timesteps, context } = input;
+  const unetDtype = pipe.dtype;
+  const total = timesteps.length;
+  let current = latents;
+  try {
+    for (let i = 0; i < total; i++) {
+      throwIfAborted(run);
+      const t = timesteps[i];
+      const wantPreview = run.onStep !== undefined && run.previewEvery > 0 && ((i + 1) % run.previewEvery === 0 || i === total - 1);
+      const x = current;
+      const out = tidy(() => {
+        const modelIn = scheduler.scaleModelInput(run.cfgOn ? ops.concat([x, x], 0) : x, t);
+        const unetIn = modelIn.dtype === unetDtype ? modelIn : modelIn.to(pipe.device, unetDtype);
+        let eps = pipe.unet.forward(unetIn, t, context);
+        if (eps.dtype !== "float32") eps = eps.to(pipe.device, "float32");
+        if (run.cfgOn) {
+          const [uncond, cond] = ops.chunk(eps, 2, 0);
+          eps = ops.add(uncond, ops.mul(ops.sub(cond, uncond), run.cfg));  // eps_u + s·(eps_c − eps_u), as diffusers rounds it
+          if (run.guidanceRescale > 0) eps = rescaleNoiseCfg(eps, cond, run.guidanceRescale);
+        }
+        const stepOpts = { generator: run.generator, eta: run.eta };
+        if (!wantPreview) return { prev: scheduler.step(eps, t, x, stepOpts), x0: null as Tensor | null };
+        const o = scheduler.stepOutput(eps, t, x, stepOpts);
+        const x0 = o.denoised ?? o.predOriginalSample ?? null;
+        return { prev: o.prevSample, x0: x0 && x0 !== o.prevSample ? x0 : null };
+      });
+      current = out.prev;
+      x.dispose();
+      try {
+        await synchronize(pipe.device);
+        if (run.onStep) {
+          const info: StepInfo = { step: i + 1, total, timestep: t, latents: current };
+          if (wantPreview) {
+            const src = out.x0 ?? current;
+            info.previews = latentPreviews(await src.toFloat32Array(), src.shape);
+            info.preview = info.previews[0];
+          }
+          await run.onStep(info);
+        }
+      } finally {
+        out.x0?.dispose();
+      }
+    }
+    throwIfAborted(run);
+    return current;
+  } catch (e) {
+    current.dispose();
+    throw e;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// stage 5: decode
+
+/**
+ * latents / scaling_factor -> VAE decoder -> images, one image at a time (bounded memory). The
+ * latents stay owned by the caller.
+ */
+export async function decodeLatents(pipe: StableDiffusionPipeline, latents: Tensor, params?: (k: number) => ImageParameters): Promise<DecodeResult> {
+  const cfg = pipe.vae.config;
+  if (latents.ndim !== 4 || latents.shape[1] !== cfg.latentChannels)
+    throw new RangeError(`decodeLatents: latents must be [B, ${cfg.latentChannels}, h, w], got [${latents.shape.join(",")}]`);
+  const [B, , h, w] = latents.shape;
+  const f = cfg.scaleFactor, H = h * f, W = w * f;
+  const decoded = new Float32Array(B * 3 * H * W);
+  for (let b = 0; b < B; b++) {
+    const img = tidy(() => {
+      let z = ops.div(ops.slice(latents, 0, b, b + 1), cfg.scalingFactor);
+      if (z.dtype !== pipe.vaeDtype || z.device !== pipe.device) z = z.to(pipe.device, pipe.vaeDtype);
+      const x = pipe.vae.decode(z);
+      return x.dtype === "float32" && x.device === "cpu" ? x : x.to("cpu", "float32");
+    });
+    try {
+      decoded.set(await img.toFloat32Array(), b * 3 * H * W);
+    } finally {
+      img.dispose();
+    }
+  }
+  const shape = [B, 3, H, W];
+  const { imageFloat, rgb } = postprocessDecoded(decoded, shape);
+  const images = rgb.map((data, k) => new GeneratedImage(W, H, data, params?.(k)));
+  return { images, decoded, imageFloat, shape };
+}
+
+/** The PNG parameters of image k of a run. */
+export function imageParameters(pipe: StableDiffusionPipeline, run: ResolvedRun, width: number, height: number, extra: Record<string, string | number> = {}): (k: number) => ImageParameters {
+  return (k) => {
+    const e: Record<string, string | number> = {};
+    if (run.clipSkip > 0) e["Clip skip"] = run.clipSkip + 1;  // A1111 counts "1" as no skip
+    if (run.eta > 0 && run.sampler === "ddim") e["Eta"] = run.eta;
+    if (run.guidanceRescale > 0) e["CFG rescale"] = run.guidanceRescale;
+    return {
+      prompt: run.prompts[k], negativePrompt: run.cfgOn && run.negatives[k] ? run.negatives[k] : undefined,
+      steps: run.steps, sampler: run.samplerDisplay, cfg: run.cfg, seed: run.seeds[k], width, height,
+      model: pipe.modelName || undefined, extra: { ...extra, ...e },
+    };
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateOptions): Promise<GenerateResult> {
+  pipe.assertLive("generate");
+  const op = "generate";
+
+  // 1. defaults and validation
+  const run = resolveCommon(pipe, opts, op, GENERATE_KEYS);
+  const f = pipe.vaeScaleFactor;
+  const width = checkSize(op, "width", opts.width ?? pipe.defaultSize.width, f);
+  const height = checkSize(op, "height", opts.height ?? pipe.defaultSize.height, f);
+  const shape = [run.total, pipe.unet.config.inChannels, height / f, width / f];
+  const { scheduler } = run;
+  let context: Tensor | null = null;
+  let latents: Tensor | null = null;
+  try {
+    if (opts.latents !== undefined) latents = latentsFromOption(op, opts.latents, shape, pipe.device);
+    scheduler.setTimesteps(run.steps);
+    throwIfAborted(run);
+
+    // 2. encode prompt (+ negative prompt under CFG)
+    const t0 = now();
+    context = encodeConditioning(pipe, run);
+    await synchronize(pipe.device);
+    throwIfAborted(run);
+    const t1 = now();
+
+    // 3. prepare latents: seeded CPU noise (unless given) x init_noise_sigma
+    const noise: Tensor = latents ?? Tensor.fromArray(drawNoise(shape, run.generator), shape, { device: pipe.device });
+    latents = ops.mul(noise, scheduler.initNoiseSigma);
+    noise.dispose();
+
+    // 4. denoising loop with classifier-free guidance
+    const final = await denoise(pipe, run, { scheduler, timesteps: scheduler.timesteps, context }, latents);
+    latents = final;
+    const t2 = now();
+
+    // 5. decode
+    const { images } = await decodeLatents(pipe, final, imageParameters(pipe, run, width, height));
+    const t3 = now();
+    return { images, seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: t3 - t2 } };
+  } finally {
+    context?.dispose();
+    latents?.dispose();
+    scheduler.dispose();
+  }
+}

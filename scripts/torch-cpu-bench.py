@@ -5,9 +5,10 @@
 Usage: python3 scripts/torch-cpu-bench.py CASES.json OUT.json
 CASES.json: {"threads": n, "policy": {warmup, minRuns, maxRuns, budgetMs}, "cases": [...]} as
 written by lib/bench/main.ts (shapes in diffusekit's layout; see lib/bench/cpu-common.ts).
-OUT.json: {"torch": version, "threads": n, "blas": loaded BLAS library, "rows": [{"group", "name", "ms", "runs"}]}.
-Convolutions run channels_last (the NHWC layout diffusekit uses); attention is
-softmax(q k^T * scale) v as torch 1.13 has no fused CPU attention.
+OUT.json: {"torch": version, "threads": n, "blas": loaded BLAS library, "rows": [{"group", "name", "ms", "runs", "cpuShare"}]}.
+Convolutions run channels_last (the NHWC layout diffusekit uses), group norms NCHW (torch 1.13's
+channels_last group_norm is a slow fallback); attention is softmax(q k^T * scale) v as torch 1.13
+has no fused CPU attention. "cpuShare" = process CPU time / (wall x threads), as in the table.
 """
 import json
 import statistics
@@ -18,17 +19,19 @@ import torch
 import torch.nn.functional as F
 
 
-def time_case(fn, policy):
+def time_case(fn, policy, threads):
     for _ in range(policy["warmup"]):
         fn()
     times, spent = [], 0.0
+    cpu0 = time.process_time()
     while len(times) < policy["maxRuns"] and (len(times) < policy["minRuns"] or spent < policy["budgetMs"]):
         t0 = time.perf_counter()
         fn()
         ms = (time.perf_counter() - t0) * 1e3
         times.append(ms)
         spent += ms
-    return statistics.median(times), len(times)
+    cpu_share = (time.process_time() - cpu0) * 1e3 / (spent * threads)
+    return statistics.median(times), len(times), cpu_share
 
 
 def prepare(c):
@@ -55,8 +58,9 @@ def prepare(c):
         C = shape[-1]
         wt, bs = torch.ones(C), torch.zeros(C)
         if c["kind"] == "groupnorm":
+            # NCHW: torch 1.13's channels_last group_norm on CPU is a slow fallback
             N, Hh, W = shape[0], shape[1], shape[2]
-            x = torch.randn(N, C, Hh, W).to(memory_format=torch.channels_last)
+            x = torch.randn(N, C, Hh, W)
             if c.get("silu"):
                 return lambda: F.silu(F.group_norm(x, c["groups"], wt, bs))
             return lambda: F.group_norm(x, c["groups"], wt, bs)
@@ -77,14 +81,15 @@ def loaded_blas():
 
 def main():
     spec = json.load(open(sys.argv[1]))
-    torch.set_num_threads(int(spec["threads"]))
+    threads = int(spec["threads"])
+    torch.set_num_threads(threads)
     rows = []
     with torch.no_grad():
         for c in spec["cases"]:
             fn = prepare(c)
-            ms, runs = time_case(fn, spec["policy"])
-            rows.append({"group": c["group"], "name": c["name"], "ms": ms, "runs": runs})
-            print(f"  torch {c['group']:9s} {c['name']:42s} {ms:10.3f} ms", file=sys.stderr, flush=True)
+            ms, runs, cpu_share = time_case(fn, spec["policy"], threads)
+            rows.append({"group": c["group"], "name": c["name"], "ms": ms, "runs": runs, "cpuShare": cpu_share})
+            print(f"  torch {c['group']:9s} {c['name']:42s} {ms:10.3f} ms (cpu {100 * cpu_share:.0f}%)", file=sys.stderr, flush=True)
             del fn
     json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "blas": loaded_blas(), "rows": rows}, open(sys.argv[2], "w"), indent=1)
 

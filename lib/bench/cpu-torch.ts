@@ -7,7 +7,12 @@ import * as path from "path";
 import { packageRoot } from "../native";
 import type { OpCase, TimingPolicy } from "./cpu-common";
 
-export interface TorchResult { version: string; python: string; blas: string; ms: Map<string, number> }
+export interface TorchResult {
+  version: string; python: string; blas: string;
+  ms: Map<string, number>;
+  /** Process CPU time / (wall x threads) while each case was timed. */
+  cpuShare: Map<string, number>;
+}
 
 const key = (group: string, name: string) => `${group}\u0000${name}`;
 export const torchKey = key;
@@ -33,9 +38,13 @@ export function runTorchCases(python: string, cases: readonly OpCase[], threads:
       log(`torch: ${script} failed (${r.error?.message ?? `exit ${r.status ?? r.signal}`}); torch columns left empty`);
       return null;
     }
-    const out = JSON.parse(fs.readFileSync(outFile, "utf8")) as { torch: string; blas: string; rows: { group: string; name: string; ms: number }[] };
+    const out = JSON.parse(fs.readFileSync(outFile, "utf8")) as { torch: string; blas: string; rows: { group: string; name: string; ms: number; cpuShare: number }[] };
     if (/\/blas\/libblas/.test(out.blas)) log(`torch: its BLAS is the reference netlib build (${out.blas}): GEMM ratios are meaningless; apt-get install libopenblas0-pthread`);
-    return { version: out.torch, python, blas: out.blas, ms: new Map(out.rows.map((row) => [key(row.group, row.name), row.ms])) };
+    return {
+      version: out.torch, python, blas: out.blas,
+      ms: new Map(out.rows.map((row) => [key(row.group, row.name), row.ms])),
+      cpuShare: new Map(out.rows.map((row) => [key(row.group, row.name), row.cpuShare])),
+    };
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

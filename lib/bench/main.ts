@@ -67,7 +67,7 @@ function progress(row: CpuBenchRow): string {
  * DIFFUSEKIT_CPU_BANDWIDTH_GBS pin them instead.
  */
 function measurePeak(quick: boolean, before?: CpuPeak): CpuPeak {
-  const m = native().measurePeak({ seconds: quick ? 0.3 : 1, bandwidthMiB: quick ? 64 : 256 });
+  const m = native().measurePeak({ seconds: quick ? 0.3 : 1, bandwidthMiB: 256 });
   const best = (a: number | null, b: number | null | undefined) => (a === null ? null : Math.max(a, b ?? 0));
   const p: CpuPeak = before ? {
     ...m, fp32Gflops: Math.max(m.fp32Gflops, before.fp32Gflops), bf16Gflops: best(m.bf16Gflops, before.bf16Gflops),
@@ -117,7 +117,11 @@ async function main(): Promise<void> {
     else {
       log(`torch (${python}) on the same cases, ${peakBefore.threads} threads:`);
       torch = runTorchCases(python, cases, peakBefore.threads, timingPolicy(opts.quick), log);
-      if (torch) for (const r of rows) r.torchMs = torch.ms.get(torchKey(r.group, r.name));
+      if (torch)
+        for (const r of rows) {
+          r.torchMs = torch.ms.get(torchKey(r.group, r.name));
+          r.torchCpuShare = torch.cpuShare.get(torchKey(r.group, r.name));
+        }
     }
   }
 
@@ -129,7 +133,7 @@ async function main(): Promise<void> {
   log("");
   log(formatTable(rows));
   log(`% peak: of the fp32 FMA peak (norms: of the scale bandwidth); cpu: process CPU time / (wall x ${peak.threads} threads), low when` +
-    ` other processes held the cores; %pk/cpu: % peak / cpu; torch/ours > 1: diffusekit is faster` + (torch ? ` (torch ${torch.version}, ${torch.blas})` : ""));
+    ` other processes held the cores; %pk/cpu: % peak / cpu; torch/ours > 1: diffusekit is faster` + (torch ? ` (torch ${torch.version}, BLAS ${torch.blas.split(", ").map((p) => path.basename(p)).join(" ")})` : ""));
 
   // 5. CUDA, when a GPU answers
   let cudaRows: BenchRow[] | undefined;

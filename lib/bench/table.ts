@@ -18,8 +18,9 @@ export interface CpuBenchRow {
    * processes held the cores (or the op left threads idle).
    */
   cpuShare?: number;
-  /** The same case in PyTorch on the same threads, when it ran. */
+  /** The same case in PyTorch on the same threads, when it ran, and its cpuShare. */
   torchMs?: number;
+  torchCpuShare?: number;
   /** Free-form extras (model rows: memory). */
   note?: string;
 }

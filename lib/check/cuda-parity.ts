@@ -160,10 +160,10 @@ async function runCase(c: Case, dtype: DType, device: string): Promise<ParityRes
   }
 }
 
-export async function runParity(device = "cuda:0", log = console.log): Promise<ParityResult[]> {
+export async function runParity(device = "cuda:0", log = console.log, dtypes: DType[] = ["float32", "float16", "bfloat16"]): Promise<ParityResult[]> {
   const results: ParityResult[] = [];
   for (const c of cases()) {
-    for (const dtype of ["float32", "float16", "bfloat16"] as DType[]) {
+    for (const dtype of dtypes) {
       if (c.f32only && dtype !== "float32") continue;
       const r = await runCase(c, dtype, device);
       results.push(r);
@@ -177,12 +177,14 @@ export async function runParity(device = "cuda:0", log = console.log): Promise<P
 
 if (require.main === module) {
   const jsonAt = process.argv.indexOf("--json");
+  // --self-test runs the harness CPU-vs-CPU in float32 (checks the script itself, no GPU needed)
+  const selfTest = process.argv.includes("--self-test");
   const cuda = devices().find((d) => d.type === "cuda");
-  if (!cuda) {
+  if (!cuda && !selfTest) {
     console.log("cuda-parity: no CUDA device answered; nothing to check");
     process.exit(0);
   }
-  runParity("cuda:0").then((results) => {
+  runParity(selfTest ? "cpu" : "cuda:0", console.log, selfTest ? ["float32"] : undefined).then((results) => {
     if (jsonAt > 0) fs.writeFileSync(process.argv[jsonAt + 1], JSON.stringify({ device: cuda, results }, null, 1));
     process.exitCode = results.every((r) => r.ok) ? 0 : 1;
   }, (e) => { console.error(e); process.exitCode = 1; });

@@ -1,4 +1,6 @@
 // Benchmark support: measurePeak() runs the machine-ceiling loops of native/cpu/peak.cc.
+#include <sstream>
+
 #include "../cpu/cpu_features.h"
 #include "../cpu/peak.h"
 #include "common.h"
@@ -23,9 +25,11 @@ Napi::Value MeasurePeak(const Napi::CallbackInfo& info) {
       if (v.IsUndefined()) return dflt;
       if (!v.IsNumber()) throw_type(std::string(op) + ": " + key + " must be a number");
       double x = v.As<Napi::Number>().DoubleValue();
-      if (!(x >= lo && x <= hi))
-        throw_range(std::string(op) + ": " + key + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                    "], got " + std::to_string(x));
+      if (!(x >= lo && x <= hi)) {
+        std::ostringstream msg;
+        msg << op << ": " << key << " must be in [" << lo << ", " << hi << "], got " << x;
+        throw_range(msg.str());
+      }
       return x;
     };
     seconds = num("seconds", 0.01, 60, seconds);

@@ -284,7 +284,7 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   if (k.shape[2] != q.shape[2]) throw_range("attention: q and k must have the same channels");
   cpu::AttentionParams p{};
   p.B = B; p.Nq = Nq; p.Nk = Nk; p.heads = heads; p.D = q.shape[2] / heads; p.Dv = v.shape[2] / heads;
-  if (p.D > 256 || p.Dv > 256) throw_range("attention: head size must be <= 256");
+  if (p.D > 1024 || p.Dv > 1024) throw_range("attention: head size must be <= 1024");
   p.scale = scale;
   p.causal = causal;
   p.q_batch = q.strides[0]; p.q_row = q.strides[1];

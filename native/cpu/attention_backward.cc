@@ -16,6 +16,11 @@
 //
 // Semantics follow attention(): causal query i sees keys j <= i + (Nk - Nq); mask values are
 // floored at -FLT_MAX; a row that sees no key outputs 0 and gets lse = +inf (so P = 0).
+// The elementwise loops select with comparisons (exp_fast, masks, clamps); GCC only if-converts,
+// and so vectorises, them when FP traps are not observable. No code here reads FP exceptions.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -88,16 +93,17 @@ void scores_rows(const AttentionParams& p, const Head& t, int64_t b, int64_t h, 
 void probs_rows(const AttentionParams& p, const Head& t, int64_t i0, int64_t rows, float* s) {
   for (int64_t r = 0; r < rows; ++r) {
     float* sr = s + r * p.Nk;
-    const float l = t.lse[i0 + r];
-    if (std::isinf(l)) { std::fill(sr, sr + p.Nk, 0.f); continue; }
+    const float l = t.lse[i0 + r];  // +inf for a row that sees no key: exp(-inf) = 0
     for (int64_t j = 0; j < p.Nk; ++j) sr[j] = exp_fast(sr[j] - l);
   }
 }
 
-// The query-tile step: P and dS for rows [i0, i0+rows), dq for them, and (fused) dk/dv += .
-void query_tile(const AttentionParams& p, const Head& t, int64_t b, int64_t h, int64_t i0, int64_t rows, bool accum_kv,
-                bool first, float* P, float* dS) {
-  const int64_t Nk = p.Nk, HD = p.heads * p.D, HDv = p.heads * p.Dv;
+// The query-tile step: P and dS for rows [i0, i0+rows), dq for them, and when dkT/dvT are given
+// (fused mode) dkT [D, Nk] += scale q^T dS and dvT [Dv, Nk] += dout^T P. The transposed
+// accumulators keep the long Nk dimension as the GEMM's N, where sgemm is fastest.
+void query_tile(const AttentionParams& p, const Head& t, int64_t b, int64_t h, int64_t i0, int64_t rows, float* dkT,
+                float* dvT, bool first, float* P, float* dS) {
+  const int64_t Nk = p.Nk, HD = p.heads * p.D;
   scores_rows(p, t, b, h, i0, rows, P);
   probs_rows(p, t, i0, rows, P);
   // dS = dout V^T, then P (dS - Delta)
@@ -110,11 +116,16 @@ void query_tile(const AttentionParams& p, const Head& t, int64_t b, int64_t h, i
   }
   // dq = scale dS K
   sgemm(1, false, false, rows, p.D, Nk, p.scale, dS, Nk, 0, t.k, p.k_row, 0, 0.f, t.dq + i0 * HD, HD, 0);
-  if (!accum_kv) return;
+  if (!dkT) return;
   const float beta = first ? 0.f : 1.f;
-  // dv += P^T dout, dk += scale dS^T q
-  sgemm(1, true, false, Nk, p.Dv, rows, 1.f, P, Nk, 0, t.dout + i0 * p.o_row, p.o_row, 0, beta, t.dv, HDv, 0);
-  sgemm(1, true, false, Nk, p.D, rows, p.scale, dS, Nk, 0, t.q + i0 * p.q_row, p.q_row, 0, beta, t.dk, HD, 0);
+  sgemm(1, true, false, p.Dv, Nk, rows, 1.f, t.dout + i0 * p.o_row, p.o_row, 0, P, Nk, 0, beta, dvT, Nk, 0);
+  sgemm(1, true, false, p.D, Nk, rows, p.scale, t.q + i0 * p.q_row, p.q_row, 0, dS, Nk, 0, beta, dkT, Nk, 0);
+}
+
+// dst rows [N] of `width` at pitch `ld` = srcT [width, N] transposed.
+void untranspose(const float* srcT, int64_t width, int64_t N, float* dst, int64_t ld) {
+  for (int64_t j = 0; j < N; ++j)
+    for (int64_t d = 0; d < width; ++d) dst[j * ld + d] = srcT[d * N + j];
 }
 
 // The key-tile step (two-pass mode): dk, dv for keys [j0, j0+cols) from the transposed scores.
@@ -126,13 +137,12 @@ void key_tile(const AttentionParams& p, const Head& t, int64_t b, int64_t h, int
   for (int64_t c = 0; c < cols; ++c) {
     const int64_t j = j0 + c;
     float* row = PT + c * Nq;
-    for (int64_t i = 0; i < Nq; ++i) {
-      const float l = t.lse[i];
-      float s = row[i];
-      if (p.mask) s += std::max(mask_row(p, b, h, i)[j], -FLT_MAX);
-      const bool hidden = std::isinf(l) || j >= key_end(p, i);
-      row[i] = hidden ? 0.f : exp_fast(s - l);
-    }
+    if (p.mask)
+      for (int64_t i = 0; i < Nq; ++i) row[i] += std::max(mask_row(p, b, h, i)[j], -FLT_MAX);
+    // causal: queries before i_begin do not see key j
+    const int64_t i_begin = p.causal ? std::min(Nq, std::max<int64_t>(0, j - (p.Nk - Nq))) : 0;
+    std::fill(row, row + i_begin, 0.f);
+    for (int64_t i = i_begin; i < Nq; ++i) row[i] = exp_fast(row[i] - t.lse[i]);  // lse +inf: 0
   }
   // dST = (v dout^T - Delta) PT
   sgemm(1, false, true, cols, Nq, p.Dv, 1.f, t.v + j0 * p.v_row, p.v_row, 0, t.dout, p.o_row, 0, 0.f, dST, Nq, 0);
@@ -167,18 +177,28 @@ void attention_forward_lse(const AttentionParams& p, const float* q, const float
       scores_rows(p, t, b, h, i0, rows, s.data());
       for (int64_t r = 0; r < rows; ++r) {
         float* sr = s.data() + r * Nk;
-        float m = -INFINITY;
-        for (int64_t j = 0; j < Nk; ++j) m = std::max(m, sr[j]);
+        float lanes[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        int64_t j = 0;
+        for (; j + 8 <= Nk; j += 8)
+          for (int u = 0; u < 8; ++u) lanes[u] = sr[j + u] > lanes[u] ? sr[j + u] : lanes[u];
+        float m = lanes[0];
+        for (int u = 1; u < 8; ++u) m = std::max(m, lanes[u]);
+        for (; j < Nk; ++j) m = std::max(m, sr[j]);
         if (m == -INFINITY) {  // sees no key
           std::fill(sr, sr + Nk, 0.f);
           inv[r] = 0.f;
           l[r] = INFINITY;
           continue;
         }
+        for (int64_t jj = 0; jj < Nk; ++jj) sr[jj] = exp_fast(sr[jj] - m);
         float sum = 0.f;
-        for (int64_t j = 0; j < Nk; ++j) {
-          sr[j] = exp_fast(sr[j] - m);
-          sum += sr[j];
+        {
+          float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+          int64_t jj = 0;
+          for (; jj + 8 <= Nk; jj += 8)
+            for (int u = 0; u < 8; ++u) acc[u] += sr[jj + u];
+          sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+          for (; jj < Nk; ++jj) sum += sr[jj];
         }
         inv[r] = 1.f / sum;
         l[r] = m + std::log(sum);
@@ -208,12 +228,16 @@ void attention_backward(const AttentionParams& p, const float* q, const float* k
   if (BH >= num_threads()) {  // one task per head: dq, dk and dv in one pass
     parallel_for(BH, 1, [&](int64_t lo, int64_t hi) {
       std::vector<float> P(static_cast<size_t>(kTile * Nk)), dS(static_cast<size_t>(kTile * Nk));
+      std::vector<float> dkT(static_cast<size_t>(p.D * Nk)), dvT(static_cast<size_t>(p.Dv * Nk));
       for (int64_t bh = lo; bh < hi; ++bh) {
         const Head t = head(bh);
         for (int64_t tile = 0; tile < qtiles; ++tile) {
           const int64_t i0 = tile * kTile;
-          query_tile(p, t, bh / p.heads, bh % p.heads, i0, std::min(kTile, Nq - i0), true, tile == 0, P.data(), dS.data());
+          query_tile(p, t, bh / p.heads, bh % p.heads, i0, std::min(kTile, Nq - i0), dkT.data(), dvT.data(), tile == 0,
+                     P.data(), dS.data());
         }
+        untranspose(dkT.data(), p.D, Nk, t.dk, p.heads * p.D);
+        untranspose(dvT.data(), p.Dv, Nk, t.dv, p.heads * p.Dv);
       }
     });
     return;
@@ -223,7 +247,8 @@ void attention_backward(const AttentionParams& p, const float* q, const float* k
     std::vector<float> P(static_cast<size_t>(kTile * Nk)), dS(static_cast<size_t>(kTile * Nk));
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t bh = task / qtiles, i0 = (task % qtiles) * kTile;
-      query_tile(p, head(bh), bh / p.heads, bh % p.heads, i0, std::min(kTile, Nq - i0), false, false, P.data(), dS.data());
+      query_tile(p, head(bh), bh / p.heads, bh % p.heads, i0, std::min(kTile, Nq - i0), nullptr, nullptr, false, P.data(),
+                 dS.data());
     }
   });
   std::vector<float> delta(static_cast<size_t>(BH * Nq));

@@ -4,21 +4,32 @@
 // multithreaded over dk::parallel_for. `dy` is always the gradient of the op's output and
 // `dx`/`dw`/... the gradients written (overwritten, never accumulated) for its inputs.
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "kernels.h"
 
-#include <cstring>
-
 namespace dk::cpu {
 
-// e^x in a form compilers vectorise: 2^(x log2 e) = 2^n 2^f, f in [-1/2, 1/2], with the degree-6
-// polynomial of attention_internal.h (~1 ulp). Exactly 0 below -87 (so -inf gives 0), clamped
-// at 88 above, NaN stays NaN.
+inline float bits_to_float(int32_t b) {
+#if defined(__GNUC__) || defined(__clang__)
+  return __builtin_bit_cast(float, b);
+#else
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+#endif
+}
+
+// e^x in a form compilers vectorise (no branches, no calls): 2^(x log2 e) = 2^n 2^f with
+// f in [-1/2, 1/2] and the degree-6 polynomial of attention_internal.h (~1 ulp). Exactly 0 below
+// -87 (so -inf gives 0), clamped at 88 above, NaN stays NaN.
 inline float exp_fast(float x) {
-  const float xc = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+  float xc = x < -87.f ? -87.f : x;
+  xc = xc > 88.f ? 88.f : xc;
   const float t = xc * 1.4426950408889634f;
-  const int n = static_cast<int>(t + (t >= 0.f ? 0.5f : -0.5f));
+  const int n = static_cast<int>(t + 126.5f) - 126;  // round to nearest: t + 126.5 > 0
   const float f = t - static_cast<float>(n);
   float p = 0.000153457921f;
   p = p * f + 0.00133999297f;
@@ -27,11 +38,9 @@ inline float exp_fast(float x) {
   p = p * f + 0.240226462f;
   p = p * f + 0.693147182f;
   p = p * f + 1.0f;
-  const int32_t bits = static_cast<int32_t>(static_cast<uint32_t>(n + 127) << 23);
-  float s;
-  std::memcpy(&s, &bits, sizeof s);
-  const float r = p * s;
-  return x < -87.f ? 0.f : (x != x ? x : r);
+  float r = p * bits_to_float((n + 127) << 23);
+  r = x < -87.f ? 0.f : r;
+  return x != x ? x : r;
 }
 
 // ---------------------------------------------------------------- conv2d_backward.cc

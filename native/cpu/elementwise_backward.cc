@@ -1,6 +1,11 @@
 // Backward of the elementwise family and the small data-movement ops: activation derivatives,
 // broadcast binary / scalar ops, clamp, GEGLU, softmax, max, nearest upsampling, embedding
 // (scatter-add) and slicing. Derivatives are evaluated in double and rounded once.
+// The elementwise loops select with comparisons (exp_fast, masks, clamps); GCC only if-converts,
+// and so vectorises, them when FP traps are not observable. No code here reads FP exceptions.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <algorithm>
 #include <cmath>
 #include <cstring>

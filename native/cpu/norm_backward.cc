@@ -6,6 +6,11 @@
 //   dxhat    = dy * gamma          dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
 // The statistics are recomputed here (two passes, double across chunks) rather than saved by
 // the forward.
+// The elementwise loops select with comparisons (exp_fast, masks, clamps); GCC only if-converts,
+// and so vectorises, them when FP traps are not observable. No code here reads FP exceptions.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <algorithm>
 #include <cmath>
 #include <functional>

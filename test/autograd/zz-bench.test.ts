@@ -4,10 +4,11 @@ import { synchronize } from "../../lib/devices";
 import { backward, noGrad } from "../../lib/autograd";
 async function time(label: string, f: () => void, reps = 3) {
   f(); await synchronize("cpu");
-  const t0 = performance.now();
+  const t0 = performance.now(), c0 = process.cpuUsage();
   for (let i = 0; i < reps; i++) f();
   await synchronize("cpu");
-  console.log(label, ((performance.now() - t0) / reps).toFixed(1), "ms");
+  const c = process.cpuUsage(c0);
+  console.log(label, ((performance.now() - t0) / reps).toFixed(1), "ms wall", ((c.user + c.system) / 1000 / reps).toFixed(1), "ms cpu");
 }
 test("bench", async () => {
   const x = Tensor.randn([1, 64, 64, 320], { seed: 1 }), w = Tensor.randn([320, 3, 3, 320], { seed: 2 });

@@ -131,7 +131,7 @@ describe("bad arguments", () => {
     expectThrows(() => ops.attention(q, z([2, 7, 8]), v, { heads: 2 }), RangeError, /attention.*channels/);
     expectThrows(() => ops.attention(q, k, z([2, 6, 16]), { heads: 2 }), RangeError, /attention.*tokens/);
     expectThrows(() => ops.attention(q, z([1, 7, 16]), z([1, 7, 16]), { heads: 2 }), RangeError, /attention.*batch/);
-    expectThrows(() => ops.attention(z([1, 2, 514]), z([1, 2, 514]), z([1, 2, 514]), { heads: 2 }), RangeError, /attention.*head size/);
+    expectThrows(() => ops.attention(z([1, 2, 2050]), z([1, 2, 2050]), z([1, 2, 2050]), { heads: 2 }), RangeError, /attention.*head size/);
   });
 
   test("masks that do not broadcast to [B, heads, Nq, Nk] are RangeErrors", () => {

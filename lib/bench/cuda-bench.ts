@@ -1,7 +1,10 @@
 // CUDA op benchmark: TFLOP/s (or GB/s) and % of the card's dense fp16/bf16 peak at Stable
 // Diffusion shapes. Plain Node over dist/: node dist/bench/cuda-bench.js [--json out.json] [--dtype float16]
 import * as fs from "fs";
-import { devices, synchronize, type CudaDeviceInfo } from "../devices";
+import * as path from "path";
+import { devices, memoryStats, resetPeakMemory, synchronize, type CudaDeviceInfo } from "../devices";
+import { packageRoot } from "../native";
+import { createRandomPipeline } from "../pipelines";
 import * as ops from "../ops";
 import { Tensor, type DType } from "../tensor";
 
@@ -76,13 +79,55 @@ export async function runCudaBench(device: string, dtype: DType, log = console.l
   return rows;
 }
 
+export interface EndToEndRow { name: string; seconds: number; peakGiB?: number; detail?: string }
+
+/** SD1.5 at 512x512 with random weights from configs/sd15: U-Net step, full 50-step CFG generation, VAE decode. */
+export async function runCudaEndToEnd(device: string, dtype: DType, log = console.log): Promise<EndToEndRow[]> {
+  const rows: EndToEndRow[] = [];
+  const gib = (b: number) => b / 2 ** 30;
+  const pipe = await createRandomPipeline(path.join(packageRoot, "configs", "sd15"), { device, dtype: dtype as "float16", seed: 0 });
+  try {
+    const x = rand([2, 4, 64, 64], device, dtype, 11), ehs = rand([2, 77, 768], device, dtype, 12);
+    const unetMs = await timeIt(device, () => pipe.unet.forward(x, 500, ehs), 10);
+    rows.push({ name: "U-Net step 512x512 batch 2", seconds: unetMs / 1e3 });
+    x.dispose(); ehs.dispose();
+    const z = rand([1, 4, 64, 64], device, dtype, 13);
+    const vaeMs = await timeIt(device, () => pipe.vae.decode(z), 5);
+    rows.push({ name: "VAE decode 64x64 latent -> 512x512", seconds: vaeMs / 1e3 });
+    z.dispose();
+    const opts = { prompt: "a cat wearing a hat", steps: 50, cfg: 7.5, width: 512, height: 512, seed: 1, sampler: "ddim" };
+    await pipe.generate({ ...opts, steps: 2 });  // warm-up
+    await synchronize(device);
+    resetPeakMemory(device);
+    const t0 = process.hrtime.bigint();
+    const r = await pipe.generate(opts);
+    await synchronize(device);
+    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    const t = r.timings;
+    rows.push({ name: "SD1.5 512x512, 50 steps, CFG 7.5, end to end", seconds, peakGiB: gib(memoryStats(device).peakBytes),
+      detail: `encode ${t.encode.toFixed(3)} s, denoise ${t.denoise.toFixed(3)} s, decode ${t.decode.toFixed(3)} s` });
+  } finally {
+    pipe.dispose();
+  }
+  for (const r of rows) log(`e2e        ${r.name.padEnd(48)} ${r.seconds.toFixed(4).padStart(9)} s${r.peakGiB !== undefined ? `  peak ${r.peakGiB.toFixed(2)} GiB` : ""}${r.detail ? "  (" + r.detail + ")" : ""}`);
+  return rows;
+}
+
 if (require.main === module) {
   const arg = (name: string) => { const i = process.argv.indexOf(name); return i > 0 ? process.argv[i + 1] : undefined; };
   const cuda = devices().find((d) => d.type === "cuda");
   if (!cuda) { console.log("cuda-bench: no CUDA device answered"); process.exit(0); }
   const dtype = (arg("--dtype") ?? "float16") as DType;
-  runCudaBench("cuda:0", dtype).then((rows) => {
+  (async () => {
+    const rows = await runCudaBench("cuda:0", dtype);
+    let e2e: EndToEndRow[] = [];
+    try {
+      e2e = await runCudaEndToEnd("cuda:0", dtype);
+    } catch (e) {
+      console.error(`e2e failed: ${(e as Error).stack}`);
+      process.exitCode = 1;
+    }
     const out = arg("--json");
-    if (out) fs.writeFileSync(out, JSON.stringify({ device: cuda, dtype, date: new Date().toISOString(), rows }, null, 1));
-  }, (e) => { console.error(e); process.exitCode = 1; });
+    if (out) fs.writeFileSync(out, JSON.stringify({ device: cuda, dtype, date: new Date().toISOString(), rows, e2e }, null, 1));
+  })().catch((e) => { console.error(e); process.exitCode = 1; });
 }

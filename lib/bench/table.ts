@@ -34,7 +34,7 @@ function msText(ms: number): string {
 
 /**
  * Rows as a fixed-width table. "cpu" is cpuShare; "%pk/cpu" = % peak / cpuShare, the efficiency
- * while it held the cores; "torch/ours" > 1 means diffusekit is faster.
+ * while it held the cores (GFLOP/s rows); "torch/ours" > 1 means diffusekit is faster.
  */
 export function formatTable(rows: readonly CpuBenchRow[]): string {
   const header = ["group", "case", "ms", "GFLOP/s", "% peak", "cpu", "%pk/cpu", "torch ms", "torch/ours", "note"];
@@ -45,7 +45,8 @@ export function formatTable(rows: readonly CpuBenchRow[]): string {
     r.gflops !== undefined ? fmt(r.gflops, 1) : r.gbps !== undefined ? `${fmt(r.gbps, 1)} GB/s` : "-",
     r.pctPeak !== undefined ? `${fmt(r.pctPeak, 1)}%` : "-",
     r.cpuShare !== undefined ? `${fmt(100 * r.cpuShare, 0)}%` : "-",
-    r.cpuShare !== undefined && r.pctPeak !== undefined ? `${fmt(r.pctPeak / r.cpuShare, 1)}%` : "-",
+    // compute-bound rows only: bandwidth does not scale with the share of the cores
+    r.gflops !== undefined && r.cpuShare && r.pctPeak !== undefined ? `${fmt(r.pctPeak / r.cpuShare, 1)}%` : "-",
     r.torchMs !== undefined ? msText(r.torchMs) : "-",
     r.torchMs !== undefined ? `${fmt(r.torchMs / r.ms, 2)}x` : "-",
     r.note ?? "",

@@ -18,11 +18,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 node -e "const d=require('./dist'); console.log('devices:', JSON.stringify(d.devices())); console.log('build:', JSON.stringify(d.buildInfo()))" 2>&1 | tee -a "$REPORT"
 
 status=0
+PARTS="${DEVICE_CHECK_PARTS:-parity,labs,bench,torch}"  # a subset reruns only what changed
+want() { [[ ",$PARTS," == *",$1,"* ]]; }
+if want parity; then
 say ""
 say "## parity (CUDA vs CPU, float32/float16/bfloat16)"
 timeout 100 node dist/check/cuda-parity.js --json "$OUT_DIR/parity.json" > "$OUT_DIR/parity.txt" 2>&1 || status=1
 grep -E "FAIL|passed" "$OUT_DIR/parity.txt" | tee -a "$REPORT"
+fi
 
+if want labs; then
 say ""
 say "## kernel labs (native harnesses built with nvcc, in .device/labs when carried)"
 run_lab() {  # name timeout args...
@@ -36,12 +41,15 @@ run_lab() {  # name timeout args...
 run_lab gemm_lab 75 --peak "${DIFFUSEKIT_PEAK_TFLOPS:-989}"
 run_lab ops_lab 75
 grep -E "FAIL|mismatch|TFLOP|GB/s|wgmma|error" "$OUT_DIR/labs.txt" 2>/dev/null | head -60 | tee -a "$REPORT" > /dev/null
+fi
 
+if want bench; then
 say ""
 say "## benchmark (diffusekit, float16)"
 timeout 120 node dist/bench/cuda-bench.js --dtype float16 --json "$OUT_DIR/bench.json" 2>&1 | tee -a "$REPORT" || status=1
+fi
 
-if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+if want torch && python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   say ""
   say "## the same cases through PyTorch $(python3 -c 'import torch; print(torch.__version__)')"
   timeout 60 python3 scripts/torch-bench.py "$OUT_DIR/torch.json" float16 2>&1 | tee -a "$REPORT"
@@ -50,7 +58,7 @@ if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
     console.log("ratio (torch ms / diffusekit ms; > 1 means diffusekit is faster)");
     for (const r of ours) { const t = theirs.find((x) => x.group === r.group && x.name === r.name);
       if (t) console.log(`${r.group.padEnd(10)} ${r.name.padEnd(40)} ${(t.ms / r.ms).toFixed(2)}x`); }
-  ' "$PWD/$OUT_DIR/bench.json" "$PWD/$OUT_DIR/torch.json" 2>&1 | tee -a "$REPORT"
+  ' "$(cd "$OUT_DIR" && pwd)/bench.json" "$(cd "$OUT_DIR" && pwd)/torch.json" 2>&1 | tee -a "$REPORT"
 fi
 say ""
 say "device check finished with status $status"

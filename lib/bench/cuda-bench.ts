@@ -91,7 +91,7 @@ export async function runCudaEndToEnd(device: string, dtype: DType, log = consol
     const unetMs = await timeIt(device, () => pipe.unet.forward(x, 500, ehs), 10);
     rows.push({ name: "U-Net step 512x512 batch 2", seconds: unetMs / 1e3 });
     x.dispose(); ehs.dispose();
-    const z = rand([1, 4, 64, 64], device, dtype, 13);
+    const z = rand([1, 4, 64, 64], device, pipe.vaeDtype, 13);  // an fp16 VAE with force_upcast runs in float32
     const vaeMs = await timeIt(device, () => pipe.vae.decode(z), 5);
     rows.push({ name: "VAE decode 64x64 latent -> 512x512", seconds: vaeMs / 1e3 });
     z.dispose();

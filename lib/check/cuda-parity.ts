@@ -19,6 +19,8 @@ interface Case {
   f32only?: boolean;
   /** scale the relative tolerance (long reductions in half precision) */
   tolScale?: number;
+  /** inputs that stay float32 whatever dtype is tested (e.g. attention masks) */
+  keepF32?: number[];
 }
 
 const tol: Record<string, { atol: number; rtol: number }> = {
@@ -90,7 +92,7 @@ function cases(): Case[] {
   });
   c.push(att(2, 4096, 4096, 8, 40), att(2, 1024, 1024, 8, 80), att(2, 4096, 77, 8, 40), att(2, 256, 256, 8, 160),
     att(1, 77, 77, 12, 64, { causal: true }), att(2, 33, 17, 3, 17), att(1, 5, 9, 2, 3), att(2, 100, 100, 4, 64));
-  add("attention with mask", [[2, 20, 32], [2, 30, 32], [2, 30, 32], [2, 1, 1, 30]], ([q, k, v, m]) => ops.attention(q, k, v, { heads: 4, mask: m }));
+  add("attention with mask", [[2, 20, 32], [2, 30, 32], [2, 30, 32], [2, 1, 1, 30]], ([q, k, v, m]) => ops.attention(q, k, v, { heads: 4, mask: m }), { keepF32: [3] });
   add("attention q,k,v slices of fused qkv", [[2, 64, 3 * 80]], ([qkv]) => {
     const [q, k, v] = ops.split(qkv, 80, 2);
     return ops.attention(q, k, v, { heads: 2 });
@@ -133,7 +135,8 @@ async function runCase(c: Case, dtype: DType, device: string): Promise<ParityRes
   try {
     const ref = tidy(() => c.run(inputs));
     // Round the inputs to the tested dtype on the CPU side too, so only the op's error is measured.
-    const devInputs = inputs.map((t) => (t.dtype === "float32" ? t.to(device, dtype) : t.dtype === "int32" ? t : t.to(device)));
+    const devInputs = inputs.map((t, i) =>
+      t.dtype === "int32" ? t : t.to(device, c.keepF32?.includes(i) ? "float32" : dtype));
     const refIn = devInputs.map((t) => (t.dtype === dtype && dtype !== "float32" ? t.to("cpu", "float32") : null));
     const ref2 = refIn.some((t) => t) ? tidy(() => c.run(refIn.map((t, i) => t ?? inputs[i]))) : null;
     const out = tidy(() => c.run(devInputs));

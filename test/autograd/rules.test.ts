@@ -184,6 +184,11 @@ describe("normalisation rules", () => {
       ours: ([x, g, b]) => ops.groupNorm(x, 2, { weight: g, bias: b, eps: 1e-6, silu: true }),
       ref: ([x, g, b]) => R.groupNorm(x, 2, { gamma: g, beta: b, eps: 1e-6, silu: true }),
     }],
+    ["groupNorm + SiLU over 150 pixels (several row chunks)", {
+      inputs: [rn([1, 10, 15, 4], 111), R.randu([4], 112, 0.5, 1.5), rn([4], 113)],
+      ours: ([x, g, b]) => ops.groupNorm(x, 2, { weight: g, bias: b, silu: true }),
+      ref: ([x, g, b]) => R.groupNorm(x, 2, { gamma: g, beta: b, silu: true }),
+    }],
     ["groupNorm, one channel per group, no affine", {
       inputs: [rn([1, 9, 4], 106)], ours: ([x]) => ops.groupNorm(x, 4), ref: ([x]) => R.groupNorm(x, 4),
     }],
@@ -211,7 +216,9 @@ describe("attention rule", () => {
   };
   cases([
     att("self-attention, 2 heads of 4", 2, 9, 9, 2, 4),
-    att("cross-attention, Nq 40 > tile, Nk 7", 1, 40, 7, 2, 3, {}, 130),
+    att("cross-attention, Nq 70 > tile (64), Nk 7", 1, 70, 7, 2, 3, {}, 130),
+    att("one head, 70 keys and queries (query and key tiles, two-pass path)", 1, 70, 70, 1, 2, { causal: true }, 135),
+    att("B*heads = 64 (one task per head, fused path on up to 64 threads)", 4, 5, 6, 16, 2, {}, 137),
     att("Dv != D, custom scale", 1, 5, 33, 1, 6, { Dv: 2, scale: 0.7 }, 140),
     att("causal (CLIP)", 2, 11, 11, 2, 4, { causal: true }, 150),
     att("causal, Nq < Nk", 1, 4, 9, 1, 5, { causal: true }, 160),

@@ -22,3 +22,5 @@ export type {
   GenerateResult, StepInfo, DecodeResult, Img2ImgOptions, ImageParameters, RGBImage, ImageInput,
 } from "./pipelines";
 export type { SamplerName, NoiseSource } from "./schedulers";
+export { backward, requireGrad, zeroGrad, noGrad, enableGrad, isGradEnabled } from "./autograd";
+export { AdamW, EMA, clipGradNorm } from "./train/optim";

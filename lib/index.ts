@@ -24,3 +24,5 @@ export type {
 export type { SamplerName, NoiseSource } from "./schedulers";
 export { backward, requireGrad, zeroGrad, noGrad, enableGrad, isGradEnabled } from "./autograd";
 export { AdamW, EMA, clipGradNorm } from "./train/optim";
+export { generate, img2img, getPipeline, releasePipelines, builtinModelPath, BUILTIN_MODEL_DIR, NoBuiltinModelError } from "./generate";
+export type { ModelOptions, TopLevelGenerateOptions, TopLevelImg2ImgOptions } from "./generate";

@@ -157,3 +157,19 @@ export function native(): NativeAddon {
   if (!cached) cached = loadAddon();
   return cached;
 }
+
+/** A captured graph (native/binding/graph.cc); opaque. */
+export interface NativeGraph { readonly __nativeGraph?: never }
+// Graph capture entries, merged into NativeAddon (lib/graph.ts builds captureGraph() on them).
+export interface NativeAddon {
+  /** Opens a capture on the device: the ops enqueued there are recorded until graphEnd. */
+  graphBegin(device: string): NativeGraph;
+  /** Closes the capture (waits until it is recorded): null when replayable, else why not. */
+  graphEnd(g: NativeGraph): string | null;
+  /** statics[i] <- inputs[i] (same shape, dtype, device), then one replay; outputs receive errors. */
+  graphLaunch(g: NativeGraph, statics: T[], inputs: T[], outputs: T[]): void;
+  /** Frees the recording after the launches enqueued so far (idempotent). */
+  graphDispose(g: NativeGraph): void;
+  /** Whether a capture is open on the device. */
+  graphCapturing(device: string): boolean;
+}

@@ -66,7 +66,9 @@ class Node {
 }
 
 const metas = new WeakMap<H, Meta>();
-const state = { enabled: true, nextId: 0, live: 0 };
+// gradLeaves: leaves ever switched to requiresGrad (minus those switched off). While it is 0 no
+// op can record, so the wrappers below skip the per-input lookups: inference pays one check.
+const state = { enabled: true, nextId: 0, live: 0, gradLeaves: 0 };
 let raw: NativeAddon;
 
 // Handles created by B.* while a node's backward runs; disposed unless returned as gradients.
@@ -142,6 +144,7 @@ export function setRequiresGrad(h: H, on: boolean): void {
     return;
   }
   if (on && !isFloat(h.dtype)) throw new TypeError(`requiresGrad: only floating-point tensors can require gradients, got ${h.dtype}`);
+  if ((m?.requiresGrad ?? false) !== on) state.gradLeaves += on ? 1 : -1;
   if (m) m.requiresGrad = on;
   else if (on) metas.set(h, { requiresGrad: true, node: null, grad: null });
 }
@@ -182,7 +185,7 @@ function isHandle(x: unknown): x is H {
 
 function recorded(name: string, rule: Rule, fn: (...a: any[]) => any) {
   return function (...args: any[]): any {
-    if (!state.enabled) return fn(...args);
+    if (!state.enabled || state.gradLeaves === 0) return fn(...args);
     const ins = rule.inputs(args);
     let any = false;
     const inMetas = ins.map((h) => {
@@ -213,7 +216,7 @@ function recorded(name: string, rule: Rule, fn: (...a: any[]) => any) {
 // Entries without a rule: recording through them would silently drop gradients, so they refuse.
 function guarded(name: string, fn: (...a: any[]) => any) {
   return function (...args: any[]): any {
-    if (state.enabled) {
+    if (state.enabled && state.gradLeaves !== 0) {
       for (const a of args) {
         const hs = Array.isArray(a) ? a : [a];
         for (const h of hs)

@@ -5,6 +5,7 @@ import * as path from "path";
 import { devices, memoryStats, resetPeakMemory, synchronize, type CudaDeviceInfo } from "../devices";
 import { packageRoot } from "../native";
 import { createRandomPipeline } from "../pipelines";
+import { lastGraphError, unetGraphCount, unetStep } from "../models/unet-graph";
 import * as ops from "../ops";
 import { Tensor, type DType } from "../tensor";
 
@@ -90,6 +91,18 @@ export async function runCudaEndToEnd(device: string, dtype: DType, log = consol
     const x = rand([2, 4, 64, 64], device, dtype, 11), ehs = rand([2, 77, 768], device, dtype, 12);
     const unetMs = await timeIt(device, () => pipe.unet.forward(x, 500, ehs), 10);
     rows.push({ name: "U-Net step 512x512 batch 2", seconds: unetMs / 1e3 });
+    // the same step replayed as a captured CUDA graph (what the denoising loop runs)
+    unetStep(pipe.unet, x, 500, ehs).dispose();  // eager warm-up; the next call captures
+    const graphMs = await timeIt(device, () => unetStep(pipe.unet, x, 500, ehs), 20);
+    const graphErr = lastGraphError();
+    // replay vs eager on the same inputs: same kernels, so the difference should be 0
+    const replay = unetStep(pipe.unet, x, 500, ehs), eager = pipe.unet.forward(x, 500, ehs);
+    const [ra, ea] = [await replay.toFloat32Array(), await eager.toFloat32Array()];
+    replay.dispose(); eager.dispose();
+    let maxDiff = 0;
+    for (let i = 0; i < ea.length; i++) maxDiff = Math.max(maxDiff, Math.abs(ra[i] - ea[i]) || (Number.isNaN(ra[i]) ? Infinity : 0));
+    rows.push({ name: "U-Net step 512x512 batch 2, CUDA graph", seconds: graphMs / 1e3,
+      detail: unetGraphCount(pipe.unet) > 0 ? `replayed; max |replay - eager| = ${maxDiff}` : `capture failed, eager: ${graphErr}` });
     x.dispose(); ehs.dispose();
     const z = rand([1, 4, 64, 64], device, pipe.vaeDtype, 13);  // an fp16 VAE with force_upcast runs in float32
     const vaeMs = await timeIt(device, () => pipe.vae.decode(z), 5);

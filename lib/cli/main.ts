@@ -1,45 +1,96 @@
 #!/usr/bin/env node
-// The `diffusekit` command. Thin: parses arguments, calls the library, prints.
-import { buildInfo, devices } from "../devices";
+// The `diffusekit` command. Thin: parses arguments, calls the library, prints. Errors are one line
+// on stderr; exit codes: 0 ok, 1 failure while running, 2 bad command line, 130 interrupted.
+import { Command, CommanderError, Option } from "commander";
 import { version } from "../version";
+import { infoCommand } from "./info";
+import { runImageCommand } from "./images";
+import { UsageError, addImageOptions, number, type ImageCommandOptions } from "./options";
+import { registerTrainCommands } from "./optional-commands";
 
-function gib(bytes: number): string {
-  return `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+export const EXIT_INTERRUPTED = 130;
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name("diffusekit")
+    .description("Stable Diffusion image generation and training on CPU and CUDA")
+    .version(version, "-V, --version", "print the version")
+    .helpOption("-h, --help", "show help")
+    .exitOverride()
+    .configureOutput({
+      // commander's own errors ("error: unknown option ...") read like ours
+      outputError: (str, write) => write(str.replace(/^error: /, "diffusekit: ").replace(/\n\(Did you mean (.*)\?\)/, " (did you mean $1?)")),
+    })
+    .showSuggestionAfterError();
+
+  addImageOptions(
+    program
+      .command("generate")
+      .description("text to image")
+      .argument("<prompt...>", "what to draw (quote it, or give several words)"),
+  )
+    .addHelpText("after", `\nExample:\n  diffusekit generate "a cat wearing a hat" --steps 30 --cfg 7.5 --seed 42 -o cat.png`)
+    .action((prompt: string[], opts: ImageCommandOptions) => runImageCommand("generate", prompt, opts));
+
+  addImageOptions(
+    program
+      .command("img2img")
+      .description("image to image: redraw INPUT (PNG or JPEG) towards the prompt")
+      .argument("<input>", "the starting image")
+      .argument("<prompt...>", "what to draw"),
+  )
+    .addOption(new Option("--strength <s>", "how much to change the image, in (0, 1] (default: 0.8)").argParser(number(0, 1, { exclusiveMin: true })))
+    .addHelpText("after", `\nExample:\n  diffusekit img2img sketch.png "an oil painting of a lighthouse" --strength 0.6 -o lighthouse.png`)
+    .action((input: string, prompt: string[], opts: ImageCommandOptions & { strength?: number }) =>
+      runImageCommand("img2img", prompt, opts, { input, strength: opts.strength }));
+
+  registerTrainCommands(program);
+
+  program
+    .command("info")
+    .description("version, devices (CPU ISA and threads; CUDA name, memory, capability), build flags, built-in model")
+    .option("--json", "print machine-readable information on stdout")
+    .action((opts: { json?: boolean }) => infoCommand(opts));
+
+  return program;
 }
 
-function info(): void {
-  console.log(`diffusekit ${version} (node ${process.version}, ${process.platform}-${process.arch})`);
-  const b = buildInfo();
-  console.log(`build: cuda backend ${b.cuda ? "compiled" : "not compiled"}, compiler ${b.compiler}`);
-  for (const d of devices()) {
-    if (d.type === "cpu") console.log(`device cpu: ${d.threads} threads, ${d.isa}`);
-    else console.log(`device cuda:${d.index}: ${d.name}, ${gib(d.memoryBytes)}, capability ${d.capability}, ${d.multiprocessors} SMs`);
-  }
+function report(message: string): void {
+  process.stderr.write(`diffusekit: ${message}\n`);
 }
 
-function usage(): void {
-  console.log(`Usage: diffusekit <command>
-
-Commands:
-  info         version, devices and build flags
-  --version    print the version`);
-}
-
-function main(argv: string[]): number {
-  const [cmd] = argv;
-  try {
-    if (cmd === "--version" || cmd === "-V" || cmd === "version") console.log(version);
-    else if (cmd === "info") info();
-    else if (cmd === undefined || cmd === "--help" || cmd === "-h" || cmd === "help") usage();
-    else {
-      console.error(`diffusekit: unknown command "${cmd}" (try --help)`);
-      return 2;
-    }
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  if (argv.length === 0) {
+    program.outputHelp();
     return 0;
+  }
+  try {
+    await program.parseAsync(argv, { from: "user" });
+    return typeof process.exitCode === "number" ? process.exitCode : 0;
   } catch (e) {
-    console.error(`diffusekit: ${(e as Error).message}`);
-    return 1;
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : EXIT_USAGE;  // help/version exit 0; commander already printed the error
+    const err = e as Error;
+    if (process.env.DIFFUSEKIT_DEBUG) process.stderr.write(`${err.stack ?? err}\n`);
+    if (err instanceof UsageError) {
+      report(err.message);
+      return EXIT_USAGE;
+    }
+    if (err?.name === "AbortError") {
+      report("interrupted");
+      return EXIT_INTERRUPTED;
+    }
+    // the library's range errors (a value out of range) are mistakes in the command line too
+    report(err?.message ?? String(e));
+    return err instanceof RangeError ? EXIT_USAGE : EXIT_FAILURE;
   }
 }
 
-process.exitCode = main(process.argv.slice(2));
+if (require.main === module) {
+  main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
+}

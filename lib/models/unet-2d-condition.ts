@@ -9,6 +9,7 @@ import {
   type UNetAttentionSettings, type UNetBlockCommon,
 } from "./blocks/unet-blocks";
 import { UnsupportedConfigError } from "./blocks/config";
+import { releaseUNetGraphs } from "./unet-graph";
 
 export { UnsupportedConfigError };
 
@@ -274,6 +275,21 @@ export class UNet2DConditionModel extends Module {
 
     this.convNormOut = this.child("conv_norm_out", new GroupNorm(cfg.normNumGroups, boc[0], cfg.normEps));
     this.convOut = this.child("conv_out", new Conv2d(boc[0], cfg.outChannels, { kernel: cfg.convOutKernel, padding: (cfg.convOutKernel - 1) / 2 }));
+  }
+
+  // Captured step graphs (./unet-graph.ts) read the parameters' memory: replacing or freeing
+  // the parameters releases them first.
+  override loadStateDict(...args: Parameters<Module["loadStateDict"]>): void {
+    releaseUNetGraphs(this);
+    super.loadStateDict(...args);
+  }
+  override to(device: string, dtype?: Parameters<Module["to"]>[1]): this {
+    releaseUNetGraphs(this);
+    return super.to(device, dtype);
+  }
+  override dispose(): void {
+    releaseUNetGraphs(this);
+    super.dispose();
   }
 
   /**

@@ -15,6 +15,7 @@ import { TorchGenerator, randnTensor } from "../random/torch-generator";
 import { SAMPLER_NAMES, createScheduler, schedulerFromConfig, type Scheduler, type NoiseSource } from "../schedulers";
 import { GeneratedImage, latentPreviews, postprocessDecoded, type ImageParameters } from "./images";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
+import { unetStep } from "../models/unet-graph";
 
 /** Sampler names generate() takes: the lib/schedulers names plus "default" (the model's own scheduler). */
 export const SAMPLER_CHOICES: readonly string[] = [...SAMPLER_NAMES, "default"];
@@ -352,7 +353,7 @@ export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, i
       const out = tidy(() => {
         const modelIn = scheduler.scaleModelInput(run.cfgOn ? ops.concat([x, x], 0) : x, t);
         const unetIn = modelIn.dtype === unetDtype ? modelIn : modelIn.to(pipe.device, unetDtype);
-        let eps = pipe.unet.forward(unetIn, t, context);
+        let eps = unetStep(pipe.unet, unetIn, t, context);  // a replayed CUDA graph on CUDA (lib/models/unet-graph.ts)
         if (eps.dtype !== "float32") eps = eps.to(pipe.device, "float32");
         if (run.cfgOn) {
           const [uncond, cond] = ops.chunk(eps, 2, 0);

@@ -94,6 +94,23 @@ export class AdamW {
     for (const p of this.params) if (!p.disposed && p.grad) p.grad = null;
   }
 
+  /**
+   * Replaces a parameter's moments and step count (resuming from a checkpoint). The optimiser
+   * takes ownership of the two tensors (same shape as the parameter, float32, contiguous).
+   */
+  loadState(p: Tensor, s: { expAvg: Tensor; expAvgSq: Tensor; step: number }): void {
+    if (!this.params.includes(p)) throw new RangeError("AdamW.loadState: not one of this optimiser's parameters");
+    for (const [name, t] of [["expAvg", s.expAvg], ["expAvgSq", s.expAvgSq]] as const) {
+      if (t.dtype !== "float32" || !t.isContiguous || t.shape.length !== p.shape.length || t.shape.some((d, i) => d !== p.shape[i]))
+        throw new RangeError(`AdamW.loadState: ${name} must be contiguous float32 [${p.shape.join(",")}], got ${t.dtype} [${t.shape.join(",")}]`);
+    }
+    if (!Number.isInteger(s.step) || s.step < 1) throw new RangeError(`AdamW.loadState: step must be a positive integer, got ${s.step}`);
+    const old = this.states.get(p);
+    if (old) { old.expAvg.dispose(); old.expAvgSq.dispose(); }
+    keepOut(s.expAvg, s.expAvgSq);
+    this.states.set(p, { expAvg: s.expAvg, expAvgSq: s.expAvgSq, step: s.step });
+  }
+
   /** Frees the moments. */
   dispose(): void {
     for (const s of this.states.values()) { s.expAvg.dispose(); s.expAvgSq.dispose(); }
@@ -172,9 +189,52 @@ export class EMA {
     list.forEach((p, i) => raw.copyInPlace(p.handle, this.shadow[i].handle));
   }
 
+  /** Restores the averages and the update count (resuming from a checkpoint); `values` are copied. */
+  loadState(values: readonly Tensor[], optimizationStep: number): void {
+    if (values.length !== this.shadow.length) throw new RangeError(`EMA.loadState: expected ${this.shadow.length} tensors, got ${values.length}`);
+    if (!Number.isInteger(optimizationStep) || optimizationStep < 0)
+      throw new RangeError(`EMA.loadState: optimizationStep must be an integer >= 0, got ${optimizationStep}`);
+    const raw = rawNative();
+    values.forEach((v, i) => {
+      const s = this.shadow[i];
+      if (v.shape.length !== s.shape.length || v.shape.some((d, j) => d !== s.shape[j]))
+        throw new RangeError(`EMA.loadState: tensor ${i} has shape [${v.shape.join(",")}], expected [${s.shape.join(",")}]`);
+      raw.copyInPlace(s.handle, v.handle);
+    });
+    this.optimizationStep = optimizationStep;
+  }
+
   dispose(): void {
     for (const t of this.shadow) t.dispose();
   }
+}
+
+export type LrScheduleName = "constant" | "cosine";
+export const LR_SCHEDULES: readonly LrScheduleName[] = ["constant", "cosine"];
+
+export interface LrSchedule {
+  lr: number;
+  /** Linear warm-up over this many optimiser steps (default 0). */
+  warmupSteps?: number;
+  /** After the warm-up: "constant" (default) or "cosine" decay to 0 at totalSteps. */
+  schedule?: LrScheduleName;
+  totalSteps: number;
+}
+
+/**
+ * The learning rate of optimiser step `step` (1-based): lr·step/warmup during the warm-up (so the
+ * first step already moves, unlike diffusers' LambdaLR which starts at 0), then constant or
+ * lr·½(1 + cos(π·(step − warmup)/(total − warmup))).
+ */
+export function learningRateAt(step: number, s: LrSchedule): number {
+  const warm = s.warmupSteps ?? 0;
+  const kind = s.schedule ?? "constant";
+  if (!LR_SCHEDULES.includes(kind)) throw new RangeError(`lrSchedule must be one of ${LR_SCHEDULES.join(", ")}, got ${JSON.stringify(kind)}`);
+  if (warm > 0 && step <= warm) return (s.lr * step) / warm;
+  if (kind === "constant") return s.lr;
+  const span = Math.max(1, s.totalSteps - warm);
+  const progress = Math.min(1, Math.max(0, (step - warm) / span));
+  return s.lr * 0.5 * (1 + Math.cos(Math.PI * progress));
 }
 
 /**

@@ -16,6 +16,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_grad_ops(env, exports);
   register_runtime(env, exports);
   register_bench(env, exports);
+  register_graph(env, exports);
   return exports;
 }
 

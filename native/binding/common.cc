@@ -100,6 +100,9 @@ struct ReadJob {
 Napi::Value NativeTensor::Read(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (disposed()) throw_disposed(env);
+  if (capture_open(tensor_->device()))
+    throw Napi::Error::New(env, "read: values cannot be read back while " + tensor_->device().str() +
+                                    " is capturing a graph (read after captureGraph() returns)");
   Tensor src = contiguous(*tensor_);
   auto* job = new ReadJob(env);
   Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, src.nbytes());

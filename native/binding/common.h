@@ -91,6 +91,7 @@ void register_nn_ops(Napi::Env env, Napi::Object exports);
 void register_grad_ops(Napi::Env env, Napi::Object exports);
 void register_runtime(Napi::Env env, Napi::Object exports);
 void register_bench(Napi::Env env, Napi::Object exports);
+void register_graph(Napi::Env env, Napi::Object exports);
 
 }  // namespace dk::binding
 

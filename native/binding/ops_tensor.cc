@@ -35,6 +35,7 @@ Napi::Value FromBuffer(const Napi::CallbackInfo& info) {
   if (need) std::memcpy(host.data(), src, need);
   host.storage->host_ready = true;
   if (dev.is_cpu()) return NativeTensor::Wrap(info.Env(), host);
+  check_not_capturing(op, dev);
   Tensor out = empty_tensor(shape, dt, dev);
   enqueue(dev, "fromBuffer", {host}, {out}, [host, out] {
     DK_CUDA_ONLY(cuda::copy_h2d(out.device().index, out.data(), host.data(), host.nbytes()));
@@ -61,6 +62,7 @@ Napi::Value Full(const Napi::CallbackInfo& info) {
   double value = number_arg(info, 1, op, "value");
   DType dt = dtype_arg(info, 2, op, "dtype");
   Device dev = device_arg(info, 3, op, "device");
+  if (dev.is_cuda()) check_not_capturing(op, dev);
   Tensor host = empty_tensor(shape, dt, Device{});
   Tensor out = dev.is_cpu() ? host : empty_tensor(shape, dt, dev);
   enqueue(Device{}, op, {}, {host}, [host, dt, value] { fill_host(host.data(), dt, value, host.numel()); });
@@ -107,6 +109,8 @@ Napi::Value To(const Napi::CallbackInfo& info) {
   DType dt = dtype_arg(info, 2, op, "dtype");
   Device from = t.device();
   if (from == dev) return NativeTensor::Wrap(info.Env(), t.dtype == dt ? t : cast_on_device(t, dt));
+  check_not_capturing(op, from);
+  check_not_capturing(op, dev);
   if (from.is_cpu()) {
     // Cast on the host first (cheaper to upload half-size data), then copy up.
     Tensor host = t.dtype == dt ? t : cast_on_device(t, dt);

@@ -70,6 +70,7 @@ Napi::Value EmptyCache(const Napi::CallbackInfo& info) {
 Napi::Value Synchronize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Device d = device_arg(info, 0, "synchronize", "device");
+  check_not_capturing("synchronize", d);
   auto deferred = std::make_shared<Napi::Promise::Deferred>(Napi::Promise::Deferred::New(env));
   auto tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
                                             "diffusekit.sync", 0, 1);

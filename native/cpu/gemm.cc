@@ -4,10 +4,12 @@
 // Per thread, for its C rectangle:   for jc (NC cols): for pc (KC): pack B slab [KC x NC]
 //                                       for ic (MC rows): pack A block [MC x KC]
 //                                         for jr (NR): for ir (MR): micro-kernel
-// The A block lives in L2 and each B micro-panel in L1. Threads own disjoint C rectangles (split
-// along M or N, whichever wastes the least padding and packing), so they never synchronise and
-// each packs the B it needs exactly once per call. K blocks after the first accumulate into C;
-// bias and residual are added by the last one, so C is written once per K block.
+// The A block stays in L2 and a B micro-panel is reused by the MC/MR tiles below it. Threads own
+// disjoint C rectangles (split along M or N, whichever wastes the least padding and packing), so
+// they never synchronise, and each packs the B it needs once per call. While a block is being
+// multiplied, the next A block and B slab are prefetched a slice per tile (Trickle), so packing
+// rarely waits on DRAM. K blocks after the first accumulate into C; bias and residual are added
+// by the last one. Fewer than 5 rows (GEMV-like) skip packing and use dot products.
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -172,6 +174,24 @@ void run_small_m(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n
   }
 }
 
+// Hands out a range of rows to prefetch a slice at a time, one slice per micro-kernel call, so
+// the memory reads of the next packing overlap the arithmetic instead of stalling it.
+struct Trickle {
+  int64_t next = 0, end = 0, per = 0;
+  void plan(int64_t begin, int64_t count, int64_t calls) {
+    next = begin;
+    end = begin + count;
+    per = ceil_div(count, std::max<int64_t>(calls, 1));
+  }
+  template <class F>
+  void step(F&& f) {
+    if (next >= end) return;
+    const int64_t n = std::min(per, end - next);
+    f(next, n);
+    next += n;
+  }
+};
+
 // Serial blocked product for the C rectangle [m0,m1) x [n0,n1).
 void run_rect(const Kernel& kr, const Blocking& bl, const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
               float* abuf, float* bbuf) {
@@ -194,11 +214,34 @@ void run_rect(const Kernel& kr, const Blocking& bl, const Problem& p, int64_t m0
   int64_t nc_cap = bl.nc;
   if (m1 - m0 <= bl.mc) nc_cap = std::max<int64_t>(nr, std::min(bl.nc, kL2SlabBytes / (kc_blk * 4) / nr * nr));
   const int64_t nc_blk = even_block(n1 - n0, nc_cap, nr);
+  const int64_t row_tiles = ceil_div(m1 - m0, mr) + ceil_div(m1 - m0, mc_blk);  // (upper bound)
   for (int64_t jc = n0; jc < n1; jc += nc_blk) {
     const int64_t nc = std::min(nc_blk, n1 - jc);
     for (int64_t pc = 0; pc < p.K; pc += kc_blk) {
       const int64_t kc = std::min(kc_blk, p.K - pc);
       pack_b_slab(kr, p, pc, kc, jc, nc, bbuf);
+      // The next B slab (weights: usually in DRAM) trickles in while this one is used.
+      int64_t bx_n = jc, bx_nc = 0, bx_k = pc + kc, bx_kc = 0;
+      if (pc + kc < p.K) {
+        bx_nc = nc;
+        bx_kc = std::min(kc_blk, p.K - bx_k);
+      } else if (jc + nc < n1) {
+        bx_n = jc + nc;
+        bx_nc = std::min(nc_blk, n1 - bx_n);
+        bx_k = 0;
+        bx_kc = std::min(kc_blk, p.K);
+      }
+      Trickle bpf;
+      bpf.plan(0, p.transB ? bx_nc : bx_kc, row_tiles * ceil_div(nc, nr));
+      auto prefetch_b = [&](int64_t r, int64_t cnt) {
+        for (int64_t x = r; x < r + cnt; ++x) {
+          if (p.transB)
+            prefetch_span(p.B + (bx_n + x) * p.ldb + bx_k, bx_kc);
+          else
+            prefetch_span(p.B + (bx_k + x) * p.ldb + bx_n, bx_nc);
+        }
+      };
+
       const bool first = pc == 0, last = pc + kc == p.K;
       TileEpi base;
       base.alpha = p.alpha;
@@ -208,33 +251,27 @@ void run_rect(const Kernel& kr, const Blocking& bl, const Problem& p, int64_t m0
         const int64_t apanel = a_panel_floats(kr, kc);
         for (int64_t i0 = 0; i0 < mc; i0 += mr)
           p.a->pack(kr, ic + i0, int(std::min<int64_t>(mr, mc - i0)), pc, kc, abuf + i0 / mr * apanel);
-        // The next A block (activations, usually in DRAM) is prefetched a few rows per tile while
-        // this one is multiplied, so its packing does not stall on memory.
-        int64_t nx_i = m1, nx_rows = 0, nx_k = pc, nx_kc = kc;
+        // Likewise the next A block (activations), a few rows per tile.
+        int64_t ax_i = m1, ax_rows = 0, ax_k = pc, ax_kc = kc;
         if (ic + mc < m1) {
-          nx_i = ic + mc;
-          nx_rows = std::min(mc_blk, m1 - nx_i);
+          ax_i = ic + mc;
+          ax_rows = std::min(mc_blk, m1 - ax_i);
         } else if (pc + kc < p.K) {
-          nx_i = m0;
-          nx_rows = std::min(mc_blk, m1 - m0);
-          nx_k = pc + kc;
-          nx_kc = std::min(kc_blk, p.K - nx_k);
+          ax_i = m0;
+          ax_rows = std::min(mc_blk, m1 - m0);
+          ax_k = pc + kc;
+          ax_kc = std::min(kc_blk, p.K - ax_k);
         }
-        const int64_t tiles = ceil_div(nc, nr) * ceil_div(mc, mr);
-        const int64_t pf_rows = ceil_div(nx_rows, tiles);
-        int64_t pf_next = nx_i;
-        const int64_t pf_end = nx_i + nx_rows;
+        Trickle apf;
+        apf.plan(ax_i, ax_rows, ceil_div(nc, nr) * ceil_div(mc, mr));
         for (int64_t j0 = 0; j0 < nc; j0 += nr) {
           const int n = int(std::min<int64_t>(nr, nc - j0));
           const float* bp = bbuf + j0 * kc;
           TileEpi e = base;
           if (last && p.ep.bias) e.bias = p.ep.bias + jc + j0;
           for (int64_t i0 = 0; i0 < mc; i0 += mr) {
-            if (pf_next < pf_end) {
-              const int64_t r = std::min(pf_rows, pf_end - pf_next);
-              p.a->prefetch(pf_next, int(r), nx_k, nx_kc);
-              pf_next += r;
-            }
+            apf.step([&](int64_t r, int64_t cnt) { p.a->prefetch(r, int(cnt), ax_k, ax_kc); });
+            bpf.step(prefetch_b);
             const int m = int(std::min<int64_t>(mr, mc - i0));
             const int64_t row = ic + i0, col = jc + j0;
             if (last && p.ep.residual) {

@@ -2,12 +2,23 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <map>
 #include <mutex>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "../core/error.h"
 #include "stream.cuh"
+
+struct dk::cuda::Graph {
+  int device = 0;
+  std::map<size_t, std::vector<void*>> free_blocks;  // pool blocks not in use (still reserved)
+  std::vector<std::pair<void*, size_t>> blocks;       // every block of the pool (pointer, size class)
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+};
 
 namespace dk::cuda {
 namespace {
@@ -16,7 +27,19 @@ struct DevicePool {
   std::mutex mu;
   std::map<size_t, std::vector<void*>> free_blocks;
   MemoryStats stats;
+  std::unordered_map<void*, Graph*> graph_owned;  // blocks reserved by a graph's pool
+  std::atomic<int> capturing{0};                  // stream captures in progress
 };
+
+// The graph pool this thread's allocations go to (graph_alloc_scope), and whether this thread
+// is recording a stream capture (graph_begin_capture .. graph_end_capture).
+thread_local Graph* tl_alloc_graph = nullptr;
+thread_local bool tl_capturing = false;
+
+void refuse_while_capturing(const char* what) {
+  if (tl_capturing)
+    throw_error(std::string(what) + " cannot be recorded in a captured graph (it needs the host to wait for the device)");
+}
 
 constexpr int kMaxDevices = 16;
 
@@ -87,9 +110,34 @@ cudaStream_t stream(int device) {
   return streams[device];
 }
 
+namespace {
+void* device_alloc_global(int device, size_t bytes, size_t cls);
+}
+
 void* device_alloc(int device, size_t bytes) {
   check_index(device);
   size_t cls = size_class(bytes);
+  Graph* g = tl_alloc_graph && tl_alloc_graph->device == device ? tl_alloc_graph : nullptr;
+  if (!g) return device_alloc_global(device, bytes, cls);
+  DevicePool& P = pool(device);
+  {
+    std::lock_guard<std::mutex> lock(P.mu);
+    auto it = g->free_blocks.find(cls);
+    if (it != g->free_blocks.end() && !it->second.empty()) {
+      void* p = it->second.back();
+      it->second.pop_back();
+      return p;  // still counted in use: reserved for the graph
+    }
+  }
+  void* p = device_alloc_global(device, bytes, cls);
+  std::lock_guard<std::mutex> lock(P.mu);
+  P.graph_owned[p] = g;
+  g->blocks.emplace_back(p, cls);
+  return p;
+}
+
+namespace {
+void* device_alloc_global(int device, size_t bytes, size_t cls) {
   DevicePool& P = pool(device);
   {
     std::lock_guard<std::mutex> lock(P.mu);
@@ -122,6 +170,7 @@ void* device_alloc(int device, size_t bytes) {
   if (P.stats.bytes_in_use > P.stats.peak_bytes) P.stats.peak_bytes = P.stats.bytes_in_use;
   return p;
 }
+}  // namespace
 
 void device_free(int device, void* p, size_t bytes) {
   if (!p) return;
@@ -130,6 +179,13 @@ void device_free(int device, void* p, size_t bytes) {
   size_t cls = size_class(bytes);
   DevicePool& P = pool(device);
   std::lock_guard<std::mutex> lock(P.mu);
+  if (!P.graph_owned.empty()) {
+    auto it = P.graph_owned.find(p);
+    if (it != P.graph_owned.end()) {  // back to its graph's pool, not to the shared cache
+      it->second->free_blocks[cls].push_back(p);
+      return;
+    }
+  }
   P.stats.bytes_in_use -= cls;
   P.stats.bytes_cached += cls;
   P.free_blocks[cls].push_back(p);
@@ -150,6 +206,8 @@ void reset_peak(int device) {
 
 void empty_cache(int device) {
   DevicePool& P = pool(device);
+  // cudaStreamSynchronize / cudaFree would invalidate a capture in progress; keep the cache.
+  if (P.capturing.load() > 0) return;
   std::vector<void*> blocks;
   {
     std::lock_guard<std::mutex> lock(P.mu);
@@ -166,13 +224,17 @@ void empty_cache(int device) {
 
 void bind_thread_to_device(int device) { cudaSetDevice(device); }
 
+// No stream sync: from pageable memory, cudaMemcpyAsync returns once the source has been
+// staged (CUDA runtime API "API synchronization behavior"), so the host buffer may go away;
+// the copy itself stays ordered on the device's stream, and the queue thread runs ahead.
 void copy_h2d(int device, void* dst, const void* src, size_t bytes) {
+  refuse_while_capturing("a host-to-device copy");
   check(cudaSetDevice(device), "cudaSetDevice");
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream(device)), "copy to device");
-  check(cudaStreamSynchronize(stream(device)), "copy to device");
 }
 
 void copy_d2h(int device, void* dst, const void* src, size_t bytes) {
+  refuse_while_capturing("a device-to-host copy");
   check(cudaSetDevice(device), "cudaSetDevice");
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream(device)), "copy to host");
   check(cudaStreamSynchronize(stream(device)), "copy to host");
@@ -184,8 +246,95 @@ void copy_d2d(int device, void* dst, const void* src, size_t bytes) {
 }
 
 void synchronize(int device) {
+  refuse_while_capturing("synchronize");
   check(cudaSetDevice(device), "cudaSetDevice");
   check(cudaStreamSynchronize(stream(device)), "synchronize");
+}
+
+// ------------------------------------------------------------------ graphs
+
+Graph* graph_create(int device) {
+  check_index(device);
+  auto* g = new Graph();
+  g->device = device;
+  return g;
+}
+
+void graph_alloc_scope(Graph* g) { tl_alloc_graph = g; }
+
+bool graph_owns(Graph* g, const void* p) {
+  DevicePool& P = pool(g->device);
+  std::lock_guard<std::mutex> lock(P.mu);
+  auto it = P.graph_owned.find(const_cast<void*>(p));
+  return it != P.graph_owned.end() && it->second == g;
+}
+
+void graph_begin_capture(Graph* g) {
+  check(cudaSetDevice(g->device), "cudaSetDevice");
+  // Relaxed: other threads (the JS thread's allocator) may call cudaMalloc meanwhile.
+  check(cudaStreamBeginCapture(stream(g->device), cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
+  pool(g->device).capturing.fetch_add(1);
+  tl_capturing = true;
+  tl_alloc_graph = g;  // split-K / norm workspaces allocated by the recorded ops
+}
+
+std::string graph_end_capture(Graph* g, const std::string& recording_error) {
+  if (!tl_capturing) return recording_error.empty() ? "the stream capture did not start" : recording_error;
+  tl_capturing = false;
+  tl_alloc_graph = nullptr;
+  cudaGraph_t graph = nullptr;
+  cudaError_t e = cudaStreamEndCapture(stream(g->device), &graph);
+  pool(g->device).capturing.fetch_sub(1);
+  std::string err = recording_error;
+  if (e != cudaSuccess && err.empty()) err = std::string("cudaStreamEndCapture: ") + cudaGetErrorString(e);
+  cudaGetLastError();  // a failed capture leaves a non-sticky error behind
+  if (err.empty() && !graph) err = "cudaStreamEndCapture returned no graph";
+  if (err.empty()) {
+    cudaGraphExec_t exec = nullptr;
+    e = cudaGraphInstantiate(&exec, graph, 0);
+    if (e != cudaSuccess) {
+      err = std::string("cudaGraphInstantiate: ") + cudaGetErrorString(e);
+      cudaGetLastError();
+    } else {
+      g->exec = exec;
+      cudaGraphUpload(exec, stream(g->device));  // optional: makes the first replay cheaper
+      cudaGetLastError();
+    }
+  }
+  if (graph) {
+    if (g->exec) g->graph = graph;
+    else cudaGraphDestroy(graph);
+  }
+  return err;
+}
+
+void graph_launch(Graph* g) {
+  if (!g->exec) throw_error("graph launch: the graph was not instantiated");
+  check(cudaGraphLaunch(g->exec, stream(g->device)), "cudaGraphLaunch");
+}
+
+void graph_destroy(Graph* g) {
+  if (!g) return;
+  // An executable graph destroyed while a replay is in flight is freed when that replay
+  // completes; the pool's blocks go back to the cache, whose next users are ordered after the
+  // replay on the same stream.
+  if (g->exec) cudaGraphExecDestroy(g->exec);
+  if (g->graph) cudaGraphDestroy(g->graph);
+  cudaGetLastError();
+  DevicePool& P = pool(g->device);
+  {
+    std::lock_guard<std::mutex> lock(P.mu);
+    for (auto& b : g->blocks) P.graph_owned.erase(b.first);
+    // blocks still held by live tensors (the graph's outputs) return to the cache when freed
+    for (auto& kv : g->free_blocks)
+      for (void* p : kv.second) {
+        P.stats.bytes_in_use -= kv.first;
+        P.stats.bytes_cached += kv.first;
+        P.free_blocks[kv.first].push_back(p);
+      }
+  }
+  if (tl_alloc_graph == g) tl_alloc_graph = nullptr;
+  delete g;
 }
 
 }  // namespace dk::cuda

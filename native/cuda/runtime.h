@@ -39,4 +39,25 @@ void copy_d2h(int device, void* dst, const void* src, size_t bytes);
 void copy_d2d(int device, void* dst, const void* src, size_t bytes);
 void synchronize(int device);
 
+// ---- CUDA graphs (stream capture), driven by native/core/queue.cc's capture_*.
+// A Graph owns a memory pool: blocks allocated on its device while a thread's allocation scope
+// is set to it stay reserved for the graph after they are freed, until graph_destroy() returns
+// them to the device's cache (the graph's kernels keep using those addresses on every replay).
+struct Graph;
+Graph* graph_create(int device);
+// Routes the calling thread's device_alloc() on the graph's device to its pool (nullptr: stop).
+void graph_alloc_scope(Graph* g);
+// Whether `p` is a block of g's pool.
+bool graph_owns(Graph* g, const void* p);
+// Queue thread: starts capturing the device stream (relaxed mode) and sets the thread's
+// allocation scope; host<->device copies and synchronize() on this thread then throw.
+void graph_begin_capture(Graph* g);
+// Queue thread: ends the capture and instantiates the graph unless `recording_error` is set or
+// the capture was invalidated; returns "" on success, else the reason.
+std::string graph_end_capture(Graph* g, const std::string& recording_error);
+// Queue thread: one replay on the device stream.
+void graph_launch(Graph* g);
+// Frees the executable graph (a replay in flight completes first) and returns the pool.
+void graph_destroy(Graph* g);
+
 }  // namespace dk::cuda

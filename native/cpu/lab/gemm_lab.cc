@@ -17,7 +17,7 @@
 //   /tmp/gemm_lab bench     # GFLOP/s and % of the measured peak: 2048^3, SD1.5 linears, 3x3 convs
 //   /tmp/gemm_lab all       # test + bench
 // Env: DIFFUSEKIT_THREADS=n, DIFFUSEKIT_ISA=generic|avx2 (bench), LAB_KC/LAB_MC/LAB_NC (blocking),
-// LAB_REPS=n, LAB_ONLY=<substring of a case name>.
+// LAB_REPS=n, LAB_ONLY=<substring of a case name>, LAB_SHAPE=M,K,N (only that transB sgemm).
 // Timings: best and median wall time of LAB_REPS runs, as % of the measured all-thread peak, and
 // "per-CPU-s" best / median: flops per CPU-second (all threads) against the peak loop's flops per
 // CPU-second. On a shared machine the wall numbers swing with the other load; per-CPU-s does not
@@ -355,7 +355,12 @@ void bench(double peak) {
                       {8192, 320, 1280, true},   {8192, 1280, 320, true},  {2048, 640, 640, true},
                       {512, 1280, 1280, true},   {8192, 320, 2560, true},  {77, 768, 768, true},
                       {2, 1280, 1280, true}};
-  for (const S& s : shapes) {
+  std::vector<S> list(std::begin(shapes), std::end(shapes));
+  if (const char* c = std::getenv("LAB_SHAPE")) {  // "M,K,N": one extra transB case
+    long long m, k, n;
+    if (std::sscanf(c, "%lld,%lld,%lld", &m, &k, &n) == 3) list.assign(1, S{m, k, n, true});
+  }
+  for (const S& s : list) {
     auto A = randv(size_t(s.M * s.K), g), B = randv(size_t(s.K * s.N), g), bias = randv(size_t(s.N), g);
     std::vector<float> C(size_t(s.M * s.N));
     GemmEpilogue ep;

@@ -1,0 +1,133 @@
+/**
+ * The one-call API: `generate({ prompt })` loads a model (the built-in one unless `model` names a
+ * diffusers folder or a single-file checkpoint), keeps it loaded, and runs text-to-image with it.
+ *
+ * Loaded pipelines are cached per (model path, device, dtype, load options): loading reads and
+ * converts every weight, which costs far more than a short generation, so repeated calls reuse one
+ * pipeline. The cache holds the load promise, so concurrent first calls share a single load, and a
+ * failed load is forgotten so the next call retries. `releasePipelines()` frees them all.
+ */
+import * as fs from "fs";
+import * as path from "path";
+import { packageRoot } from "./native";
+import { loadPipeline, type LoadPipelineOptions } from "./pipelines/load";
+import { resolvePipelineDevice, resolvePipelineDType } from "./pipelines/load";
+import type { StableDiffusionPipeline } from "./pipelines/stable-diffusion";
+import type { GenerateOptions, GenerateResult } from "./pipelines/text-to-image";
+import type { Img2ImgOptions } from "./pipelines/image-to-image";
+
+/** Which model to use and how to load it; the rest of the options are generate()'s. */
+export interface ModelOptions {
+  /** A diffusers model folder or a single-file `.safetensors` checkpoint. Default: the built-in model. */
+  model?: string;
+  /** "auto" (default) picks CUDA when a GPU answers. */
+  device?: LoadPipelineOptions["device"];
+  /** Default float16 on CUDA, float32 on the CPU. */
+  dtype?: LoadPipelineOptions["dtype"];
+  /** loadPipeline's options for diffusers variants and single-file checkpoints. */
+  variant?: string;
+  configs?: LoadPipelineOptions["configs"];
+  tokenizer?: string;
+}
+
+export type TopLevelGenerateOptions = GenerateOptions & ModelOptions;
+export type TopLevelImg2ImgOptions = Img2ImgOptions & ModelOptions;
+
+const MODEL_KEYS: readonly (keyof ModelOptions)[] = ["model", "device", "dtype", "variant", "configs", "tokenizer"];
+
+/** Where the built-in model lives: `models/builtin` (a diffusers folder) under the package root. */
+export const BUILTIN_MODEL_DIR = path.join(packageRoot, "models", "builtin");
+
+/** The built-in model's folder, or null when this installation has none. */
+export function builtinModelPath(): string | null {
+  try {
+    return fs.statSync(path.join(BUILTIN_MODEL_DIR, "model_index.json")).isFile() ? BUILTIN_MODEL_DIR : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The error every entry point gives when no model was named and none is built in. */
+export class NoBuiltinModelError extends Error {
+  constructor(op: string) {
+    super(`${op}: no built-in model is installed (looked for ${BUILTIN_MODEL_DIR}); pass a model: a diffusers folder or a .safetensors checkpoint`);
+    this.name = "NoBuiltinModelError";
+  }
+}
+
+const cache = new Map<string, Promise<StableDiffusionPipeline>>();
+
+function cacheKey(modelPath: string, device: string, dtype: string, o: ModelOptions): string {
+  let real = modelPath;
+  try {
+    real = fs.realpathSync(modelPath);
+  } catch {
+    // a missing path is reported by loadPipeline
+  }
+  return JSON.stringify([real, device, dtype, o.variant ?? null, o.configs ?? null, o.tokenizer ?? null]);
+}
+
+/**
+ * The pipeline for a model, loaded on first use and cached (see the file comment). Do not dispose
+ * it yourself; call releasePipelines() (a disposed pipeline is reloaded on the next call anyway).
+ */
+export async function getPipeline(opts: ModelOptions = {}, op = "getPipeline"): Promise<StableDiffusionPipeline> {
+  const modelPath = opts.model ?? builtinModelPath();
+  if (modelPath === null) throw new NoBuiltinModelError(op);
+  if (typeof modelPath !== "string" || modelPath === "") throw new TypeError(`${op}: model must be a path to a diffusers folder or a .safetensors file`);
+  // "auto" and the default dtype are resolved first, so { device: "auto" } and { device: "cpu" } share one load on a CPU-only machine
+  const device = resolvePipelineDevice(op, opts.device);
+  const dtype = resolvePipelineDType(op, opts.dtype, device);
+  const key = cacheKey(path.resolve(modelPath), device, dtype, opts);
+  const hit = cache.get(key);
+  if (hit) {
+    const pipe = await hit.catch(() => null);
+    if (pipe && !pipe.disposed) return pipe;
+    if (cache.get(key) === hit) cache.delete(key);
+  }
+  const load: LoadPipelineOptions = { device, dtype };
+  if (opts.variant !== undefined) load.variant = opts.variant;
+  if (opts.configs !== undefined) load.configs = opts.configs;
+  if (opts.tokenizer !== undefined) load.tokenizer = opts.tokenizer;
+  const pending = loadPipeline(modelPath, load);
+  cache.set(key, pending);
+  pending.catch(() => {
+    if (cache.get(key) === pending) cache.delete(key);
+  });
+  return pending;
+}
+
+/** Disposes every cached pipeline (their weights are freed; later calls load again). */
+export async function releasePipelines(): Promise<void> {
+  const pending = [...cache.values()];
+  cache.clear();
+  for (const p of await Promise.allSettled(pending)) if (p.status === "fulfilled") p.value.dispose();
+}
+
+function split<T extends ModelOptions>(opts: T, op: string): [ModelOptions, Omit<T, keyof ModelOptions>] {
+  if (opts === null || typeof opts !== "object") throw new TypeError(`${op}: options must be an object`);
+  const model: ModelOptions = {};
+  const rest: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(opts)) {
+    if ((MODEL_KEYS as readonly string[]).includes(k)) (model as Record<string, unknown>)[k] = v;
+    else rest[k] = v;
+  }
+  return [model, rest as Omit<T, keyof ModelOptions>];
+}
+
+/**
+ * Text to image in one call: the options of `pipe.generate()` plus `model`, `device` and `dtype`
+ * (see ModelOptions). Without `model` it uses the built-in model.
+ */
+export async function generate(opts: TopLevelGenerateOptions): Promise<GenerateResult> {
+  const [model, rest] = split(opts, "generate");
+  const pipe = await getPipeline(model, "generate");
+  return pipe.generate(rest as GenerateOptions);
+}
+
+/** Image to image in one call: the options of `pipe.img2img()` plus ModelOptions. */
+export async function img2img(opts: TopLevelImg2ImgOptions): Promise<GenerateResult> {
+  const [model, rest] = split(opts, "img2img");
+  const pipe = await getPipeline(model, "img2img");
+  return pipe.img2img(rest as Img2ImgOptions);
+}

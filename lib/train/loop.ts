@@ -1,0 +1,149 @@
+// What the UNet and VAE trainers share: option checks, the data source, stopping (AbortSignal
+// and SIGINT), throughput/ETA bookkeeping and the progress record handed to onLog.
+import * as fs from "fs";
+import { resolveDevice } from "../devices";
+import { openImageFolder, checkResolution, type Colour, type ResampleMethod, type TrainingDataset } from "./data";
+import { createShapesDataset } from "./shapes";
+
+/** One progress record (after every `logEvery`-th optimiser step, and the last). */
+export interface TrainLogInfo {
+  phase: "vae" | "unet";
+  /** Optimiser steps done (1-based) and the run's total. */
+  step: number;
+  steps: number;
+  /** Mean loss over this step's micro-batches. */
+  loss: number;
+  lr: number;
+  /** Global gradient norm before clipping. */
+  gradNorm: number;
+  epoch: number;
+  /** Training images per second since this run (or resume) started. */
+  imagesPerSec: number;
+  elapsedSec: number;
+  etaSec: number;
+  /** Phase-specific terms (VAE: reconstruction, kl; UNet: emptyPrompts...). */
+  terms?: Record<string, number>;
+}
+
+export type DataOption = string | TrainingDataset;
+
+export interface DataOptions {
+  /** Folder dataset: RGBA is composited over this colour (default white). */
+  background?: Colour;
+  resample?: ResampleMethod;
+  /** metadata.jsonl caption key (default "text"). */
+  captionColumn?: string;
+  onWarn?: (message: string) => void;
+}
+
+export function checkKeys(op: string, opts: object, allowed: readonly string[]): void {
+  if (opts === null || typeof opts !== "object") throw new TypeError(`${op}: options must be an object`);
+  for (const k of Object.keys(opts))
+    if (!allowed.includes(k) && (opts as Record<string, unknown>)[k] !== undefined)
+      throw new RangeError(`${op}: unknown option "${k}" (allowed: ${allowed.join(", ")})`);
+}
+
+export function intOpt(op: string, name: string, v: unknown, dflt: number, min: number): number {
+  const x = v === undefined ? dflt : v;
+  if (typeof x !== "number" || !Number.isInteger(x) || x < min) throw new RangeError(`${op}: ${name} must be an integer >= ${min}, got ${JSON.stringify(v)}`);
+  return x;
+}
+
+export function numOpt(op: string, name: string, v: unknown, dflt: number, ok: (x: number) => boolean, range: string): number {
+  const x = v === undefined ? dflt : v;
+  if (typeof x !== "number" || !Number.isFinite(x) || !ok(x)) throw new RangeError(`${op}: ${name} must be ${range}, got ${JSON.stringify(v)}`);
+  return x;
+}
+
+/** Training runs on the CPU: the backward kernels have no CUDA versions yet. */
+export function trainingDevice(op: string, device: unknown): "cpu" {
+  const d = device ?? "cpu";
+  if (typeof d !== "string" || !/^(cpu|auto|cuda(:\d+)?)$/.test(d))
+    throw new RangeError(`${op}: device must be "cpu", "auto", "cuda" or "cuda:N", got ${JSON.stringify(d)}`);
+  if (d === "cpu" || d === "auto") return "cpu";
+  throw new Error(`${op}: training on ${resolveDevice(d)} is not supported yet (the backward kernels are CPU-only); use device "cpu"`);
+}
+
+/**
+ * The dataset: a TrainingDataset, "shapes" / "shapes:N" (the built-in synthetic set, N images,
+ * default 256), or a folder (see data.ts).
+ */
+export async function resolveData(op: string, data: DataOption, resolution: number, seed: number, opts: DataOptions): Promise<TrainingDataset> {
+  checkResolution(resolution);
+  if (typeof data === "string") {
+    const m = /^shapes(?::(\d+))?$/.exec(data);
+    if (m && !fs.existsSync(data)) return createShapesDataset({ count: m[1] ? Number(m[1]) : 256, resolution, seed, background: opts.background });
+    return openImageFolder(data, { resolution, background: opts.background, resample: opts.resample, captionColumn: opts.captionColumn, onWarn: opts.onWarn });
+  }
+  if (data && typeof data === "object" && typeof data.image === "function" && typeof data.caption === "function" && Number.isInteger(data.size)) {
+    if (data.resolution !== resolution)
+      throw new RangeError(`${op}: the dataset holds ${data.resolution}x${data.resolution} images but resolution is ${resolution}`);
+    return data;
+  }
+  throw new TypeError(`${op}: data must be a folder path, "shapes" or a TrainingDataset`);
+}
+
+/**
+ * Stop requests: an AbortSignal and (optionally) SIGINT. The loop checks `stopped` after every
+ * optimiser step, writes a checkpoint and returns. A second SIGINT while stopping restores the
+ * default handling and re-raises it (the process ends).
+ */
+export class StopControl {
+  stopped = false;
+  reason: string | null = null;
+  private readonly onSigint?: () => void;
+  private readonly onAbort?: () => void;
+
+  constructor(private readonly signal: AbortSignal | undefined, handleSigint: boolean) {
+    if (signal) {
+      if (signal.aborted) this.stop("aborted");
+      else signal.addEventListener("abort", (this.onAbort = () => this.stop("aborted")), { once: true });
+    }
+    if (handleSigint) {
+      this.onSigint = () => {
+        if (this.stopped) {
+          this.dispose();
+          process.kill(process.pid, "SIGINT");
+          return;
+        }
+        process.stderr.write("\ndiffusekit: SIGINT: saving a checkpoint after this step (press Ctrl-C again to quit at once)\n");
+        this.stop("SIGINT");
+      };
+      process.on("SIGINT", this.onSigint);
+    }
+  }
+
+  /** Aborted when a stop is requested (to hand to a nested run). */
+  readonly controller = new AbortController();
+
+  private stop(reason: string): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.reason = reason;
+    this.controller.abort();
+  }
+
+  dispose(): void {
+    if (this.onSigint) process.removeListener("SIGINT", this.onSigint);
+    if (this.onAbort) this.signal?.removeEventListener("abort", this.onAbort);
+  }
+}
+
+/** Images/s and ETA for one run (counted from its first step, so a resumed run measures itself). */
+export class Throughput {
+  private readonly start = performance.now();
+  private images = 0;
+  private stepsDone = 0;
+  constructor(private readonly stepsLeft: number) {}
+  add(images: number): void {
+    this.images += images;
+    this.stepsDone++;
+  }
+  get elapsedSec(): number { return (performance.now() - this.start) / 1000; }
+  get imagesPerSec(): number { return this.images / Math.max(1e-9, this.elapsedSec); }
+  get etaSec(): number {
+    return this.stepsDone ? (this.elapsedSec / this.stepsDone) * Math.max(0, this.stepsLeft - this.stepsDone) : NaN;
+  }
+}
+
+export const yieldToLoop = (): Promise<void> => new Promise((r) => setImmediate(r));

@@ -1,0 +1,454 @@
+// train(): a text-to-image latent diffusion model trained on an image + caption dataset, written
+// as a diffusers Stable Diffusion folder that loadPipeline() (and diffusers) load:
+//
+//   out/model_index.json, scheduler/scheduler_config.json, unet/, vae/, text_encoder/, tokenizer/
+//   out/checkpoint/  (resumable state; see checkpoint.ts)
+//
+// Stages: 1 options, 2 data, 3 VAE (given, or trained first into out/vae), 4 tokenizer and text
+// encoder (trained jointly from scratch, or a frozen one from a model folder), 5 latent cache (the
+// VAE posterior of every image, and of its mirror image when flipping, computed once), 6 UNet and
+// optimiser (+ resume), 7 the loop, 8 export. One optimiser step, as train_text_to_image.py:
+// sample z ~ posterior · scaling_factor, t ~ U{0..T−1}, noise ~ N(0, I); x_t = add_noise; drop
+// captions to "" with probability condDropout; loss = MSE(unet(x_t, t, text(captions)), target)
+// (Min-SNR-γ weighted when snrGamma is set); backward; clip; AdamW; EMA.
+import * as fs from "fs";
+import * as path from "path";
+import * as ops from "../ops";
+import { Tensor, tidy } from "../tensor";
+import { backward, noGrad, releaseGraph } from "../autograd";
+import { CLIPTextModel } from "../models/clip-text";
+import { UNet2DConditionModel, type UNet2DConditionConfigJson } from "../models/unet-2d-condition";
+import { AutoencoderKL, renameLegacyVaeKey } from "../models/autoencoder-kl";
+import { CLIPTokenizer } from "../tokenizers/clip";
+import { findWeights, openWeightsFile, readJsonObject } from "../io/model-folder";
+import { noiseSchedule, parseSchedulerConfig } from "../schedulers/schedule";
+import type { Module } from "../nn/module";
+import { AdamW, EMA, learningRateAt, LR_SCHEDULES, type LrScheduleName } from "./optim";
+import { EpochSampler, imagesToNchw, type TrainingDataset } from "./data";
+import { addNoise, diffusionLoss, dropConditions, samplePosterior, TRAIN_PREDICTION_TYPES, type TrainPredictionType } from "./objectives";
+import { Rng, mixSeed } from "./rng";
+import { initParameters } from "./init";
+import { MODEL_SIZES, schedulerConfig, textEncoderConfig, unetConfig, type ModelSize } from "./presets";
+import {
+  byteLevelTokenizerFiles, defaultTokenizerDir, readTokenizerFiles, tokenizerFromFiles, tokenizerIds, trimTokenizer,
+  writeFileAtomic, writeTokenizerFiles,
+} from "./tokenizer";
+import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
+import { clipNorm, isFinishedVae, trainVae, type TrainVaeOptions, type TrainVaeResult } from "./vae-trainer";
+import {
+  StopControl, Throughput, checkKeys, intOpt, numOpt, resolveData, trainingDevice, yieldToLoop,
+  type DataOption, type DataOptions, type TrainLogInfo,
+} from "./loop";
+
+export interface TrainOptions extends DataOptions {
+  /** A folder of images with captions (see data.ts), "shapes" / "shapes:N", or a TrainingDataset. */
+  data: DataOption;
+  /** Output folder (diffusers layout). */
+  out: string;
+  /** Square image size (default 64). */
+  resolution?: number;
+  /** UNet size: "small" (default), "base", or a UNet2DConditionModel config object. */
+  model?: ModelSize | UNet2DConditionConfigJson;
+  /** "train" (default): a CLIP text encoder trained jointly from scratch; or a diffusers model folder whose text_encoder/ and tokenizer/ are used frozen. */
+  textEncoder?: "train" | string;
+  /** Size of a text encoder trained from scratch: "small" (default), "base" or a CLIP text config object. */
+  textEncoderSize?: ModelSize | Record<string, unknown>;
+  /** CLIP tokenizer folder (vocab.json, merges.txt) for a text encoder trained from scratch. Default: the package's, else byte-level. */
+  tokenizer?: string;
+  /** Trim the vocabulary to what the captions use (default true; see tokenizer.ts). */
+  trimVocab?: boolean;
+  /** A trained VAE: a component folder (config.json + weights, as trainVae writes) or a model folder with vae/. Default: trained first into out/vae. */
+  vae?: string;
+  /** Steps of the VAE trained when `vae` is not given (default 1000). */
+  vaeSteps?: number;
+  /** Other trainVae options for that VAE. */
+  vaeOptions?: Partial<Omit<TrainVaeOptions, "data" | "out" | "resolution" | "steps" | "resume" | "onLog" | "signal" | "handleSigint">>;
+  /** Optimiser steps (default 1000). */
+  steps?: number;
+  batchSize?: number;
+  /** Micro-batches per optimiser step (default 1). */
+  gradAccum?: number;
+  lr?: number;
+  lrSchedule?: LrScheduleName;
+  warmupSteps?: number;
+  weightDecay?: number;
+  /** Global gradient-norm clip (default 1; 0 = off). */
+  maxGradNorm?: number;
+  /** Keep an EMA of the weights and export it: true (decay 0.9999, diffusers' EMAModel) or the decay. Default off. */
+  ema?: boolean | number;
+  predictionType?: TrainPredictionType;
+  /** Min-SNR-γ loss weighting (e.g. 5). Default off. */
+  snrGamma?: number | null;
+  /** Probability of training a sample with the empty prompt (default 0.1). */
+  condDropout?: number;
+  randomFlip?: boolean;
+  seed?: number;
+  device?: string;
+  /** Checkpoint (and export) every this many steps; 0 = only at the end or when stopped. */
+  saveEvery?: number;
+  /** Continue from `<out>/checkpoint` (bit-identical to an uninterrupted run). */
+  resume?: boolean;
+  onLog?: (info: TrainLogInfo) => void;
+  logEvery?: number;
+  signal?: AbortSignal;
+  /** Also stop (with a checkpoint) on SIGINT. Default true. */
+  handleSigint?: boolean;
+  /** Sees every micro-batch as fed (captions after dropout); for inspection and tests. */
+  onBatch?: (info: { step: number; indices: number[]; flips: boolean[]; captions: string[]; timesteps: number[] }) => void;
+}
+
+export interface TrainResult {
+  out: string;
+  step: number;
+  steps: number;
+  interrupted: boolean;
+  losses: number[];
+  imagesPerSec: number;
+  skippedImages: number;
+  /** Samples trained with the empty prompt, and all samples (this run, resumed runs included). */
+  emptyPrompts: number;
+  prompts: number;
+  vae: TrainVaeResult | null;
+  parameters: { unet: number; textEncoder: number; vae: number };
+}
+
+const KEYS = [
+  "data", "out", "resolution", "model", "textEncoder", "textEncoderSize", "tokenizer", "trimVocab", "vae", "vaeSteps", "vaeOptions",
+  "steps", "batchSize", "gradAccum", "lr", "lrSchedule", "warmupSteps", "weightDecay", "maxGradNorm", "ema", "predictionType", "snrGamma",
+  "condDropout", "randomFlip", "seed", "device", "saveEvery", "resume", "onLog", "logEvery", "signal", "handleSigint", "onBatch",
+  "background", "resample", "captionColumn", "onWarn",
+];
+
+function loadVae(dir: string): { vae: AutoencoderKL; dir: string } {
+  const root = path.resolve(dir);
+  const comp = fs.existsSync(path.join(root, "config.json")) ? root : path.join(root, "vae");
+  if (!fs.existsSync(path.join(comp, "config.json"))) throw new Error(`train: vae ${root} has neither config.json nor vae/config.json`);
+  const vae = new AutoencoderKL(readJsonObject(path.join(comp, "config.json"), "vae config"));
+  const src = openWeightsFile(findWeights(comp).file, { mapKey: renameLegacyVaeKey });
+  try {
+    vae.loadStateDict(src);
+  } catch (e) {
+    vae.dispose();
+    throw e;
+  } finally {
+    src.close();
+  }
+  return { vae, dir: comp };
+}
+
+function loadFrozenTextEncoder(dir: string): { te: CLIPTextModel; tokenizer: CLIPTokenizer; teDir: string; tokDir: string } {
+  const root = path.resolve(dir);
+  const teDir = path.join(root, "text_encoder"), tokDir = path.join(root, "tokenizer");
+  if (!fs.existsSync(path.join(teDir, "config.json")) || !fs.existsSync(tokDir))
+    throw new Error(`train: textEncoder ${root} must be a model folder with text_encoder/ and tokenizer/ (or "train")`);
+  const tokenizer = CLIPTokenizer.fromDirectory(tokDir);
+  const te = CLIPTextModel.fromConfig(readJsonObject(path.join(teDir, "config.json"), "text_encoder config"));
+  const src = openWeightsFile(findWeights(teDir).file);
+  try {
+    te.loadStateDict(src);
+  } catch (e) {
+    te.dispose();
+    throw e;
+  } finally {
+    src.close();
+  }
+  return { te, tokenizer, teDir, tokDir };
+}
+
+function copyDir(src: string, dst: string): void {
+  fs.mkdirSync(dst, { recursive: true });
+  for (const f of fs.readdirSync(src)) {
+    const s = path.join(src, f);
+    if (fs.statSync(s).isFile()) {
+      const tmp = path.join(dst, `.${f}.${process.pid}.tmp`);
+      fs.copyFileSync(s, tmp);
+      fs.renameSync(tmp, path.join(dst, f));
+    }
+  }
+}
+
+/** Posterior mean and logvar of every image (and of its mirror image), computed once. */
+interface LatentCache { mean: Float32Array[]; logvar: Float32Array[]; per: number; shape: [number, number, number] }
+
+async function cacheLatents(vae: AutoencoderKL, ds: TrainingDataset, flips: boolean): Promise<LatentCache> {
+  const R = ds.resolution, f = vae.config.scaleFactor, L = vae.config.latentChannels;
+  const shape: [number, number, number] = [L, R / f, R / f];
+  const per = L * (R / f) * (R / f);
+  const variants = flips ? [false, true] : [false];
+  const mean = variants.map(() => new Float32Array(ds.size * per)), logvar = variants.map(() => new Float32Array(ds.size * per));
+  const B = 8;
+  for (const [v, flip] of variants.entries()) {
+    for (let i0 = 0; i0 < ds.size; i0 += B) {
+      const idx = Array.from({ length: Math.min(B, ds.size - i0) }, (_, k) => i0 + k);
+      const post = noGrad(() => tidy(() => vae.encode(Tensor.fromArray(imagesToNchw(idx.map((i) => ds.image(i)), idx.map(() => flip)), [idx.length, 3, R, R]))));
+      mean[v].set(await post.mean.toFloat32Array(), i0 * per);
+      logvar[v].set(await post.logvar.toFloat32Array(), i0 * per);
+      post.mean.dispose();
+      post.logvar.dispose();
+      await yieldToLoop();
+    }
+  }
+  return { mean, logvar, per, shape };
+}
+
+function gather(cache: Float32Array[], per: number, refs: { index: number; flip: boolean }[]): Float32Array {
+  const out = new Float32Array(refs.length * per);
+  refs.forEach((r, b) => {
+    const src = cache[r.flip && cache.length > 1 ? 1 : 0];
+    out.set(src.subarray(r.index * per, (r.index + 1) * per), b * per);
+  });
+  return out;
+}
+
+const MODEL_INDEX = {
+  _class_name: "StableDiffusionPipeline",
+  _diffusers_version: "0.27.2",
+  feature_extractor: [null, null],
+  image_encoder: [null, null],
+  requires_safety_checker: false,
+  safety_checker: [null, null],
+  scheduler: ["diffusers", "DDIMScheduler"],
+  text_encoder: ["transformers", "CLIPTextModel"],
+  tokenizer: ["transformers", "CLIPTokenizer"],
+  unet: ["diffusers", "UNet2DConditionModel"],
+  vae: ["diffusers", "AutoencoderKL"],
+};
+
+/** Trains a text-to-image model (see the top of this file). */
+export async function train(opts: TrainOptions): Promise<TrainResult> {
+  // 1. options
+  const op = "train";
+  checkKeys(op, opts, KEYS);
+  if (typeof opts.out !== "string" || opts.out === "") throw new TypeError(`${op}: out must be a folder path`);
+  const out = path.resolve(opts.out);
+  trainingDevice(op, opts.device);
+  const resolution = intOpt(op, "resolution", opts.resolution, 64, 8);
+  const model = opts.model ?? "small";
+  const textEncoderMode = opts.textEncoder ?? "train";
+  if (typeof textEncoderMode !== "string" || textEncoderMode === "") throw new TypeError(`${op}: textEncoder must be "train" or a model folder path`);
+  const trainText = textEncoderMode === "train";
+  if (!trainText && opts.tokenizer !== undefined) throw new RangeError(`${op}: tokenizer is for textEncoder "train"; a frozen text encoder uses its own folder's tokenizer`);
+  const teSize = opts.textEncoderSize ?? "small";
+  if (typeof teSize === "string" && !MODEL_SIZES.includes(teSize)) throw new RangeError(`${op}: textEncoderSize must be one of ${MODEL_SIZES.join(", ")} or a config object, got ${JSON.stringify(teSize)}`);
+  const steps = intOpt(op, "steps", opts.steps, 1000, 1);
+  const batchSize = intOpt(op, "batchSize", opts.batchSize, 8, 1);
+  const gradAccum = intOpt(op, "gradAccum", opts.gradAccum, 1, 1);
+  const lr = numOpt(op, "lr", opts.lr, 5e-4, (x) => x > 0, "> 0");
+  const lrSchedule = opts.lrSchedule ?? "constant";
+  if (!LR_SCHEDULES.includes(lrSchedule)) throw new RangeError(`${op}: lrSchedule must be one of ${LR_SCHEDULES.join(", ")}, got ${JSON.stringify(lrSchedule)}`);
+  const warmupSteps = intOpt(op, "warmupSteps", opts.warmupSteps, Math.min(100, Math.floor(steps / 10)), 0);
+  const weightDecay = numOpt(op, "weightDecay", opts.weightDecay, 1e-2, (x) => x >= 0, ">= 0");
+  const maxGradNorm = numOpt(op, "maxGradNorm", opts.maxGradNorm, 1, (x) => x >= 0, ">= 0");
+  const emaDecay = opts.ema === undefined || opts.ema === false ? null : opts.ema === true ? 0.9999 : numOpt(op, "ema", opts.ema, 0.9999, (x) => x > 0 && x < 1, "true, false or a decay in (0, 1)");
+  const predictionType = opts.predictionType ?? "epsilon";
+  if (!TRAIN_PREDICTION_TYPES.includes(predictionType)) throw new RangeError(`${op}: predictionType must be one of ${TRAIN_PREDICTION_TYPES.join(", ")}, got ${JSON.stringify(predictionType)}`);
+  const snrGamma = opts.snrGamma === undefined || opts.snrGamma === null ? null : numOpt(op, "snrGamma", opts.snrGamma, 5, (x) => x > 0, "> 0 or null");
+  const condDropout = numOpt(op, "condDropout", opts.condDropout, 0.1, (x) => x >= 0 && x <= 1, "in [0, 1]");
+  const randomFlip = opts.randomFlip ?? true;
+  const seed = intOpt(op, "seed", opts.seed, 0, 0);
+  const saveEvery = intOpt(op, "saveEvery", opts.saveEvery, 0, 0);
+  const logEvery = intOpt(op, "logEvery", opts.logEvery, 1, 1);
+  const vaeSteps = intOpt(op, "vaeSteps", opts.vaeSteps, 1000, 1);
+
+  const prev = readCheckpointState(out, "unet");
+  if (prev && !opts.resume)
+    throw new Error(`${op}: ${path.join(out, CHECKPOINT_DIR)} already holds a checkpoint (step ${prev.step}); pass resume: true to continue it, or choose another out folder`);
+  fs.mkdirSync(out, { recursive: true });
+
+  // 2. data
+  const ds = await resolveData(op, opts.data, resolution, seed, opts);
+
+  const stop = new StopControl(opts.signal, opts.handleSigint ?? true);
+  const owned: { dispose(): void }[] = [];
+  try {
+    // 3. VAE: given, or trained first (resumable on its own)
+    let vaeResult: TrainVaeResult | null = null;
+    let vaeSrcDir: string;
+    if (opts.vae !== undefined) {
+      vaeSrcDir = opts.vae;
+    } else {
+      vaeSrcDir = path.join(out, "vae");
+      if (!isFinishedVae(vaeSrcDir)) {
+        const hasCkpt = fs.existsSync(path.join(vaeSrcDir, CHECKPOINT_DIR, "state.json"));
+        vaeResult = await trainVae({
+          seed, batchSize, ...opts.vaeOptions, data: ds, out: vaeSrcDir, resolution, steps: vaeSteps, resume: hasCkpt && !!opts.resume,
+          onLog: opts.onLog, logEvery, signal: stop.controller.signal, handleSigint: false,
+        });
+      }
+    }
+    if (stop.stopped) return { out, step: 0, steps, interrupted: true, losses: [], imagesPerSec: 0, skippedImages: ds.skipped, emptyPrompts: 0, prompts: 0,
+      vae: vaeResult, parameters: { unet: 0, textEncoder: 0, vae: 0 } };
+    const { vae, dir: vaeDir } = loadVae(vaeSrcDir);
+    owned.push(vae);
+    const factor = vae.config.scaleFactor, L = vae.config.latentChannels;
+    if (resolution % factor !== 0) throw new RangeError(`${op}: resolution ${resolution} is not a multiple of the VAE's spatial factor ${factor}`);
+    const latentSide = resolution / factor;
+
+    // 4. tokenizer and text encoder
+    const tokOut = path.join(out, "tokenizer");
+    let te: CLIPTextModel, tokenizer: CLIPTokenizer, teConfig: Record<string, unknown> | null = null, frozenTe: { teDir: string; tokDir: string } | null = null;
+    if (trainText) {
+      let files;
+      if (prev && fs.existsSync(path.join(tokOut, "vocab.json"))) {
+        files = readTokenizerFiles(tokOut);
+      } else {
+        const srcDir = opts.tokenizer ?? defaultTokenizerDir();
+        files = srcDir ? readTokenizerFiles(srcDir) : byteLevelTokenizerFiles();
+        if (opts.trimVocab ?? true) files = trimTokenizer(files, [...Array.from({ length: ds.size }, (_, i) => ds.caption(i)), ""]);
+        writeTokenizerFiles(tokOut, files);
+      }
+      tokenizer = tokenizerFromFiles(files);
+      teConfig = textEncoderConfig(teSize, { ...tokenizerIds(files), maxLength: files.modelMaxLength });
+      te = CLIPTextModel.fromConfig(teConfig);
+      owned.push(te);
+      initParameters(te, seed, "text_encoder");
+      te.setRequiresGrad();
+    } else {
+      const fr = loadFrozenTextEncoder(textEncoderMode);
+      te = fr.te;
+      owned.push(te);
+      tokenizer = fr.tokenizer;
+      frozenTe = { teDir: fr.teDir, tokDir: fr.tokDir };
+      copyDir(fr.tokDir, tokOut);
+    }
+    const hidden = te.config.hiddenSize, T = tokenizer.maxLength;
+    // frozen encoder: each distinct caption (and "") encoded once
+    const embCache = new Map<string, Float32Array>();
+    const encodeFrozen = async (texts: string[]) => {
+      const missing = [...new Set(texts)].filter((t) => !embCache.has(t));
+      for (let i = 0; i < missing.length; i += 16) {
+        const chunk = missing.slice(i, i + 16);
+        const ids = new Int32Array(chunk.length * T);
+        chunk.forEach((t, k) => ids.set(tokenizer.encodePadded(t), k * T));
+        const h = noGrad(() => tidy(() => te.forward(Tensor.fromArray(ids, [chunk.length, T])).lastHiddenState));
+        const v = await h.toFloat32Array();
+        h.dispose();
+        chunk.forEach((t, k) => embCache.set(t, v.slice(k * T * hidden, (k + 1) * T * hidden)));
+      }
+    };
+
+    // 5. latent cache
+    const cache = await cacheLatents(vae, ds, randomFlip);
+    const sf = vae.config.scalingFactor;
+
+    // 6. UNet, optimiser, EMA, resume
+    const unetCfg = unetConfig(model, { latentChannels: L, crossAttentionDim: hidden, sampleSize: latentSide });
+    const unet = new UNet2DConditionModel(unetCfg);
+    owned.push(unet);
+    initParameters(unet, seed, "unet");
+    unet.setRequiresGrad();
+    const trained: [string, Tensor][] = [
+      ...unet.namedParameters().map(([n, t]) => [`unet.${n}`, t] as [string, Tensor]),
+      ...(trainText ? te.namedParameters().map(([n, t]) => [`text_encoder.${n}`, t] as [string, Tensor]) : []),
+    ];
+    const names = trained.map(([n]) => n), params = trained.map(([, t]) => t);
+    const opt = new AdamW(params, { lr, weightDecay });
+    owned.push({ dispose: () => { opt.zeroGrad(); opt.dispose(); } });
+    const ema = emaDecay === null ? null : new EMA(params, { decay: emaDecay });
+    if (ema) owned.push(ema);
+    const schedCfg = schedulerConfig(predictionType);
+    const alphasCumprod = noiseSchedule(parseSchedulerConfig(schedCfg)).alphasCumprod;
+    const numTrainTimesteps = alphasCumprod.length;
+
+    const fixed = { resolution, unet: unetCfg, textEncoder: trainText ? teConfig : path.resolve(textEncoderMode), vaeScalingFactor: sf,
+      vaeConfig: vae.config.blockOutChannels, batchSize, gradAccum, seed, randomFlip, predictionType, snrGamma, condDropout, ema: emaDecay };
+    let rng = new Rng(seed, "unet-train");
+    const sampler = new EpochSampler(ds.size, mixSeed(seed, "unet-order"), randomFlip);
+    let step = 0, emptyPrompts = 0, prompts = 0;
+    if (prev) {
+      checkFixed(prev, fixed);
+      restoreCheckpoint(out, prev, names, params, opt, ema);
+      rng = Rng.fromState(prev.rng);
+      sampler.load(prev.sampler);
+      step = prev.step;
+      emptyPrompts = prev.counters.emptyPrompts ?? 0;
+      prompts = prev.counters.prompts ?? 0;
+    }
+
+    // 8. export (used by every save): the model folder, then the checkpoint
+    const save = async (done: boolean) => {
+      const replace = ema ? new Map(params.map((p, i) => [p, ema.shadow[i]] as [Tensor, Tensor])) : undefined;
+      writeFileAtomic(path.join(out, "model_index.json"), JSON.stringify(MODEL_INDEX, null, 2) + "\n");
+      fs.mkdirSync(path.join(out, "scheduler"), { recursive: true });
+      writeFileAtomic(path.join(out, "scheduler", "scheduler_config.json"), JSON.stringify(schedCfg, null, 2) + "\n");
+      await writeComponent(path.join(out, "unet"), unetCfg as Record<string, unknown>, "diffusion_pytorch_model.safetensors", unet, replace);
+      if (trainText) await writeComponent(path.join(out, "text_encoder"), teConfig!, "model.safetensors", te, replace);
+      else if (!fs.existsSync(path.join(out, "text_encoder", "config.json"))) copyDir(frozenTe!.teDir, path.join(out, "text_encoder"));
+      if (path.resolve(vaeDir) !== path.join(out, "vae")) copyDir(vaeDir, path.join(out, "vae"));
+      await saveCheckpoint(out, { kind: "unet", step, done, paramNames: names, rng: rng.state(), sampler: sampler.state(),
+        counters: { emptyPrompts, prompts }, fixed, info: { steps, lr, skippedImages: ds.skipped } }, params, opt, ema);
+    };
+
+    // 7. the loop
+    const losses: number[] = [];
+    const meter = new Throughput(Math.max(0, steps - step));
+    while (step < steps && !stop.stopped) {
+      step++;
+      opt.lr = learningRateAt(step, { lr, warmupSteps, schedule: lrSchedule, totalSteps: steps });
+      let lossSum = 0;
+      for (let micro = 0; micro < gradAccum; micro++) {
+        const refs = sampler.take(batchSize);
+        const dropped = dropConditions(refs.map((r) => ds.caption(r.index)), condDropout, rng);
+        emptyPrompts += dropped.dropped;
+        prompts += batchSize;
+        const timesteps = refs.map(() => rng.int(numTrainTimesteps));
+        const epsSeed = rng.seed31(), noiseSeed = rng.seed31();
+        opts.onBatch?.({ step, indices: refs.map((r) => r.index), flips: refs.map((r) => r.flip), captions: dropped.captions, timesteps });
+        let ehs: Tensor | null = null, ids: Tensor | null = null;
+        if (trainText) {
+          const buf = new Int32Array(batchSize * T);
+          dropped.captions.forEach((c, b) => buf.set(tokenizer.encodePadded(c), b * T));
+          ids = Tensor.fromArray(buf, [batchSize, T]);
+        } else {
+          await encodeFrozen(dropped.captions);
+          const buf = new Float32Array(batchSize * T * hidden);
+          dropped.captions.forEach((c, b) => buf.set(embCache.get(c)!, b * T * hidden));
+          ehs = Tensor.fromArray(buf, [batchSize, T, hidden]);
+        }
+        const shape = [batchSize, ...cache.shape];
+        const mean = Tensor.fromArray(gather(cache.mean, cache.per, refs), shape);
+        const logvar = Tensor.fromArray(gather(cache.logvar, cache.per, refs), shape);
+        const { loss, pooled } = tidy(() => {
+          const z = ops.mul(samplePosterior(mean, logvar, Tensor.randn(shape, { seed: epsSeed })), sf);
+          const noise = Tensor.randn(shape, { seed: noiseSeed });
+          const noisy = addNoise(z, noise, timesteps, alphasCumprod);
+          const text = trainText ? te.forward(ids!) : null;
+          const pred = unet.forward(noisy, Tensor.fromArray(Float32Array.from(timesteps), [batchSize]), text ? text.lastHiddenState : ehs!);
+          const l = diffusionLoss(pred, z, noise, timesteps, alphasCumprod, { predictionType, snrGamma });
+          return { loss: gradAccum > 1 ? ops.div(l, gradAccum) : l, pooled: text?.pooled ?? null };
+        });
+        backward(loss);
+        // the pooled output is recorded but unused: free what only it still holds
+        if (pooled) releaseGraph(pooled);
+        lossSum += (await loss.toFloat32Array())[0] * gradAccum;
+        for (const t of [loss, pooled, mean, logvar, ehs, ids]) t?.dispose();
+      }
+      const gradNorm = await clipNorm(params, maxGradNorm);
+      opt.step();
+      opt.zeroGrad();
+      ema?.step(params);
+      meter.add(batchSize * gradAccum);
+      const loss = lossSum / gradAccum;
+      losses.push(loss);
+      if (opts.onLog && (step % logEvery === 0 || step === steps))
+        opts.onLog({ phase: "unet", step, steps, loss, lr: opt.lr, gradNorm, epoch: sampler.epoch, imagesPerSec: meter.imagesPerSec,
+          elapsedSec: meter.elapsedSec, etaSec: meter.etaSec, terms: { emptyPrompts, prompts } });
+      if (saveEvery > 0 && step % saveEvery === 0 && step < steps) await save(false);
+      await yieldToLoop();
+    }
+    const interrupted = step < steps;
+    await save(!interrupted);
+    return {
+      out, step, steps, interrupted, losses, imagesPerSec: meter.imagesPerSec, skippedImages: ds.skipped, emptyPrompts, prompts, vae: vaeResult,
+      parameters: { unet: unet.parameterCount(), textEncoder: te.parameterCount(), vae: vae.parameterCount() },
+    };
+  } finally {
+    stop.dispose();
+    for (const m of owned.reverse()) m.dispose();
+  }
+}
+
+/** Parameter counts of a preset (for docs and the CLI's --help). */
+export function describeModel(m: Module): string {
+  return `${(m.parameterCount() / 1e6).toFixed(2)} M parameters`;
+}

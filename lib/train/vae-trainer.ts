@@ -1,0 +1,249 @@
+// trainVae: an AutoencoderKL trained from scratch on an image dataset (reconstruction + β·KL,
+// optionally an image-gradient term; objectives.ts), written as a diffusers component folder:
+// `<out>/config.json` + `<out>/diffusion_pytorch_model.safetensors`, which train({ vae }) and
+// AutoencoderKL.from_pretrained load. Its scaling_factor is set to 1/std of the latents of the
+// first (up to) 64 training images, as SD's 0.18215 was measured.
+import * as fs from "fs";
+import * as path from "path";
+import * as ops from "../ops";
+import { Tensor, tidy } from "../tensor";
+import { noGrad, backward } from "../autograd";
+import { AutoencoderKL, type AutoencoderKLConfigJson } from "../models/autoencoder-kl";
+import { AdamW, clipGradNorm, learningRateAt, LR_SCHEDULES, type LrScheduleName } from "./optim";
+import { EpochSampler, imagesToNchw, type TrainingDataset } from "./data";
+import { RECONSTRUCTION_LOSSES, samplePosterior, vaeLoss, type ReconstructionLoss } from "./objectives";
+import { Rng, mixSeed } from "./rng";
+import { initParameters } from "./init";
+import { vaeConfig } from "./presets";
+import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
+import {
+  StopControl, Throughput, checkKeys, intOpt, numOpt, resolveData, trainingDevice, yieldToLoop,
+  type DataOption, type DataOptions, type TrainLogInfo,
+} from "./loop";
+
+export interface TrainVaeOptions extends DataOptions {
+  /** A folder (images + captions are not needed), "shapes", or a TrainingDataset. */
+  data: DataOption;
+  /** Output component folder (config.json + weights; checkpoint/ inside). */
+  out: string;
+  /** Square training size (default 64). */
+  resolution?: number;
+  latentChannels?: number;
+  /** One entry per level; the spatial factor is 2^(levels − 1). Default [32, 64, 64] (4x). */
+  blockOutChannels?: number[];
+  layersPerBlock?: number;
+  /** Default: 8, or fewer so that it divides every channel count. */
+  normNumGroups?: number;
+  /** Self-attention in the mid blocks (diffusers' default true). */
+  midBlockAttention?: boolean;
+  /** Optimiser steps (default 1000). */
+  steps?: number;
+  batchSize?: number;
+  /** Micro-batches per optimiser step (default 1). */
+  gradAccum?: number;
+  lr?: number;
+  lrSchedule?: LrScheduleName;
+  warmupSteps?: number;
+  weightDecay?: number;
+  /** Global gradient-norm clip (default 1; 0 = off). */
+  maxGradNorm?: number;
+  /** β of the KL term (default 1e-6). */
+  klWeight?: number;
+  reconstruction?: ReconstructionLoss;
+  /** Weight of the image-gradient difference term (default 0.1). */
+  gradientWeight?: number;
+  randomFlip?: boolean;
+  seed?: number;
+  /** Checkpoint (and export) every this many steps; 0 = only at the end or when stopped. */
+  saveEvery?: number;
+  /** Continue from `<out>/checkpoint` (bit-identical to an uninterrupted run). */
+  resume?: boolean;
+  onLog?: (info: TrainLogInfo) => void;
+  /** onLog every this many steps (default 1). */
+  logEvery?: number;
+  /** Aborting stops after the current step with a checkpoint. */
+  signal?: AbortSignal;
+  /** Also stop (with a checkpoint) on SIGINT. Default true. */
+  handleSigint?: boolean;
+  device?: string;
+}
+
+export interface TrainVaeResult {
+  out: string;
+  /** Steps completed. */
+  step: number;
+  steps: number;
+  interrupted: boolean;
+  losses: number[];
+  imagesPerSec: number;
+  skippedImages: number;
+  scalingFactor: number;
+  config: AutoencoderKLConfigJson;
+}
+
+const KEYS = [
+  "data", "out", "resolution", "latentChannels", "blockOutChannels", "layersPerBlock", "normNumGroups", "midBlockAttention",
+  "steps", "batchSize", "gradAccum", "lr", "lrSchedule", "warmupSteps", "weightDecay", "maxGradNorm", "klWeight", "reconstruction",
+  "gradientWeight", "randomFlip", "seed", "saveEvery", "resume", "onLog", "logEvery", "signal", "handleSigint", "device",
+  "background", "resample", "captionColumn", "onWarn",
+];
+
+function defaultGroups(channels: number[]): number {
+  let g = 8;
+  while (channels.some((c) => c % g !== 0)) g >>= 1;
+  return Math.max(1, g);
+}
+
+/** Trains an AutoencoderKL (see the top of this file). */
+export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
+  const op = "trainVae";
+  checkKeys(op, opts, KEYS);
+  if (typeof opts.out !== "string" || opts.out === "") throw new TypeError(`${op}: out must be a folder path`);
+  const out = path.resolve(opts.out);
+  trainingDevice(op, opts.device);
+  const resolution = intOpt(op, "resolution", opts.resolution, 64, 8);
+  const latentChannels = intOpt(op, "latentChannels", opts.latentChannels, 4, 1);
+  const boc = opts.blockOutChannels ?? [32, 64, 64];
+  if (!Array.isArray(boc) || boc.length < 1 || boc.some((c) => !Number.isInteger(c) || c < 1))
+    throw new RangeError(`${op}: blockOutChannels must be a non-empty list of positive integers, got ${JSON.stringify(boc)}`);
+  const factor = 2 ** (boc.length - 1);
+  if (resolution % factor !== 0) throw new RangeError(`${op}: resolution ${resolution} must be a multiple of the VAE's spatial factor ${factor}`);
+  const layersPerBlock = intOpt(op, "layersPerBlock", opts.layersPerBlock, 1, 1);
+  const groups = intOpt(op, "normNumGroups", opts.normNumGroups, defaultGroups(boc), 1);
+  if (boc.some((c) => c % groups !== 0)) throw new RangeError(`${op}: normNumGroups ${groups} must divide every blockOutChannels entry (${boc.join(", ")})`);
+  const steps = intOpt(op, "steps", opts.steps, 1000, 1);
+  const batchSize = intOpt(op, "batchSize", opts.batchSize, 8, 1);
+  const gradAccum = intOpt(op, "gradAccum", opts.gradAccum, 1, 1);
+  const lr = numOpt(op, "lr", opts.lr, 5e-4, (x) => x > 0, "> 0");
+  const lrSchedule = opts.lrSchedule ?? "constant";
+  if (!LR_SCHEDULES.includes(lrSchedule)) throw new RangeError(`${op}: lrSchedule must be one of ${LR_SCHEDULES.join(", ")}, got ${JSON.stringify(lrSchedule)}`);
+  const warmupSteps = intOpt(op, "warmupSteps", opts.warmupSteps, Math.min(100, Math.floor(steps / 10)), 0);
+  const weightDecay = numOpt(op, "weightDecay", opts.weightDecay, 0, (x) => x >= 0, ">= 0");
+  const maxGradNorm = numOpt(op, "maxGradNorm", opts.maxGradNorm, 1, (x) => x >= 0, ">= 0");
+  const klWeight = numOpt(op, "klWeight", opts.klWeight, 1e-6, (x) => x >= 0, ">= 0");
+  const reconstruction = opts.reconstruction ?? "l1";
+  if (!RECONSTRUCTION_LOSSES.includes(reconstruction)) throw new RangeError(`${op}: reconstruction must be one of ${RECONSTRUCTION_LOSSES.join(", ")}, got ${JSON.stringify(reconstruction)}`);
+  const gradientWeight = numOpt(op, "gradientWeight", opts.gradientWeight, 0.1, (x) => x >= 0, ">= 0");
+  const seed = intOpt(op, "seed", opts.seed, 0, 0);
+  const saveEvery = intOpt(op, "saveEvery", opts.saveEvery, 0, 0);
+  const logEvery = intOpt(op, "logEvery", opts.logEvery, 1, 1);
+  const randomFlip = opts.randomFlip ?? true;
+
+  const fixed = { resolution, latentChannels, blockOutChannels: boc, layersPerBlock, normNumGroups: groups, midBlockAttention: opts.midBlockAttention ?? true,
+    batchSize, gradAccum, seed, randomFlip, reconstruction };
+  const prev = readCheckpointState(out, "vae");
+  if (prev && !opts.resume)
+    throw new Error(`${op}: ${path.join(out, CHECKPOINT_DIR)} already holds a checkpoint (step ${prev.step}); pass resume: true to continue it, or choose another out folder`);
+  if (prev) checkFixed(prev, fixed);
+
+  const ds = await resolveData(op, opts.data, resolution, seed, opts);
+  const shape = { latentChannels, blockOutChannels: boc, layersPerBlock, normNumGroups: groups, resolution, scalingFactor: 1, midBlockAttention: fixed.midBlockAttention };
+  const vae = new AutoencoderKL(vaeConfig(shape));
+  const stop = new StopControl(opts.signal, opts.handleSigint ?? true);
+  let opt: AdamW | null = null;
+  try {
+    initParameters(vae, seed, "vae");
+    vae.setRequiresGrad();
+    const named = vae.namedParameters();
+    const names = named.map(([n]) => n), params = named.map(([, t]) => t);
+    opt = new AdamW(params, { lr, weightDecay });
+    let rng = new Rng(seed, "vae-train");
+    const sampler = new EpochSampler(ds.size, mixSeed(seed, "vae-order"), randomFlip);
+    let step = 0;
+    if (prev) {
+      restoreCheckpoint(out, prev, names, params, opt, null);
+      rng = Rng.fromState(prev.rng);
+      sampler.load(prev.sampler);
+      step = prev.step;
+    }
+    const latentSide = resolution / factor;
+    const losses: number[] = [];
+    const meter = new Throughput(Math.max(0, steps - step));
+    const save = async (done: boolean) => {
+      const sf = await measureScalingFactor(vae, ds, seed);
+      const cfg = vaeConfig({ ...shape, scalingFactor: sf });
+      await writeComponent(out, cfg as Record<string, unknown>, "diffusion_pytorch_model.safetensors", vae);
+      await saveCheckpoint(out, { kind: "vae", step, done, paramNames: names, rng: rng.state(), sampler: sampler.state(),
+        counters: {}, fixed, info: { steps, lr, skippedImages: ds.skipped } }, params, opt!, null);
+      return { sf, cfg };
+    };
+
+    while (step < steps && !stop.stopped) {
+      step++;
+      opt.lr = learningRateAt(step, { lr, warmupSteps, schedule: lrSchedule, totalSteps: steps });
+      let lossSum = 0, recSum = 0, klSum = 0;
+      for (let micro = 0; micro < gradAccum; micro++) {
+        const refs = sampler.take(batchSize);
+        const x = Tensor.fromArray(imagesToNchw(refs.map((r) => ds.image(r.index)), refs.map((r) => r.flip)), [batchSize, 3, resolution, resolution]);
+        const eps = Tensor.randn([batchSize, latentChannels, latentSide, latentSide], { seed: rng.seed31() });
+        const terms = tidy(() => {
+          const { mean, logvar } = vae.encode(x);
+          const recon = vae.decode(samplePosterior(mean, logvar, eps));
+          const t = vaeLoss(x, recon, mean, logvar, { reconstruction, klWeight, gradientWeight });
+          return { loss: gradAccum > 1 ? ops.div(t.loss, gradAccum) : t.loss, rec: t.reconstruction, kl: t.kl };
+        });
+        backward(terms.loss);
+        lossSum += (await terms.loss.toFloat32Array())[0] * gradAccum;
+        recSum += (await terms.rec.toFloat32Array())[0];
+        klSum += (await terms.kl.toFloat32Array())[0];
+        for (const t of [terms.loss, terms.rec, terms.kl, x, eps]) t.dispose();
+      }
+      const gradNorm = await clipNorm(params, maxGradNorm);
+      opt.step();
+      opt.zeroGrad();
+      meter.add(batchSize * gradAccum);
+      const loss = lossSum / gradAccum;
+      losses.push(loss);
+      if (opts.onLog && (step % logEvery === 0 || step === steps))
+        opts.onLog({ phase: "vae", step, steps, loss, lr: opt.lr, gradNorm, epoch: sampler.epoch, imagesPerSec: meter.imagesPerSec,
+          elapsedSec: meter.elapsedSec, etaSec: meter.etaSec, terms: { reconstruction: recSum / gradAccum, kl: klSum / gradAccum } });
+      if (saveEvery > 0 && step % saveEvery === 0 && step < steps) await save(false);
+      await yieldToLoop();
+    }
+    const interrupted = step < steps;
+    const { sf, cfg } = await save(!interrupted);
+    return { out, step, steps, interrupted, losses, imagesPerSec: meter.imagesPerSec, skippedImages: ds.skipped, scalingFactor: sf, config: cfg };
+  } finally {
+    stop.dispose();
+    opt?.zeroGrad();
+    opt?.dispose();
+    vae.dispose();
+  }
+}
+
+/** clipGradNorm (or only the norm when maxNorm is 0), read back. */
+export async function clipNorm(params: Tensor[], maxNorm: number): Promise<number> {
+  const t = clipGradNorm(params, maxNorm > 0 ? maxNorm : Number.MAX_VALUE);
+  try {
+    return (await t.toFloat32Array())[0];
+  } finally {
+    t.dispose();
+  }
+}
+
+/** 1 / std of posterior samples of the first (up to) 64 images (fixed noise seed), as float32. */
+async function measureScalingFactor(vae: AutoencoderKL, ds: TrainingDataset, seed: number): Promise<number> {
+  const n = Math.min(64, ds.size), R = ds.resolution, B = 8;
+  let sum = 0, sumSq = 0, count = 0;
+  for (let i0 = 0; i0 < n; i0 += B) {
+    const idx = Array.from({ length: Math.min(B, n - i0) }, (_, k) => i0 + k);
+    const z = noGrad(() => tidy(() => {
+      const x = Tensor.fromArray(imagesToNchw(idx.map((i) => ds.image(i))), [idx.length, 3, R, R]);
+      const { mean, logvar } = vae.encode(x);
+      return samplePosterior(mean, logvar, Tensor.randn([...mean.shape], { seed: mixSeed(seed, "scale", i0) >>> 1 }));
+    }));
+    const v = await z.toFloat32Array();
+    z.dispose();
+    for (const x of v) { sum += x; sumSq += x * x; }
+    count += v.length;
+  }
+  const mean = sum / count;
+  const std = Math.sqrt(Math.max(1e-12, sumSq / count - mean * mean));
+  return Math.fround(1 / std);
+}
+
+/** True when `dir` holds a finished trainVae output (weights + a checkpoint marked done). */
+export function isFinishedVae(dir: string): boolean {
+  const s = readCheckpointState(dir, "vae");
+  return !!s && s.done && fs.existsSync(path.join(dir, "config.json")) && fs.existsSync(path.join(dir, "diffusion_pytorch_model.safetensors"));
+}

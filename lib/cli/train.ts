@@ -177,6 +177,7 @@ export async function runTrain(opts: TrainOptions, stream: ProgressSink = proces
       `checkpoint written: continue with --resume\n`);
     return 130;
   }
+  if (r.losses.length === 0) stream.write(`the checkpoint is already at step ${r.step} (--steps ${r.steps}): nothing to train; model re-exported\n`);
   stream.write(`wrote ${r.out} in ${formatDuration((Date.now() - t0) / 1000)}: UNet ${(p.unet / 1e6).toFixed(2)} M, text encoder ${(p.textEncoder / 1e6).toFixed(2)} M, ` +
     `VAE ${(p.vae / 1e6).toFixed(2)} M parameters; ${r.imagesPerSec.toFixed(1)} img/s` +
     (r.skippedImages ? `; ${r.skippedImages} unreadable file(s) skipped` : "") + "\n");

@@ -3,8 +3,9 @@
 //   UNet "small": block_out_channels (32, 64, 64), cross-attention at the two lower levels, one
 //     resnet per level, 4 heads: ~1.7 M parameters (6.7 MB), for 16x16-32x32 latents (64-128 px
 //     images through a 4x VAE).
-//   UNet "base": (64, 128, 256), two resnets per level, 8 heads: ~15 M parameters (60 MB).
-//   Text encoder "small": CLIP with hidden 64, 2 layers, 4 heads; "base": hidden 128, 4 layers.
+//   UNet "base": (64, 128, 128), two resnets per level, 8 heads: ~10 M parameters (40 MB).
+//   Text encoder "small": CLIP with hidden 64, 2 layers, 4 heads (~0.1 M parameters with a trimmed
+//     vocabulary); "base": hidden 128, 4 layers (~0.9 M).
 //   VAE (trainVae defaults): block_out_channels (32, 64, 64) -> a 4x spatial factor, 4 latent channels.
 import type { UNet2DConditionConfigJson } from "../models/unet-2d-condition";
 import type { AutoencoderKLConfigJson } from "../models/autoencoder-kl";
@@ -29,7 +30,7 @@ const UNET_PRESETS: Record<ModelSize, UNet2DConditionConfigJson> = {
     attention_head_dim: 4,
   },
   base: {
-    block_out_channels: [64, 128, 256],
+    block_out_channels: [64, 128, 128],
     down_block_types: ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     up_block_types: ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
     layers_per_block: 2,

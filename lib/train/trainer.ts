@@ -22,7 +22,6 @@ import { AutoencoderKL, renameLegacyVaeKey } from "../models/autoencoder-kl";
 import { CLIPTokenizer } from "../tokenizers/clip";
 import { findWeights, openWeightsFile, readJsonObject } from "../io/model-folder";
 import { noiseSchedule, parseSchedulerConfig } from "../schedulers/schedule";
-import type { Module } from "../nn/module";
 import { AdamW, EMA, learningRateAt, LR_SCHEDULES, type LrScheduleName } from "./optim";
 import { EpochSampler, imagesToNchw, type TrainingDataset } from "./data";
 import { addNoise, diffusionLoss, dropConditions, samplePosterior, TRAIN_PREDICTION_TYPES, type TrainPredictionType } from "./objectives";
@@ -446,9 +445,4 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     stop.dispose();
     for (const m of owned.reverse()) m.dispose();
   }
-}
-
-/** Parameter counts of a preset (for docs and the CLI's --help). */
-export function describeModel(m: Module): string {
-  return `${(m.parameterCount() / 1e6).toFixed(2)} M parameters`;
 }

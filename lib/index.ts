@@ -26,3 +26,5 @@ export { backward, requireGrad, zeroGrad, noGrad, enableGrad, isGradEnabled } fr
 export { AdamW, EMA, clipGradNorm } from "./train/optim";
 export { generate, img2img, getPipeline, releasePipelines, builtinModelPath, BUILTIN_MODEL_DIR, NoBuiltinModelError } from "./generate";
 export type { ModelOptions, TopLevelGenerateOptions, TopLevelImg2ImgOptions } from "./generate";
+export { train, trainVae } from "./train";
+export type { TrainOptions, TrainResult, TrainVaeOptions, TrainVaeResult } from "./train";

@@ -163,17 +163,23 @@ export function tokenizerIds(files: TokenizerFiles): { vocabSize: number; bos: n
 }
 
 /**
- * The CLIP tokenizer folder to start from when none is given: a `tokenizer/` folder of a model the
- * package ships (models/<name>/tokenizer), or null (then the byte-level tokenizer is used).
+ * The CLIP tokenizer folder to start from when none is given: among the `tokenizer/` folders of
+ * the models the package ships (models/<name>/tokenizer), the one with the largest vocab.json (the
+ * full CLIP vocabulary rather than a trimmed one); null when there is none (then the byte-level
+ * tokenizer is used).
  */
 export function defaultTokenizerDir(): string | null {
   const models = path.join(packageRoot, "models");
   if (!fs.existsSync(models)) return null;
+  let best: string | null = null, bestSize = -1;
   for (const name of fs.readdirSync(models).sort()) {
     const dir = path.join(models, name, "tokenizer");
-    if (fs.existsSync(path.join(dir, "vocab.json")) && fs.existsSync(path.join(dir, "merges.txt"))) return dir;
+    const vocab = path.join(dir, "vocab.json");
+    if (!fs.existsSync(vocab) || !fs.existsSync(path.join(dir, "merges.txt"))) continue;
+    const size = fs.statSync(vocab).size;
+    if (size > bestSize) { best = dir; bestSize = size; }
   }
-  return null;
+  return best;
 }
 
 /** Writes via a temporary file renamed into place (readers never see a partial file). */

@@ -36,9 +36,11 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 describe("training on the shapes set", () => {
   test("trainVae lowers the loss and writes a loadable component with a measured scaling factor", async () => {
+    const nodes0 = liveNodeCount();
     vaeRun = await trainVae({ ...quiet, data: ds, out: vaeDir, resolution: 32, blockOutChannels: [16, 32, 32], steps: 30, batchSize: 8, lr: 2e-3, seed: 1 });
     const first = mean(vaeRun.losses.slice(0, 5)), last = mean(vaeRun.losses.slice(-5));
     process.stderr.write(`trainVae: loss ${first.toFixed(4)} -> ${last.toFixed(4)}, ${vaeRun.imagesPerSec.toFixed(1)} img/s, scaling_factor ${vaeRun.scalingFactor}\n`);
+    expect(liveNodeCount()).toBe(nodes0);  // nothing left on the tape (exports are not recorded)
     expect(vaeRun.step).toBe(30);
     expect(vaeRun.interrupted).toBe(false);
     expect(last).toBeLessThan(0.7 * first);

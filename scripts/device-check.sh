@@ -18,13 +18,22 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 node -e "const d=require('./dist'); console.log('devices:', JSON.stringify(d.devices())); console.log('build:', JSON.stringify(d.buildInfo()))" 2>&1 | tee -a "$REPORT"
 
 status=0
-PARTS="${DEVICE_CHECK_PARTS:-parity,labs,bench,torch}"  # a subset reruns only what changed
+PARTS="${DEVICE_CHECK_PARTS:-parity,golden,labs,bench,torch}"  # a subset reruns only what changed
 want() { [[ ",$PARTS," == *",$1,"* ]]; }
 if want parity; then
 say ""
 say "## parity (CUDA vs CPU, float32/float16/bfloat16)"
 timeout 100 node dist/check/cuda-parity.js --json "$OUT_DIR/parity.json" > "$OUT_DIR/parity.txt" 2>&1 || status=1
 grep -E "FAIL|passed" "$OUT_DIR/parity.txt" | tee -a "$REPORT"
+fi
+
+if want golden; then
+say ""
+say "## tiny-sd U-Net and VAE on CUDA vs diffusers' golden outputs"
+GOLDEN_REF="${DIFFUSEKIT_REFERENCE_DIR:-../shared/reference}"
+[ -d .device/reference ] && GOLDEN_REF=.device/reference
+timeout 100 node dist/check/cuda-golden.js --reference "$GOLDEN_REF" --json "$OUT_DIR/golden.json" > "$OUT_DIR/golden.txt" 2>&1 || status=1
+grep -E "FAIL|passed|skipped" "$OUT_DIR/golden.txt" | tee -a "$REPORT"
 fi
 
 if want labs; then

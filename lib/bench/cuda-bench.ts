@@ -119,6 +119,12 @@ export async function runCudaEndToEnd(device: string, dtype: DType, log = consol
     const t = r.timings;
     rows.push({ name: "SD1.5 512x512, 50 steps, CFG 7.5, end to end", seconds, peakGiB: gib(memoryStats(device).peakBytes),
       detail: `encode ${t.encode.toFixed(3)} s, denoise ${t.denoise.toFixed(3)} s, decode ${t.decode.toFixed(3)} s` });
+    // What a bfloat16 VAE would cost (diffusers upcasts SD's VAE to float32; bf16 has float32's range).
+    pipe.vae.to(device, "bfloat16");
+    const zb = rand([1, 4, 64, 64], device, "bfloat16", 13);
+    const vaeBf16Ms = await timeIt(device, () => pipe.vae.decode(zb), 5);
+    rows.push({ name: "VAE decode 64x64 latent, bfloat16 (not the default)", seconds: vaeBf16Ms / 1e3 });
+    zb.dispose();
   } finally {
     pipe.dispose();
   }

@@ -13,7 +13,7 @@ REPORT="$OUT_DIR/report.txt"
 say() { echo "$@" | tee -a "$REPORT"; }
 
 say "# diffusekit device check, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-say "node $(node --version), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+say "node $(node --version), commit ${DIFFUSEKIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | sed 's/^/gpu: /' | tee -a "$REPORT"
 node -e "const d=require('./dist'); console.log('devices:', JSON.stringify(d.devices())); console.log('build:', JSON.stringify(d.buildInfo()))" 2>&1 | tee -a "$REPORT"
 

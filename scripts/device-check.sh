@@ -48,7 +48,7 @@ run_lab() {  # name timeout args...
   [ $rc = 0 ] || status=1
 }
 run_lab gemm_lab 75 --peak "${DIFFUSEKIT_PEAK_TFLOPS:-989}"
-run_lab ops_lab 75
+run_lab ops_lab 150
 grep -E "FAIL|mismatch|TFLOP|GB/s|wgmma|error" "$OUT_DIR/labs.txt" 2>/dev/null | head -60 | tee -a "$REPORT" > /dev/null
 fi
 

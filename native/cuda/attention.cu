@@ -9,7 +9,11 @@
 // then O += P V with P taken straight from the S accumulators (the m16n8k16 C layout of two
 // n8 tiles is the A layout of one k16 step). K and V tiles arrive by cp.async into padded
 // shared rows (row pitch an odd number of 16-byte units, so ldmatrix is conflict-free);
-// V(j) loads while S(j) is computed and K(j+1) while P(j)V(j) is. Head sizes are padded:
+// V(j) loads while S(j) is computed and K(j+1) while P(j)V(j) is (PIPE = false). The default
+// dispatch (PIPE = true) double-buffers K and V: tile j+1 loads during all of tile j, with one
+// __syncthreads per tile, and full unmasked tiles fold the scale into the exponent's FFMA
+// (max on raw scores, p = 2^(s*scale*log2e - m)); DK_ATTN_VARIANT=old restores the previous
+// dispatch, =wide takes 8-warp blocks for D <= 80 (see launch_tc_pipe). Head sizes are padded:
 // QK^T to a multiple of 16 (k-steps), PV only to a multiple of 8 (n-tiles), so D = Dv = 40
 // runs as 48 x 40. In the last, partial key tile only the 16-key slices holding real keys are
 // computed: 77 cross-attention keys cost 80, not 128.
@@ -25,6 +29,8 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "kernel_util.cuh"
@@ -136,11 +142,17 @@ constexpr int pitch(int cols) { return ((cols / 8) % 2 == 1) ? cols : cols + 8; 
 // DK: QK^T head size (multiple of 16), DV: PV head size (multiple of 8), MT: m16 tiles per
 // warp (BM = 64*MT queries per block), BN: keys per tile, EXP16: exponentials as f16x2
 // (float16 only; the row sums then come from the tensor cores through a column of ones).
-template <int DK, int DV, int MT, int BN_, bool EXP16> struct TcCfg {
-  static constexpr int NW = 4, THREADS = NW * 32;
+// NW: warps per block. PIPE >= 1: K/V tiles double-buffered (tile j+1 loads during all of tile j,
+// one __syncthreads per tile instead of two) and, in tiles without mask / causal / ragged edges,
+// the scale folded into the exponent's FFMA (row max taken on the raw scores). PIPE == 2: also
+// compiles those plain tiles as their own branch-free body (edge known at compile time).
+template <int DK, int DV, int MT, int BN_, bool EXP16, int NW_ = 4, int PIPE = 0> struct TcCfg {
+  static constexpr int NW = NW_, THREADS = NW * 32;
   static constexpr int BM = 16 * MT * NW, BN = BN_;
   static constexpr int QS = pitch(DK), KS = pitch(DK), VS = pitch(DV);
-  static constexpr int SMEM = (BM * QS + BN * KS + BN * VS) * 2;
+  static constexpr int STAGES = PIPE ? 2 : 1;
+  static constexpr int KBUF = BN * KS, VBUF = BN * VS;  // elements of one K / V stage
+  static constexpr int SMEM = (BM * QS + STAGES * (KBUF + VBUF)) * 2;
   static_assert(DK % 16 == 0 && DV % 8 == 0 && BN % 16 == 0, "padded head sizes");
   static_assert(QS >= DV, "the output is staged in the Q tile");
 };
@@ -168,10 +180,11 @@ __device__ __forceinline__ uint32_t ex2_h2(uint32_t x) {
   return y;
 }
 
-template <typename T, int DK, int DV, int MT, int BN, bool EXP16>
-__global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
-  using C = TcCfg<DK, DV, MT, BN, EXP16>;
-  constexpr int BM = C::BM, QS = C::QS, KS = C::KS, VS = C::VS;
+template <typename T, int DK, int DV, int MT, int BN, bool EXP16, int NW = 4, int PIPE_ = 0, int MINB = 2>
+__global__ void __launch_bounds__(NW * 32, MINB) attn_tc(Args a) {
+  using C = TcCfg<DK, DV, MT, BN, EXP16, NW, PIPE_>;
+  constexpr bool PIPE = PIPE_ != 0, CT_EDGE = PIPE_ >= 2;
+  constexpr int BM = C::BM, QS = C::QS, KS = C::KS, VS = C::VS, TH = C::THREADS;
   constexpr int NT = BN / 8;   // n8 tiles of S
   constexpr int KQ = DK / 16;  // k16 steps of QK^T
   constexpr int NV = DV / 8;   // n8 tiles of O
@@ -179,7 +192,7 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);
   T* Ks = Qs + BM * QS;
-  T* Vs = Ks + BN * KS;
+  T* Vs = Ks + C::STAGES * C::KBUF;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, tq = lane & 3;
@@ -200,10 +213,14 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
   const int dch = a.D / 8, dvch = a.Dv / 8;
   const float* mbase = a.mask ? a.mask + b * a.mask_b + h * a.mask_h : nullptr;
 
-  load_tile<BM, DK / 8, QS, 128>(Qs, qg, a.q_row, q_rows, dch, static_cast<const T*>(a.q));
-  if (ntiles > 0)
-    load_tile<BN, DK / 8, KS, 128>(Ks, kg, a.k_row, static_cast<int>(lmin(BN, a.Nk)), dch,
-                                   static_cast<const T*>(a.k));
+  load_tile<BM, DK / 8, QS, TH>(Qs, qg, a.q_row, q_rows, dch, static_cast<const T*>(a.q));
+  if (ntiles > 0) {
+    load_tile<BN, DK / 8, KS, TH>(Ks, kg, a.k_row, static_cast<int>(lmin(BN, a.Nk)), dch,
+                                  static_cast<const T*>(a.k));
+    if constexpr (PIPE)
+      load_tile<BN, DV / 8, VS, TH>(Vs, vg, a.v_row, static_cast<int>(lmin(BN, a.Nk)), dvch,
+                                    static_cast<const T*>(a.v));
+  }
   cp_async_commit();
   cp_async_wait_all();
   __syncthreads();
@@ -230,16 +247,38 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
   }
 
   // One key tile. FULL (all BN keys real) drops the per-slice guards from the unrolled code.
-  auto tile = [&](const int j, auto full) {
+  // PIPE_ == 2: edge (mask, causal diagonal, ragged tile or scale <= 0) is a compile-time flag, so
+  // the common tile is one branch-free block (QK^T, softmax and PV of the two m16 tiles can
+  // interleave in the schedule); without PIPE edge_c is ignored and edge is found at run time.
+  auto tile = [&](const int j, auto full, auto edge_c) {
     constexpr bool FULL = decltype(full)::value;
     const int64_t n0 = static_cast<int64_t>(j) * BN;
     const int kv = FULL ? BN : static_cast<int>(lmin(BN, a.Nk - n0));  // real keys in this tile
-    if (j > 0) {
-      cp_async_wait_all();  // K(j) landed
-      __syncthreads();      // and every warp is done with V(j-1)
+    const T* Kc = Ks + (PIPE ? (j & 1) * C::KBUF : 0);
+    const T* Vc = Vs + (PIPE ? (j & 1) * C::VBUF : 0);
+    if constexpr (PIPE) {
+      if (j > 0) {
+        cp_async_wait_all();  // K(j), V(j) landed (issued one tile ago)
+        __syncthreads();      // and every warp is done with tile j-1, whose buffers get tile j+1
+      }
+      if (j + 1 < ntiles) {
+        const int64_t n1 = n0 + BN;
+        const int kv1 = static_cast<int>(lmin(BN, a.Nk - n1));
+        const int nb = (j + 1) & 1;
+        load_tile<BN, DK / 8, KS, TH>(Ks + nb * C::KBUF, kg + n1 * a.k_row, a.k_row, kv1, dch,
+                                      static_cast<const T*>(a.k));
+        load_tile<BN, DV / 8, VS, TH>(Vs + nb * C::VBUF, vg + n1 * a.v_row, a.v_row, kv1, dvch,
+                                      static_cast<const T*>(a.v));
+        cp_async_commit();
+      }
+    } else {
+      if (j > 0) {
+        cp_async_wait_all();  // K(j) landed
+        __syncthreads();      // and every warp is done with V(j-1)
+      }
+      load_tile<BN, DV / 8, VS, TH>(Vs, vg + n0 * a.v_row, a.v_row, kv, dvch, static_cast<const T*>(a.v));
+      cp_async_commit();
     }
-    load_tile<BN, DV / 8, VS, 128>(Vs, vg + n0 * a.v_row, a.v_row, kv, dvch, static_cast<const T*>(a.v));
-    cp_async_commit();
 
     // ---- S = Q K^T
     float s[MT][NT][4];
@@ -255,7 +294,7 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
       for (int np = 0; np < NT / 2; np++) {
         if (FULL || np * 16 < kv) {  // 16-key slices past the last key are skipped
           uint32_t bk[4];
-          ldsm_x4(bk, Ks + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * KS + ks * 16 + ((lane >> 3) & 1) * 8);
+          ldsm_x4(bk, Kc + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * KS + ks * 16 + ((lane >> 3) & 1) * 8);
 #pragma unroll
           for (int mt = 0; mt < MT; mt++) {
             mma16816<T>(s[mt][2 * np], qf[mt][ks], bk[0], bk[1]);
@@ -266,7 +305,13 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
     }
 
     // ---- online softmax (log2 domain)
-    const bool edge = !FULL || mbase != nullptr || (a.causal && n0 + BN - 1 > q0 + diag);
+    // PIPE folds the scale into the exponent where no mask / limit applies (needs scale > 0: the
+    // max is then taken on the raw scores); f multiplies the stored s in the exponent.
+    const bool edge = CT_EDGE ? decltype(edge_c)::value
+                              : (!FULL || mbase != nullptr || (a.causal && n0 + BN - 1 > q0 + diag) ||
+                                 (PIPE && !(a.scale_log2 > 0.f)));
+    const bool fold = PIPE && !edge;
+    const float f = fold ? a.scale_log2 : 1.f;
     [[maybe_unused]] uint32_t p16[EXP16 ? MT : 1][EXP16 ? NT : 1][2];  // EXP16: P as f16x2, [hf] = row g or g+8
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
@@ -280,22 +325,28 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
           if (mbase != nullptr && row < a.Nq) mrow = mbase + row * a.mask_q + n0;
         }
         float mx = -INFINITY;
+        if (fold) {  // raw scores: s stays unscaled, the exponent below is fma(s, scale, -max)
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
+          for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hf], s[mt][nt][2 * hf + 1]));
+        } else {
 #pragma unroll
-          for (int e = 0; e < 2; e++) {
-            float x = s[mt][nt][2 * hf + e] * a.scale_log2;
-            if (edge) {
-              const int col = nt * 8 + 2 * tq + e;
-              if (col >= lim) x = -INFINITY;
-              else if (mrow != nullptr) x += mask_log2(mrow[col]);
+          for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+              float x = s[mt][nt][2 * hf + e] * a.scale_log2;
+              if (edge) {
+                const int col = nt * 8 + 2 * tq + e;
+                if (col >= lim) x = -INFINITY;
+                else if (mrow != nullptr) x += mask_log2(mrow[col]);
+              }
+              s[mt][nt][2 * hf + e] = x;
+              mx = fmaxf(mx, x);
             }
-            s[mt][nt][2 * hf + e] = x;
-            mx = fmaxf(mx, x);
           }
         }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        mx *= f;  // scaled max (exact when f == 1; monotone rounding keeps it the max of s*scale)
         const float mnew = fmaxf(m[mt][hf], mx);
         const float muse = mnew == -INFINITY ? 0.f : mnew;  // a row with no key yet: all p = 0
         const float alpha = exp2_approx(m[mt][hf] - muse);
@@ -303,14 +354,15 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
         if constexpr (EXP16) {
 #pragma unroll
           for (int nt = 0; nt < NT; nt++)
-            p16[mt][nt][hf] = ex2_h2(pack2<__half>(s[mt][nt][2 * hf] - muse, s[mt][nt][2 * hf + 1] - muse));
+            p16[mt][nt][hf] = ex2_h2(
+                pack2<__half>(fmaf(s[mt][nt][2 * hf], f, -muse), fmaf(s[mt][nt][2 * hf + 1], f, -muse)));
         } else {
           float rs = 0.f;
 #pragma unroll
           for (int nt = 0; nt < NT; nt++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-              const float p = exp2_approx(s[mt][nt][2 * hf + e] - muse);
+              const float p = exp2_approx(fmaf(s[mt][nt][2 * hf + e], f, -muse));
               s[mt][nt][2 * hf + e] = p;
               rs += p;
             }
@@ -324,13 +376,15 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
       }
     }
 
+    if constexpr (!PIPE) {
     cp_async_wait_all();  // V(j) landed
     __syncthreads();      // and every warp is done with K(j)
     if (j + 1 < ntiles) {
       const int64_t n1 = n0 + BN;
-      load_tile<BN, DK / 8, KS, 128>(Ks, kg + n1 * a.k_row, a.k_row, static_cast<int>(lmin(BN, a.Nk - n1)), dch,
+      load_tile<BN, DK / 8, KS, TH>(Ks, kg + n1 * a.k_row, a.k_row, static_cast<int>(lmin(BN, a.Nk - n1)), dch,
                                      static_cast<const T*>(a.k));
       cp_async_commit();
+    }
     }
 
     // ---- O += P V
@@ -352,7 +406,7 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
             pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
           }
         }
-        const T* vrow = Vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * VS;
+        const T* vrow = Vc + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * VS;
 #pragma unroll
         for (int dp = 0; dp < NV / 2; dp++) {
           uint32_t bv[4];
@@ -378,8 +432,17 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
     }
     };
   for (int j = 0; j < ntiles; j++) {
-    if (a.Nk - static_cast<int64_t>(j) * BN >= BN) tile(j, std::true_type());
-    else tile(j, std::false_type());
+    const int64_t n0 = static_cast<int64_t>(j) * BN;
+    const bool full = a.Nk - n0 >= BN;
+    if constexpr (CT_EDGE) {
+      const bool edge = !full || mbase != nullptr || (a.causal && n0 + BN - 1 > q0 + diag) || !(a.scale_log2 > 0.f);
+      if (!edge) tile(j, std::true_type(), std::false_type());
+      else if (full) tile(j, std::true_type(), std::true_type());
+      else tile(j, std::false_type(), std::true_type());
+    } else {
+      if (full) tile(j, std::true_type(), std::true_type());
+      else tile(j, std::false_type(), std::true_type());
+    }
   }
 
   // ---- normalise, stage this warp's rows in its part of the Q tile, store 16-byte chunks
@@ -416,10 +479,10 @@ __global__ void __launch_bounds__(128, 2) attn_tc(Args a) {
   }
 }
 
-template <typename T, int DK, int DV, int MT, int BN, bool EXP16>
+template <typename T, int DK, int DV, int MT, int BN, bool EXP16, int NW = 4, int PIPE = 0, int MINB = 2>
 void launch_tc(int device, Args a, cudaStream_t s) {
-  using C = TcCfg<DK, DV, MT, BN, EXP16>;
-  auto kern = attn_tc<T, DK, DV, MT, BN, EXP16>;
+  using C = TcCfg<DK, DV, MT, BN, EXP16, NW, PIPE>;
+  auto kern = attn_tc<T, DK, DV, MT, BN, EXP16, NW, PIPE, MINB>;
   if (C::SMEM > 48 * 1024) {
     static bool raised[64] = {};  // per device; a repeated call is harmless
     if (device < 0 || device >= 64 || !raised[device]) {
@@ -614,7 +677,8 @@ constexpr bool kExpHalf2 = false;
 
 // Smallest instantiated (DK, DV) holding (D, Dv). MT and BN are the largest that compile
 // without spills under the 255-register cap (ptxas -v). Returns false when none fits.
-template <typename T> bool launch_tc_any(int device, const Args& a, cudaStream_t s) {
+// The dispatch before the PIPE kernels (DK_ATTN_VARIANT=old), kept for A/B runs.
+template <typename T> bool launch_tc_old(int device, const Args& a, cudaStream_t s) {
   constexpr bool E = kExpHalf2 && std::is_same_v<T, __half>;
   if (a.D <= 32 && a.Dv <= 32) return launch_tc<T, 32, 32, 2, 64, E>(device, a, s), true;
   // Cross-attention over CLIP's 77 keys: 32-key tiles waste less of the last tile (ops_lab v2).
@@ -631,11 +695,71 @@ template <typename T> bool launch_tc_any(int device, const Args& a, cudaStream_t
   return false;
 }
 
+// PIPE dispatch (DK_ATTN_VARIANT unset / new): the old tile shapes with double-buffered K/V and
+// the folded scale; D = 160 takes 2-warp blocks (32 queries) so that 256 tokens x 16 heads fill
+// 128 blocks instead of 64. wide = true (DK_ATTN_VARIANT=wide): 8-warp blocks for D <= 80
+// (256 queries per block for D <= 64, 128 for D = 80), K/V tiles shared by twice the warps.
+template <typename T, int P, bool wide> bool launch_tc_pipe(int device, const Args& a, cudaStream_t s) {
+  constexpr bool E = kExpHalf2 && std::is_same_v<T, __half>;
+  if (a.D <= 32 && a.Dv <= 32) {
+    if constexpr (wide) launch_tc<T, 32, 32, 2, 64, E, 8, P, 1>(device, a, s);
+    else launch_tc<T, 32, 32, 2, 64, E, 4, P, 2>(device, a, s);
+    return true;
+  }
+  if (a.D <= 48 && a.Dv <= 40) {
+    if (a.Nk <= 96) launch_tc<T, 48, 40, 2, 32, E, 4, P, 2>(device, a, s);  // CLIP's 77 keys
+    else if constexpr (wide) launch_tc<T, 48, 40, 2, 64, E, 8, P, 1>(device, a, s);
+    else launch_tc<T, 48, 40, 2, 64, E, 4, P, 2>(device, a, s);
+    return true;
+  }
+  if (a.D <= 48 && a.Dv <= 48) return launch_tc<T, 48, 48, 2, 64, E, 4, P, 2>(device, a, s), true;
+  if (a.D <= 64 && a.Dv <= 64) {
+    if constexpr (wide) launch_tc<T, 64, 64, 2, 64, E, 8, P, 1>(device, a, s);
+    else launch_tc<T, 64, 64, 2, 64, E, 4, P, 2>(device, a, s);
+    return true;
+  }
+  if (a.D <= 80 && a.Dv <= 80) {
+    if constexpr (wide) launch_tc<T, 80, 80, 1, 64, E, 8, P, 1>(device, a, s);
+    else launch_tc<T, 80, 80, 1, 64, E, 4, P, 2>(device, a, s);
+    return true;
+  }
+  if (a.D <= 128 && a.Dv <= 128) return launch_tc<T, 128, 128, 1, 64, E, 4, P, 2>(device, a, s), true;
+  if (a.D <= 160 && a.Dv <= 160) return launch_tc<T, 160, 160, 1, 32, E, 2, P, 4>(device, a, s), true;
+  return false;
+}
+
+// DK_ATTN_VARIANT: "old" (or 0) = launch_tc_old, "wide" (or 2) = launch_tc_pipe<1>(wide),
+// "sched" (or 3) = launch_tc_pipe<2> (compile-time plain tiles), anything else or unset =
+// launch_tc_pipe<1>. Read once per process.
+inline int env_variant() {
+  static const int v = [] {
+    // Default: "sched" (PIPE 2), the fastest on an H200 for every SD shape (2026-11-26:
+    // 187/273/157/41 TFLOP/s at D=40/64/80/77-key cross vs 119/177/126/34 for "old").
+    const char* e = std::getenv("DK_ATTN_VARIANT");
+    if (e == nullptr) return 3;
+    const std::string x(e);
+    if (x == "old" || x == "0") return 0;
+    if (x == "pipe" || x == "new" || x == "1") return 1;
+    if (x == "wide" || x == "2") return 2;
+    return 3;
+  }();
+  return v;
+}
+
+template <typename T> bool launch_tc_any(int device, const Args& a, cudaStream_t s, int sel) {
+  if (sel < 0) sel = env_variant();
+  if (sel == 0) return launch_tc_old<T>(device, a, s);
+  if (sel == 2) return launch_tc_pipe<T, 1, true>(device, a, s);
+  if (sel == 3) return launch_tc_pipe<T, 2, false>(device, a, s);
+  return launch_tc_pipe<T, 1, false>(device, a, s);
+}
+
 // force: 0 = choose, 1 = tensor-core path only, 2 = SIMT path only (for the lab).
-template <typename T> void run(int device, Args a, int force) {
+// sel: -1 = DK_ATTN_VARIANT, 0 = old dispatch, 1 = PIPE, 2 = PIPE wide, 3 = PIPE 2 (default).
+template <typename T> void run(int device, Args a, int force, int sel) {
   cudaStream_t s = stream(device);
   if constexpr (!std::is_same_v<T, float>) {
-    if (force != 2 && tc_eligible<T>(a) && launch_tc_any<T>(device, a, s)) return;
+    if (force != 2 && tc_eligible<T>(a) && launch_tc_any<T>(device, a, s, sel)) return;
   }
   if (force == 1) throw_range("attention: the tensor-core path cannot take this shape");
   launch_simt<T>(device, a, s);
@@ -679,10 +803,10 @@ inline Args make_args(const AttentionParams& p, const void* q, const void* k, co
 
 // Entry with a forced path, for ops_lab.
 inline void attention_forced(int device, DType dt, const AttentionParams& p, const void* q, const void* k,
-                             const void* v, void* out, int force) {
+                             const void* v, void* out, int force, int sel = -1) {
   if (p.B == 0 || p.Nq == 0 || p.heads == 0) return;
   Args a = make_args(p, q, k, v, out);
-  DK_DISPATCH_FLOAT(dt, "attention", run<T>(device, a, force));
+  DK_DISPATCH_FLOAT(dt, "attention", run<T>(device, a, force, sel));
 }
 
 }  // namespace attn

@@ -933,18 +933,23 @@ void check_attention(const std::string& tag, DType dt, const AttnCase& c, const 
   compare(nm, get(bo, dt, no), ref, t);
 }
 
-AttnFn forced(int force) {
-  return [force](DType dt, const cuda::AttentionParams& p, const void* q, const void* k, const void* v, void* o) {
-    cuda::attn::attention_forced(kDev, dt, p, q, k, v, o, force);
+// force: 0 choose, 1 tensor cores only, 2 SIMT only; sel: -1 DK_ATTN_VARIANT, 0 old dispatch,
+// 1 PIPE dispatch (the default), 2 PIPE wide, 3 PIPE 2 (DK_ATTN_VARIANT=sched).
+AttnFn forced(int force, int sel = -1) {
+  return [force, sel](DType dt, const cuda::AttentionParams& p, const void* q, const void* k, const void* v, void* o) {
+    cuda::attn::attention_forced(kDev, dt, p, q, k, v, o, force, sel);
   };
 }
 
 // A specific tensor-core configuration (float16 / bfloat16 only).
-template <int DK, int DV, int MT, int BN, bool E> AttnFn tc_variant() {
+// NW warps per block, PIPE (double-buffered K/V + folded scale), MINB blocks/SM in __launch_bounds__.
+template <int DK, int DV, int MT, int BN, bool E, int NW = 4, int PIPE = 0, int MINB = 2> AttnFn tc_variant() {
   return [](DType dt, const cuda::AttentionParams& p, const void* q, const void* k, const void* v, void* o) {
     cuda::attn::Args a = cuda::attn::make_args(p, q, k, v, o);
-    if (dt == DType::F16) cuda::attn::launch_tc<__half, DK, DV, MT, BN, E>(kDev, a, cuda::stream(kDev));
-    else if constexpr (!E) cuda::attn::launch_tc<__nv_bfloat16, DK, DV, MT, BN, E>(kDev, a, cuda::stream(kDev));
+    if (dt == DType::F16)
+      cuda::attn::launch_tc<__half, DK, DV, MT, BN, E, NW, PIPE, MINB>(kDev, a, cuda::stream(kDev));
+    else if constexpr (!E)
+      cuda::attn::launch_tc<__nv_bfloat16, DK, DV, MT, BN, E, NW, PIPE, MINB>(kDev, a, cuda::stream(kDev));
   };
 }
 
@@ -969,6 +974,25 @@ std::vector<Variant> attention_variants() {
       {"v11 80x80 mt2 bn32", 80, 80, false, tc_variant<80, 80, 2, 32, false>()},
       {"v12 80x80 mt1 bn64", 80, 80, false, tc_variant<80, 80, 1, 64, false>()},
       {"v13 80x80 mt2 bn32 exp16", 80, 80, true, tc_variant<80, 80, 2, 32, true>()},
+      // PIPE: double-buffered K/V, one barrier per tile, scale folded into the exponent FFMA.
+      {"v14 48x40 mt2 bn64 pipe", 48, 40, false, tc_variant<48, 40, 2, 64, false, 4, 1, 2>()},
+      {"v15 48x40 w8 mt2 bn64 pipe", 48, 40, false, tc_variant<48, 40, 2, 64, false, 8, 1, 1>()},
+      {"v16 48x40 w8 mt1 bn64 pipe", 48, 40, false, tc_variant<48, 40, 1, 64, false, 8, 1, 2>()},
+      {"v17 48x40 mt2 bn128 pipe", 48, 40, false, tc_variant<48, 40, 2, 128, false, 4, 1, 1>()},
+      {"v18 64x64 mt2 bn64 pipe", 64, 64, false, tc_variant<64, 64, 2, 64, false, 4, 1, 2>()},
+      {"v19 64x64 w8 mt2 bn64 pipe", 64, 64, false, tc_variant<64, 64, 2, 64, false, 8, 1, 1>()},
+      {"v20 64x64 w8 mt1 bn64 pipe", 64, 64, false, tc_variant<64, 64, 1, 64, false, 8, 1, 2>()},
+      {"v21 80x80 mt1 bn64 pipe", 80, 80, false, tc_variant<80, 80, 1, 64, false, 4, 1, 2>()},
+      {"v22 80x80 w8 mt1 bn64 pipe", 80, 80, false, tc_variant<80, 80, 1, 64, false, 8, 1, 1>()},
+      {"v23 80x80 w2 mt1 bn64 pipe", 80, 80, false, tc_variant<80, 80, 1, 64, false, 2, 1, 4>()},
+      {"v24 160x160 mt1 bn32 (old)", 160, 160, false, tc_variant<160, 160, 1, 32, false>()},
+      {"v25 160x160 w2 mt1 bn32 pipe", 160, 160, false, tc_variant<160, 160, 1, 32, false, 2, 1, 4>()},
+      {"v26 160x160 mt1 bn32 pipe", 160, 160, false, tc_variant<160, 160, 1, 32, false, 4, 1, 2>()},
+      // pipe2: pipe + plain tiles compiled as one branch-free body (DK_ATTN_VARIANT=sched)
+      {"v27 48x40 mt2 bn64 pipe2", 48, 40, false, tc_variant<48, 40, 2, 64, false, 4, 2, 2>()},
+      {"v28 64x64 mt2 bn64 pipe2", 64, 64, false, tc_variant<64, 64, 2, 64, false, 4, 2, 2>()},
+      {"v29 80x80 mt1 bn64 pipe2", 80, 80, false, tc_variant<80, 80, 1, 64, false, 4, 2, 2>()},
+      {"v30 160x160 w2 mt1 bn32 pipe2", 160, 160, false, tc_variant<160, 160, 1, 32, false, 2, 2, 4>()},
   };
 }
 
@@ -985,12 +1009,25 @@ void test_attention() {
   for (DType dt : kFloatTypes)
     for (const AttnCase& c : cases) {
       check_attention("auto", dt, c, forced(0));
-      if (dt != DType::F32) check_attention("simt", dt, c, forced(2));
+      if (dt != DType::F32) {
+        check_attention("simt", dt, c, forced(2));
+        // every dispatch table, whatever DK_ATTN_VARIANT says
+        check_attention("auto-old", dt, c, forced(0, 0));
+        check_attention("auto-pipe", dt, c, forced(0, 1));
+        check_attention("auto-wide", dt, c, forced(0, 2));
+        check_attention("auto-sched", dt, c, forced(0, 3));
+      }
     }
   // every timed tensor-core variant must be right too
   const AttnCase vcases[] = {{2, 200, 77, 2, 40, 40, false, 0, 0}, {1, 190, 300, 2, 40, 40, true, 1, 0},
                              {2, 150, 200, 2, 64, 64, false, 2, 0}, {1, 140, 140, 2, 64, 64, true, 0, 1},
-                             {1, 130, 100, 2, 80, 80, true, 1, 0}};
+                             {1, 130, 100, 2, 80, 80, true, 1, 0},
+                             // several 256-query blocks, odd sizes, packed / padded rows, masks
+                             {1, 530, 301, 2, 64, 64, true, 0, 0},  {1, 300, 531, 1, 40, 40, false, 1, 2},
+                             {1, 150, 150, 2, 40, 40, false, 0, 1}, {2, 77, 333, 1, 64, 64, false, 2, 2},
+                             {1, 261, 261, 2, 80, 80, false, 0, 1}, {2, 97, 45, 1, 80, 80, true, 2, 2},
+                             {1, 70, 91, 2, 160, 160, true, 1, 2},  {2, 33, 50, 1, 160, 160, false, 2, 0},
+                             {1, 129, 129, 1, 160, 160, false, 0, 1}};
   for (const Variant& var : attention_variants())
     for (DType dt : {DType::F16, DType::BF16}) {
       if (var.f16_only && dt != DType::F16) continue;
@@ -1028,7 +1065,7 @@ void bench_attention() {
   struct Shape {
     int64_t Nq, Nk, D;
   };
-  const Shape shapes[] = {{4096, 4096, 40}, {4096, 4096, 64}, {1024, 1024, 80}, {4096, 77, 40}};
+  const Shape shapes[] = {{4096, 4096, 40}, {4096, 4096, 64}, {1024, 1024, 80}, {4096, 77, 40}, {256, 256, 160}};
   const int64_t B = 2, H = 8;
   auto variants = attention_variants();
   for (const Shape& sh : shapes)
@@ -1060,6 +1097,11 @@ void bench_attention() {
       };
       report("default", forced(0));
       if (dt == DType::F32) continue;
+      // the three dispatch tables side by side (DK_ATTN_VARIANT=old / new / wide)
+      report("dispatch old", forced(0, 0));
+      report("dispatch new (pipe)", forced(0, 1));
+      report("dispatch wide", forced(0, 2));
+      report("dispatch sched (pipe2)", forced(0, 3));
       for (const Variant& var : variants) {
         if (var.f16_only && dt != DType::F16) continue;
         if (sh.D > var.dk || sh.D > var.dv || sh.D <= var.dk - 16) continue;

@@ -28,23 +28,24 @@ export class DownEncoderBlock2D extends Module {
       : null;
   }
   forward(x: Tensor, hook?: ActivationHook): Tensor {
-    return tidy(() => {
-      let h = x;
-      this.resnets.forEach((res, i) => {
-        const next = res.forward(h, null);
-        if (h !== x) h.dispose();
-        h = next;
-        emitNhwc(hook, `resnets.${i}`, h);
-      });
-      if (this.downsampler) {
-        const next = this.downsampler.forward(h);
-        if (h !== x) h.dispose();
-        h = next;
-        emitNhwc(hook, "downsamplers.0", h);
-      }
-      return h;
-    });
+    return resnetsThen(x, this.resnets, this.downsampler, "downsamplers.0", hook);
   }
+}
+
+/** The encoder/decoder block body: each resnet in turn, then the resampler if any (freeing as it goes). */
+function resnetsThen(x: Tensor, resnets: ResnetBlock2D[], resampler: { forward(h: Tensor): Tensor } | null,
+  resamplerName: string, hook?: ActivationHook): Tensor {
+  return tidy(() => {
+    let h = x;
+    const step = (next: Tensor, name: string) => {
+      if (h !== x) h.dispose();
+      h = next;
+      emitNhwc(hook, name, h);
+    };
+    resnets.forEach((res, i) => step(res.forward(h, null), `resnets.${i}`));
+    if (resampler) step(resampler.forward(h), resamplerName);
+    return h;
+  });
 }
 
 /** `numLayers` resnets, then (unless last) nearest-2x + 3x3 conv. */
@@ -58,22 +59,7 @@ export class UpDecoderBlock2D extends Module {
     this.upsampler = cfg.addUpsample ? this.child("upsamplers.0", new Upsample2D(cfg.outChannels, cfg.outChannels)) : null;
   }
   forward(x: Tensor, hook?: ActivationHook): Tensor {
-    return tidy(() => {
-      let h = x;
-      this.resnets.forEach((res, i) => {
-        const next = res.forward(h, null);
-        if (h !== x) h.dispose();
-        h = next;
-        emitNhwc(hook, `resnets.${i}`, h);
-      });
-      if (this.upsampler) {
-        const next = this.upsampler.forward(h);
-        if (h !== x) h.dispose();
-        h = next;
-        emitNhwc(hook, "upsamplers.0", h);
-      }
-      return h;
-    });
+    return resnetsThen(x, this.resnets, this.upsampler, "upsamplers.0", hook);
   }
 }
 

@@ -3,7 +3,7 @@
 import * as fs from "fs";
 import { Tensor, tidy } from "../../lib/tensor";
 import { add, axpby, mul } from "../../lib/ops";
-import { memoryStats } from "../../lib/devices";
+import { memoryStats, synchronize } from "../../lib/devices";
 import { TorchGenerator } from "../../lib/random/torch-generator";
 import { parseDiffusersJson, SchedulerClassName } from "../../lib/schedulers/schedule";
 import { NoiseSource, SAMPLER_NAMES, Scheduler, StepOptions, createScheduler, schedulerFromConfig } from "../../lib/schedulers";
@@ -437,6 +437,7 @@ describe("sampler state", () => {
     async (name) => {
       const s = createScheduler(name, SD15);
       const opts = (): StepOptions => ({ generator: new TorchGenerator(5) });
+      await synchronize("cpu");  // queued ops of earlier tests still hold buffers until they run
       const before = memoryStats("cpu").bytesInUse;
       const a = await runLoop(s, 8, opts());
       s.reset();
@@ -450,6 +451,7 @@ describe("sampler state", () => {
       const c = await runLoop(s, 8, opts());
       expect(Array.from(c)).toEqual(Array.from(a));
       s.dispose();
+      await synchronize("cpu");
       expect(memoryStats("cpu").bytesInUse).toBe(before);
     },
   );

@@ -242,10 +242,13 @@ void check_device_usable(const char* op, Device d) {
 #endif
 }
 
-void check_compute_dtype(const char* op, const char* name, const Tensor& t) {
+void check_compute_dtype(const char* op, const char* name, const Tensor& t, bool cpu_bf16) {
   if (t.dtype == DType::F32) return;
   if (t.device().is_cuda() && (t.dtype == DType::F16 || t.dtype == DType::BF16)) return;
-  throw_type(where(op, name) + (t.device().is_cpu() ? " must be float32 on cpu" : " must be float32, float16 or bfloat16") +
+  if (t.device().is_cpu() && cpu_bf16 && t.dtype == DType::BF16) return;
+  throw_type(where(op, name) +
+             (t.device().is_cpu() ? (cpu_bf16 ? " must be float32 or bfloat16 on cpu" : " must be float32 on cpu")
+                                  : " must be float32, float16 or bfloat16") +
              ", got " + dtype_name(t.dtype) + " on " + t.device().str());
 }
 

@@ -61,7 +61,9 @@ Device device_arg(const Napi::CallbackInfo& info, size_t i, const char* op, cons
 
 // ---- checks
 // Float compute dtypes: float32 everywhere; float16/bfloat16 on CUDA.
-void check_compute_dtype(const char* op, const char* name, const Tensor& t);
+// float32 anywhere; float16/bfloat16 on CUDA; bfloat16 on the CPU too where the op passes
+// cpu_bf16 = true (its CPU kernel reads and writes bfloat16).
+void check_compute_dtype(const char* op, const char* name, const Tensor& t, bool cpu_bf16 = false);
 void check_same(const char* op, const char* name, const Tensor& ref, const Tensor& t);  // device + dtype
 void check_rank(const char* op, const char* name, const Tensor& t, int64_t min_rank, int64_t max_rank);
 void check_device_usable(const char* op, Device d);

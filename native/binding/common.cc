@@ -272,7 +272,8 @@ int64_t normalize_dim(const char* op, int64_t dim, int64_t ndim) {
   return dim < 0 ? dim + ndim : dim;
 }
 
-Tensor new_like(const Tensor& ref, const Shape& shape) { return empty_tensor(shape, ref.dtype, ref.device()); }
+// Op outputs: lazy on the CPU, so the queue allocates them when it reaches the op.
+Tensor new_like(const Tensor& ref, const Shape& shape) { return empty_tensor(shape, ref.dtype, ref.device(), true); }
 
 Tensor contiguous(const Tensor& t) {
   if (t.is_contiguous()) return t;

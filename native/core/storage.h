@@ -1,6 +1,7 @@
 // Reference-counted memory behind one or more tensors (views share it). Freed when the last
 // tensor and the last queued op that uses it let go.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <memory>
 #include <mutex>
@@ -12,13 +13,19 @@ namespace dk {
 
 class Storage {
  public:
-  // Allocates `bytes` on `device`; throws dk::Error(OutOfMemory) when that fails.
-  Storage(size_t bytes, Device device);
+  // Allocates `bytes` on `device`; throws dk::Error(OutOfMemory) when that fails. A lazy CPU
+  // storage allocates on the first data() instead: op outputs are made lazy so that memory is
+  // taken when the queue runs the op, not when JS enqueues it (JS runs far ahead of the queue,
+  // and eager outputs would hold a whole forward pass's activations at once).
+  Storage(size_t bytes, Device device, bool lazy = false);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
 
-  void* data() const { return data_; }
+  void* data() const {
+    void* p = data_.load(std::memory_order_acquire);
+    return p || !lazy_ ? p : materialize();
+  }
   size_t bytes() const { return bytes_; }
   Device device() const { return device_; }
 
@@ -33,8 +40,11 @@ class Storage {
   bool host_ready = false;
 
  private:
-  void* data_ = nullptr;
+  void* materialize() const;  // allocates a lazy storage (thread-safe; may throw OutOfMemory)
+
+  mutable std::atomic<void*> data_{nullptr};
   size_t bytes_ = 0;
+  bool lazy_ = false;
   Device device_;
   mutable std::mutex mu_;
   std::string error_;

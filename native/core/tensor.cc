@@ -26,7 +26,9 @@ bool parse_device(const std::string& s, Device* out) {
   return false;
 }
 
-Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
+Storage::Storage(size_t bytes, Device device, bool lazy)
+    : bytes_(bytes), lazy_(lazy && device.is_cpu() && bytes > 0), device_(device) {
+  if (lazy_) return;
   if (device.is_cpu()) {
     data_ = cpu_alloc(bytes);
   } else {
@@ -38,12 +40,23 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   }
 }
 
+void* Storage::materialize() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  void* p = data_.load(std::memory_order_relaxed);
+  if (!p) {
+    p = cpu_alloc(bytes_);
+    data_.store(p, std::memory_order_release);
+  }
+  return p;
+}
+
 Storage::~Storage() {
+  void* p = data_.load(std::memory_order_acquire);
   if (device_.is_cpu()) {
-    cpu_free(data_, bytes_);
+    cpu_free(p, bytes_);  // null (a lazy storage never used) is a no-op
   } else {
 #ifdef DK_WITH_CUDA
-    cuda::device_free(device_.index, data_, bytes_);
+    cuda::device_free(device_.index, p, bytes_);
 #endif
   }
 }
@@ -94,10 +107,10 @@ std::string shape_str(const Shape& s) {
   return r + "]";
 }
 
-Tensor empty_tensor(const Shape& shape, DType dtype, Device device) {
+Tensor empty_tensor(const Shape& shape, DType dtype, Device device, bool lazy) {
   int64_t n = checked_numel(shape, "tensor");
   Tensor t;
-  t.storage = std::make_shared<Storage>(static_cast<size_t>(n) * dtype_size(dtype), device);
+  t.storage = std::make_shared<Storage>(static_cast<size_t>(n) * dtype_size(dtype), device, lazy);
   t.shape = shape;
   t.strides = contiguous_strides(shape);
   t.dtype = dtype;

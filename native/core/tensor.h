@@ -36,7 +36,8 @@ Shape contiguous_strides(const Shape& shape);
 int64_t checked_numel(const Shape& shape, const std::string& what);
 std::string shape_str(const Shape& s);
 
-// New contiguous tensor on `device` (memory uninitialised).
-Tensor empty_tensor(const Shape& shape, DType dtype, Device device);
+// New contiguous tensor on `device` (memory uninitialised). `lazy`: on the CPU, memory is taken
+// at the first data() (see Storage).
+Tensor empty_tensor(const Shape& shape, DType dtype, Device device, bool lazy = false);
 
 }  // namespace dk

@@ -5,7 +5,7 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import * as jpeg from "jpeg-js";
-import { Tensor, memoryStats, TorchGenerator } from "../../lib";
+import { Tensor, memoryStats, synchronize, TorchGenerator } from "../../lib";
 import { SafetensorsFile } from "../../lib/io/safetensors";
 import { loadPipeline, readPNGText, GeneratedImage, decodeImageBytes, type StableDiffusionPipeline } from "../../lib/pipelines";
 import { drawNoise, rescaleNoiseCfg } from "../../lib/pipelines/text-to-image";
@@ -91,21 +91,23 @@ describeIfReference("generate() on tiny-sd", () => {
   test("abort between steps rejects with an AbortError and frees every tensor", async () => {
     const opts = { prompt: "a cat", negativePrompt: "blurry", width: 64, height: 64, steps: 8, sampler: "dpm++2m-karras", seed: 3 };
     await pipe.generate({ ...opts, steps: 1 });  // warm the allocator
-    const before = memoryStats("cpu").bytesInUse;
+    // op outputs take memory when the queue runs them: wait for it before each count
+    const inUse = async () => { await synchronize("cpu"); return memoryStats("cpu").bytesInUse; };
+    const before = await inUse();
     const ac = new AbortController();
     const seen: number[] = [];
     const err = await rejection(pipe.generate({ ...opts, signal: ac.signal, onStep: ({ step }) => { seen.push(step); if (step === 3) ac.abort(); } }));
     expect(err.name).toBe("AbortError");
     expect(seen).toEqual([1, 2, 3]);
-    expect(memoryStats("cpu").bytesInUse).toBe(before);
+    expect(await inUse()).toBe(before);
     // already aborted: nothing runs
     const err2 = await rejection(pipe.generate({ ...opts, signal: AbortSignal.abort(), onStep: () => { throw new Error("ran"); } }));
     expect(err2.name).toBe("AbortError");
-    expect(memoryStats("cpu").bytesInUse).toBe(before);
+    expect(await inUse()).toBe(before);
     // an error thrown by onStep rejects too, and also frees everything
     const err3 = await rejection(pipe.generate({ ...opts, onStep: () => { throw new Error("callback failed"); } }));
     expect(err3.message).toBe("callback failed");
-    expect(memoryStats("cpu").bytesInUse).toBe(before);
+    expect(await inUse()).toBe(before);
   });
 
   test("bad options are RangeErrors that list what is allowed", async () => {

@@ -4,7 +4,7 @@
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { memoryStats } from "../../lib";
+import { memoryStats, synchronize } from "../../lib";
 import { writeSafetensors, type SafetensorsTensorInput } from "../../lib/io/safetensors";
 import { ModelFolder, openWeightsFile } from "../../lib/io/model-folder";
 import { readAllFloat32, type HostStateDictSource } from "../../lib/io/state-dict";
@@ -80,21 +80,23 @@ describeIfReference("loadPipeline and createRandomPipeline (tiny-sd)", () => {
   });
 
   test("single-file errors: no tokenizer, unknown family without configs, folder-only options", async () => {
-    const before = memoryStats("cpu").bytesInUse;
+    // op outputs take memory when the queue runs them: wait for it before each count
+    const inUse = async () => { await synchronize("cpu"); return memoryStats("cpu").bytesInUse; };
+    const before = await inUse();
     await expect(loadPipeline(single, { device: "cpu" })).rejects.toThrow(/single-file checkpoint, which has no tokenizer files: pass \{ tokenizer:/);
     await expect(loadPipeline(single, { device: "cpu", tokenizer: path.join(tiny(), "tokenizer") }))
       .rejects.toThrow(/not recognised as SD 1\.x or 2\.x \(text encoder: transformers, cross-attention width: 32\); pass \{ configs:/);
     // wrong configs: the conversion names the mismatching tensors, and nothing stays allocated
     await expect(loadPipeline(single, { device: "cpu", configs: builtinConfigDir("sd1"), tokenizer: path.join(tiny(), "tokenizer") }))
       .rejects.toThrow(/does not fit the configs/);
-    expect(memoryStats("cpu").bytesInUse).toBe(before);
+    expect(await inUse()).toBe(before);
     await expect(loadPipeline(single, { device: "cpu", variant: "fp16" })).rejects.toThrow(/variant is for diffusers folders/);
     await expect(loadPipeline(tiny(), { device: "cpu", tokenizer: "x" })).rejects.toThrow(/for single-file checkpoints/);
     await expect(loadPipeline(path.join(tmp, "missing"), { device: "cpu" })).rejects.toThrow(/does not exist/);
     await expect(loadPipeline(tiny(), { device: "cpu", variant: "fp16" })).rejects.toThrow(/no "fp16" variant weights/);
     await expect(loadPipeline(referencePath("models", "tiny-sdxl"), { device: "cpu" })).rejects.toThrow(/is a StableDiffusionXLPipeline/);
     await expect(loadPipeline(referencePath("models", "tiny-sd-inpaint"), { device: "cpu" })).rejects.toThrow(/9 input channels/);
-    expect(memoryStats("cpu").bytesInUse).toBe(before);
+    expect(await inUse()).toBe(before);
   });
 
   test("createRandomPipeline: seeded weights (same seed, same weights), norms at 1 and 0, runs end to end", async () => {

@@ -75,6 +75,8 @@ export interface NativeAddon {
   emptyCache(device: string): void;
   synchronize(device: string): Promise<void>;
   queueDepth(device: string): number;
+  /** Per-op queue time totals; a boolean first turns timing on (clearing them) or off. */
+  opProfile(enable?: boolean): { op: string; count: number; ms: number }[];
   buildInfo(): BuildInfo;
   // benchmark support (native/binding/ops_bench.cc): FMA peak and memory bandwidth on the CPU pool
   measurePeak(opts?: { seconds?: number; bandwidthMiB?: number }): CpuPeak;

@@ -18,6 +18,8 @@ export type OpCase = GemmCase | ConvCase | AttentionCase | NormCase;
 export interface BenchContext {
   peak: CpuPeak;
   quick: boolean;
+  /** Model rows log the time per native op of their timed runs. */
+  profile?: boolean;
   log: (line: string) => void;
 }
 

@@ -98,6 +98,7 @@ async function timeModel(run: ModelRun, ctx: BenchContext, weightBytes: number):
   }
   const times: number[] = [];
   let finite = true, cpuMs = 0;
+  if (ctx.profile) native().opProfile(true);
   for (let i = 0; i < run.runs; i++) {
     const cpu0 = process.cpuUsage();
     const t0 = process.hrtime.bigint();
@@ -111,6 +112,7 @@ async function timeModel(run: ModelRun, ctx: BenchContext, weightBytes: number):
     finite &&= values.every(Number.isFinite);
     counted.result.dispose();
   }
+  if (ctx.profile) logProfile(run.name, native().opProfile(false), times, ctx);
   const ms = median(times);
   const gflops = flop / ms / 1e6;
   const stats = memoryStats("cpu");
@@ -119,6 +121,14 @@ async function timeModel(run: ModelRun, ctx: BenchContext, weightBytes: number):
     ` (weights ${(weightBytes / GB).toFixed(2)})` + (finite ? "" : "; OUTPUT NOT FINITE");
   const cpuShare = cpuMs / (times.reduce((a, b) => a + b, 0) * ctx.peak.threads);
   return withPeak({ group: "model", name: run.name, ms, runs: times.length, gflops, cpuShare, note }, ctx.peak);
+}
+
+/** The queue's time per op over the timed runs, per run, largest first. */
+function logProfile(name: string, entries: { op: string; count: number; ms: number }[], times: number[], ctx: BenchContext): void {
+  const runs = times.length, wall = times.reduce((a, b) => a + b, 0) / runs;
+  ctx.log(`  ${name}: time per op (per run; wall ${wall.toFixed(0)} ms)`);
+  for (const e of entries.filter((x) => x.ms / runs >= 0.005 * wall))
+    ctx.log(`    ${e.op.padEnd(20)} ${(e.ms / runs).toFixed(1).padStart(9)} ms ${(100 * e.ms / runs / wall).toFixed(1).padStart(5)}%  ${Math.round(e.count / runs)} calls`);
 }
 
 /** timeModel, or a row that says why it failed (the other rows still run). */

@@ -3,7 +3,7 @@
 // U-Net / VAE passes, and the CUDA benchmark when a GPU answers. Prints a table; writes JSON to
 // bench/results/<host>-<date>.json.
 //
-//   node dist/bench/main.js [--quick] [--only gemm,conv,attention,norm,unet,vae,cuda] [--no-torch] [--json FILE]
+//   node dist/bench/main.js [--quick] [--only gemm,conv,attention,norm,unet,vae,cuda] [--no-torch] [--profile] [--json FILE]
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
@@ -20,15 +20,16 @@ import { formatTable, type CpuBenchRow } from "./table";
 const allGroups = [...opGroups, ...modelGroups, "cuda"] as const;
 const aliases: Record<string, string[]> = { ops: [...opGroups], models: [...modelGroups] };
 
-interface Options { quick: boolean; groups: Set<string>; torch: boolean; json?: string }
+interface Options { quick: boolean; groups: Set<string>; torch: boolean; profile: boolean; json?: string }
 
 function usage(): string {
-  return "usage: node dist/bench/main.js [--quick] [--only GROUPS] [--no-torch] [--json FILE]\n" +
+  return "usage: node dist/bench/main.js [--quick] [--only GROUPS] [--no-torch] [--profile] [--json FILE]\n" +
+    "  --profile: after each model row, the time per native op (CPU queue)\n" +
     `  GROUPS: comma-separated, from ${allGroups.join(", ")} (or ${Object.keys(aliases).join(", ")})`;
 }
 
 function parseArgs(argv: string[]): Options {
-  const opts: Options = { quick: false, groups: new Set(allGroups), torch: true };
+  const opts: Options = { quick: false, groups: new Set(allGroups), torch: true, profile: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = (): string => {
@@ -38,6 +39,7 @@ function parseArgs(argv: string[]): Options {
     };
     if (a === "--quick") opts.quick = true;
     else if (a === "--no-torch") opts.torch = false;
+    else if (a === "--profile") opts.profile = true;
     else if (a === "--only" || a.startsWith("--only=")) {
       opts.groups = new Set();
       for (const g of value().split(",").map((s) => s.trim()).filter(Boolean)) {
@@ -97,7 +99,7 @@ async function main(): Promise<void> {
   await synchronize("cpu");
   const peakBefore = measurePeak(opts.quick);
   log(`peak (before): ${peakLine(peakBefore)}`);
-  const ctx: BenchContext = { peak: peakBefore, quick: opts.quick, log };
+  const ctx: BenchContext = { peak: peakBefore, quick: opts.quick, profile: opts.profile, log };
 
   // 2. op cases, then whole models
   const rows: CpuBenchRow[] = [];

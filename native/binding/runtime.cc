@@ -2,6 +2,7 @@
 #include <thread>
 
 #include "../core/allocator.h"
+#include "../core/op_profile.h"
 #include "../core/thread_pool.h"
 #include "../cpu/cpu_features.h"
 #include "common.h"
@@ -95,6 +96,26 @@ Napi::Value QueueDepth(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(queue_depth(d)));
 }
 
+// opProfile(enable?: boolean) -> [{op, count, ms}] totals so far; a boolean first turns timing
+// on (clearing the totals) or off.
+Napi::Value OpProfile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    if (!info[0].IsBoolean()) throw_type("opProfile: enable must be a boolean");
+    op_profile::set_enabled(info[0].As<Napi::Boolean>().Value());
+  }
+  std::vector<op_profile::Entry> entries = op_profile::snapshot();
+  Napi::Array out = Napi::Array::New(env, entries.size());
+  for (size_t i = 0; i < entries.size(); i++) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("op", entries[i].op);
+    o.Set("count", Napi::Number::New(env, static_cast<double>(entries[i].count)));
+    o.Set("ms", Napi::Number::New(env, entries[i].ms));
+    out.Set(static_cast<uint32_t>(i), o);
+  }
+  return out;
+}
+
 Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -125,6 +146,7 @@ void register_runtime(Napi::Env env, Napi::Object exports) {
   DK_EXPORT(exports, "emptyCache", EmptyCache);
   DK_EXPORT(exports, "synchronize", Synchronize);
   DK_EXPORT(exports, "queueDepth", QueueDepth);
+  DK_EXPORT(exports, "opProfile", OpProfile);
   DK_EXPORT(exports, "buildInfo", BuildInfo);
 }
 

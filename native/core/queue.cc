@@ -1,6 +1,7 @@
 #include "queue.h"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -11,6 +12,7 @@
 #include <thread>
 
 #include "error.h"
+#include "op_profile.h"
 
 #ifdef DK_WITH_CUDA
 #include "../cuda/runtime.h"
@@ -169,7 +171,13 @@ void enqueue(Device device, const char* op, std::vector<Tensor> inputs, std::vec
       }
     }
     try {
-      f();
+      if (op_profile::enabled()) {
+        const auto t0 = std::chrono::steady_clock::now();
+        f();
+        op_profile::record(name, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      } else {
+        f();
+      }
     } catch (const std::exception& e) {
       note_capture_error(name + ": " + e.what());
       for (const Tensor& o : outs) o.storage->set_error(name + ": " + e.what());

@@ -4,6 +4,7 @@ import * as fs from "fs";
 import { resolveDevice } from "../devices";
 import { openImageFolder, checkResolution, type Colour, type ResampleMethod, type TrainingDataset } from "./data";
 import { createShapesDataset } from "./shapes";
+import type { LrScheduleName } from "./optim";
 
 /** One progress record (after every `logEvery`-th optimiser step, and the last). */
 export interface TrainLogInfo {
@@ -35,6 +36,44 @@ export interface DataOptions {
   captionColumn?: string;
   onWarn?: (message: string) => void;
 }
+
+/** The options of the training loop that train() and trainVae() share. */
+export interface LoopOptions extends DataOptions {
+  /** Square training size (default 64). */
+  resolution?: number;
+  /** Optimiser steps (default 1000). */
+  steps?: number;
+  batchSize?: number;
+  /** Micro-batches per optimiser step (default 1). */
+  gradAccum?: number;
+  lr?: number;
+  lrSchedule?: LrScheduleName;
+  warmupSteps?: number;
+  weightDecay?: number;
+  /** Global gradient-norm clip (default 1; 0 = off). */
+  maxGradNorm?: number;
+  randomFlip?: boolean;
+  seed?: number;
+  device?: string;
+  /** Checkpoint (and export) every this many steps; 0 = only at the end or when stopped. */
+  saveEvery?: number;
+  /** Continue from `<out>/checkpoint` (bit-identical to an uninterrupted run). */
+  resume?: boolean;
+  onLog?: (info: TrainLogInfo) => void;
+  /** onLog every this many steps (default 1). */
+  logEvery?: number;
+  /** Aborting stops after the current step with a checkpoint. */
+  signal?: AbortSignal;
+  /** Also stop (with a checkpoint) on SIGINT. Default true. */
+  handleSigint?: boolean;
+}
+
+/** The keys of LoopOptions, for checkKeys. */
+export const LOOP_KEYS = [
+  "resolution", "steps", "batchSize", "gradAccum", "lr", "lrSchedule", "warmupSteps", "weightDecay", "maxGradNorm", "randomFlip",
+  "seed", "device", "saveEvery", "resume", "onLog", "logEvery", "signal", "handleSigint",
+  "background", "resample", "captionColumn", "onWarn",
+] as const;
 
 export function checkKeys(op: string, opts: object, allowed: readonly string[]): void {
   if (opts === null || typeof opts !== "object") throw new TypeError(`${op}: options must be an object`);

@@ -36,16 +36,14 @@ import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, sav
 import { clipNorm, isFinishedVae, trainVae, type TrainVaeOptions, type TrainVaeResult } from "./vae-trainer";
 import {
   StopControl, Throughput, checkKeys, intOpt, numOpt, resolveData, trainingDevice, yieldToLoop,
-  type DataOption, type DataOptions, type TrainLogInfo,
+  LOOP_KEYS, type DataOption, type LoopOptions, type TrainLogInfo,
 } from "./loop";
 
-export interface TrainOptions extends DataOptions {
+export interface TrainOptions extends LoopOptions {
   /** A folder of images with captions (see data.ts), "shapes" / "shapes:N", or a TrainingDataset. */
   data: DataOption;
   /** Output folder (diffusers layout). */
   out: string;
-  /** Square image size (default 64). */
-  resolution?: number;
   /** UNet size: "small" (default), "base", or a UNet2DConditionModel config object. */
   model?: ModelSize | UNet2DConditionConfigJson;
   /** "train" (default): a CLIP text encoder trained jointly from scratch; or a diffusers model folder whose text_encoder/ and tokenizer/ are used frozen. */
@@ -62,17 +60,6 @@ export interface TrainOptions extends DataOptions {
   vaeSteps?: number;
   /** Other trainVae options for that VAE. */
   vaeOptions?: Partial<Omit<TrainVaeOptions, "data" | "out" | "resolution" | "steps" | "resume" | "onLog" | "signal" | "handleSigint">>;
-  /** Optimiser steps (default 1000). */
-  steps?: number;
-  batchSize?: number;
-  /** Micro-batches per optimiser step (default 1). */
-  gradAccum?: number;
-  lr?: number;
-  lrSchedule?: LrScheduleName;
-  warmupSteps?: number;
-  weightDecay?: number;
-  /** Global gradient-norm clip (default 1; 0 = off). */
-  maxGradNorm?: number;
   /** Keep an EMA of the weights and export it: true (decay 0.9999, diffusers' EMAModel) or the decay. Default off. */
   ema?: boolean | number;
   predictionType?: TrainPredictionType;
@@ -80,18 +67,6 @@ export interface TrainOptions extends DataOptions {
   snrGamma?: number | null;
   /** Probability of training a sample with the empty prompt (default 0.1). */
   condDropout?: number;
-  randomFlip?: boolean;
-  seed?: number;
-  device?: string;
-  /** Checkpoint (and export) every this many steps; 0 = only at the end or when stopped. */
-  saveEvery?: number;
-  /** Continue from `<out>/checkpoint` (bit-identical to an uninterrupted run). */
-  resume?: boolean;
-  onLog?: (info: TrainLogInfo) => void;
-  logEvery?: number;
-  signal?: AbortSignal;
-  /** Also stop (with a checkpoint) on SIGINT. Default true. */
-  handleSigint?: boolean;
   /** Sees every micro-batch as fed (captions after dropout); for inspection and tests. */
   onBatch?: (info: { step: number; indices: number[]; flips: boolean[]; captions: string[]; timesteps: number[] }) => void;
 }
@@ -112,10 +87,8 @@ export interface TrainResult {
 }
 
 const KEYS = [
-  "data", "out", "resolution", "model", "textEncoder", "textEncoderSize", "tokenizer", "trimVocab", "vae", "vaeSteps", "vaeOptions",
-  "steps", "batchSize", "gradAccum", "lr", "lrSchedule", "warmupSteps", "weightDecay", "maxGradNorm", "ema", "predictionType", "snrGamma",
-  "condDropout", "randomFlip", "seed", "device", "saveEvery", "resume", "onLog", "logEvery", "signal", "handleSigint", "onBatch",
-  "background", "resample", "captionColumn", "onWarn",
+  "data", "out", "model", "textEncoder", "textEncoderSize", "tokenizer", "trimVocab", "vae", "vaeSteps", "vaeOptions",
+  "ema", "predictionType", "snrGamma", "condDropout", "onBatch", ...LOOP_KEYS,
 ];
 
 function loadVae(dir: string): { vae: AutoencoderKL; dir: string } {

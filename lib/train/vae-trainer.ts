@@ -18,16 +18,14 @@ import { vaeConfig } from "./presets";
 import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
 import {
   StopControl, Throughput, checkKeys, intOpt, numOpt, resolveData, trainingDevice, yieldToLoop,
-  type DataOption, type DataOptions, type TrainLogInfo,
+  LOOP_KEYS, type DataOption, type LoopOptions, type TrainLogInfo,
 } from "./loop";
 
-export interface TrainVaeOptions extends DataOptions {
+export interface TrainVaeOptions extends LoopOptions {
   /** A folder (images + captions are not needed), "shapes", or a TrainingDataset. */
   data: DataOption;
   /** Output component folder (config.json + weights; checkpoint/ inside). */
   out: string;
-  /** Square training size (default 64). */
-  resolution?: number;
   latentChannels?: number;
   /** One entry per level; the spatial factor is 2^(levels − 1). Default [32, 64, 64] (4x). */
   blockOutChannels?: number[];
@@ -36,36 +34,11 @@ export interface TrainVaeOptions extends DataOptions {
   normNumGroups?: number;
   /** Self-attention in the mid blocks (diffusers' default true). */
   midBlockAttention?: boolean;
-  /** Optimiser steps (default 1000). */
-  steps?: number;
-  batchSize?: number;
-  /** Micro-batches per optimiser step (default 1). */
-  gradAccum?: number;
-  lr?: number;
-  lrSchedule?: LrScheduleName;
-  warmupSteps?: number;
-  weightDecay?: number;
-  /** Global gradient-norm clip (default 1; 0 = off). */
-  maxGradNorm?: number;
   /** β of the KL term (default 1e-6). */
   klWeight?: number;
   reconstruction?: ReconstructionLoss;
   /** Weight of the image-gradient difference term (default 0.1). */
   gradientWeight?: number;
-  randomFlip?: boolean;
-  seed?: number;
-  /** Checkpoint (and export) every this many steps; 0 = only at the end or when stopped. */
-  saveEvery?: number;
-  /** Continue from `<out>/checkpoint` (bit-identical to an uninterrupted run). */
-  resume?: boolean;
-  onLog?: (info: TrainLogInfo) => void;
-  /** onLog every this many steps (default 1). */
-  logEvery?: number;
-  /** Aborting stops after the current step with a checkpoint. */
-  signal?: AbortSignal;
-  /** Also stop (with a checkpoint) on SIGINT. Default true. */
-  handleSigint?: boolean;
-  device?: string;
 }
 
 export interface TrainVaeResult {
@@ -82,10 +55,8 @@ export interface TrainVaeResult {
 }
 
 const KEYS = [
-  "data", "out", "resolution", "latentChannels", "blockOutChannels", "layersPerBlock", "normNumGroups", "midBlockAttention",
-  "steps", "batchSize", "gradAccum", "lr", "lrSchedule", "warmupSteps", "weightDecay", "maxGradNorm", "klWeight", "reconstruction",
-  "gradientWeight", "randomFlip", "seed", "saveEvery", "resume", "onLog", "logEvery", "signal", "handleSigint", "device",
-  "background", "resample", "captionColumn", "onWarn",
+  "data", "out", "latentChannels", "blockOutChannels", "layersPerBlock", "normNumGroups", "midBlockAttention",
+  "klWeight", "reconstruction", "gradientWeight", ...LOOP_KEYS,
 ];
 
 function defaultGroups(channels: number[]): number {

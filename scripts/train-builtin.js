@@ -5,14 +5,16 @@
 //   2. vae     trainVae() on .cache/emoji/train -> .cache/builtin/vae
 //   3. unet    train(): a UNet of 3.7 M parameters + a CLIP text encoder trained jointly from scratch, with the
 //              CLIP vocabulary trimmed to the caption words -> .cache/builtin/model
-//   4. export  the model folder without its checkpoint, weights as float16 safetensors,
+//   4. decoder trainVae({ init: vae, trainEncoder: false }): the VAE's decoder fine-tuned longer, encoder
+//              frozen, so the UNet's latent space is unchanged -> .cache/builtin/vae-decoder
+//   5. export  the model folder (its vae/ replaced by the fine-tuned one) without its checkpoint, weights as float16 safetensors,
 //              + NOTICE-emoji.txt -> models/builtin
 //
 // Every stage resumes from its checkpoint (run it again after Ctrl-C); a finished stage is skipped.
 // `--export-only` re-exports the latest saved model (the trainer exports every --save-every steps),
 // so a usable model exists long before the last step.
 //
-// Usage: node scripts/train-builtin.js [--vae-steps 1800] [--unet-steps 12500] [--save-every 1500]
+// Usage: node scripts/train-builtin.js [--vae-steps 1800] [--unet-steps 12500] [--decoder-steps 6000] [--save-every 1500]
 //          [--work .cache/builtin] [--model-dir models/builtin] [--tokenizer DIR] [--export-only]
 // Needs `npm run build:ts` (it runs dist/). Times on a 2-core CPU: see docs/builtin-model.md.
 "use strict";
@@ -23,6 +25,7 @@ const ROOT = path.join(__dirname, "..");
 const DEFAULTS = {
   vaeSteps: 1800,
   unetSteps: 12500,
+  decoderSteps: 6000,
   saveEvery: 1500,
   work: path.join(ROOT, ".cache", "builtin"),
   modelDir: path.join(ROOT, "models", "builtin"),
@@ -33,6 +36,7 @@ const DEFAULTS = {
 
 // the recipe (kept here so a rerun reproduces the shipped model)
 const VAE_RECIPE = { resolution: 64, batchSize: 8, lr: 1e-3, lrSchedule: "cosine", seed: 0 };
+const DECODER_RECIPE = { resolution: 64, batchSize: 8, lr: 3e-4, lrSchedule: "cosine", warmupSteps: 100, trainEncoder: false, seed: 1 };
 // UNet: the "small" preset widened to (48, 96, 96) with 8-channel heads (3.7 M parameters)
 const UNET_CONFIG = {
   block_out_channels: [48, 96, 96],
@@ -58,6 +62,7 @@ function parseArgs(argv) {
     const a = argv[i];
     if (a === "--vae-steps") o.vaeSteps = num(++i);
     else if (a === "--unet-steps") o.unetSteps = num(++i);
+    else if (a === "--decoder-steps") o.decoderSteps = num(++i);
     else if (a === "--save-every") o.saveEvery = num(++i);
     else if (a === "--work") o.work = path.resolve(argv[++i]);
     else if (a === "--model-dir") o.modelDir = path.resolve(argv[++i]);
@@ -122,15 +127,18 @@ emoji-datasource (emoji.json, the captions' names and short names): Copyright (c
 MIT License.
 `;
 
-/** models/builtin from a trained model folder: configs, tokenizer, float16 weights, no checkpoint. */
-function exportModel(src, dst) {
+/**
+ * models/builtin from a trained model folder: configs, tokenizer, float16 weights, no checkpoint;
+ * vae/ from `vaeDir` instead when given (the fine-tuned decoder).
+ */
+function exportModel(src, dst, vaeDir = null) {
   if (!fs.existsSync(path.join(src, "model_index.json"))) throw new Error(`${src} holds no exported model yet`);
   const tmp = `${dst}.tmp-${process.pid}`;
   fs.rmSync(tmp, { recursive: true, force: true });
   fs.mkdirSync(tmp, { recursive: true });
   fs.copyFileSync(path.join(src, "model_index.json"), path.join(tmp, "model_index.json"));
   for (const comp of ["scheduler", "tokenizer", "text_encoder", "unet", "vae"]) {
-    const from = path.join(src, comp), to = path.join(tmp, comp);
+    const from = comp === "vae" && vaeDir ? vaeDir : path.join(src, comp), to = path.join(tmp, comp);
     fs.mkdirSync(to, { recursive: true });
     for (const f of fs.readdirSync(from)) {
       const p = path.join(from, f);
@@ -150,8 +158,9 @@ function exportModel(src, dst) {
 
 async function main() {
   const o = parseArgs(process.argv.slice(2));
-  const modelOut = path.join(o.work, "model"), vaeOut = path.join(o.work, "vae");
-  if (o.exportOnly) return exportModel(modelOut, o.modelDir);
+  const modelOut = path.join(o.work, "model"), vaeOut = path.join(o.work, "vae"), decoderOut = path.join(o.work, "vae-decoder");
+  const finishedDecoder = () => require(path.join(ROOT, "dist", "train", "vae-trainer")).isFinishedVae(decoderOut) ? decoderOut : null;
+  if (o.exportOnly) return exportModel(modelOut, o.modelDir, finishedDecoder());
   if (!fs.existsSync(path.join(ROOT, "dist", "train", "index.js"))) throw new Error("dist/ is missing: run `npm run build:ts` first");
   const { trainVae, train } = require(path.join(ROOT, "dist", "train"));
   const { progressPrinter } = require(path.join(ROOT, "dist", "cli", "train"));
@@ -183,8 +192,18 @@ async function main() {
   if (r.interrupted) return log("stopped; run again to continue");
   log(`UNet done in ${((Date.now() - t1) / 60000).toFixed(1)} min (${r.imagesPerSec.toFixed(1)} img/s)`);
 
-  // 4. export
-  exportModel(modelOut, o.modelDir);
+  // 4. decoder fine-tuning (the UNet's latents come from the frozen encoder, so it stays valid)
+  if (o.decoderSteps > 0 && !finishedDecoder()) {
+    const t2 = Date.now();
+    log(`fine-tuning the VAE decoder (${o.decoderSteps} steps, encoder frozen)`);
+    const d = await trainVae({ ...DECODER_RECIPE, data: o.data, out: decoderOut, init: vaeOut, steps: o.decoderSteps, saveEvery: o.saveEvery,
+      resume: hasCheckpoint(decoderOut), onLog: progressPrinter(process.stderr) });
+    if (d.interrupted) return log("stopped; run again to continue");
+    log(`decoder done in ${((Date.now() - t2) / 60000).toFixed(1)} min (${d.imagesPerSec.toFixed(1)} img/s)`);
+  }
+
+  // 5. export
+  exportModel(modelOut, o.modelDir, o.decoderSteps > 0 ? finishedDecoder() : null);
 }
 
 if (require.main === module) {

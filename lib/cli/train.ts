@@ -20,6 +20,8 @@ export interface FlagSpec {
   type: FlagType;
   help: string;
   required?: boolean;
+  /** The value a boolean flag sets (default true). */
+  sets?: boolean;
   /** Values a string flag accepts. */
   choices?: readonly string[];
 }
@@ -38,7 +40,7 @@ const COMMON: FlagSpec[] = [
   { flag: "--seed", key: "seed", type: "int", help: "seed of weights, data order and noise (default 0)" },
   { flag: "--save-every", key: "saveEvery", type: "int", help: "checkpoint every N steps (default: at the end and on Ctrl-C)" },
   { flag: "--resume", key: "resume", type: "boolean", help: "continue from OUT/checkpoint" },
-  { flag: "--no-flip", key: "randomFlip", type: "boolean", help: "no random horizontal flips" },
+  { flag: "--no-flip", key: "randomFlip", type: "boolean", sets: false, help: "no random horizontal flips" },
   { flag: "--background", key: "background", type: "string", help: "colour behind transparent pixels, #rrggbb (default #ffffff)" },
   { flag: "--resample", key: "resample", type: "string", choices: ["area", "bilinear"], help: "resize filter (default area)" },
 ];
@@ -61,6 +63,8 @@ export const TRAIN_VAE_FLAGS: readonly FlagSpec[] = [
   ...COMMON,
   { flag: "--latent-channels", key: "latentChannels", type: "int", help: "latent channels (default 4)" },
   { flag: "--block-out-channels", key: "blockOutChannels", type: "ints", help: "channels per level, comma-separated (default 32,64,64: a 4x VAE)" },
+  { flag: "--init", key: "init", type: "string", help: "start from this trained VAE folder (its architecture; shape flags not allowed)" },
+  { flag: "--decoder-only", key: "trainEncoder", type: "boolean", sets: false, help: "with --init: train only the decoder; latents and scaling factor stay init's" },
   { flag: "--kl-weight", key: "klWeight", type: "number", help: "β of the KL term (default 1e-6)" },
   { flag: "--reconstruction", key: "reconstruction", type: "string", choices: ["l1", "l2"], help: "reconstruction loss (default l1)" },
   { flag: "--gradient-weight", key: "gradientWeight", type: "number", help: "weight of the image-gradient term (default 0.1)" },
@@ -78,7 +82,7 @@ export function parseFlags(argv: readonly string[], table: readonly FlagSpec[], 
     if (!spec) throw new RangeError(`${command}: unknown option ${JSON.stringify(arg)} (try --help)`);
     if (spec.type === "boolean") {
       if (eq > 0) throw new RangeError(`${command}: ${name} takes no value`);
-      out[spec.key] = spec.flag !== "--no-flip";
+      out[spec.key] = spec.sets ?? true;
       continue;
     }
     const raw = eq > 0 ? arg.slice(eq + 1) : argv[++i];

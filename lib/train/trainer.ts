@@ -18,7 +18,7 @@ import { Tensor, tidy } from "../tensor";
 import { backward, noGrad, releaseGraph } from "../autograd";
 import { CLIPTextModel } from "../models/clip-text";
 import { UNet2DConditionModel, type UNet2DConditionConfigJson } from "../models/unet-2d-condition";
-import { AutoencoderKL, renameLegacyVaeKey } from "../models/autoencoder-kl";
+import { AutoencoderKL } from "../models/autoencoder-kl";
 import { CLIPTokenizer } from "../tokenizers/clip";
 import { findWeights, openWeightsFile, readJsonObject } from "../io/model-folder";
 import { noiseSchedule, parseSchedulerConfig } from "../schedulers/schedule";
@@ -33,7 +33,7 @@ import {
   writeFileAtomic, writeTokenizerFiles,
 } from "./tokenizer";
 import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
-import { clipNorm, isFinishedVae, trainVae, type TrainVaeOptions, type TrainVaeResult } from "./vae-trainer";
+import { clipNorm, isFinishedVae, loadVaeWeights, readVaeFolder, trainVae, type TrainVaeOptions, type TrainVaeResult } from "./vae-trainer";
 import {
   StopControl, Throughput, checkKeys, intOpt, numOpt, resolveData, trainingDevice, yieldToLoop,
   LOOP_KEYS, type DataOption, type LoopOptions, type TrainLogInfo,
@@ -92,18 +92,13 @@ const KEYS = [
 ];
 
 function loadVae(dir: string): { vae: AutoencoderKL; dir: string } {
-  const root = path.resolve(dir);
-  const comp = fs.existsSync(path.join(root, "config.json")) ? root : path.join(root, "vae");
-  if (!fs.existsSync(path.join(comp, "config.json"))) throw new Error(`train: vae ${root} has neither config.json nor vae/config.json`);
-  const vae = new AutoencoderKL(readJsonObject(path.join(comp, "config.json"), "vae config"));
-  const src = openWeightsFile(findWeights(comp).file, { mapKey: renameLegacyVaeKey });
+  const { dir: comp, json } = readVaeFolder("train", dir);
+  const vae = new AutoencoderKL(json);
   try {
-    vae.loadStateDict(src);
+    loadVaeWeights(vae, comp);
   } catch (e) {
     vae.dispose();
     throw e;
-  } finally {
-    src.close();
   }
   return { vae, dir: comp };
 }

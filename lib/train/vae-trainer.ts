@@ -8,7 +8,10 @@ import * as path from "path";
 import * as ops from "../ops";
 import { Tensor, tidy } from "../tensor";
 import { noGrad, backward } from "../autograd";
-import { AutoencoderKL, type AutoencoderKLConfigJson } from "../models/autoencoder-kl";
+import {
+  AutoencoderKL, renameLegacyVaeKey, resolveAutoencoderKLConfig, type AutoencoderKLConfig, type AutoencoderKLConfigJson,
+} from "../models/autoencoder-kl";
+import { findWeights, openWeightsFile, readJsonObject } from "../io/model-folder";
 import { AdamW, clipGradNorm, learningRateAt, LR_SCHEDULES, type LrScheduleName } from "./optim";
 import { EpochSampler, imagesToNchw, type TrainingDataset } from "./data";
 import { RECONSTRUCTION_LOSSES, samplePosterior, vaeLoss, type ReconstructionLoss } from "./objectives";
@@ -34,6 +37,17 @@ export interface TrainVaeOptions extends LoopOptions {
   normNumGroups?: number;
   /** Self-attention in the mid blocks (diffusers' default true). */
   midBlockAttention?: boolean;
+  /**
+   * Start from this trained VAE (a component folder, or a model folder with vae/) instead of
+   * random weights; its config fixes the architecture (the shape options above must be unset).
+   */
+  init?: string;
+  /**
+   * false: train only the decoder (and post_quant_conv), keeping the encoder, so the latent space
+   * and the scaling factor stay those of `init` (a denoiser trained on them stays valid; this is
+   * how SD's decoder was fine-tuned). Needs `init`. Default true.
+   */
+  trainEncoder?: boolean;
   /** β of the KL term (default 1e-6). */
   klWeight?: number;
   reconstruction?: ReconstructionLoss;
@@ -55,7 +69,7 @@ export interface TrainVaeResult {
 }
 
 const KEYS = [
-  "data", "out", "latentChannels", "blockOutChannels", "layersPerBlock", "normNumGroups", "midBlockAttention",
+  "data", "out", "latentChannels", "blockOutChannels", "layersPerBlock", "normNumGroups", "midBlockAttention", "init", "trainEncoder",
   "klWeight", "reconstruction", "gradientWeight", ...LOOP_KEYS,
 ];
 
@@ -73,14 +87,24 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
   const out = path.resolve(opts.out);
   trainingDevice(op, opts.device);
   const resolution = intOpt(op, "resolution", opts.resolution, 64, 8);
-  const latentChannels = intOpt(op, "latentChannels", opts.latentChannels, 4, 1);
-  const boc = opts.blockOutChannels ?? [32, 64, 64];
+  const trainEncoder = opts.trainEncoder ?? true;
+  if (typeof trainEncoder !== "boolean") throw new TypeError(`${op}: trainEncoder must be a boolean`);
+  const init = opts.init === undefined ? null : readVaeFolder(op, opts.init);
+  if (!trainEncoder && !init) throw new RangeError(`${op}: trainEncoder: false fine-tunes the decoder of a trained VAE: pass init`);
+  if (init) {
+    const shapeKeys = ["latentChannels", "blockOutChannels", "layersPerBlock", "normNumGroups", "midBlockAttention"] as const;
+    const given = shapeKeys.filter((k) => opts[k] !== undefined);
+    if (given.length) throw new RangeError(`${op}: ${given.join(", ")} cannot be set with init (the architecture is init's)`);
+  }
+  const initCfg = init?.config;
+  const latentChannels = initCfg ? initCfg.latentChannels : intOpt(op, "latentChannels", opts.latentChannels, 4, 1);
+  const boc = initCfg ? initCfg.blockOutChannels : opts.blockOutChannels ?? [32, 64, 64];
   if (!Array.isArray(boc) || boc.length < 1 || boc.some((c) => !Number.isInteger(c) || c < 1))
     throw new RangeError(`${op}: blockOutChannels must be a non-empty list of positive integers, got ${JSON.stringify(boc)}`);
   const factor = 2 ** (boc.length - 1);
   if (resolution % factor !== 0) throw new RangeError(`${op}: resolution ${resolution} must be a multiple of the VAE's spatial factor ${factor}`);
-  const layersPerBlock = intOpt(op, "layersPerBlock", opts.layersPerBlock, 1, 1);
-  const groups = intOpt(op, "normNumGroups", opts.normNumGroups, defaultGroups(boc), 1);
+  const layersPerBlock = initCfg ? initCfg.layersPerBlock : intOpt(op, "layersPerBlock", opts.layersPerBlock, 1, 1);
+  const groups = initCfg ? initCfg.normNumGroups : intOpt(op, "normNumGroups", opts.normNumGroups, defaultGroups(boc), 1);
   if (boc.some((c) => c % groups !== 0)) throw new RangeError(`${op}: normNumGroups ${groups} must divide every blockOutChannels entry (${boc.join(", ")})`);
   const steps = intOpt(op, "steps", opts.steps, 1000, 1);
   const batchSize = intOpt(op, "batchSize", opts.batchSize, 8, 1);
@@ -100,8 +124,9 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
   const logEvery = intOpt(op, "logEvery", opts.logEvery, 1, 1);
   const randomFlip = opts.randomFlip ?? true;
 
-  const fixed = { resolution, latentChannels, blockOutChannels: boc, layersPerBlock, normNumGroups: groups, midBlockAttention: opts.midBlockAttention ?? true,
-    batchSize, gradAccum, seed, randomFlip, reconstruction };
+  const fixed = { resolution, latentChannels, blockOutChannels: boc, layersPerBlock, normNumGroups: groups,
+    midBlockAttention: initCfg ? initCfg.midBlockAddAttention : opts.midBlockAttention ?? true,
+    batchSize, gradAccum, seed, randomFlip, reconstruction, init: init?.dir ?? null, trainEncoder };
   const prev = readCheckpointState(out, "vae");
   if (prev && !opts.resume)
     throw new Error(`${op}: ${path.join(out, CHECKPOINT_DIR)} already holds a checkpoint (step ${prev.step}); pass resume: true to continue it, or choose another out folder`);
@@ -109,13 +134,15 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
 
   const ds = await resolveData(op, opts.data, resolution, seed, opts);
   const shape = { latentChannels, blockOutChannels: boc, layersPerBlock, normNumGroups: groups, resolution, scalingFactor: 1, midBlockAttention: fixed.midBlockAttention };
-  const vae = new AutoencoderKL(vaeConfig(shape));
+  const vae = new AutoencoderKL(init ? init.json : vaeConfig(shape));
   const stop = new StopControl(opts.signal, opts.handleSigint ?? true);
   let opt: AdamW | null = null;
   try {
-    initParameters(vae, seed, "vae");
-    vae.setRequiresGrad();
-    const named = vae.namedParameters();
+    if (init) loadVaeWeights(vae, init.dir);
+    else initParameters(vae, seed, "vae");
+    // a frozen encoder gets no gradient: only the decoder side is optimised
+    const named = vae.namedParameters().filter(([n]) => trainEncoder || n.startsWith("decoder.") || n.startsWith("post_quant_conv."));
+    for (const [, t] of named) t.requiresGrad = true;
     const names = named.map(([n]) => n), params = named.map(([, t]) => t);
     opt = new AdamW(params, { lr, weightDecay });
     let rng = new Rng(seed, "vae-train");
@@ -131,8 +158,8 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
     const losses: number[] = [];
     const meter = new Throughput(Math.max(0, steps - step));
     const save = async (done: boolean) => {
-      const sf = await measureScalingFactor(vae, ds, seed);
-      const cfg = vaeConfig({ ...shape, scalingFactor: sf });
+      const sf = trainEncoder ? await measureScalingFactor(vae, ds, seed) : vae.config.scalingFactor;
+      const cfg = init ? { ...init.json, scaling_factor: sf } : vaeConfig({ ...shape, scalingFactor: sf });
       await writeComponent(out, cfg as Record<string, unknown>, "diffusion_pytorch_model.safetensors", vae);
       await saveCheckpoint(out, { kind: "vae", step, done, paramNames: names, rng: rng.state(), sampler: sampler.state(),
         counters: {}, fixed, info: { steps, lr, skippedImages: ds.skipped } }, params, opt!, null);
@@ -148,7 +175,7 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
         const x = Tensor.fromArray(imagesToNchw(refs.map((r) => ds.image(r.index)), refs.map((r) => r.flip)), [batchSize, 3, resolution, resolution]);
         const eps = Tensor.randn([batchSize, latentChannels, latentSide, latentSide], { seed: rng.seed31() });
         const terms = tidy(() => {
-          const { mean, logvar } = vae.encode(x);
+          const { mean, logvar } = trainEncoder ? vae.encode(x) : noGrad(() => vae.encode(x));
           const recon = vae.decode(samplePosterior(mean, logvar, eps));
           const t = vaeLoss(x, recon, mean, logvar, { reconstruction, klWeight, gradientWeight });
           return { loss: gradAccum > 1 ? ops.div(t.loss, gradAccum) : t.loss, rec: t.reconstruction, kl: t.kl };
@@ -179,6 +206,26 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
     opt?.zeroGrad();
     opt?.dispose();
     vae.dispose();
+  }
+}
+
+/** A trained VAE's folder: the component folder itself, or a model folder's vae/. */
+export function readVaeFolder(op: string, dir: string): { dir: string; json: AutoencoderKLConfigJson; config: AutoencoderKLConfig } {
+  if (typeof dir !== "string" || dir === "") throw new TypeError(`${op}: a VAE folder must be a path`);
+  const root = path.resolve(dir);
+  const comp = fs.existsSync(path.join(root, "config.json")) ? root : path.join(root, "vae");
+  if (!fs.existsSync(path.join(comp, "config.json"))) throw new Error(`${op}: vae ${root} has neither config.json nor vae/config.json`);
+  const json = readJsonObject(path.join(comp, "config.json"), "vae config") as AutoencoderKLConfigJson;
+  return { dir: comp, json, config: resolveAutoencoderKLConfig(json) };
+}
+
+/** Loads a VAE folder's weights into `vae` (legacy key names are renamed). */
+export function loadVaeWeights(vae: AutoencoderKL, dir: string): void {
+  const src = openWeightsFile(findWeights(dir).file, { mapKey: renameLegacyVaeKey });
+  try {
+    vae.loadStateDict(src);
+  } finally {
+    src.close();
   }
 }
 

@@ -53,6 +53,29 @@ describe("training on the shapes set", () => {
     try { vae.loadStateDict(sd); } finally { sd.close(); vae.dispose(); }
   });
 
+  test("trainVae({ init, trainEncoder: false }) fine-tunes only the decoder: the encoder and scaling factor stay init's", async () => {
+    const ftDir = path.join(tmp, "vae-ft");
+    const r = await trainVae({ ...quiet, data: ds, out: ftDir, resolution: 32, init: vaeDir, trainEncoder: false, steps: 12, batchSize: 8, lr: 1e-3, seed: 3 });
+    expect(r.step).toBe(12);
+    expect(r.scalingFactor).toBe(vaeRun.scalingFactor);
+    const open = (dir: string) => SafetensorsStateDict.open(path.join(dir, "diffusion_pytorch_model.safetensors"));
+    const before = open(vaeDir), after = open(ftDir);
+    try {
+      let changed = 0;
+      for (const key of before.keys()) {
+        const [a, b] = [before.load(key, { dtype: "float32", device: "cpu" }), after.load(key, { dtype: "float32", device: "cpu" })];
+        const [va, vb] = [await a.toFloat32Array(), await b.toFloat32Array()];
+        const equal = va.every((v, i) => v === vb[i]);
+        if (key.startsWith("encoder.") || key.startsWith("quant_conv.")) expect({ key, equal }).toEqual({ key, equal: true });
+        else if (!equal) changed++;
+        a.dispose(); b.dispose();
+      }
+      expect(changed).toBeGreaterThan(10);  // the decoder moved
+    } finally { before.close(); after.close(); }
+    await expect(trainVae({ ...quiet, data: ds, out: path.join(tmp, "bad-ft"), resolution: 32, trainEncoder: false })).rejects.toThrow(/fine-tunes the decoder of a trained VAE: pass init/);
+    await expect(trainVae({ ...quiet, data: ds, out: path.join(tmp, "bad-ft"), resolution: 32, init: vaeDir, latentChannels: 8 })).rejects.toThrow(/latentChannels cannot be set with init/);
+  });
+
   test("train: UNet + text encoder on cached latents lower the loss; loadPipeline(out) generates with the trained weights", async () => {
     const out = path.join(tmp, "model");
     const nodes0 = liveNodeCount();
@@ -174,6 +197,7 @@ describe("CLI glue (lib/cli/train.ts)", () => {
     });
     expect(parseTrainVaeArgs(["--data", "d", "--out", "o", "--block-out-channels", "16,32", "--kl-weight", "1e-5"]))
       .toEqual({ data: "d", out: "o", blockOutChannels: [16, 32], klWeight: 1e-5 });
+    expect(parseTrainVaeArgs(["--data", "d", "--out", "o", "--init", "v", "--decoder-only"])).toEqual({ data: "d", out: "o", init: "v", trainEncoder: false });
     expect(() => parseTrainArgs(["--data", "d"])).toThrow(/--out is required/);
     expect(() => parseTrainArgs(["--data", "d", "--out", "o", "--steps", "x"])).toThrow(/--steps must be an integer/);
     expect(() => parseTrainArgs(["--data", "d", "--out", "o", "--model", "huge"])).toThrow(/--model must be one of small, base/);

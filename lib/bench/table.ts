@@ -9,7 +9,9 @@ export interface CpuBenchRow {
   gflops?: number;
   /** Memory rate (norms): bytes read once + written once over the time. */
   gbps?: number;
-  /** gflops vs the measured fp32 FMA peak, or gbps vs the measured streaming bandwidth. */
+  /** bfloat16 operands: pctPeak is of the vdpbf16ps peak. */
+  bf16?: boolean;
+  /** gflops vs the measured fp32 FMA peak (bf16 rows: bf16 peak), or gbps vs the measured streaming bandwidth. */
   pctPeak?: number;
   /** Runs the median was taken over (after the warm-up). */
   runs: number;

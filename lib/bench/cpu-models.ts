@@ -134,7 +134,7 @@ async function tryModel(run: ModelRun, ctx: BenchContext, weightBytes: number): 
 
 /** Marks a bf16 row (% of the bf16 peak) and adds "N.NNx" (fp32 time / its time) to its note. */
 function withRatio(row: CpuBenchRow, fp32Ms: number | undefined): CpuBenchRow {
-  row.peakKind = "bf16";
+  row.bf16 = true;
   if (fp32Ms !== undefined && Number.isFinite(fp32Ms) && Number.isFinite(row.ms))
     row.note = `${(fp32Ms / row.ms).toFixed(2)}x the fp32 row; ${row.note ?? ""}`;
   return row;

@@ -133,7 +133,7 @@ async function main(): Promise<void> {
   log(`peak (best of before/after): ${peakLine(peak)}`);
   log("");
   log(formatTable(rows));
-  log(`% peak: of the fp32 FMA peak (norms: of the scale bandwidth); cpu: process CPU time / (wall x ${peak.threads} threads), low when` +
+  log(`% peak: of the fp32 FMA peak (bf16 rows: of the vdpbf16ps peak; norms: of the scale bandwidth); cpu: process CPU time / (wall x ${peak.threads} threads), low when` +
     ` other processes held the cores; %pk/cpu: % peak / cpu; torch/ours > 1: diffusekit is faster` + (torch ? ` (torch ${torch.version}, BLAS ${torch.blas.split(", ").map((p) => path.basename(p)).join(" ")})` : ""));
 
   // 5. CUDA, when a GPU answers

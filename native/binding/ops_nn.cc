@@ -68,11 +68,20 @@ void launch_gemm(const char* op, const MatOperand& A, const MatOperand& B, const
     ep.ldr = N;
     ep.stride_residual = M * N;
   }
+  cpu::GemmEpilogueBf16 ep16;  // the same tensors, read as bfloat16 bits
+  ep16.bias = static_cast<const uint16_t*>(static_cast<const void*>(ep.bias));
+  ep16.residual = static_cast<const uint16_t*>(static_cast<const void*>(ep.residual));
+  ep16.ldr = ep.ldr;
+  ep16.stride_residual = ep.stride_residual;
   const int64_t bsA = A.bstride, bsB = B.bstride;
   run_op(op, C.device(), std::move(ins), {C},
          [=] {
-           cpu::sgemm(batch, A.trans, B.trans, M, N, K, 1.f, A.t.ptr<float>(), A.ld, bsA, B.t.ptr<float>(), B.ld, bsB,
-                      0.f, C.ptr<float>(), N, M * N, ep);
+           if (C.dtype == DType::BF16)
+             cpu::gemm_bf16(batch, A.trans, B.trans, M, N, K, 1.f, A.t.ptr<uint16_t>(), A.ld, bsA, B.t.ptr<uint16_t>(),
+                            B.ld, bsB, C.ptr<uint16_t>(), N, M * N, ep16);
+           else
+             cpu::sgemm(batch, A.trans, B.trans, M, N, K, 1.f, A.t.ptr<float>(), A.ld, bsA, B.t.ptr<float>(), B.ld,
+                        bsB, 0.f, C.ptr<float>(), N, M * N, ep);
          },
          [=] {
            DK_CUDA_ONLY(cuda::gemm(C.device().index, C.dtype, batch, A.trans, B.trans, M, N, K, 1.f, A.t.data(), A.ld,
@@ -85,7 +94,7 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   const char* op = "matmul";
   const Tensor& a = tensor_arg(info, 0, op, "a");
   const Tensor& b = tensor_arg(info, 1, op, "b");
-  check_compute_dtype(op, "a", a);
+  check_compute_dtype(op, "a", a, /*cpu_bf16=*/true);
   check_same(op, "b", a, b);
   check_rank(op, "a", a, 2, 8);
   check_rank(op, "b", b, 2, 8);
@@ -115,7 +124,7 @@ Napi::Value Linear(const Napi::CallbackInfo& info) {
   const Tensor& w = tensor_arg(info, 1, op, "weight");
   std::optional<Tensor> bias = opt_tensor_arg(info, 2, op, "bias");
   std::optional<Tensor> residual = opt_tensor_arg(info, 3, op, "residual");
-  check_compute_dtype(op, "input", x);
+  check_compute_dtype(op, "input", x, /*cpu_bf16=*/true);
   check_same(op, "weight", x, w);
   check_rank(op, "input", x, 1, 8);
   check_rank(op, "weight", w, 2, 2);
@@ -158,7 +167,7 @@ Napi::Value Conv2d(const Napi::CallbackInfo& info) {
   std::vector<int64_t> stride = int_list_arg(info, 4, op, "stride");
   std::vector<int64_t> pad = int_list_arg(info, 5, op, "padding");
   std::vector<int64_t> dil = int_list_arg(info, 6, op, "dilation");
-  check_compute_dtype(op, "input", x);
+  check_compute_dtype(op, "input", x, /*cpu_bf16=*/true);
   check_same(op, "weight", x, w);
   check_rank(op, "input", x, 4, 4);
   check_rank(op, "weight", w, 4, 4);
@@ -195,7 +204,14 @@ Napi::Value Conv2d(const Napi::CallbackInfo& info) {
   const void* bp = bias ? bias->data() : nullptr;
   const void* rp = residual ? residual->data() : nullptr;
   run_op(op, x.device(), ins, {out},
-         [=] { cpu::conv2d_nhwc(p, x.ptr<float>(), w.ptr<float>(), static_cast<const float*>(bp), static_cast<const float*>(rp), out.ptr<float>()); },
+         [=] {
+           if (x.dtype == DType::BF16)
+             cpu::conv2d_nhwc_bf16(p, x.ptr<uint16_t>(), w.ptr<uint16_t>(), static_cast<const uint16_t*>(bp),
+                                   static_cast<const uint16_t*>(rp), out.ptr<uint16_t>());
+           else
+             cpu::conv2d_nhwc(p, x.ptr<float>(), w.ptr<float>(), static_cast<const float*>(bp),
+                              static_cast<const float*>(rp), out.ptr<float>());
+         },
          [=] { DK_CUDA_ONLY(cuda::conv2d_nhwc(x.device().index, x.dtype, p, x.data(), w.data(), bp, rp, out.data())); });
   return NativeTensor::Wrap(info.Env(), out);
 }

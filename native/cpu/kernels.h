@@ -35,6 +35,24 @@ struct Conv2dParams {
 void conv2d_nhwc(const Conv2dParams& p, const float* x, const float* w, const float* bias,
                  const float* residual, float* y);
 
+// ---------------------------------------------------------------- gemm_bf16.cc / conv2d_bf16.cc
+// bfloat16 operands and output (raw bits in uint16_t), float32 accumulation and epilogue; the
+// result is rounded to nearest even once, on store. Uses vdpbf16ps where the CPU has AVX512_BF16
+// (cpu_features().avx512_bf16); elsewhere converts to float32 and runs sgemm / conv2d_nhwc.
+struct GemmEpilogueBf16 {
+  const uint16_t* bias = nullptr;      // [N]
+  const uint16_t* residual = nullptr;  // M x N at leading dim ldr
+  int64_t ldr = 0;
+  int64_t stride_residual = 0;
+};
+// As sgemm with beta = 0: C_b = alpha * op(A_b) @ op(B_b) (+ bias + residual), C never read.
+void gemm_bf16(int64_t batch, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+               const uint16_t* A, int64_t lda, int64_t strideA, const uint16_t* B, int64_t ldb, int64_t strideB,
+               uint16_t* C, int64_t ldc, int64_t strideC, const GemmEpilogueBf16& ep = GemmEpilogueBf16());
+// conv2d_nhwc in bfloat16 (same layouts and contract).
+void conv2d_nhwc_bf16(const Conv2dParams& p, const uint16_t* x, const uint16_t* w, const uint16_t* bias,
+                      const uint16_t* residual, uint16_t* y);
+
 // ---------------------------------------------------------------- attention.cc
 struct AttentionParams {
   int64_t B, Nq, Nk, heads, D, Dv;  // D: query/key head size; Dv: value head size

@@ -11,7 +11,6 @@
 
 #include <cstring>
 
-#include "../core/half.h"
 #include "attention_bf16.h"
 
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -278,10 +277,20 @@ void bf16_rows_avx512(const Shape& s, const HeadBf16& h, int64_t q0, int64_t q1,
     const int64_t qa = q0 + p * MQ, nv = imin(MQ, q1 - qa);
     const float* lp = l_all + p * MQ;
     const float* ot = ot_all + p * Dv * MQ;
+    // Column c of OT (stride MQ) is query c's output row: 16 dims per gather, one rounding
+    // (vcvtneps2bf16, nearest even) and a masked 16-value store.
+    const __m512i col = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(MQ));
     for (int64_t c = 0; c < nv; ++c) {
-      const float inv = lp[c] > 0.f ? 1.f / lp[c] : 0.f;
-      uint16_t* orow = reinterpret_cast<uint16_t*>(h.o + (qa + c) * s.o_row);
-      for (int64_t i = 0; i < Dv; ++i) orow[i] = f32_to_bf16(ot[i * MQ + c] * inv);
+      const __m512 inv = _mm512_set1_ps(lp[c] > 0.f ? 1.f / lp[c] : 0.f);
+      bf16* orow = h.o + (qa + c) * s.o_row;
+      for (int64_t i = 0; i < Dv; i += 16) {
+        const int n = static_cast<int>(imin(16, Dv - i));
+        const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
+        const __m512 x = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, col, ot + i * MQ + c, 4);
+        const __m256i r = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(x, inv));
+        _mm256_mask_storeu_epi16(orow + i, m, r);
+      }
     }
   }
 }

@@ -36,16 +36,17 @@ def time_case(fn, policy, threads):
 
 def prepare(c):
     g = c["group"]
+    dt = torch.bfloat16 if c.get("dtype") == "bfloat16" else torch.float32
     if g == "gemm":
-        a = torch.randn(c["M"], c["K"])
+        a = torch.randn(c["M"], c["K"]).to(dt)
         if c["kind"] == "matmul":
-            b = torch.randn(c["K"], c["N"])
+            b = torch.randn(c["K"], c["N"]).to(dt)
             return lambda: torch.matmul(a, b)
-        w = torch.randn(c["N"], c["K"])
+        w = torch.randn(c["N"], c["K"]).to(dt)
         return lambda: F.linear(a, w)
     if g == "conv":
-        x = torch.randn(c["N"], c["C"], c["H"], c["W"]).to(memory_format=torch.channels_last)
-        w = torch.randn(c["K"], c["C"], c["R"], c["R"]).to(memory_format=torch.channels_last)
+        x = torch.randn(c["N"], c["C"], c["H"], c["W"]).to(dt).to(memory_format=torch.channels_last)
+        w = torch.randn(c["K"], c["C"], c["R"], c["R"]).to(dt).to(memory_format=torch.channels_last)
         pad = (c["R"] - 1) // 2
         return lambda: F.conv2d(x, w, padding=pad)
     if g == "attention":

@@ -6,11 +6,13 @@ import { Tensor } from "../tensor";
 import type { CpuBenchRow } from "./table";
 
 /** A [M,K] x [K,N] matmul, or activations [M,K] x Linear weight [N,K]. */
-export interface GemmCase { group: "gemm"; name: string; kind: "matmul" | "linear"; M: number; K: number; N: number }
+export interface GemmCase { group: "gemm"; name: string; kind: "matmul" | "linear"; M: number; K: number; N: number; dtype?: BenchDType }
 /** x [N,H,W,C] (NHWC) * weight [K,R,R,C] (OHWI), stride 1, "same" padding. */
-export interface ConvCase { group: "conv"; name: string; N: number; H: number; W: number; C: number; K: number; R: number }
+export interface ConvCase { group: "conv"; name: string; N: number; H: number; W: number; C: number; K: number; R: number; dtype?: BenchDType }
+/** Operand dtype of a GEMM / conv case (float32 when absent); bfloat16 rows are rated against the vdpbf16ps peak. */
+export type BenchDType = "float32" | "bfloat16";
 /** q [B,Nq,heads*D], k/v [B,Nk,heads*D]. */
-export interface AttentionCase { group: "attention"; name: string; B: number; heads: number; Nq: number; Nk: number; D: number }
+export interface AttentionCase { group: "attention"; name: string; B: number; heads: number; Nq: number; Nk: number; D: number; dtype?: BenchDType }
 /** groupNorm(+SiLU) over x [N,H,W,C] channels-last, or layerNorm over the last dim of [B,T,C]. */
 export interface NormCase { group: "norm"; name: string; kind: "groupnorm" | "layernorm"; shape: number[]; groups?: number; silu?: boolean }
 export type OpCase = GemmCase | ConvCase | AttentionCase | NormCase;
@@ -79,6 +81,7 @@ export async function timeCpu(fn: () => Tensor, policy: TimingPolicy, threads: n
 export function rowFor(c: OpCase, ms: number, runs: number, cpuShare: number, peak: CpuPeak): CpuBenchRow {
   const flop = caseFlop(c);
   const row: CpuBenchRow = { group: c.group, name: c.name, ms, runs, cpuShare };
+  if ((c.group === "gemm" || c.group === "conv" || c.group === "attention") && c.dtype === "bfloat16") row.bf16 = true;
   if (flop > 0) row.gflops = flop / ms / 1e6;
   else row.gbps = caseBytes(c) / ms / 1e6;
   return withPeak(row, peak);
@@ -86,12 +89,13 @@ export function rowFor(c: OpCase, ms: number, runs: number, cpuShare: number, pe
 
 /**
  * Sets pctPeak from the row's rate: GFLOP/s against the fp32 FMA peak with the cores to itself
- * (fp32GflopsCpu), GB/s against the scale bandwidth.
+ * (fp32GflopsCpu; bf16 rows: the vdpbf16ps peak where measured), GB/s against the scale bandwidth.
  */
 export function withPeak(row: CpuBenchRow, peak: CpuPeak): CpuBenchRow {
-  if (row.gflops !== undefined) row.pctPeak = (100 * row.gflops) / peak.fp32GflopsCpu;
+  if (row.gflops !== undefined) row.pctPeak = (100 * row.gflops) / ((row.bf16 ? peak.bf16GflopsCpu : null) ?? peak.fp32GflopsCpu);
   else if (row.gbps !== undefined) row.pctPeak = (100 * row.gbps) / peak.scaleGBs;
   return row;
 }
 
-export const randn = (shape: number[], seed: number): Tensor => Tensor.randn(shape, { seed });
+export const randn = (shape: number[], seed: number, dtype: BenchDType = "float32"): Tensor =>
+  Tensor.randn(shape, { seed, dtype });

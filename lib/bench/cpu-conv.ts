@@ -11,11 +11,12 @@ export function convCases(quick: boolean): ConvCase[] {
   // VAE decoder resolutions; only 3x3 (its 1x1s are the rare channel-changing shortcuts)
   if (!quick)
     for (const [H, C] of [[512, 128], [256, 256]]) out.push({ group: "conv", name: `3x3 1x${H}x${H} ${C}->${C} (vae)`, N: 1, H, W: H, C, K: C, R: 3 });
-  return out;
+  // the same shapes with bfloat16 operands
+  return [...out, ...out.map((c): ConvCase => ({ ...c, name: `${c.name} bf16`, dtype: "bfloat16" }))];
 }
 
 export function prepareConv(c: ConvCase): Prepared {
-  const x = randn([c.N, c.H, c.W, c.C], 3), w = randn([c.K, c.R, c.R, c.C], 4);
+  const x = randn([c.N, c.H, c.W, c.C], 3, c.dtype), w = randn([c.K, c.R, c.R, c.C], 4, c.dtype);
   const padding = (c.R - 1) / 2;
   return { inputs: [x, w], fn: () => ops.conv2d(x, w, { padding }) };
 }

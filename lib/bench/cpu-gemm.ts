@@ -9,11 +9,13 @@ export function gemmCases(quick: boolean): GemmCase[] {
   const sd: [number, number, number][] = quick
     ? [[8192, 320, 320], [2048, 640, 640]]
     : [[8192, 320, 320], [8192, 320, 1280], [8192, 1280, 320], [2048, 640, 640], [512, 1280, 1280], [8192, 320, 2560]];
-  return [...square, ...sd.map(([M, K, N]): GemmCase => ({ group: "gemm", name: `linear M=${M} K=${K} N=${N}`, kind: "linear", M, K, N }))];
+  const f32 = [...square, ...sd.map(([M, K, N]): GemmCase => ({ group: "gemm", name: `linear M=${M} K=${K} N=${N}`, kind: "linear", M, K, N }))];
+  // the same shapes with bfloat16 operands (vdpbf16ps where the CPU has AVX512_BF16)
+  return [...f32, ...f32.map((c): GemmCase => ({ ...c, name: `${c.name} bf16`, dtype: "bfloat16" }))];
 }
 
 export function prepareGemm(c: GemmCase): Prepared {
-  const a = randn([c.M, c.K], 1);
-  const b = c.kind === "matmul" ? randn([c.K, c.N], 2) : randn([c.N, c.K], 2);
+  const a = randn([c.M, c.K], 1, c.dtype);
+  const b = c.kind === "matmul" ? randn([c.K, c.N], 2, c.dtype) : randn([c.N, c.K], 2, c.dtype);
   return { inputs: [a, b], fn: c.kind === "matmul" ? () => ops.matmul(a, b) : () => ops.linear(a, b) };
 }

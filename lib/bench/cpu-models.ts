@@ -1,4 +1,5 @@
-// Whole-model rows: the SD1.5 U-Net forward (batch 2, fp32) and the VAE decode, with random
+// Whole-model rows: the SD1.5 U-Net forward (batch 2) and the VAE decode, in fp32 and then in
+// bf16 (weights and activations; the note gives the speed-up over the fp32 row), with random
 // weights built from the reference configs (no checkpoint needed). Reports seconds, the work the
 // GEMM-class ops did (counted while the warm-up runs), peak RSS and the native allocator's peak.
 import * as fs from "fs";
@@ -141,6 +142,14 @@ async function tryModel(run: ModelRun, ctx: BenchContext, weightBytes: number): 
   }
 }
 
+/** Marks a bf16 row (% of the bf16 peak) and adds "N.NNx" (fp32 time / its time) to its note. */
+function withRatio(row: CpuBenchRow, fp32Ms: number | undefined): CpuBenchRow {
+  row.bf16 = true;
+  if (fp32Ms !== undefined && Number.isFinite(fp32Ms) && Number.isFinite(row.ms))
+    row.note = `${(fp32Ms / row.ms).toFixed(2)}x the fp32 row; ${row.note ?? ""}`;
+  return row;
+}
+
 function readConfig<T>(file: string): T {
   return JSON.parse(fs.readFileSync(file, "utf8")) as T;
 }
@@ -163,11 +172,28 @@ export async function runModelCases(groups: ReadonlySet<string>, ctx: BenchConte
       const ctxStates = Tensor.randn([2, 77, 768], { seed: 11 });
       // latent side 32 (256x256 image) then 64 (512x512): ~0.4 and ~1.6 TFLOP a step at batch 2
       const sizes = ctx.quick ? [[32, 1, 1]] : [[32, 1, 3], [64, 1, 1]];
+      const fp32Ms = new Map<number, number>();
       try {
         for (const [h, warmups, runs] of sizes) {
           const sample = Tensor.randn([2, 4, h, h], { seed: 12 });
           try {
-            record(await tryModel({ name: `unet sd15 ${h * 8}x${h * 8} b2 step`, warmups, runs, forward: () => unet.forward(sample, 999, ctxStates) }, ctx, weightBytes));
+            const row = await tryModel({ name: `unet sd15 ${h * 8}x${h * 8} b2 step`, warmups, runs, forward: () => unet.forward(sample, 999, ctxStates) }, ctx, weightBytes);
+            fp32Ms.set(h, row.ms);
+            record(row);
+          } finally { sample.dispose(); }
+        }
+        // The same steps with bf16 weights and activations (the sample and context cast inside forward).
+        unet.to("cpu", "bfloat16");
+        await synchronize("cpu");
+        const bf16Bytes = memoryStats("cpu").bytesInUse;
+        for (const [h, warmups, runs] of sizes) {
+          const sample = Tensor.randn([2, 4, h, h], { seed: 12 });
+          try {
+            const sb = sample.to("cpu", "bfloat16");
+            try {
+              const row = await tryModel({ name: `unet sd15 ${h * 8}x${h * 8} b2 step bf16`, warmups, runs, forward: () => unet.forward(sb, 999, ctxStates) }, ctx, bf16Bytes);
+              record(withRatio(row, fp32Ms.get(h)));
+            } finally { sb.dispose(); }
           } finally { sample.dispose(); }
         }
       } finally {
@@ -189,7 +215,15 @@ export async function runModelCases(groups: ReadonlySet<string>, ctx: BenchConte
       const h = ctx.quick ? 32 : 64;
       const z = Tensor.randn([1, 4, h, h], { seed: 13 });
       try {
-        record(await tryModel({ name: `vae sd15 decode ${h}x${h} -> ${h * 8}x${h * 8}`, warmups: 1, runs: 1, forward: () => vae.decode(z) }, ctx, weightBytes));
+        const fp32 = await tryModel({ name: `vae sd15 decode ${h}x${h} -> ${h * 8}x${h * 8}`, warmups: 1, runs: 1, forward: () => vae.decode(z) }, ctx, weightBytes);
+        record(fp32);
+        vae.to("cpu", "bfloat16");
+        const zb = z.to("cpu", "bfloat16");
+        try {
+          await synchronize("cpu");
+          const row = await tryModel({ name: `vae sd15 decode ${h}x${h} -> ${h * 8}x${h * 8} bf16`, warmups: 1, runs: 1, forward: () => vae.decode(zb) }, ctx, memoryStats("cpu").bytesInUse);
+          record(withRatio(row, fp32.ms));
+        } finally { zb.dispose(); }
       } finally {
         z.dispose();
         vae.dispose();

@@ -107,7 +107,7 @@ async function main(): Promise<void> {
   if (cases.length) log(`ops (median of several runs after a warm-up; % of the fp32 peak, norms of the scale bandwidth):`);
   rows.push(...(await runOpCases(cases, ctx, (r) => log(progress(r)))));
   if (modelGroups.some((g) => opts.groups.has(g))) {
-    log("models (random weights from the sd15 configs, fp32; flop counts GEMM/conv/attention only):");
+    log("models (random weights from the sd15 configs, fp32 then bf16; flop counts GEMM/conv/attention only):");
     rows.push(...(await runModelCases(opts.groups, ctx, (r) => log(progress(r)))));
   }
 
@@ -118,7 +118,8 @@ async function main(): Promise<void> {
     if (!python) log("torch: no python3 with torch importable (apt-get install python3-torch, or set DIFFUSEKIT_TORCH_PYTHON); torch columns left empty");
     else {
       log(`torch (${python}) on the same cases, ${peakBefore.threads} threads:`);
-      torch = runTorchCases(python, cases, peakBefore.threads, timingPolicy(opts.quick), log);
+      // PyTorch runs the float32 cases (the bf16 rows compare against our own fp32 rows).
+      torch = runTorchCases(python, cases.filter((c) => c.group !== "attention" || c.dtype !== "bfloat16"), peakBefore.threads, timingPolicy(opts.quick), log);
       if (torch)
         for (const r of rows) {
           r.torchMs = torch.ms.get(torchKey(r.group, r.name));
@@ -134,7 +135,7 @@ async function main(): Promise<void> {
   log(`peak (best of before/after): ${peakLine(peak)}`);
   log("");
   log(formatTable(rows));
-  log(`% peak: of the fp32 FMA peak (norms: of the scale bandwidth); cpu: process CPU time / (wall x ${peak.threads} threads), low when` +
+  log(`% peak: of the fp32 FMA peak (bf16 rows: of the vdpbf16ps peak; norms: of the scale bandwidth); cpu: process CPU time / (wall x ${peak.threads} threads), low when` +
     ` other processes held the cores; %pk/cpu: % peak / cpu; torch/ours > 1: diffusekit is faster` + (torch ? ` (torch ${torch.version}, BLAS ${torch.blas.split(", ").map((p) => path.basename(p)).join(" ")})` : ""));
 
   // 5. CUDA, when a GPU answers

@@ -9,7 +9,9 @@ export interface CpuBenchRow {
   gflops?: number;
   /** Memory rate (norms): bytes read once + written once over the time. */
   gbps?: number;
-  /** gflops vs the measured fp32 FMA peak, or gbps vs the measured streaming bandwidth. */
+  /** bfloat16 operands: pctPeak is of the vdpbf16ps peak. */
+  bf16?: boolean;
+  /** gflops vs the measured fp32 FMA peak (bf16 rows: bf16 peak), or gbps vs the measured streaming bandwidth. */
   pctPeak?: number;
   /** Runs the median was taken over (after the warm-up). */
   runs: number;
@@ -43,7 +45,7 @@ export function formatTable(rows: readonly CpuBenchRow[]): string {
     r.name,
     msText(r.ms),
     r.gflops !== undefined ? fmt(r.gflops, 1) : r.gbps !== undefined ? `${fmt(r.gbps, 1)} GB/s` : "-",
-    r.pctPeak !== undefined ? `${fmt(r.pctPeak, 1)}%` : "-",
+    r.pctPeak !== undefined ? `${fmt(r.pctPeak, 1)}%${r.bf16 ? " bf16" : ""}` : "-",
     r.cpuShare !== undefined ? `${fmt(100 * r.cpuShare, 0)}%` : "-",
     // compute-bound rows only: bandwidth does not scale with the share of the cores
     r.gflops !== undefined && r.cpuShare && r.pctPeak !== undefined ? `${fmt(r.pctPeak / r.cpuShare, 1)}%` : "-",

@@ -84,7 +84,7 @@ if (require.main === module) {
     console.log(`cuda-golden: no reference data at ${refDir}; skipped`);
     process.exit(0);
   }
-  const dtypes: DType[] = device === "cpu" ? ["float32"] : ["float32", "float16", "bfloat16"];
+  const dtypes: DType[] = device === "cpu" ? ["float32", "bfloat16"] : ["float32", "float16", "bfloat16"];
   runGolden(refDir, device, dtypes).then((rows) => {
     const out = arg("--json");
     if (out) fs.writeFileSync(out, JSON.stringify({ device, rows }, null, 1));

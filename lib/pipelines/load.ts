@@ -33,7 +33,7 @@ export interface PipelineConfigs {
 export interface LoadPipelineOptions {
   /** "auto" (default) picks CUDA when a GPU answers; "cuda:N" picks a GPU. */
   device?: "cpu" | "cuda" | "auto" | string;
-  /** Weights and activations of the networks. Default float16 on CUDA, float32 on the CPU. */
+  /** Weights and activations of the networks. Default float16 on CUDA, float32 on the CPU (bfloat16 works there too: vdpbf16ps where the CPU has AVX512_BF16). */
   dtype?: PipelineDType;
   /** diffusers folder: load `<weights>.<variant>.safetensors` (e.g. "fp16"). */
   variant?: string;
@@ -68,6 +68,9 @@ export function resolvePipelineDType(op: string, dtype: unknown, device: string)
   if (dtype === undefined) return device === "cpu" ? "float32" : "float16";
   if (typeof dtype !== "string" || !PIPELINE_DTYPES.includes(dtype as PipelineDType))
     throw new RangeError(`${op}: dtype must be one of ${PIPELINE_DTYPES.map((x) => JSON.stringify(x)).join(", ")}, got ${JSON.stringify(dtype)}`);
+  // The CPU kernels read and write float32 and bfloat16 only.
+  if (device === "cpu" && dtype === "float16")
+    throw new RangeError(`${op}: dtype "float16" is not supported on the CPU; use "bfloat16" (or "float32")`);
   return dtype as PipelineDType;
 }
 

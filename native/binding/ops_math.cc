@@ -33,7 +33,7 @@ Napi::Value Binary(const Napi::CallbackInfo& info) {
   const char* op = kBinaryNames[static_cast<int>(bop)];
   const Tensor& a = tensor_arg(info, 1, op, "a");
   const Tensor& b = tensor_arg(info, 2, op, "b");
-  check_compute_dtype(op, "a", a);
+  check_compute_dtype(op, "a", a, true);
   check_same(op, "b", a, b);
   // numpy broadcasting: align trailing dims; size-1 (or missing) dims stretch with stride 0.
   const int64_t nd = std::max(a.ndim(), b.ndim());
@@ -51,7 +51,12 @@ Napi::Value Binary(const Napi::CallbackInfo& info) {
   }
   Tensor out = new_like(a, shape);
   run_op(op, a.device(), {a, b}, {out},
-         [=] { cpu::binary(bop, static_cast<int>(nd), shape.data(), a.ptr<float>(), sa.data(), b.ptr<float>(), sb.data(), out.ptr<float>()); },
+         [=] {
+           if (a.dtype == DType::BF16)
+             cpu::binary(bop, static_cast<int>(nd), shape.data(), a.ptr<cpu::bf16>(), sa.data(), b.ptr<cpu::bf16>(), sb.data(), out.ptr<cpu::bf16>());
+           else
+             cpu::binary(bop, static_cast<int>(nd), shape.data(), a.ptr<float>(), sa.data(), b.ptr<float>(), sb.data(), out.ptr<float>());
+         },
          [=] { DK_CUDA_ONLY(cuda::binary(a.device().index, a.dtype, bop, static_cast<int>(nd), shape.data(), a.data(), sa.data(), b.data(), sb.data(), out.data())); });
   return NativeTensor::Wrap(info.Env(), out);
 }
@@ -62,10 +67,13 @@ Napi::Value BinaryScalar(const Napi::CallbackInfo& info) {
   Tensor a = contiguous(tensor_arg(info, 1, op, "a"));
   float s = static_cast<float>(number_arg(info, 2, op, "scalar"));
   bool first = bool_arg(info, 3, op, "scalarFirst");
-  check_compute_dtype(op, "a", a);
+  check_compute_dtype(op, "a", a, true);
   Tensor out = new_like(a, a.shape);
   run_op(op, a.device(), {a}, {out},
-         [=] { cpu::binary_scalar(bop, a.ptr<float>(), s, first, out.ptr<float>(), a.numel()); },
+         [=] {
+           if (a.dtype == DType::BF16) cpu::binary_scalar(bop, a.ptr<cpu::bf16>(), s, first, out.ptr<cpu::bf16>(), a.numel());
+           else cpu::binary_scalar(bop, a.ptr<float>(), s, first, out.ptr<float>(), a.numel());
+         },
          [=] { DK_CUDA_ONLY(cuda::binary_scalar(a.device().index, a.dtype, bop, a.data(), s, first, out.data(), a.numel())); });
   return NativeTensor::Wrap(info.Env(), out);
 }
@@ -75,10 +83,13 @@ Napi::Value Unary(const Napi::CallbackInfo& info) {
   UnaryOp uop = parse_enum<UnaryOp>(string_arg(info, 0, op, "op"), kUnaryNames, op, "op");
   const char* name = kUnaryNames[static_cast<int>(uop)];
   Tensor a = contiguous(tensor_arg(info, 1, name, "input"));
-  check_compute_dtype(name, "input", a);
+  check_compute_dtype(name, "input", a, true);
   Tensor out = new_like(a, a.shape);
   run_op(name, a.device(), {a}, {out},
-         [=] { cpu::unary(uop, a.ptr<float>(), out.ptr<float>(), a.numel()); },
+         [=] {
+           if (a.dtype == DType::BF16) cpu::unary(uop, a.ptr<cpu::bf16>(), out.ptr<cpu::bf16>(), a.numel());
+           else cpu::unary(uop, a.ptr<float>(), out.ptr<float>(), a.numel());
+         },
          [=] { DK_CUDA_ONLY(cuda::unary(a.device().index, a.dtype, uop, a.data(), out.data(), a.numel())); });
   return NativeTensor::Wrap(info.Env(), out);
 }
@@ -86,13 +97,16 @@ Napi::Value Unary(const Napi::CallbackInfo& info) {
 Napi::Value Clamp(const Napi::CallbackInfo& info) {
   const char* op = "clamp";
   Tensor a = contiguous(tensor_arg(info, 0, op, "input"));
-  check_compute_dtype(op, "input", a);
+  check_compute_dtype(op, "input", a, true);
   float lo = static_cast<float>(number_arg(info, 1, op, "min"));
   float hi = static_cast<float>(number_arg(info, 2, op, "max"));
   if (lo > hi) throw_range("clamp: min must be <= max");
   Tensor out = new_like(a, a.shape);
   run_op(op, a.device(), {a}, {out},
-         [=] { cpu::clamp(a.ptr<float>(), lo, hi, out.ptr<float>(), a.numel()); },
+         [=] {
+           if (a.dtype == DType::BF16) cpu::clamp(a.ptr<cpu::bf16>(), lo, hi, out.ptr<cpu::bf16>(), a.numel());
+           else cpu::clamp(a.ptr<float>(), lo, hi, out.ptr<float>(), a.numel());
+         },
          [=] { DK_CUDA_ONLY(cuda::clamp(a.device().index, a.dtype, a.data(), lo, hi, out.data(), a.numel())); });
   return NativeTensor::Wrap(info.Env(), out);
 }
@@ -106,7 +120,7 @@ Napi::Value Axpby(const Napi::CallbackInfo& info) {
   float b = static_cast<float>(number_arg(info, 3, op, "b"));
   std::optional<Tensor> z = opt_tensor_arg(info, 4, op, "z");
   float c = static_cast<float>(number_arg(info, 5, op, "c"));
-  check_compute_dtype(op, "x", x);
+  check_compute_dtype(op, "x", x, true);
   if (z && !y) throw_type("axpby: z given without y");
   std::vector<Tensor> ins = {x};
   for (auto* t : {&y, &z}) {
@@ -122,7 +136,12 @@ Napi::Value Axpby(const Napi::CallbackInfo& info) {
   const void* yp = y ? y->data() : nullptr;
   const void* zp = z ? z->data() : nullptr;
   run_op(op, x.device(), ins, {out},
-         [=] { cpu::axpby(x.numel(), a, x.ptr<float>(), b, static_cast<const float*>(yp), c, static_cast<const float*>(zp), out.ptr<float>()); },
+         [=] {
+           if (x.dtype == DType::BF16)
+             cpu::axpby(x.numel(), a, x.ptr<cpu::bf16>(), b, static_cast<const cpu::bf16*>(yp), c, static_cast<const cpu::bf16*>(zp), out.ptr<cpu::bf16>());
+           else
+             cpu::axpby(x.numel(), a, x.ptr<float>(), b, static_cast<const float*>(yp), c, static_cast<const float*>(zp), out.ptr<float>());
+         },
          [=] { DK_CUDA_ONLY(cuda::axpby(x.device().index, x.dtype, x.numel(), a, x.data(), b, yp, c, zp, out.data())); });
   return NativeTensor::Wrap(info.Env(), out);
 }
@@ -130,7 +149,7 @@ Napi::Value Axpby(const Napi::CallbackInfo& info) {
 Napi::Value Geglu(const Napi::CallbackInfo& info) {
   const char* op = "geglu";
   Tensor x = contiguous(tensor_arg(info, 0, op, "input"));
-  check_compute_dtype(op, "input", x);
+  check_compute_dtype(op, "input", x, true);
   check_rank(op, "input", x, 1, 8);
   const int64_t last = x.shape.back();
   if (last % 2) throw_range("geglu: last dim must be even, got " + std::to_string(last));
@@ -139,7 +158,10 @@ Napi::Value Geglu(const Napi::CallbackInfo& info) {
   Tensor out = new_like(x, shape);
   const int64_t rows = last ? x.numel() / last : 0, C = last / 2;
   run_op(op, x.device(), {x}, {out},
-         [=] { cpu::geglu(x.ptr<float>(), out.ptr<float>(), rows, C); },
+         [=] {
+           if (x.dtype == DType::BF16) cpu::geglu(x.ptr<cpu::bf16>(), out.ptr<cpu::bf16>(), rows, C);
+           else cpu::geglu(x.ptr<float>(), out.ptr<float>(), rows, C);
+         },
          [=] { DK_CUDA_ONLY(cuda::geglu(x.device().index, x.dtype, x.data(), out.data(), rows, C)); });
   return NativeTensor::Wrap(info.Env(), out);
 }
@@ -150,7 +172,7 @@ Napi::Value Reduce(const Napi::CallbackInfo& info) {
   ReduceOp rop = parse_enum<ReduceOp>(string_arg(info, 0, op, "op"), kReduceNames, op, "op");
   const char* name = kReduceNames[static_cast<int>(rop)];
   Tensor x = contiguous(tensor_arg(info, 1, name, "input"));
-  check_compute_dtype(name, "input", x);
+  check_compute_dtype(name, "input", x, true);
   int64_t dim = normalize_dim(name, int_arg(info, 2, name, "dim"), x.ndim());
   bool keep = bool_arg(info, 3, name, "keepdim");
   int64_t outer = 1, inner = 1, n = x.shape[dim];
@@ -162,7 +184,10 @@ Napi::Value Reduce(const Napi::CallbackInfo& info) {
   else shape.erase(shape.begin() + dim);
   Tensor out = new_like(x, shape);
   run_op(name, x.device(), {x}, {out},
-         [=] { cpu::reduce(rop, x.ptr<float>(), out.ptr<float>(), outer, n, inner); },
+         [=] {
+           if (x.dtype == DType::BF16) cpu::reduce(rop, x.ptr<cpu::bf16>(), out.ptr<cpu::bf16>(), outer, n, inner);
+           else cpu::reduce(rop, x.ptr<float>(), out.ptr<float>(), outer, n, inner);
+         },
          [=] { DK_CUDA_ONLY(cuda::reduce(x.device().index, x.dtype, rop, x.data(), out.data(), outer, n, inner)); });
   return NativeTensor::Wrap(info.Env(), out);
 }
@@ -170,12 +195,15 @@ Napi::Value Reduce(const Napi::CallbackInfo& info) {
 Napi::Value Softmax(const Napi::CallbackInfo& info) {
   const char* op = "softmax";
   Tensor x = contiguous(tensor_arg(info, 0, op, "input"));
-  check_compute_dtype(op, "input", x);
+  check_compute_dtype(op, "input", x, true);
   check_rank(op, "input", x, 1, 8);
   const int64_t C = x.shape.back(), rows = C ? x.numel() / C : 0;
   Tensor out = new_like(x, x.shape);
   run_op(op, x.device(), {x}, {out},
-         [=] { cpu::softmax_lastdim(x.ptr<float>(), out.ptr<float>(), rows, C); },
+         [=] {
+           if (x.dtype == DType::BF16) cpu::softmax_lastdim(x.ptr<cpu::bf16>(), out.ptr<cpu::bf16>(), rows, C);
+           else cpu::softmax_lastdim(x.ptr<float>(), out.ptr<float>(), rows, C);
+         },
          [=] { DK_CUDA_ONLY(cuda::softmax_lastdim(x.device().index, x.dtype, x.data(), out.data(), rows, C)); });
   return NativeTensor::Wrap(info.Env(), out);
 }

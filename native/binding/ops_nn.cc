@@ -1,6 +1,7 @@
 // Neural-network ops: matmul, linear, conv2d, groupNorm, layerNorm, attention, upsample,
 // embedding, timestepEmbedding.
 #include <cmath>
+#include <vector>
 
 #include "../cpu/kernels.h"
 #include "common.h"
@@ -67,11 +68,20 @@ void launch_gemm(const char* op, const MatOperand& A, const MatOperand& B, const
     ep.ldr = N;
     ep.stride_residual = M * N;
   }
+  cpu::GemmEpilogueBf16 ep16;  // the same tensors, read as bfloat16 bits
+  ep16.bias = static_cast<const uint16_t*>(static_cast<const void*>(ep.bias));
+  ep16.residual = static_cast<const uint16_t*>(static_cast<const void*>(ep.residual));
+  ep16.ldr = ep.ldr;
+  ep16.stride_residual = ep.stride_residual;
   const int64_t bsA = A.bstride, bsB = B.bstride;
   run_op(op, C.device(), std::move(ins), {C},
          [=] {
-           cpu::sgemm(batch, A.trans, B.trans, M, N, K, 1.f, A.t.ptr<float>(), A.ld, bsA, B.t.ptr<float>(), B.ld, bsB,
-                      0.f, C.ptr<float>(), N, M * N, ep);
+           if (C.dtype == DType::BF16)
+             cpu::gemm_bf16(batch, A.trans, B.trans, M, N, K, 1.f, A.t.ptr<uint16_t>(), A.ld, bsA, B.t.ptr<uint16_t>(),
+                            B.ld, bsB, C.ptr<uint16_t>(), N, M * N, ep16);
+           else
+             cpu::sgemm(batch, A.trans, B.trans, M, N, K, 1.f, A.t.ptr<float>(), A.ld, bsA, B.t.ptr<float>(), B.ld,
+                        bsB, 0.f, C.ptr<float>(), N, M * N, ep);
          },
          [=] {
            DK_CUDA_ONLY(cuda::gemm(C.device().index, C.dtype, batch, A.trans, B.trans, M, N, K, 1.f, A.t.data(), A.ld,
@@ -84,7 +94,7 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   const char* op = "matmul";
   const Tensor& a = tensor_arg(info, 0, op, "a");
   const Tensor& b = tensor_arg(info, 1, op, "b");
-  check_compute_dtype(op, "a", a);
+  check_compute_dtype(op, "a", a, /*cpu_bf16=*/true);
   check_same(op, "b", a, b);
   check_rank(op, "a", a, 2, 8);
   check_rank(op, "b", b, 2, 8);
@@ -114,7 +124,7 @@ Napi::Value Linear(const Napi::CallbackInfo& info) {
   const Tensor& w = tensor_arg(info, 1, op, "weight");
   std::optional<Tensor> bias = opt_tensor_arg(info, 2, op, "bias");
   std::optional<Tensor> residual = opt_tensor_arg(info, 3, op, "residual");
-  check_compute_dtype(op, "input", x);
+  check_compute_dtype(op, "input", x, /*cpu_bf16=*/true);
   check_same(op, "weight", x, w);
   check_rank(op, "input", x, 1, 8);
   check_rank(op, "weight", w, 2, 2);
@@ -157,7 +167,7 @@ Napi::Value Conv2d(const Napi::CallbackInfo& info) {
   std::vector<int64_t> stride = int_list_arg(info, 4, op, "stride");
   std::vector<int64_t> pad = int_list_arg(info, 5, op, "padding");
   std::vector<int64_t> dil = int_list_arg(info, 6, op, "dilation");
-  check_compute_dtype(op, "input", x);
+  check_compute_dtype(op, "input", x, /*cpu_bf16=*/true);
   check_same(op, "weight", x, w);
   check_rank(op, "input", x, 4, 4);
   check_rank(op, "weight", w, 4, 4);
@@ -194,7 +204,14 @@ Napi::Value Conv2d(const Napi::CallbackInfo& info) {
   const void* bp = bias ? bias->data() : nullptr;
   const void* rp = residual ? residual->data() : nullptr;
   run_op(op, x.device(), ins, {out},
-         [=] { cpu::conv2d_nhwc(p, x.ptr<float>(), w.ptr<float>(), static_cast<const float*>(bp), static_cast<const float*>(rp), out.ptr<float>()); },
+         [=] {
+           if (x.dtype == DType::BF16)
+             cpu::conv2d_nhwc_bf16(p, x.ptr<uint16_t>(), w.ptr<uint16_t>(), static_cast<const uint16_t*>(bp),
+                                   static_cast<const uint16_t*>(rp), out.ptr<uint16_t>());
+           else
+             cpu::conv2d_nhwc(p, x.ptr<float>(), w.ptr<float>(), static_cast<const float*>(bp),
+                              static_cast<const float*>(rp), out.ptr<float>());
+         },
          [=] { DK_CUDA_ONLY(cuda::conv2d_nhwc(x.device().index, x.dtype, p, x.data(), w.data(), bp, rp, out.data())); });
   return NativeTensor::Wrap(info.Env(), out);
 }
@@ -212,7 +229,7 @@ std::optional<Tensor> affine_param(const Napi::CallbackInfo& info, size_t i, con
 Napi::Value GroupNorm(const Napi::CallbackInfo& info) {
   const char* op = "groupNorm";
   Tensor x = contiguous(tensor_arg(info, 0, op, "input"));
-  check_compute_dtype(op, "input", x);
+  check_compute_dtype(op, "input", x, true);
   check_rank(op, "input", x, 2, 8);
   int64_t G = int_arg(info, 1, op, "groups");
   const int64_t N = x.shape[0], C = x.shape.back(), L = (N && C) ? x.numel() / (N * C) : 0;
@@ -229,7 +246,12 @@ Napi::Value GroupNorm(const Napi::CallbackInfo& info) {
   const void* gp = gamma ? gamma->data() : nullptr;
   const void* bp = beta ? beta->data() : nullptr;
   run_op(op, x.device(), ins, {out},
-         [=] { cpu::group_norm(x.ptr<float>(), out.ptr<float>(), N, L, C, G, static_cast<const float*>(gp), static_cast<const float*>(bp), eps, silu); },
+         [=] {
+           if (x.dtype == DType::BF16)
+             cpu::group_norm(x.ptr<cpu::bf16>(), out.ptr<cpu::bf16>(), N, L, C, G, static_cast<const cpu::bf16*>(gp), static_cast<const cpu::bf16*>(bp), eps, silu);
+           else
+             cpu::group_norm(x.ptr<float>(), out.ptr<float>(), N, L, C, G, static_cast<const float*>(gp), static_cast<const float*>(bp), eps, silu);
+         },
          [=] { DK_CUDA_ONLY(cuda::group_norm(x.device().index, x.dtype, x.data(), out.data(), N, L, C, G, gp, bp, eps, silu)); });
   return NativeTensor::Wrap(info.Env(), out);
 }
@@ -238,7 +260,7 @@ Napi::Value GroupNorm(const Napi::CallbackInfo& info) {
 Napi::Value LayerNorm(const Napi::CallbackInfo& info) {
   const char* op = "layerNorm";
   Tensor x = contiguous(tensor_arg(info, 0, op, "input"));
-  check_compute_dtype(op, "input", x);
+  check_compute_dtype(op, "input", x, true);
   check_rank(op, "input", x, 1, 8);
   const int64_t C = x.shape.back(), rows = C ? x.numel() / C : 0;
   auto gamma = affine_param(info, 1, op, "gamma", x, C);
@@ -252,7 +274,12 @@ Napi::Value LayerNorm(const Napi::CallbackInfo& info) {
   const void* gp = gamma ? gamma->data() : nullptr;
   const void* bp = beta ? beta->data() : nullptr;
   run_op(op, x.device(), ins, {out},
-         [=] { cpu::layer_norm(x.ptr<float>(), out.ptr<float>(), rows, C, static_cast<const float*>(gp), static_cast<const float*>(bp), eps); },
+         [=] {
+           if (x.dtype == DType::BF16)
+             cpu::layer_norm(x.ptr<cpu::bf16>(), out.ptr<cpu::bf16>(), rows, C, static_cast<const cpu::bf16*>(gp), static_cast<const cpu::bf16*>(bp), eps);
+           else
+             cpu::layer_norm(x.ptr<float>(), out.ptr<float>(), rows, C, static_cast<const float*>(gp), static_cast<const float*>(bp), eps);
+         },
          [=] { DK_CUDA_ONLY(cuda::layer_norm(x.device().index, x.dtype, x.data(), out.data(), rows, C, gp, bp, eps)); });
   return NativeTensor::Wrap(info.Env(), out);
 }
@@ -268,7 +295,7 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   float scale = static_cast<float>(number_arg(info, 4, op, "scale"));
   bool causal = bool_arg(info, 5, op, "causal");
   std::optional<Tensor> mask = opt_tensor_arg(info, 6, op, "mask");
-  check_compute_dtype(op, "q", q);
+  check_compute_dtype(op, "q", q, true);
   check_same(op, "k", q, k);
   check_same(op, "v", q, v);
   check_rank(op, "q", q, 3, 3);
@@ -312,7 +339,12 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   }
   Tensor out = new_like(q, {B, Nq, heads * p.Dv});
   run_op(op, q.device(), ins, {out},
-         [=] { cpu::attention(p, q.ptr<float>(), k.ptr<float>(), v.ptr<float>(), out.ptr<float>()); },
+         [=] {
+           if (q.dtype == DType::BF16)
+             cpu::attention(p, q.ptr<cpu::bf16>(), k.ptr<cpu::bf16>(), v.ptr<cpu::bf16>(), out.ptr<cpu::bf16>());
+           else
+             cpu::attention(p, q.ptr<float>(), k.ptr<float>(), v.ptr<float>(), out.ptr<float>());
+         },
          [=] { DK_CUDA_ONLY(cuda::attention(q.device().index, q.dtype, p, q.data(), k.data(), v.data(), out.data())); });
   return NativeTensor::Wrap(info.Env(), out);
 }
@@ -320,12 +352,15 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
 Napi::Value UpsampleNearest2x(const Napi::CallbackInfo& info) {
   const char* op = "upsampleNearest2x";
   Tensor x = contiguous(tensor_arg(info, 0, op, "input"));
-  check_compute_dtype(op, "input", x);
+  check_compute_dtype(op, "input", x, true);
   check_rank(op, "input", x, 4, 4);
   const int64_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3];
   Tensor out = new_like(x, {N, 2 * H, 2 * W, C});
   run_op(op, x.device(), {x}, {out},
-         [=] { cpu::upsample_nearest2x_nhwc(x.ptr<float>(), out.ptr<float>(), N, H, W, C); },
+         [=] {
+           if (x.dtype == DType::BF16) cpu::upsample_nearest2x_nhwc(x.ptr<cpu::bf16>(), out.ptr<cpu::bf16>(), N, H, W, C);
+           else cpu::upsample_nearest2x_nhwc(x.ptr<float>(), out.ptr<float>(), N, H, W, C);
+         },
          [=] { DK_CUDA_ONLY(cuda::upsample_nearest2x_nhwc(x.device().index, x.dtype, x.data(), out.data(), N, H, W, C)); });
   return NativeTensor::Wrap(info.Env(), out);
 }
@@ -336,7 +371,7 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   const char* op = "embedding";
   Tensor ids = contiguous(tensor_arg(info, 0, op, "ids"));
   Tensor table = contiguous(tensor_arg(info, 1, op, "table"));
-  check_compute_dtype(op, "table", table);
+  check_compute_dtype(op, "table", table, true);
   check_rank(op, "table", table, 2, 2);
   if (ids.dtype != DType::I32 && ids.dtype != DType::I64) throw_type("embedding: ids must be int32 or int64, got " + std::string(dtype_name(ids.dtype)));
   if (!ids.device().is_cpu()) throw_type("embedding: ids must be on cpu (they are checked against the vocabulary)");
@@ -357,7 +392,11 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   shape.push_back(D);
   Tensor out = new_like(table, shape);
   if (table.device().is_cpu()) {
-    run_op(op, table.device(), {ids, table}, {out}, [=] { check_ids(); cpu::embedding(ids.data(), is64, n, table.ptr<float>(), D, out.ptr<float>()); }, nullptr);
+    run_op(op, table.device(), {ids, table}, {out}, [=] {
+      check_ids();
+      if (table.dtype == DType::BF16) cpu::embedding(ids.data(), is64, n, table.ptr<cpu::bf16>(), D, out.ptr<cpu::bf16>());
+      else cpu::embedding(ids.data(), is64, n, table.ptr<float>(), D, out.ptr<float>());
+    }, nullptr);
   } else {
     Tensor dev_ids = empty_tensor(ids.shape, ids.dtype, table.device());
     auto wait = wait_for_queue(ids.device());
@@ -372,7 +411,10 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
 Napi::Value TimestepEmbedding(const Napi::CallbackInfo& info) {
   const char* op = "timestepEmbedding";
   Tensor t = contiguous(tensor_arg(info, 0, op, "timesteps"));
-  if (t.dtype != DType::F32) throw_type("timestepEmbedding: timesteps must be float32, got " + std::string(dtype_name(t.dtype)));
+  // bfloat16 timesteps (CPU) give a bfloat16 embedding; the sinusoids are computed in float32.
+  if (t.dtype != DType::F32 && !(t.dtype == DType::BF16 && t.device().is_cpu()))
+    throw_type("timestepEmbedding: timesteps must be float32" + std::string(t.device().is_cpu() ? " or bfloat16" : "") +
+               ", got " + dtype_name(t.dtype));
   check_rank(op, "timesteps", t, 1, 1);
   int64_t dim = int_arg(info, 1, op, "dim");
   if (dim < 1 || dim > 65536) throw_range("timestepEmbedding: dim must be in [1, 65536]");
@@ -384,7 +426,15 @@ Napi::Value TimestepEmbedding(const Napi::CallbackInfo& info) {
   const int64_t B = t.shape[0];
   Tensor out = new_like(t, {B, dim});
   run_op(op, t.device(), {t}, {out},
-         [=] { cpu::timestep_embedding(t.ptr<float>(), B, dim, flip, shift, scale, max_period, out.ptr<float>()); },
+         [=] {
+           if (t.dtype == DType::BF16) {
+             std::vector<float> tf(static_cast<size_t>(B));
+             cpu::widen_bf16(t.ptr<cpu::bf16>(), tf.data(), B);
+             cpu::timestep_embedding(tf.data(), B, dim, flip, shift, scale, max_period, out.ptr<cpu::bf16>());
+           } else {
+             cpu::timestep_embedding(t.ptr<float>(), B, dim, flip, shift, scale, max_period, out.ptr<float>());
+           }
+         },
          [=] { DK_CUDA_ONLY(cuda::timestep_embedding(t.device().index, DType::F32, t.ptr<float>(), B, dim, flip, shift, scale, max_period, out.data())); });
   return NativeTensor::Wrap(info.Env(), out);
 }

@@ -67,6 +67,15 @@ void strided_copy(int ndim, const int64_t* shape, const void* src, const int64_t
 void cast(int src_dtype, const void* src, int dst_dtype, void* dst, int64_t n) {
   const DType st = static_cast<DType>(src_dtype), dt = static_cast<DType>(dst_dtype);
   if (st == dt) { std::memcpy(dst, src, n * dtype_size(st)); return; }
+  // The bf16 <-> f32 pair is what every bf16 pipeline does at its edges: the vector path.
+  if (st == DType::BF16 && dt == DType::F32) {
+    parallel_for(n, 1 << 15, [&](int64_t lo, int64_t hi) { widen_bf16(static_cast<const bf16*>(src) + lo, static_cast<float*>(dst) + lo, hi - lo); });
+    return;
+  }
+  if (st == DType::F32 && dt == DType::BF16) {
+    parallel_for(n, 1 << 15, [&](int64_t lo, int64_t hi) { narrow_bf16(static_cast<const float*>(src) + lo, static_cast<bf16*>(dst) + lo, hi - lo); });
+    return;
+  }
   parallel_for(n, 1 << 15, [&](int64_t lo, int64_t hi) {
     switch (dt) {
       case DType::F32: for (int64_t i = lo; i < hi; i++) static_cast<float*>(dst)[i] = load_as_float(st, src, i); break;
@@ -81,28 +90,52 @@ void cast(int src_dtype, const void* src, int dst_dtype, void* dst, int64_t n) {
   });
 }
 
-void upsample_nearest2x_nhwc(const float* x, float* y, int64_t N, int64_t H, int64_t W, int64_t C) {
+namespace {
+template <class T>
+void upsample_impl(const T* x, T* y, int64_t N, int64_t H, int64_t W, int64_t C) {
   parallel_for(N * H, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t nh = lo; nh < hi; nh++) {
       const int64_t n = nh / H, h = nh % H;
-      const float* src = x + (n * H + h) * W * C;
-      float* row0 = y + (n * 2 * H + 2 * h) * 2 * W * C;
+      const T* src = x + (n * H + h) * W * C;
+      T* row0 = y + (n * 2 * H + 2 * h) * 2 * W * C;
       for (int64_t w = 0; w < W; w++) {
-        std::memcpy(row0 + (2 * w) * C, src + w * C, C * sizeof(float));
-        std::memcpy(row0 + (2 * w + 1) * C, src + w * C, C * sizeof(float));
+        std::memcpy(row0 + (2 * w) * C, src + w * C, C * sizeof(T));
+        std::memcpy(row0 + (2 * w + 1) * C, src + w * C, C * sizeof(T));
       }
-      std::memcpy(row0 + 2 * W * C, row0, 2 * W * C * sizeof(float));
+      std::memcpy(row0 + 2 * W * C, row0, 2 * W * C * sizeof(T));
     }
   });
 }
 
-void embedding(const void* ids, bool ids_is_64, int64_t n, const float* table, int64_t D, float* out) {
+template <class T>
+void embedding_impl(const void* ids, bool ids_is_64, int64_t n, const T* table, int64_t D, T* out) {
   parallel_for(n, 64, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; i++) {
       int64_t id = ids_is_64 ? static_cast<const int64_t*>(ids)[i] : static_cast<const int32_t*>(ids)[i];
-      std::memcpy(out + i * D, table + id * D, D * sizeof(float));
+      std::memcpy(out + i * D, table + id * D, D * sizeof(T));
     }
   });
+}
+}  // namespace
+
+void upsample_nearest2x_nhwc(const float* x, float* y, int64_t N, int64_t H, int64_t W, int64_t C) {
+  upsample_impl(x, y, N, H, W, C);
+}
+void upsample_nearest2x_nhwc(const bf16* x, bf16* y, int64_t N, int64_t H, int64_t W, int64_t C) {
+  upsample_impl(x, y, N, H, W, C);
+}
+void embedding(const void* ids, bool ids_is_64, int64_t n, const float* table, int64_t D, float* out) {
+  embedding_impl(ids, ids_is_64, n, table, D, out);
+}
+void embedding(const void* ids, bool ids_is_64, int64_t n, const bf16* table, int64_t D, bf16* out) {
+  embedding_impl(ids, ids_is_64, n, table, D, out);
+}
+
+void timestep_embedding(const float* t, int64_t B, int64_t dim, bool flip_sin_to_cos, float downscale_freq_shift,
+                        float scale, float max_period, bf16* out) {
+  std::vector<float> f(static_cast<size_t>(B * dim));
+  timestep_embedding(t, B, dim, flip_sin_to_cos, downscale_freq_shift, scale, max_period, f.data());
+  narrow_bf16(f.data(), out, B * dim);
 }
 
 void timestep_embedding(const float* t, int64_t B, int64_t dim, bool flip_sin_to_cos, float downscale_freq_shift,

@@ -35,6 +35,24 @@ struct Conv2dParams {
 void conv2d_nhwc(const Conv2dParams& p, const float* x, const float* w, const float* bias,
                  const float* residual, float* y);
 
+// ---------------------------------------------------------------- gemm_bf16.cc / conv2d_bf16.cc
+// bfloat16 operands and output (raw bits in uint16_t), float32 accumulation and epilogue; the
+// result is rounded to nearest even once, on store. Uses vdpbf16ps where the CPU has AVX512_BF16
+// (cpu_features().avx512_bf16); elsewhere converts to float32 and runs sgemm / conv2d_nhwc.
+struct GemmEpilogueBf16 {
+  const uint16_t* bias = nullptr;      // [N]
+  const uint16_t* residual = nullptr;  // M x N at leading dim ldr
+  int64_t ldr = 0;
+  int64_t stride_residual = 0;
+};
+// As sgemm with beta = 0: C_b = alpha * op(A_b) @ op(B_b) (+ bias + residual), C never read.
+void gemm_bf16(int64_t batch, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+               const uint16_t* A, int64_t lda, int64_t strideA, const uint16_t* B, int64_t ldb, int64_t strideB,
+               uint16_t* C, int64_t ldc, int64_t strideC, const GemmEpilogueBf16& ep = GemmEpilogueBf16());
+// conv2d_nhwc in bfloat16 (same layouts and contract).
+void conv2d_nhwc_bf16(const Conv2dParams& p, const uint16_t* x, const uint16_t* w, const uint16_t* bias,
+                      const uint16_t* residual, uint16_t* y);
+
 // ---------------------------------------------------------------- attention.cc
 struct AttentionParams {
   int64_t B, Nq, Nk, heads, D, Dv;  // D: query/key head size; Dv: value head size
@@ -121,6 +139,38 @@ void randn_philox(uint64_t seed, uint64_t offset, float* out, int64_t n);
 }  // namespace dk::cpu
 
 namespace dk::cpu {
+// ---------------------------------------------------------------- bf16 storage
+// bfloat16 values as stored in a tensor (the high half of a float32). Kernels that take bf16
+// convert on load, compute in float32 and round to nearest even on store.
+struct bf16 {
+  uint16_t bits;
+};
+
+// bf16_convert.cc: serial, vectorised conversions (callers split the work over threads).
+void widen_bf16(const bf16* src, float* dst, int64_t n);
+void narrow_bf16(const float* src, bf16* dst, int64_t n);  // round to nearest even, NaN stays NaN
+
+// bfloat16 twins of the entry points above; same contracts, statistics and accumulation in float32.
+void binary(BinaryOp op, int ndim, const int64_t* shape, const bf16* a, const int64_t* sa, const bf16* b,
+            const int64_t* sb, bf16* out);
+void binary_scalar(BinaryOp op, const bf16* a, float s, bool scalar_first, bf16* out, int64_t n);
+void unary(UnaryOp op, const bf16* a, bf16* out, int64_t n);
+void clamp(const bf16* a, float lo, float hi, bf16* out, int64_t n);
+void axpby(int64_t n, float a, const bf16* x, float b, const bf16* y, float c, const bf16* z, bf16* out);
+void geglu(const bf16* x, bf16* out, int64_t rows, int64_t C);
+void group_norm(const bf16* x, bf16* y, int64_t N, int64_t L, int64_t C, int64_t G, const bf16* gamma,
+                const bf16* beta, float eps, bool silu);
+void layer_norm(const bf16* x, bf16* y, int64_t rows, int64_t C, const bf16* gamma, const bf16* beta, float eps);
+void softmax_lastdim(const bf16* x, bf16* y, int64_t rows, int64_t C);
+void reduce(ReduceOp op, const bf16* x, bf16* out, int64_t outer, int64_t n, int64_t inner);
+void upsample_nearest2x_nhwc(const bf16* x, bf16* y, int64_t N, int64_t H, int64_t W, int64_t C);
+void embedding(const void* ids, bool ids_is_64, int64_t n, const bf16* table, int64_t D, bf16* out);
+void timestep_embedding(const float* t, int64_t B, int64_t dim, bool flip_sin_to_cos, float downscale_freq_shift,
+                        float scale, float max_period, bf16* out);
+// q, k, v, out bf16 (mask float32). QK^T and PV through vdpbf16ps where the CPU has AVX512_BF16
+// (P rounded to bf16), softmax statistics in float32; elsewhere widened to the float32 kernel.
+void attention(const AttentionParams& p, const bf16* q, const bf16* k, const bf16* v, bf16* out);
+
 // ---------------------------------------------------------------- copy.cc
 // height rows of width_bytes each, from src (row pitch spitch bytes) to dst (pitch dpitch).
 void copy_2d(void* dst, int64_t dpitch, const void* src, int64_t spitch, int64_t width_bytes, int64_t height);

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../core/thread_pool.h"
@@ -113,8 +114,14 @@ const Kernels& select_kernels() {
   return k;
 }
 
-void group_norm_with(const Kernels& k, const float* x, float* y, int64_t N, int64_t L, int64_t C, int64_t G,
+namespace {
+
+// T is float or bf16 (x and y); bf16 rows are widened chunk by chunk into float scratch that
+// stays in L2, so the float kernels and the statistics are the same for both.
+template <class T>
+void group_norm_impl(const Kernels& k, const T* x, T* y, int64_t N, int64_t L, int64_t C, int64_t G,
                      const float* gamma, const float* beta, float eps, bool silu) {
+  constexpr bool kWide = std::is_same_v<T, float>;
   if (N <= 0 || L <= 0 || C <= 0 || G <= 0) return;
   const int64_t Cg = C / G;
   // Chunks of ~64 KB (at most 256 rows, so the float column sums stay short).
@@ -125,16 +132,23 @@ void group_norm_with(const Kernels& k, const float* x, float* y, int64_t N, int6
 
   // Per (item, group): shift m, sum of d, sum of d^2, count implied by the chunk's rows.
   std::vector<double> part(static_cast<size_t>(items * G * 3));
-  std::vector<float> scratch(static_cast<size_t>(nt) * 4 * C);
+  const int64_t per_task = 4 * C + (kWide ? 0 : R * C);
+  std::vector<float> scratch(static_cast<size_t>(nt * per_task));
   parallel_tasks(nt, [&](int task, int ntasks) {
-    float* s = scratch.data() + static_cast<int64_t>(task) * 4 * C;
+    float* s = scratch.data() + static_cast<int64_t>(task) * per_task;
     float* mc = s + C;
     float* q = mc + C;
     float* e = q + C;
     const int64_t lo = items * task / ntasks, hi = items * (task + 1) / ntasks;
     for (int64_t it = lo; it < hi; ++it) {
       const int64_t n = it / chunks, r0 = (it % chunks) * R, rows = std::min(R, L - r0);
-      const float* xc = x + (n * L + r0) * C;
+      const float* xc;
+      if constexpr (kWide) {
+        xc = x + (n * L + r0) * C;
+      } else {
+        widen_bf16(x + (n * L + r0) * C, e + C, rows * C);
+        xc = e + C;
+      }
       k.colsum(xc, rows, C, s);
       double* pg = part.data() + it * G * 3;
       for (int64_t g = 0; g < G; ++g) {
@@ -187,10 +201,52 @@ void group_norm_with(const Kernels& k, const float* x, float* y, int64_t N, int6
     while (lo < hi) {
       const int64_t n = lo / L, end = std::min(hi, (n + 1) * L);
       const float* cf = coef.data() + n * C * 4;
-      k.affine(x + lo * C, y + lo * C, end - lo, C, cf, cf + C, cf + 2 * C, cf + 3 * C, silu);
+      if constexpr (kWide) {
+        k.affine(x + lo * C, y + lo * C, end - lo, C, cf, cf + C, cf + 2 * C, cf + 3 * C, silu);
+      } else {
+        std::vector<float> buf(static_cast<size_t>(std::min(R, end - lo) * C));
+        for (int64_t r = lo; r < end; r += R) {
+          const int64_t m = std::min(R, end - r);
+          widen_bf16(x + r * C, buf.data(), m * C);
+          k.affine(buf.data(), buf.data(), m, C, cf, cf + C, cf + 2 * C, cf + 3 * C, silu);
+          narrow_bf16(buf.data(), y + r * C, m * C);
+        }
+      }
       lo = end;
     }
   });
+}
+
+// Row kernels on bf16: blocks of rows (about 8K values) widened into float scratch.
+template <class Fn>
+void bf16_rows(const bf16* x, bf16* y, int64_t rows, int64_t C, Fn fn) {
+  if (rows <= 0 || C <= 0) return;
+  const int64_t R = std::max<int64_t>(1, 8192 / C);
+  parallel_for(rows, R, [&](int64_t lo, int64_t hi) {
+    std::vector<float> buf(static_cast<size_t>(std::min(R, hi - lo) * C));
+    for (int64_t r = lo; r < hi; r += R) {
+      const int64_t m = std::min(R, hi - r);
+      widen_bf16(x + r * C, buf.data(), m * C);
+      fn(buf.data(), m);
+      narrow_bf16(buf.data(), y + r * C, m * C);
+    }
+  });
+}
+
+std::vector<float> widen_param(const bf16* p, int64_t C) {
+  std::vector<float> v;
+  if (p) {
+    v.resize(static_cast<size_t>(C));
+    widen_bf16(p, v.data(), C);
+  }
+  return v;
+}
+
+}  // namespace
+
+void group_norm_with(const Kernels& k, const float* x, float* y, int64_t N, int64_t L, int64_t C, int64_t G,
+                     const float* gamma, const float* beta, float eps, bool silu) {
+  group_norm_impl(k, x, y, N, L, C, G, gamma, beta, eps, silu);
 }
 
 void layer_norm_with(const Kernels& k, const float* x, float* y, int64_t rows, int64_t C, const float* gamma,
@@ -222,6 +278,26 @@ void layer_norm(const float* x, float* y, int64_t rows, int64_t C, const float* 
 
 void softmax_lastdim(const float* x, float* y, int64_t rows, int64_t C) {
   norm::softmax_with(norm::select_kernels(), x, y, rows, C);
+}
+
+void group_norm(const bf16* x, bf16* y, int64_t N, int64_t L, int64_t C, int64_t G, const bf16* gamma,
+                const bf16* beta, float eps, bool silu) {
+  const std::vector<float> g = norm::widen_param(gamma, C), b = norm::widen_param(beta, C);
+  norm::group_norm_impl(norm::select_kernels(), x, y, N, L, C, G, gamma ? g.data() : nullptr,
+                        beta ? b.data() : nullptr, eps, silu);
+}
+
+void layer_norm(const bf16* x, bf16* y, int64_t rows, int64_t C, const bf16* gamma, const bf16* beta, float eps) {
+  const std::vector<float> g = norm::widen_param(gamma, C), b = norm::widen_param(beta, C);
+  const norm::Kernels& k = norm::select_kernels();
+  norm::bf16_rows(x, y, rows, C, [&](float* buf, int64_t m) {
+    k.layer_norm_rows(buf, buf, m, C, gamma ? g.data() : nullptr, beta ? b.data() : nullptr, eps);
+  });
+}
+
+void softmax_lastdim(const bf16* x, bf16* y, int64_t rows, int64_t C) {
+  const norm::Kernels& k = norm::select_kernels();
+  norm::bf16_rows(x, y, rows, C, [&](float* buf, int64_t m) { k.softmax_rows(buf, buf, m, C); });
 }
 
 }  // namespace dk::cpu

@@ -23,7 +23,8 @@ namespace {
 constexpr int64_t kKC = 768, kMC = 14 * 24, kNC = 2048;
 constexpr int64_t kSmallM = 4;
 constexpr int64_t kL2SlabBytes = 512 << 10;
-constexpr int64_t kAccBytes = 8 << 20;  // cap of a thread's fp32 running-sum buffer
+constexpr int64_t kAccBytes = 8 << 20;     // cap of a thread's fp32 running-sum buffer
+constexpr int64_t kWholeKBytes = 4 << 20;  // cap of a whole-K B slab (whole-K order)
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
@@ -92,12 +93,64 @@ void pack_b_slab(const Kernel& kr, const Problem& p, int64_t k0, int64_t kc, int
 
 struct Buffers {
   uint32_t* a;  // A block
-  uint32_t* b;  // B slab
-  float* acc;   // running sums, [rect rows][nc], when K has several blocks
+  uint32_t* b;  // B slab (one K block, or all of them in whole-K order)
+  float* acc;   // fp32 running sums when K has several blocks
 };
 
+// How a rectangle is walked when K takes several blocks.
+//  Rect order (jc, pc, ic): as gemm.cc; the running sums of the whole rectangle wait in acc.
+//  Whole-K order (jc, ic, pc): the B slab holds every K block (packed once per jc), and each A
+//  block is finished before the next, so acc is only one block of rows (stays in L2). Used when
+//  the whole-K slab of the rectangle's columns fits kWholeKBytes.
+struct Plan {
+  int64_t nc_cap;
+  bool whole_k;
+};
+
+// Packs A block [ic, ic+mc) x [pc, pc+kc) and runs its tiles against the B slab columns
+// [jc, jc+nc); acc (if any) is addressed from row acc_row0 at leading dim ldacc.
+void multiply_block(const Kernel& kr, const Problem& p, int64_t ic, int64_t mc, int64_t pc, int64_t kc, int64_t jc,
+                    int64_t nc, const uint32_t* bslab, const Buffers& buf, int64_t acc_row0, int64_t ldacc) {
+  const int mr = kr.mr, nr = kr.nr;
+  const int64_t kp = (kc + 1) / 2;
+  const bool first = pc == 0, last = pc + kc == p.K;
+  const int64_t pitch = gemm::a_pitch(kp), apanel = mr * pitch;
+  for (int64_t i0 = 0; i0 < mc; i0 += mr) {
+    uint16_t* panel = reinterpret_cast<uint16_t*>(buf.a + i0 / mr * apanel);
+    p.a->pack(mr, ic + i0, int(std::min<int64_t>(mr, mc - i0)), pc, kc, panel, 2 * pitch);
+    if (kc & 1)
+      for (int i = 0; i < mr; ++i) panel[i * 2 * pitch + kc] = 0;
+  }
+  for (int64_t j0 = 0; j0 < nc; j0 += nr) {
+    const int n = int(std::min<int64_t>(nr, nc - j0));
+    const uint32_t* bp = bslab + j0 * kp;
+    Tile t;
+    t.alpha = p.alpha;
+    t.last = last;
+    t.acc_load = !first;
+    if (last && p.ep.bias) t.bias = p.ep.bias + jc + j0;
+    for (int64_t i0 = 0; i0 < mc; i0 += mr) {
+      const int m = int(std::min<int64_t>(mr, mc - i0));
+      const int64_t row = ic + i0, col = jc + j0;
+      if (!(first && last)) {
+        t.acc = buf.acc + (row - acc_row0) * ldacc + j0;
+        t.ldacc = ldacc;
+      }
+      if (last) {
+        t.C = p.C + row * p.ldc + col;
+        t.ldc = p.ldc;
+        if (p.ep.residual) {
+          t.residual = p.ep.residual + row * p.ep.ldr + col;
+          t.ldr = p.ep.ldr;
+        }
+      }
+      kr.kernel(kp, buf.a + i0 / mr * apanel, bp, m, n, t);
+    }
+  }
+}
+
 // Serial blocked product for the C rectangle [m0,m1) x [n0,n1).
-void run_rect(const Kernel& kr, const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t nc_cap,
+void run_rect(const Kernel& kr, const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, const Plan& plan,
               const Buffers& buf) {
   if (m0 >= m1 || n0 >= n1) return;
   if (p.K == 0) {
@@ -109,52 +162,28 @@ void run_rect(const Kernel& kr, const Problem& p, int64_t m0, int64_t m1, int64_
     run_small_m(kr, p, m0, m1, n0, n1);
     return;
   }
-  const int mr = kr.mr, nr = kr.nr;
   const int64_t kc_blk = even_block(p.K, kKC, 16);  // even: pairs never straddle blocks
-  const int64_t mc_blk = even_block(m1 - m0, kMC, mr);
-  const int64_t nc_blk = even_block(n1 - n0, nc_cap, nr);
+  const int64_t mc_blk = even_block(m1 - m0, kMC, kr.mr);
+  const int64_t nc_blk = even_block(n1 - n0, plan.nc_cap, kr.nr);
   for (int64_t jc = n0; jc < n1; jc += nc_blk) {
     const int64_t nc = std::min(nc_blk, n1 - jc);
-    for (int64_t pc = 0; pc < p.K; pc += kc_blk) {
-      const int64_t kc = std::min(kc_blk, p.K - pc), kp = (kc + 1) / 2;
-      pack_b_slab(kr, p, pc, kc, jc, nc, buf.b);
-      const bool first = pc == 0, last = pc + kc == p.K;
-      const int64_t pitch = gemm::a_pitch(kp), apanel = mr * pitch;
+    const int64_t nc_pad = round_up(nc, kr.nr);
+    if (plan.whole_k) {
+      for (int64_t pc = 0; pc < p.K; pc += kc_blk)
+        pack_b_slab(kr, p, pc, std::min(kc_blk, p.K - pc), jc, nc, buf.b + pc / 2 * nc_pad);
       for (int64_t ic = m0; ic < m1; ic += mc_blk) {
         const int64_t mc = std::min(mc_blk, m1 - ic);
-        for (int64_t i0 = 0; i0 < mc; i0 += mr) {
-          uint16_t* panel = reinterpret_cast<uint16_t*>(buf.a + i0 / mr * apanel);
-          p.a->pack(mr, ic + i0, int(std::min<int64_t>(mr, mc - i0)), pc, kc, panel, 2 * pitch);
-          if (kc & 1)
-            for (int i = 0; i < mr; ++i) panel[i * 2 * pitch + kc] = 0;
-        }
-        for (int64_t j0 = 0; j0 < nc; j0 += nr) {
-          const int n = int(std::min<int64_t>(nr, nc - j0));
-          const uint32_t* bp = buf.b + j0 * kp;
-          Tile t;
-          t.alpha = p.alpha;
-          t.last = last;
-          t.acc_load = !first;
-          if (last && p.ep.bias) t.bias = p.ep.bias + jc + j0;
-          for (int64_t i0 = 0; i0 < mc; i0 += mr) {
-            const int m = int(std::min<int64_t>(mr, mc - i0));
-            const int64_t row = ic + i0, col = jc + j0;
-            if (!(first && last)) {
-              t.acc = buf.acc + (row - m0) * nc_blk + j0;
-              t.ldacc = nc_blk;
-            }
-            if (last) {
-              t.C = p.C + row * p.ldc + col;
-              t.ldc = p.ldc;
-              if (p.ep.residual) {
-                t.residual = p.ep.residual + row * p.ep.ldr + col;
-                t.ldr = p.ep.ldr;
-              }
-            }
-            kr.kernel(kp, buf.a + i0 / mr * apanel, bp, m, n, t);
-          }
-        }
+        for (int64_t pc = 0; pc < p.K; pc += kc_blk)
+          multiply_block(kr, p, ic, mc, pc, std::min(kc_blk, p.K - pc), jc, nc, buf.b + pc / 2 * nc_pad, buf, ic,
+                         nc_blk);
       }
+      continue;
+    }
+    for (int64_t pc = 0; pc < p.K; pc += kc_blk) {
+      const int64_t kc = std::min(kc_blk, p.K - pc);
+      pack_b_slab(kr, p, pc, kc, jc, nc, buf.b);
+      for (int64_t ic = m0; ic < m1; ic += mc_blk)
+        multiply_block(kr, p, ic, std::min(mc_blk, m1 - ic), pc, kc, jc, nc, buf.b, buf, m0, nc_blk);
     }
   }
 }
@@ -236,14 +265,17 @@ void gemm_driver(int64_t batch, int64_t M, int64_t N, int64_t K, float alpha, co
   const int64_t rect_n = ceil_div(ceil_div(N, kr.nr), split.tn) * kr.nr;
   const int64_t kc = std::min(kKC, round_up(std::max<int64_t>(K, 1), 16)), kp = kc / 2;
   const bool multi_k = K > kc;
-  int64_t nc_cap = kNC;
+  const int64_t k_pad = round_up(std::max<int64_t>(K, 1), 16);  // >= the pairs of all K blocks x 2
+  Plan plan{kNC, multi_k && k_pad * 2 * std::min(kNC, rect_n) <= kWholeKBytes};
   // A single A block uses each B panel only a few times: keep the slab in (half of) L2.
-  if (rect_m <= kMC) nc_cap = std::max<int64_t>(kr.nr, std::min(nc_cap, kL2SlabBytes / (kc * 2) / kr.nr * kr.nr));
-  if (multi_k) nc_cap = std::max<int64_t>(kr.nr, std::min(nc_cap, kAccBytes / (rect_m * 4) / kr.nr * kr.nr));
-  const int64_t nc_max = std::min(nc_cap, rect_n);
+  if (rect_m <= kMC && !plan.whole_k)
+    plan.nc_cap = std::max<int64_t>(kr.nr, std::min(plan.nc_cap, kL2SlabBytes / (kc * 2) / kr.nr * kr.nr));
+  const int64_t acc_rows = plan.whole_k ? kMC : rect_m;
+  if (multi_k) plan.nc_cap = std::max<int64_t>(kr.nr, std::min(plan.nc_cap, kAccBytes / (acc_rows * 4) / kr.nr * kr.nr));
+  const int64_t nc_max = std::min(plan.nc_cap, rect_n);
   const int64_t a_words = round_up(kMC / kr.mr * kr.mr * gemm::a_pitch(kp) + 64, 16);
-  const int64_t b_words = round_up(nc_max * kp + 64, 16);
-  const int64_t acc_floats = multi_k ? round_up(rect_m * nc_max + 64, 16) : 0;
+  const int64_t b_words = round_up(nc_max * (plan.whole_k ? k_pad / 2 : kp) + 64, 16);
+  const int64_t acc_floats = multi_k ? round_up(acc_rows * nc_max + 64, 16) : 0;
   const int64_t per_thread = a_words + b_words + acc_floats;  // 4-byte units
   Scratch scratch(size_t(nt) * size_t(per_thread) * 4);
 
@@ -254,7 +286,7 @@ void gemm_driver(int64_t batch, int64_t M, int64_t N, int64_t K, float alpha, co
     for (int64_t u = u0; u < u1; ++u) {
       const Problem p = get(u / parts);
       const Rect r = rect_of(kr, split, p.M, p.N, int(u % parts));
-      run_rect(kr, p, r.m0, r.m1, r.n0, r.n1, nc_cap, buf);
+      run_rect(kr, p, r.m0, r.m1, r.n0, r.n1, plan, buf);
     }
   });
 }

@@ -1,7 +1,8 @@
 // bfloat16 matmul, linear and conv2d on the CPU against float64 loops over the same bf16-rounded
 // inputs. The kernels sum in fp32 and round once on store (nearest even), so the error bound is
 // half a bf16 ulp of the result (2^-8 relative) plus fp32 summation error. Shapes are chosen off
-// the 14 x 32 tile, the 768-element K block (several blocks: fp32 running sums), odd K (a zero
+// the 14 x 32 tile, the 768-element K block (several blocks: fp32 running sums, in both walk
+// orders of gemm_bf16.cc), odd K (a zero
 // padded last pair), the few-rows path (M <= 4) and the threading threshold. The fp32 fallback
 // (DIFFUSEKIT_ISA=avx2) runs in a child process and must give the same answers.
 import * as fs from "fs";
@@ -12,8 +13,24 @@ import * as R from "../helpers/naive";
 import { evalOp, expectClose, expectThrows, tensorOf } from "../helpers/check";
 import { ROOT, assertBuilt, runNode } from "../cli/run";
 
-const bf = (x: R.ND): R.ND => R.map(x, R.roundBF16);
-const randBf = (shape: number[], seed: number, std = 1): R.ND => bf(R.randn(shape, seed, std));
+/** Rounds to bfloat16, nearest even, by bits (R.roundBF16 is exact but slow for millions of values). */
+function bf(x: R.ND): R.ND {
+  const f = Float32Array.from(x.data), u = new Uint32Array(f.buffer);
+  for (let i = 0; i < u.length; i++) u[i] = ((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16) << 16;  // finite inputs only
+  return R.nd(f, x.shape);
+}
+/** Unit-variance uniform values by xorshift32 (R.randn is too slow for the multi-million-element case). */
+function fastRandBf(shape: number[], seed: number, std = 1): R.ND {
+  const f = new Float32Array(R.numel(shape));
+  let s = seed | 1;
+  for (let i = 0; i < f.length; i++) {
+    s ^= s << 13; s ^= s >>> 17; s ^= s << 5;
+    f[i] = ((s >>> 0) / 4294967296 * 2 - 1) * Math.sqrt(3) * std;
+  }
+  return bf(R.nd(f, shape));
+}
+const randBf = (shape: number[], seed: number, std = 1): R.ND =>
+  R.numel(shape) > 1e6 ? fastRandBf(shape, seed, std) : bf(R.randn(shape, seed, std));
 const tensorBf = (x: R.ND): Tensor => Tensor.fromArray(Float32Array.from(x.data), x.shape, { dtype: "bfloat16" });
 /** Half a bf16 ulp of the result (2^-8 relative), plus fp32 summation over K terms. */
 const tol = (K: number) => ({ rtol: 2 ** -8 * 1.0001, atol: 1e-5 * Math.sqrt(Math.max(K, 1)) });
@@ -25,6 +42,11 @@ async function bfOut(build: () => Tensor): Promise<{ data: Float32Array; shape: 
     return out;
   });
 }
+
+test("the test's bf16 rounding matches the reference helper", () => {
+  const x = R.randn([4096], 8999, 10);
+  expectClose(bf(x).data, R.map(x, R.roundBF16), { atol: 0, rtol: 0 });
+});
 
 test("the CPU reports whether vdpbf16ps is used (the other path is covered by the fallback test)", () => {
   const cpu = devices().find((d) => d.type === "cpu") as { isa: string };
@@ -98,6 +120,7 @@ describe("bf16 linear", () => {
     ["batched tokens, bias", [2, 3, 300], 65, true, false],
     ["odd K over two blocks, bias + residual, threaded", [300, 1001], 70, true, true],
     ["no bias, residual only", [46, 64], 96, false, true],
+    ["K = 4001, N = 1100: too big a whole-K B slab, running sums per rectangle", [5, 4001], 1100, true, true],
   ])("%s", async (_n, xs, outF, withBias, withRes) => {
     const xShape = xs as number[], K = xShape[xShape.length - 1];
     const x = randBf(xShape, 9400 + K), w = randBf([outF as number, K], 9401, 1 / Math.sqrt(K));

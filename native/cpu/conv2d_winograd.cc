@@ -72,6 +72,7 @@ struct Plan {
   int64_t tb = 0, ntp = 0, ntb = 0;  // tiles per work item, their A panels, tile blocks
   int64_t nks = 1, kp = 0;        // channel slices per block, channels per slice (multiple of nr)
   int64_t apanel = 0;             // floats per A panel slot
+  bool shared_v = false;          // one tile block: its V is transformed once, shared by all items
   int64_t v_floats = 0, m_floats = 0, u_floats = 0;
 };
 
@@ -116,6 +117,7 @@ Plan make_plan(const Conv2dParams& p) {
   pl.ntp = tb / mr;
   pl.kp = round_up(ceil_div(pl.kb, pl.nks), nr);
   pl.nks = ceil_div(pl.kb, pl.kp);
+  pl.shared_v = pl.ntb == 1 && (pl.nkb > 1 || pl.nks > 1);
   pl.v_floats = kPoints * pl.nkc * pl.ntp * pl.apanel;
   pl.m_floats = tb * kPoints * pl.kp;
   pl.u_floats = kPoints * pl.nkc * pl.njp * pl.kc * nr;
@@ -146,20 +148,21 @@ struct Conv {
   }
   int64_t depth(int64_t kcb) const { return std::min(pl.kc, p.C - kcb * pl.kc); }
 
-  // U for output channels [kb0, kb0 + kbn): B panel (kcb, jp) of every point a. wt: 36 x nr x kc.
+  // U for output channels [kb0, kb0 + kbn): B panel (kcb, jp) of every point a. The panel's
+  // taps are first transposed to [tap][c][k] (9 small transposes instead of 36), so G g G^T runs
+  // across output channels and writes each B-panel row [c][0..nr) in place. wt: 9 x kc x nr.
   void weight_panel(int64_t kb0, int64_t kbn, int64_t kcb, int64_t jp, float* wt) const {
     const int nr = pl.kr.nr;
     const int64_t c0 = kcb * pl.kc, kcn = depth(kcb);
     const int cols = int(std::min<int64_t>(nr, kbn - jp * nr));
-    for (int j = 0; j < cols; ++j) {
-      const int64_t k = kb0 + jp * nr + j;
-      tr.weight(w + k * 9 * p.C + c0, p.C, kcn, wt + j * pl.kc, int64_t(nr) * pl.kc);
-    }
     const float* rows[64];
-    for (int a = 0; a < kPoints; ++a) {
-      for (int j = 0; j < cols; ++j) rows[j] = wt + (int64_t(a) * nr + j) * pl.kc;
-      pl.kr.pack_rows(kcn, rows, cols, nr, u_panel(a, kcb, jp));
+    for (int t = 0; t < 9; ++t) {
+      for (int j = 0; j < cols; ++j) rows[j] = w + (kb0 + jp * nr + j) * 9 * p.C + t * p.C + c0;
+      pl.kr.pack_rows(kcn, rows, cols, nr, wt + t * kcn * nr);  // lanes past the block's K: zeros
     }
+    const int64_t astride = pl.nkc * pl.njp * pl.kc * nr;
+    float* u0 = u_panel(0, kcb, jp);
+    for (int64_t c = 0; c < kcn; ++c) tr.weight(wt + c * nr, kcn * nr, nr, u0 + c * nr, astride);
   }
 
   void tile_origin(int64_t t, int64_t& n, int64_t& ty, int64_t& tx) const {
@@ -261,11 +264,19 @@ void conv2d_winograd(const Conv2dParams& p, const float* x, const float* w, cons
   using namespace wino;
   if (p.N * p.P * p.Q <= 0 || p.K <= 0) return;
   const Plan pl = make_plan(p);
-  const int64_t per_thread = round_up(std::max(pl.v_floats, int64_t(kPoints) * pl.kr.nr * pl.kc), 16) +
-                             round_up(pl.m_floats, 16);
+  const int64_t wt_floats = int64_t(9) * pl.kr.nr * pl.kc;
+  const int64_t v_own = pl.shared_v ? 0 : pl.v_floats;
+  const int64_t per_thread = round_up(std::max(v_own, wt_floats), 16) + round_up(pl.m_floats, 16);
   Scratch uscr(pl.u_floats);
-  Scratch tscr(per_thread * pl.nt);
+  Scratch tscr(per_thread * pl.nt + (pl.shared_v ? pl.v_floats : 0));
+  float* v_shared = tscr.p + per_thread * pl.nt;
   Conv cv{p, pl, select_transforms(), x, w, bias, residual, y, uscr.p};
+  if (pl.shared_v) {  // the few tiles' V once, A panels split over the threads
+    const int64_t mr = pl.kr.mr, panels = ceil_div(pl.T, mr);
+    dk::parallel_for(panels, 1, [&](int64_t lo, int64_t hi) {
+      cv.input_tiles(lo * mr, std::min(hi * mr, pl.T) - lo * mr, v_shared + lo * pl.apanel);
+    });
+  }
   for (int64_t kb0 = 0; kb0 < p.K; kb0 += pl.kb) {
     const int64_t kbn = std::min(pl.kb, p.K - kb0);
     const int64_t wjobs = pl.nkc * ceil_div(kbn, pl.kr.nr);
@@ -279,14 +290,15 @@ void conv2d_winograd(const Conv2dParams& p, const float* x, const float* w, cons
     const int64_t jobs = pl.ntb * kslices;
     std::atomic<int64_t> next_item{0};
     dk::parallel_tasks(pl.nt, [&](int task, int) {
-      float* v = tscr.p + task * per_thread;
-      float* m = v + round_up(std::max(pl.v_floats, int64_t(kPoints) * pl.kr.nr * pl.kc), 16);
+      float* own = tscr.p + task * per_thread;
+      float* v = pl.shared_v ? v_shared : own;
+      float* m = own + round_up(std::max(v_own, wt_floats), 16);
       int64_t last_tb = -1;
       for (int64_t j; (j = next_item.fetch_add(1)) < jobs;) {
         const int64_t tbi = j / kslices, ks = j % kslices;
         const int64_t t0 = tbi * pl.tb, tn = std::min(pl.tb, pl.T - t0);
         const int64_t k0 = kb0 + ks * pl.kp, kn = std::min(pl.kp, kb0 + kbn - k0);
-        if (tbi != last_tb) cv.input_tiles(t0, tn, v);  // slices of one tile block share it
+        if (!pl.shared_v && tbi != last_tb) cv.input_tiles(t0, tn, v);  // slices of a tile block share it
         last_tb = tbi;
         cv.products(tn, kb0, k0, kn, v, m);
         cv.output_tiles(t0, tn, k0, kn, m);

@@ -33,6 +33,10 @@ const CASES: Case[] = [
     name: "tiny budgets: several output-channel and tile blocks", x: [2, 19, 23, 160], K: 100, padding: 1, bias: true, residual: true,
     env: { DIFFUSEKIT_WINO_U_MB: "1", DIFFUSEKIT_WINO_THREAD_MB: "1" },
   },
+  {
+    name: "few tiles, several output-channel blocks: shared transformed input", x: [1, 6, 7, 160], K: 100, padding: 1, residual: true,
+    env: { DIFFUSEKIT_WINO_U_MB: "1" },
+  },
 ];
 
 const pair = (v: number | [number, number]): [number, number] => (typeof v === "number" ? [v, v] : v);

@@ -1,5 +1,6 @@
 // The op families: every case runs on diffusekit here, and the same list goes to the PyTorch
 // script (scripts/torch-cpu-bench.py) when it can run.
+import { native } from "../native";
 import type { Tensor } from "../tensor";
 import { rowFor, timeCpu, timingPolicy, type BenchContext, type OpCase } from "./cpu-common";
 import { attentionCases, prepareAttention } from "./cpu-attention";
@@ -32,6 +33,14 @@ function prepare(c: OpCase): Prepared {
   }
 }
 
+/** Conv rows run through Winograd do fewer multiplies than the direct flop count says. */
+function caseNote(c: OpCase): string | undefined {
+  if (c.group !== "conv") return undefined;
+  const pad = (c.R - 1) / 2;
+  const algo = native().conv2dAlgo([c.N, c.H, c.W, c.C], [c.K, c.R, c.R, c.C], [1, 1], [pad, pad], [1, 1]);
+  return algo === "winograd" ? "winograd F(4,3): effective GFLOP/s (direct-conv flop), >100% of peak possible" : undefined;
+}
+
 export async function runOpCases(cases: readonly OpCase[], ctx: BenchContext, onRow: (row: CpuBenchRow) => void): Promise<CpuBenchRow[]> {
   const rows: CpuBenchRow[] = [];
   const policy = timingPolicy(ctx.quick);
@@ -40,6 +49,8 @@ export async function runOpCases(cases: readonly OpCase[], ctx: BenchContext, on
     try {
       const { ms, runs, cpuShare } = await timeCpu(p.fn, policy, ctx.peak.threads);
       const row = rowFor(c, ms, runs, cpuShare, ctx.peak);
+      const note = caseNote(c);
+      if (note) row.note = row.note ? `${row.note}; ${note}` : note;
       rows.push(row);
       onRow(row);
     } finally {

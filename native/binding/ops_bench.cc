@@ -1,6 +1,8 @@
-// Benchmark support: measurePeak() runs the machine-ceiling loops of native/cpu/peak.cc.
+// Benchmark support: measurePeak() runs the machine-ceiling loops of native/cpu/peak.cc;
+// conv2dAlgo() / setConv2dAlgo() report and force the CPU conv2d path (direct or Winograd).
 #include <sstream>
 
+#include "../cpu/conv2d_winograd.h"
 #include "../cpu/cpu_features.h"
 #include "../cpu/peak.h"
 #include "common.h"
@@ -49,8 +51,65 @@ Napi::Value MeasurePeak(const Napi::CallbackInfo& info) {
   return out;
 }
 
+const char* algo_name(cpu::ConvAlgo a) {
+  switch (a) {
+    case cpu::ConvAlgo::Direct: return "direct";
+    case cpu::ConvAlgo::Winograd: return "winograd";
+    default: return "auto";
+  }
+}
+
+// conv2dAlgo(xShape [N,H,W,C], wShape [K,R,S,C], stride[2], padding[2], dilation[2]) -> "direct" |
+// "winograd": the path the CPU conv2d takes for that shape now (no work is done).
+Napi::Value Conv2dAlgo(const Napi::CallbackInfo& info) {
+  const char* op = "conv2dAlgo";
+  std::vector<int64_t> xs = int_list_arg(info, 0, op, "input shape");
+  std::vector<int64_t> ws = int_list_arg(info, 1, op, "weight shape");
+  std::vector<int64_t> stride = int_list_arg(info, 2, op, "stride");
+  std::vector<int64_t> pad = int_list_arg(info, 3, op, "padding");
+  std::vector<int64_t> dil = int_list_arg(info, 4, op, "dilation");
+  if (xs.size() != 4 || ws.size() != 4) throw_range("conv2dAlgo: input and weight shapes need 4 values each");
+  if (stride.size() != 2 || pad.size() != 2 || dil.size() != 2)
+    throw_range("conv2dAlgo: stride, padding and dilation need 2 values each");
+  for (int64_t v : xs)
+    if (v < 1) throw_range("conv2dAlgo: input sizes must be >= 1");
+  for (int64_t v : ws)
+    if (v < 1) throw_range("conv2dAlgo: weight sizes must be >= 1");
+  if (ws[3] != xs[3]) throw_range("conv2dAlgo: weight and input channel counts differ");
+  if (stride[0] < 1 || stride[1] < 1 || dil[0] < 1 || dil[1] < 1 || pad[0] < 0 || pad[1] < 0)
+    throw_range("conv2dAlgo: stride and dilation must be >= 1 and padding >= 0");
+  cpu::Conv2dParams p{};
+  p.N = xs[0]; p.H = xs[1]; p.W = xs[2]; p.C = xs[3];
+  p.K = ws[0]; p.R = ws[1]; p.S = ws[2];
+  p.stride_h = stride[0]; p.stride_w = stride[1]; p.pad_h = pad[0]; p.pad_w = pad[1]; p.dil_h = dil[0]; p.dil_w = dil[1];
+  const int64_t eff_r = p.dil_h * (p.R - 1) + 1, eff_s = p.dil_w * (p.S - 1) + 1;
+  if (p.H + 2 * p.pad_h < eff_r || p.W + 2 * p.pad_w < eff_s) throw_range("conv2dAlgo: kernel is larger than the padded input");
+  p.P = (p.H + 2 * p.pad_h - eff_r) / p.stride_h + 1;
+  p.Q = (p.W + 2 * p.pad_w - eff_s) / p.stride_w + 1;
+  return Napi::String::New(info.Env(), algo_name(cpu::conv2d_algo(p)));
+}
+
+// setConv2dAlgo("auto" | "direct" | "winograd") -> the previous setting. Starts from
+// DIFFUSEKIT_CONV_ALGO. Affects CPU conv2d calls enqueued afterwards (the caller synchronizes).
+Napi::Value SetConv2dAlgo(const Napi::CallbackInfo& info) {
+  const char* op = "setConv2dAlgo";
+  const std::string mode = string_arg(info, 0, op, "mode");
+  cpu::ConvAlgo a;
+  if (mode == "auto") a = cpu::ConvAlgo::Auto;
+  else if (mode == "direct") a = cpu::ConvAlgo::Direct;
+  else if (mode == "winograd") a = cpu::ConvAlgo::Winograd;
+  else throw_range("setConv2dAlgo: mode must be \"auto\", \"direct\" or \"winograd\", got \"" + mode + "\"");
+  const cpu::ConvAlgo prev = cpu::conv_algo_setting();
+  cpu::set_conv_algo(a);
+  return Napi::String::New(info.Env(), algo_name(prev));
+}
+
 }  // namespace
 
-void register_bench(Napi::Env env, Napi::Object exports) { DK_EXPORT(exports, "measurePeak", MeasurePeak); }
+void register_bench(Napi::Env env, Napi::Object exports) {
+  DK_EXPORT(exports, "measurePeak", MeasurePeak);
+  DK_EXPORT(exports, "conv2dAlgo", Conv2dAlgo);
+  DK_EXPORT(exports, "setConv2dAlgo", SetConv2dAlgo);
+}
 
 }  // namespace dk::binding

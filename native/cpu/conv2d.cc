@@ -8,6 +8,7 @@
 // A 1x1, stride-1, unpadded conv is a plain GEMM over the pixels and goes straight to sgemm.
 #include <algorithm>
 
+#include "conv2d_winograd.h"
 #include "gemm_internal.h"
 #include "kernels.h"
 
@@ -75,6 +76,10 @@ void conv2d_nhwc(const Conv2dParams& p, const float* x, const float* w, const fl
                  const float* residual, float* y) {
   const int64_t M = p.N * p.P * p.Q;
   if (M <= 0 || p.K <= 0) return;
+  if (conv2d_algo(p) == ConvAlgo::Winograd) {  // stride-1 3x3 with enough channels and tiles
+    conv2d_winograd(p, x, w, bias, residual, y);
+    return;
+  }
   GemmEpilogue ep;
   ep.bias = bias;
   ep.residual = residual;

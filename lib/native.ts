@@ -80,8 +80,8 @@ export interface NativeAddon {
   buildInfo(): BuildInfo;
   // benchmark support (native/binding/ops_bench.cc): FMA peak and memory bandwidth on the CPU pool
   measurePeak(opts?: { seconds?: number; bandwidthMiB?: number }): CpuPeak;
-  /** The CPU conv2d path for x [N,H,W,C] * w [K,R,S,C] under the current setting (does no work). */
-  conv2dAlgo(xShape: number[], wShape: number[], stride: number[], padding: number[], dilation: number[]): "direct" | "winograd";
+  /** The CPU conv2d path for x [N,H,W,C] * w [K,R,S,C] of that dtype (default float32) under the current setting (does no work). */
+  conv2dAlgo(xShape: number[], wShape: number[], stride: number[], padding: number[], dilation: number[], dtype?: "float32" | "bfloat16"): "direct" | "winograd";
   /** Forces the CPU conv2d path ("auto": per shape; starts from DIFFUSEKIT_CONV_ALGO); returns the previous setting. */
   setConv2dAlgo(mode: "auto" | "direct" | "winograd"): "auto" | "direct" | "winograd";
   // training (native/binding/ops_grad.cc): backward kernels, CPU float32; never recorded by autograd

@@ -59,8 +59,9 @@ const char* algo_name(cpu::ConvAlgo a) {
   }
 }
 
-// conv2dAlgo(xShape [N,H,W,C], wShape [K,R,S,C], stride[2], padding[2], dilation[2]) -> "direct" |
-// "winograd": the path the CPU conv2d takes for that shape now (no work is done).
+// conv2dAlgo(xShape [N,H,W,C], wShape [K,R,S,C], stride[2], padding[2], dilation[2], dtype?) ->
+// "direct" | "winograd": the path the CPU conv2d takes for that shape and dtype ("float32", the
+// default, or "bfloat16") now (no work is done). bf16 without AVX512_BF16 runs the fp32 conv.
 Napi::Value Conv2dAlgo(const Napi::CallbackInfo& info) {
   const char* op = "conv2dAlgo";
   std::vector<int64_t> xs = int_list_arg(info, 0, op, "input shape");
@@ -86,7 +87,11 @@ Napi::Value Conv2dAlgo(const Napi::CallbackInfo& info) {
   if (p.H + 2 * p.pad_h < eff_r || p.W + 2 * p.pad_w < eff_s) throw_range("conv2dAlgo: kernel is larger than the padded input");
   p.P = (p.H + 2 * p.pad_h - eff_r) / p.stride_h + 1;
   p.Q = (p.W + 2 * p.pad_w - eff_s) / p.stride_w + 1;
-  return Napi::String::New(info.Env(), algo_name(cpu::conv2d_algo(p)));
+  const std::string dtype = info.Length() > 5 && !info[5].IsUndefined() ? string_arg(info, 5, op, "dtype") : "float32";
+  if (dtype != "float32" && dtype != "bfloat16")
+    throw_range("conv2dAlgo: dtype must be \"float32\" or \"bfloat16\", got \"" + dtype + "\"");
+  const bool bf16 = dtype == "bfloat16" && cpu::cpu_features().avx512_bf16;
+  return Napi::String::New(info.Env(), algo_name(bf16 ? cpu::conv2d_algo_bf16(p) : cpu::conv2d_algo(p)));
 }
 
 // setConv2dAlgo("auto" | "direct" | "winograd") -> the previous setting. Starts from

@@ -6,6 +6,7 @@
 // not care). Padding taps are zeros. A 1x1, stride-1, unpadded conv is a plain GEMM.
 #include <algorithm>
 
+#include "conv2d_winograd.h"
 #include "cpu_features.h"
 #include "gemm_bf16_internal.h"
 
@@ -51,7 +52,11 @@ void conv2d_nhwc_bf16(const Conv2dParams& p, const uint16_t* x, const uint16_t* 
   const int64_t M = p.N * p.P * p.Q;
   if (M <= 0 || p.K <= 0) return;
   if (!cpu_features().avx512_bf16) {
-    gemm16::conv2d_fallback(p, x, w, bias, residual, y);
+    gemm16::conv2d_fallback(p, x, w, bias, residual, y);  // fp32 conv2d_nhwc, its own algo choice
+    return;
+  }
+  if (conv2d_algo_bf16(p) == ConvAlgo::Winograd) {  // stride-1 3x3 with enough channels and tiles
+    conv2d_winograd_bf16(p, x, w, bias, residual, y);
     return;
   }
   GemmEpilogueBf16 ep;

@@ -1,5 +1,6 @@
-// Winograd F(4x4, 3x3) convolution (conv2d_winograd.cc) and the per-ISA tile transforms it calls
-// (conv2d_winograd_tiles.inc, compiled once per ISA file). Internal to the CPU backend.
+// Winograd convolution, fp32 F(4x4, 3x3) (conv2d_winograd.cc) and bf16 F(2x2, 3x3)
+// (conv2d_winograd_bf16.cc), and the per-ISA tile transforms they call (conv2d_winograd_tiles.inc,
+// compiled once per ISA file). Internal to the CPU backend.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -27,10 +28,21 @@ struct Transforms {
   void (*weight)(const float* g, int64_t tap_stride, int64_t len, float* dst, int64_t astride);
 };
 
+// The bf16 path's F(2x2, 3x3) transforms (fp32 arithmetic, bf16 in and out). input: bf16 window,
+// bf16 A-panel rows (cstride 1). output: fp32 products, bf16 y / residual / bias. weight: one
+// input-channel pair of a bf16 B panel ([pair][width] words, see weight_pairs).
+struct TransformsBf16 {
+  void (*input)(const uint16_t* const* win, int64_t len, uint16_t* dst, int64_t astride, int64_t cstride);
+  void (*output)(const float* m, int64_t mstride, uint16_t* const* y, const uint16_t* const* res,
+                 const uint16_t* bias, int64_t len);
+  void (*weight)(const uint32_t* g, int64_t tap_stride, int width, uint32_t* dst, int64_t astride);
+};
+
 Transforms transforms_generic();
 #if defined(DK_X86)
 Transforms transforms_avx2();
 Transforms transforms_avx512();
+TransformsBf16 transforms_bf16_avx512();  // only run where AVX512_BF16 is (the bf16 micro-kernel)
 #endif
 
 }  // namespace dk::cpu::wino
@@ -46,4 +58,8 @@ ConvAlgo conv2d_algo(const Conv2dParams& p);
 bool winograd_applies(const Conv2dParams& p);
 void conv2d_winograd(const Conv2dParams& p, const float* x, const float* w, const float* bias,
                      const float* residual, float* y);
+// bf16 (needs cpu_features().avx512_bf16): F(2x2, 3x3) on the vdpbf16ps micro-kernel.
+ConvAlgo conv2d_algo_bf16(const Conv2dParams& p);
+void conv2d_winograd_bf16(const Conv2dParams& p, const uint16_t* x, const uint16_t* w, const uint16_t* bias,
+                          const uint16_t* residual, uint16_t* y);
 }  // namespace dk::cpu

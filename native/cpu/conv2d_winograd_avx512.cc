@@ -13,5 +13,6 @@ namespace {
 }  // namespace
 
 Transforms transforms_avx512() { return make_transforms(); }
+TransformsBf16 transforms_bf16_avx512() { return make_transforms_bf16(); }
 
 }  // namespace dk::cpu::wino

@@ -1,0 +1,132 @@
+// The bfloat16 Winograd F(2x2,3x3) conv2d path (native/cpu/conv2d_winograd_bf16.cc), forced on,
+// against a float64 direct convolution of the same bf16-rounded inputs: odd sizes (edge tiles),
+// 1x1 and 1xN images, odd channel counts (a zero-padded bf16 pair), counts off the 14 x 32 tile,
+// batch > 1, padding 0/1/2, bias and residual, and the blocking paths (two GEMM-depth blocks,
+// output-channel and tile blocks, channel slices with few tiles, shared transformed input).
+// The transformed operands are rounded to bf16, so the error is a few bf16 roundings of the
+// output scale: measured as max|err| / max|ref| and compared with the direct bf16 conv's own
+// error on the same inputs (which rounds only the output).
+import { Tensor, ops } from "../../lib";
+import { native } from "../../lib/native";
+import * as R from "../helpers/naive";
+import { evalOp } from "../helpers/check";
+
+interface Case {
+  name: string;
+  x: [number, number, number, number];  // N, H, W, C
+  K: number;
+  padding: number | [number, number];
+  wStd?: number;  // default 1 / sqrt(9 C)
+  bias?: boolean;
+  residual?: boolean;
+  env?: Record<string, string>;  // scratch budgets (MiB) that force more blocks
+}
+
+const CASES: Case[] = [
+  { name: "1x1 image, pad 1", x: [1, 1, 1, 5], K: 3, padding: 1, bias: true },
+  { name: "1xN image, pad 1, residual", x: [2, 1, 7, 9], K: 6, padding: 1, residual: true },
+  { name: "odd H/W, C=17 K=33, bias", x: [2, 7, 5, 17], K: 33, padding: 1, bias: true },
+  { name: "pad 0, odd H/W, bias + residual", x: [2, 9, 11, 20], K: 18, padding: 0, bias: true, residual: true },
+  { name: "pad 0 with a 3x3 input (one output pixel)", x: [3, 3, 3, 7], K: 5, padding: 0 },
+  { name: "pad 2, batch 3", x: [3, 5, 9, 16], K: 16, padding: 2, bias: true },
+  { name: "asymmetric pad [0, 1]", x: [1, 6, 10, 12], K: 7, padding: [0, 1], residual: true },
+  { name: "C=41 K=70 on 13x6 (odd depth), bias + residual", x: [1, 13, 6, 41], K: 70, padding: 1, bias: true, residual: true },
+  { name: "few tiles: output channels split over threads", x: [1, 8, 8, 64], K: 96, padding: 1, bias: true },
+  { name: "C=801: two GEMM-depth blocks, the last one odd", x: [1, 6, 6, 801], K: 36, padding: 1, bias: true },
+  { name: "SD-like: N(0,1) x, N(0, 0.02^2) w, C=K=320", x: [1, 16, 16, 320], K: 320, padding: 1, wStd: 0.02, bias: true },
+  {
+    name: "tiny budgets: several output-channel and tile blocks", x: [2, 19, 23, 160], K: 100, padding: 1, bias: true, residual: true,
+    env: { DIFFUSEKIT_WINO_U_MB: "1", DIFFUSEKIT_WINO_THREAD_MB: "1" },
+  },
+  {
+    name: "few tiles, several output-channel blocks: shared transformed input", x: [1, 6, 7, 160], K: 100, padding: 1, residual: true,
+    env: { DIFFUSEKIT_WINO_U_MB: "1" },
+  },
+];
+
+const pair = (v: number | [number, number]): [number, number] => (typeof v === "number" ? [v, v] : v);
+const bf = (x: R.ND): R.ND => {
+  const f = Float32Array.from(x.data), u = new Uint32Array(f.buffer);
+  for (let i = 0; i < u.length; i++) u[i] = ((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16) << 16;  // finite inputs
+  return R.nd(f, x.shape);
+};
+const tb = (x: R.ND): Tensor => Tensor.fromArray(Float32Array.from(x.data), x.shape, { dtype: "bfloat16" });
+
+function relErr(got: Float32Array, want: R.ND): number {
+  let maxRef = 0, maxErr = 0;
+  for (let i = 0; i < want.data.length; i++) {
+    maxRef = Math.max(maxRef, Math.abs(want.data[i]));
+    const e = Math.abs(got[i] - want.data[i]);
+    if (!(e <= maxErr)) maxErr = e;  // NaN propagates into a failure
+  }
+  return maxErr / maxRef;
+}
+
+const hasBf16 = (): boolean => native().conv2dAlgo([1, 8, 8, 32], [32, 3, 3, 32], [1, 1], [1, 1], [1, 1], "bfloat16") !== undefined;
+
+describe("bf16 conv2d, Winograd path", () => {
+  let prev: "auto" | "direct" | "winograd";
+  beforeAll(() => { prev = native().setConv2dAlgo("winograd"); });
+  afterAll(() => { native().setConv2dAlgo(prev); });
+
+  test.each(CASES.map((c) => [c.name, c] as const))("%s", async (_name, c) => {
+    const [N, H, W, C] = c.x, K = c.K, padding = pair(c.padding);
+    expect(hasBf16()).toBe(true);
+    expect(native().conv2dAlgo([N, H, W, C], [K, 3, 3, C], [1, 1], padding, [1, 1], "bfloat16")).toBe("winograd");
+    const x = bf(R.randn([N, H, W, C], 7100 + C)), w = bf(R.randn([K, 3, 3, C], 7101 + K, c.wStd ?? 1 / Math.sqrt(9 * C)));
+    const b = c.bias ? bf(R.randn([K], 7102, 0.5)) : null;
+    const outShape = R.conv2dNHWC(x, w, { padding }).shape;
+    const res = c.residual ? bf(R.randn(outShape, 7103)) : null;
+    const want = R.conv2dNHWC(x, w, { padding, bias: b, residual: res });
+    const run = () => evalOp(() => {
+      const out = ops.conv2d(tb(x), tb(w), { padding, bias: b ? tb(b) : null, residual: res ? tb(res) : undefined });
+      expect(out.dtype).toBe("bfloat16");
+      return out;
+    });
+    const saved: Record<string, string | undefined> = {};
+    for (const [k, v] of Object.entries(c.env ?? {})) { saved[k] = process.env[k]; process.env[k] = v; }
+    let got: { data: Float32Array; shape: number[] };
+    try {
+      got = await run();
+    } finally {
+      for (const [k, v] of Object.entries(saved)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; }
+    }
+    native().setConv2dAlgo("direct");
+    const direct = await run();
+    native().setConv2dAlgo("winograd");
+    expect(got.shape).toEqual(want.shape);
+    const rel = relErr(got.data, want), relDirect = relErr(direct.data, want);
+    console.log(`bf16 winograd ${c.name}: max |err| / max |ref| = ${rel.toExponential(2)} (direct bf16 ${relDirect.toExponential(2)})`);
+    // a bf16 ulp of the output scale is 2^-8 = 3.9e-3; the direct conv's error is half of one at most
+    expect(rel).toBeLessThan(2.5 * 2 ** -8);
+    expect(rel).toBeLessThan(Math.max(3 * relDirect, 2 ** -9));
+  });
+});
+
+describe("bf16 conv2d path choice", () => {
+  let prev: "auto" | "direct" | "winograd";
+  beforeAll(() => { prev = native().setConv2dAlgo("auto"); });
+  afterAll(() => { native().setConv2dAlgo(prev); });
+  const algo = (x: number[], w: number[], stride = 1, pad = 1, dil = 1) =>
+    native().conv2dAlgo(x, w, [stride, stride], [pad, pad], [dil, dil], "bfloat16");
+
+  test("auto takes Winograd for SD's stride-1 3x3 convs and the direct path elsewhere", () => {
+    expect(algo([2, 64, 64, 320], [320, 3, 3, 320])).toBe("winograd");
+    expect(algo([2, 32, 32, 640], [640, 3, 3, 640])).toBe("winograd");
+    expect(algo([1, 256, 256, 256], [256, 3, 3, 256])).toBe("winograd");
+    expect(algo([1, 512, 512, 128], [128, 3, 3, 128])).toBe("winograd");
+    expect(algo([2, 64, 64, 320], [320, 1, 1, 320], 1, 0)).toBe("direct");    // 1x1
+    expect(algo([2, 64, 64, 320], [320, 3, 3, 320], 2)).toBe("direct");       // stride 2
+    expect(algo([1, 512, 512, 3], [128, 3, 3, 3])).toBe("direct");            // RGB input layer
+  });
+
+  test("forcing a path applies to bf16 too, and bad dtypes", () => {
+    native().setConv2dAlgo("direct");
+    expect(algo([2, 64, 64, 320], [320, 3, 3, 320])).toBe("direct");
+    native().setConv2dAlgo("winograd");
+    expect(algo([1, 4, 4, 3], [2, 3, 3, 3])).toBe("winograd");
+    expect(algo([1, 4, 4, 3], [2, 3, 3, 3], 2)).toBe("direct");
+    native().setConv2dAlgo("auto");
+    expect(() => native().conv2dAlgo([1, 4, 4, 3], [2, 3, 3, 3], [1, 1], [1, 1], [1, 1], "float16" as "bfloat16")).toThrow(/dtype/);
+  });
+});

@@ -37,8 +37,12 @@ function prepare(c: OpCase): Prepared {
 function caseNote(c: OpCase): string | undefined {
   if (c.group !== "conv") return undefined;
   const pad = (c.R - 1) / 2;
-  const algo = native().conv2dAlgo([c.N, c.H, c.W, c.C], [c.K, c.R, c.R, c.C], [1, 1], [pad, pad], [1, 1]);
-  return algo === "winograd" ? "winograd F(4,3): effective GFLOP/s (direct-conv flop), >100% of peak possible" : undefined;
+  const bf16 = c.dtype === "bfloat16";
+  const algo = native().conv2dAlgo([c.N, c.H, c.W, c.C], [c.K, c.R, c.R, c.C], [1, 1], [pad, pad], [1, 1], c.dtype ?? "float32");
+  if (algo !== "winograd") return undefined;
+  // bf16 without AVX512_BF16 runs the fp32 conv (F(4,3)); with it, F(2,3) (accuracy, see conv2d_winograd_bf16.cc)
+  const tile = bf16 && native().devices().some((d) => d.type === "cpu" && d.isa?.includes("bf16")) ? "F(2,3)" : "F(4,3)";
+  return `winograd ${tile}: effective GFLOP/s (direct-conv flop), >100% of peak possible`;
 }
 
 export async function runOpCases(cases: readonly OpCase[], ctx: BenchContext, onRow: (row: CpuBenchRow) => void): Promise<CpuBenchRow[]> {

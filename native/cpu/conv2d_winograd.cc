@@ -51,7 +51,7 @@ int64_t apanel_bytes_f32(int64_t kc) { return round_up(gemm::a_panel_floats(gemm
 
 Operands operands_f32() {
   const gemm::Kernel kr = gemm::select_kernel();
-  return Operands{kF43, kr.mr, kr.nr, kr.nr >= 32 ? 384 : 256, 4, 4, apanel_bytes_f32};
+  return Operands{kF43, kr.mr, kr.nr, kr.nr >= 32 ? 384 : 256, 4, 4, apanel_bytes_f32, 6};
 }
 
 struct Conv {

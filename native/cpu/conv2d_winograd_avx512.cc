@@ -1,4 +1,6 @@
 // The Winograd tile transforms compiled for AVX512 (see conv2d_winograd_tiles.inc).
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cstring>
 

@@ -38,7 +38,7 @@ Plan make_plan(const Conv2dParams& p, const Operands& o) {
 
   // Tiles per item from the per-thread budget; with few tiles, one tile block and the channels
   // split over the threads pads fewer GEMM rows than tile blocks rounded up to mr each.
-  const int64_t t_budget = budget("DIFFUSEKIT_WINO_THREAD_MB", int64_t(6) << 20);
+  const int64_t t_budget = budget("DIFFUSEKIT_WINO_THREAD_MB", o.thread_mb << 20);
   int64_t tb = std::max(mr, t_budget / (pts * (o.v_bytes * pl.nkc * pl.kc + 4 * pl.kb)) / mr * mr);
   tb = std::min(tb, round_up(pl.T, mr));
   int64_t ntb = ceil_div(pl.T, tb);

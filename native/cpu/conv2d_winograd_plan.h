@@ -5,7 +5,7 @@
 //
 // Blocking keeps the scratch bounded whatever the image: output channels go in blocks whose
 // transformed weights U (points x C x Kb) fit DIFFUSEKIT_WINO_U_MB (24 MiB); within a block, work
-// items of `tb` tiles (and, when tiles are few, a slice of the block's channels) run on the pool,
+// items of `tb` tiles (their V and fp32 products within DIFFUSEKIT_WINO_THREAD_MB per thread) (and, when tiles are few, a slice of the block's channels) run on the pool,
 // each transforming its input tiles straight into the micro-kernel's A-panel layout, running the
 // per-point GEMMs against U (written by the weight transform in the B-panel layout), and
 // applying A^T plus bias and residual while writing y.
@@ -37,6 +37,7 @@ struct Operands {
   int64_t kc_cap;                    // GEMM depth block cap (channels)
   int64_t v_bytes, u_bytes;          // bytes per transformed input / weight element
   int64_t (*apanel_bytes)(int64_t);  // bytes of one A-panel slot of depth kc (64-byte multiple)
+  int64_t thread_mb;                 // default per-thread scratch budget (DIFFUSEKIT_WINO_THREAD_MB)
 };
 
 struct Plan {

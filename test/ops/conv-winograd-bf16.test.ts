@@ -110,14 +110,16 @@ describe("bf16 conv2d path choice", () => {
   const algo = (x: number[], w: number[], stride = 1, pad = 1, dil = 1) =>
     native().conv2dAlgo(x, w, [stride, stride], [pad, pad], [dil, dil], "bfloat16");
 
-  test("auto takes Winograd for SD's stride-1 3x3 convs and the direct path elsewhere", () => {
+  test("auto keeps bf16 on the direct path (F(2,3) rounding breaks the VAE golden budget); forcing opts in", () => {
+    expect(algo([2, 64, 64, 320], [320, 3, 3, 320])).toBe("direct");
+    expect(algo([1, 512, 512, 128], [128, 3, 3, 128])).toBe("direct");
+    native().setConv2dAlgo("winograd");
     expect(algo([2, 64, 64, 320], [320, 3, 3, 320])).toBe("winograd");
-    expect(algo([2, 32, 32, 640], [640, 3, 3, 640])).toBe("winograd");
-    expect(algo([1, 256, 256, 256], [256, 3, 3, 256])).toBe("winograd");
     expect(algo([1, 512, 512, 128], [128, 3, 3, 128])).toBe("winograd");
     expect(algo([2, 64, 64, 320], [320, 1, 1, 320], 1, 0)).toBe("direct");    // 1x1
     expect(algo([2, 64, 64, 320], [320, 3, 3, 320], 2)).toBe("direct");       // stride 2
-    expect(algo([1, 512, 512, 3], [128, 3, 3, 3])).toBe("direct");            // RGB input layer
+    expect(algo([2, 64, 64, 320], [320, 3, 3, 320], 1, 2, 2)).toBe("direct"); // dilation 2
+    native().setConv2dAlgo("auto");
   });
 
   test("forcing a path applies to bf16 too, and bad dtypes", () => {

@@ -61,7 +61,7 @@ export interface NativeAddon {
   // nn (native/binding/ops_nn.cc)
   matmul(a: T, b: T): T;
   linear(x: T, weight: T, bias: T | null, residual: T | null): T;
-  conv2d(x: T, weight: T, bias: T | null, residual: T | null, stride: number[], padding: number[], dilation: number[]): T;
+  conv2d(x: T, weight: T, bias: T | null, residual: T | null, stride: number[], padding: number[], dilation: number[], algo?: "auto" | "direct" | "winograd"): T;
   groupNorm(x: T, groups: number, gamma: T | null, beta: T | null, eps: number, silu: boolean): T;
   layerNorm(x: T, gamma: T | null, beta: T | null, eps: number): T;
   attention(q: T, k: T, v: T, heads: number, scale: number, causal: boolean, mask: T | null): T;

@@ -234,6 +234,8 @@ export class AutoencoderKL extends Module {
     this.decoder = this.child("decoder", new Decoder(cfg));
     this.quantConv = cfg.useQuantConv ? this.child("quant_conv", new Conv2d(2 * L, 2 * L, { kernel: 1 })) : null;
     this.postQuantConv = cfg.usePostQuantConv ? this.child("post_quant_conv", new Conv2d(L, L, { kernel: 1 })) : null;
+    // bf16 Winograd's rounding compounds through the decoder into the pixels (see Conv2d.winogradBf16)
+    for (const m of this.modules()) if (m instanceof Conv2d) m.winogradBf16 = false;
   }
 
   /** image [B, inChannels, H, W] (NCHW, values in [-1, 1]) -> the latent posterior, each [B, L, H/f, W/f]. */

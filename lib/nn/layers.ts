@@ -22,6 +22,13 @@ export class Conv2d extends Module {
   readonly stride: number;
   readonly padding: number;
   readonly hasBias: boolean;
+  /**
+   * Whether bfloat16 calls may take the CPU's Winograd path (ops.conv2d's algo "auto"). Its extra
+   * rounding (~2.5x the direct bf16 conv's error) is fine in a U-Net but compounds through a VAE
+   * decoder into the pixels, so AutoencoderKL turns it off. float32 is unaffected (F(4,3) there
+   * is within 1e-5).
+   */
+  winogradBf16 = true;
   constructor(readonly inChannels: number, readonly outChannels: number, cfg: Conv2dConfig) {
     super();
     this.stride = cfg.stride ?? 1;
@@ -36,7 +43,8 @@ export class Conv2d extends Module {
   }
   /** x [N,H,W,C] -> [N,P,Q,K]; `residual` [N,P,Q,K] is added in the epilogue. */
   forward(x: Tensor, residual?: Tensor): Tensor {
-    return ops.conv2d(x, this.p("weight"), { stride: this.stride, padding: this.padding, bias: this.hasBias ? this.p("bias") : null, residual });
+    const algo = !this.winogradBf16 && x.dtype === "bfloat16" ? "direct" : "auto";
+    return ops.conv2d(x, this.p("weight"), { stride: this.stride, padding: this.padding, bias: this.hasBias ? this.p("bias") : null, residual, algo });
   }
 }
 

@@ -58,6 +58,10 @@ export abstract class Module {
     return this.specs.has(name);
   }
 
+  /** This module and every module below it. */
+  modules(): Module[] {
+    return [this, ...[...this.children.values()].flatMap((c) => c.modules())];
+  }
   /** Every declared parameter as [dotted name, spec, owner]. */
   namedParameterSpecs(prefix = ""): [string, ParamSpec, Module, string][] {
     const out: [string, ParamSpec, Module, string][] = [];

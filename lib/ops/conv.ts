@@ -9,7 +9,15 @@ export interface Conv2dOptions {
   bias?: Tensor | null;
   /** Added to the output in the epilogue (a ResNet skip connection). */
   residual?: Tensor | null;
+  /**
+   * CPU algorithm request for stride-1 3x3 convolutions: "auto" (default: per shape and dtype),
+   * "direct" (implicit GEMM) or "winograd" (F(4x4,3x3) in float32, F(2x2,3x3) in bfloat16; ignored
+   * where it does not apply). A forced DIFFUSEKIT_CONV_ALGO / setConv2dAlgo wins. CUDA ignores it.
+   */
+  algo?: ConvAlgo;
 }
+
+export type ConvAlgo = "auto" | "direct" | "winograd";
 
 function pair(v: number | readonly number[] | undefined, dflt: number, name: string): number[] {
   if (v === undefined) return [dflt, dflt];
@@ -22,7 +30,7 @@ function pair(v: number | readonly number[] | undefined, dflt: number, name: str
 export function conv2d(x: Tensor, weight: Tensor, opts: Conv2dOptions = {}): Tensor {
   return wrap(
     native().conv2d(arg(x, "conv2d", "x"), arg(weight, "conv2d", "weight"), optArg(opts.bias, "conv2d", "bias"), optArg(opts.residual, "conv2d", "residual"),
-      pair(opts.stride, 1, "stride"), pair(opts.padding, 0, "padding"), pair(opts.dilation, 1, "dilation")),
+      pair(opts.stride, 1, "stride"), pair(opts.padding, 0, "padding"), pair(opts.dilation, 1, "dilation"), opts.algo),
   );
 }
 

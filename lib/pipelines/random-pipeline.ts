@@ -111,7 +111,7 @@ export async function createRandomPipeline(configDir: string, opts: RandomPipeli
     const unet = new UNet2DConditionModel(read("unet", "config.json"));
     fill(unet, dtype);
     const vae = new AutoencoderKL(read("vae", "config.json"));
-    const vaeDtype = vaeDTypeFor(vae, dtype);
+    const vaeDtype = vaeDTypeFor(vae, dtype, device);
     fill(vae, vaeDtype);
     return new StableDiffusionPipeline({
       tokenizer, textEncoder, unet, vae, scheduler, device, dtype, vaeDtype, modelName: `random-${path.basename(dir)}`,

@@ -181,6 +181,14 @@ Napi::Value Conv2d(const Napi::CallbackInfo& info) {
     throw_range("conv2d: weight " + shape_str(w.shape) + " (OHWI) expects " + std::to_string(w.shape[3]) +
                 " input channels, input " + shape_str(x.shape) + " (NHWC) has " + std::to_string(p.C));
   p.stride_h = stride[0]; p.stride_w = stride[1]; p.pad_h = pad[0]; p.pad_w = pad[1]; p.dil_h = dil[0]; p.dil_w = dil[1];
+  if (info.Length() > 7 && !info[7].IsUndefined()) {  // algo request: "auto" | "direct" | "winograd"
+    if (!info[7].IsString()) throw_type("conv2d: algo must be \"auto\", \"direct\" or \"winograd\"");
+    const std::string a = info[7].As<Napi::String>().Utf8Value();
+    if (a == "auto") p.algo = 0;
+    else if (a == "direct") p.algo = 1;
+    else if (a == "winograd") p.algo = 2;
+    else throw_range("conv2d: algo must be \"auto\", \"direct\" or \"winograd\", got \"" + a + "\"");
+  }
   int64_t eff_r = dil[0] * (p.R - 1) + 1, eff_s = dil[1] * (p.S - 1) + 1;
   if (p.H + 2 * p.pad_h < eff_r || p.W + 2 * p.pad_w < eff_s)
     throw_range("conv2d: kernel " + std::to_string(p.R) + "x" + std::to_string(p.S) + " is larger than the padded input " + shape_str(x.shape));

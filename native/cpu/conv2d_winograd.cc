@@ -196,6 +196,7 @@ ConvAlgo conv2d_algo(const Conv2dParams& p) {
   if (!winograd_applies(p)) return ConvAlgo::Direct;
   const ConvAlgo s = conv_algo_setting();
   if (s != ConvAlgo::Auto) return s;
+  if (p.algo != int(ConvAlgo::Auto)) return ConvAlgo(p.algo);
   // Measured on Zen 4 (bench conv group, CPU time): 2x8x8 (8 tiles) is ~1.3x slower than the
   // direct path, 2x16x16 (32 tiles) ~1.8x faster at 1280 channels. With few channels the
   // transforms outweigh the GEMMs they shrink (the RGB / 4-channel latent layers stay direct).

@@ -52,7 +52,8 @@ enum class ConvAlgo : int { Auto = 0, Direct = 1, Winograd = 2 };
 // Forces a path for every later conv2d_nhwc (Auto: per shape). Starts from DIFFUSEKIT_CONV_ALGO.
 void set_conv_algo(ConvAlgo a);
 ConvAlgo conv_algo_setting();
-// The path conv2d_nhwc takes for these params under the current setting.
+// The path conv2d_nhwc takes for these params: the forced global setting, else the call's
+// request (p.algo), else the per-shape choice; never Winograd where it does not apply.
 ConvAlgo conv2d_algo(const Conv2dParams& p);
 // Stride 1, dilation 1, 3x3: what the Winograd path handles.
 bool winograd_applies(const Conv2dParams& p);

@@ -29,6 +29,9 @@ struct Conv2dParams {
   int64_t K, R, S;               // output channels, kernel height, kernel width
   int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
   int64_t P, Q;                  // output height, width
+  // This call's algorithm request (a cpu::ConvAlgo: 0 auto, 1 direct, 2 winograd); a forced
+  // global setting (DIFFUSEKIT_CONV_ALGO / setConv2dAlgo) wins over it. CUDA ignores it.
+  int algo = 0;
 };
 // x [N,H,W,C], w [K,R,S,C] (OHWI), bias [K] or null, residual [N,P,Q,K] or null -> y [N,P,Q,K].
 // Zero padding. Implicit GEMM: no full im2col buffer.

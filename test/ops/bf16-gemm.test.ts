@@ -155,11 +155,12 @@ function convRef(c: ConvCase, seed: number) {
   return { x, w, bias, res, want };
 }
 
+// algo "direct": these check the implicit GEMM (Winograd has its own suite and tolerance)
 describe("bf16 conv2d", () => {
   test.each(convCases.map((c) => [c.name, c] as const))("%s", async (_n, c) => {
     const { x, w, bias, res, want } = convRef(c, 9500);
     const got = await bfOut(() =>
-      ops.conv2d(tensorBf(x), tensorBf(w), { stride: c.stride, padding: c.padding, dilation: c.dilation, bias: bias ? tensorBf(bias) : undefined, residual: res ? tensorBf(res) : undefined }),
+      ops.conv2d(tensorBf(x), tensorBf(w), { stride: c.stride, padding: c.padding, dilation: c.dilation, bias: bias ? tensorBf(bias) : undefined, residual: res ? tensorBf(res) : undefined, algo: "direct" }),
     );
     expect(got.shape).toEqual(want.shape);
     expectClose(got.data, want, { ...tol(c.w[1] * c.w[2] * c.x[3]), label: c.name, shape: want.shape });

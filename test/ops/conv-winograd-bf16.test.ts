@@ -110,16 +110,50 @@ describe("bf16 conv2d path choice", () => {
   const algo = (x: number[], w: number[], stride = 1, pad = 1, dil = 1) =>
     native().conv2dAlgo(x, w, [stride, stride], [pad, pad], [dil, dil], "bfloat16");
 
-  test("auto keeps bf16 on the direct path (F(2,3) rounding breaks the VAE golden budget); forcing opts in", () => {
-    expect(algo([2, 64, 64, 320], [320, 3, 3, 320])).toBe("direct");
-    expect(algo([1, 512, 512, 128], [128, 3, 3, 128])).toBe("direct");
-    native().setConv2dAlgo("winograd");
+  test("auto takes F(2,3) for bf16 at U-Net shapes, direct where tiles or channels are few; forcing opts in everywhere", () => {
     expect(algo([2, 64, 64, 320], [320, 3, 3, 320])).toBe("winograd");
+    expect(algo([2, 16, 16, 1280], [1280, 3, 3, 1280])).toBe("winograd");
+    expect(algo([2, 8, 8, 1280], [1280, 3, 3, 1280])).toBe("winograd");   // 32 tiles: 1.17x measured
+    expect(algo([1, 8, 8, 1280], [1280, 3, 3, 1280])).toBe("direct");     // 16 tiles: a tie
+    expect(algo([2, 64, 64, 3], [320, 3, 3, 3])).toBe("direct");          // RGB / latent-channel layers
+    native().setConv2dAlgo("winograd");
     expect(algo([1, 512, 512, 128], [128, 3, 3, 128])).toBe("winograd");
     expect(algo([2, 64, 64, 320], [320, 1, 1, 320], 1, 0)).toBe("direct");    // 1x1
     expect(algo([2, 64, 64, 320], [320, 3, 3, 320], 2)).toBe("direct");       // stride 2
     expect(algo([2, 64, 64, 320], [320, 3, 3, 320], 1, 2, 2)).toBe("direct"); // dilation 2
     native().setConv2dAlgo("auto");
+  });
+
+  test("a call's algo request is obeyed under auto (the VAE asks for direct in bf16), and checked", async () => {
+    const x = Tensor.randn([2, 12, 12, 64], { seed: 3, dtype: "bfloat16" });
+    const w = ops.mul(Tensor.randn([64, 3, 3, 64], { seed: 4 }), 0.05).to("cpu", "bfloat16");
+    const run = async (algoReq?: "auto" | "direct" | "winograd") => {
+      const y = ops.conv2d(x, w, { padding: 1, algo: algoReq });
+      try { return await y.toFloat32Array(); } finally { y.dispose(); }
+    };
+    native().setConv2dAlgo("direct");
+    const direct = await run();
+    native().setConv2dAlgo("winograd");
+    const wino = await run();
+    native().setConv2dAlgo("auto");
+    expect(Array.from(await run("direct"))).toEqual(Array.from(direct));
+    expect(Array.from(await run("winograd"))).toEqual(Array.from(wino));
+    expect(Array.from(await run())).toEqual(Array.from(wino));  // 2*6*6 = 72 tiles, 64 channels: auto is Winograd
+    expect(Array.from(wino)).not.toEqual(Array.from(direct));
+    expect(() => ops.conv2d(x, w, { padding: 1, algo: "fast" as "auto" })).toThrow(/algo must be "auto", "direct" or "winograd", got "fast"/);
+    x.dispose();
+    w.dispose();
+  });
+
+  test("AutoencoderKL's convolutions ask for the direct path in bf16; the U-Net's do not", () => {
+    const { AutoencoderKL } = require("../../lib/models/autoencoder-kl") as typeof import("../../lib/models/autoencoder-kl");
+    const { Conv2d } = require("../../lib/nn/layers") as typeof import("../../lib/nn/layers");
+    const vae = new AutoencoderKL({ block_out_channels: [8, 8], down_block_types: ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+      up_block_types: ["UpDecoderBlock2D", "UpDecoderBlock2D"], norm_num_groups: 4, latent_channels: 4 });
+    const convs = vae.modules().filter((m) => m instanceof Conv2d) as InstanceType<typeof Conv2d>[];
+    expect(convs.length).toBeGreaterThan(5);
+    expect(convs.every((c) => !c.winogradBf16)).toBe(true);
+    expect(new Conv2d(4, 4, { kernel: 3, padding: 1 }).winogradBf16).toBe(true);
   });
 
   test("forcing a path applies to bf16 too, and bad dtypes", () => {

@@ -127,6 +127,15 @@ describe("bfloat16 elementwise, norms and glue on the CPU", () => {
     expectBf16(gg, R.geglu(g), "geglu", 1);
   });
 
+  test("geglu: C of 1, 15, 17 (vector tails), the negative tail to relative accuracy", async () => {
+    for (const [rows, C] of [[3, 1], [5, 15], [7, 17], [2, 40]]) {
+      const x = bf(R.randn([rows, 2 * C], 7410 + C, 4));
+      const got = await evalOp(() => ops.geglu(tb(x)));
+      // one bf16 rounding of each output value: relative, so tiny x Phi(x) at g << 0 must be right
+      expectClose(got.data, R.geglu(x), { atol: 1e-37, rtol: 2 ** -8, label: `geglu [${rows}, ${2 * C}]` });
+    }
+  });
+
   test("groupNorm (+SiLU), layerNorm, softmax: float32 statistics", async () => {
     const x = bf(R.randn([2, 9, 7, 96], 7500, 3, 20));  // large mean: stats must not be bf16
     const gamma = bf(R.randn([96], 7501)), beta = bf(R.randn([96], 7502));

@@ -152,6 +152,18 @@ describe("bfloat16 elementwise, norms and glue on the CPU", () => {
     expectBf16(await evalOp(() => ops.softmax(tb(s), -1)), R.softmax(s, -1), "softmax", 2);
   });
 
+  test("groupNorm read and rounded in registers: C of 17, 51, 83 (vector tails), many chunks, no gamma", async () => {
+    for (const [shape, G, affine] of [[[2, 600, 17], 1, true], [[1, 37, 51], 3, true], [[3, 5, 83], 83, false], [[1, 2, 40, 200], 4, true]] as const) {
+      const C = shape[shape.length - 1];
+      const x = bf(R.randn([...shape], 7550 + C, 2, -3));
+      const gamma = affine ? bf(R.randn([C], 7551)) : null, beta = affine ? bf(R.randn([C], 7552)) : null;
+      for (const silu of [false, true]) {
+        const got = await evalOp(() => ops.groupNorm(tb(x), G, { weight: gamma ? tb(gamma) : undefined, bias: beta ? tb(beta) : undefined, silu }));
+        expectBf16(got, R.groupNorm(x, G, { gamma, beta, silu }), `groupNorm [${shape}] G ${G} silu=${silu}`, 1);
+      }
+    }
+  });
+
   test("upsample, concat, slice, contiguous, embedding, timestepEmbedding, reduce, cast", async () => {
     const x = bf(R.randn([2, 3, 5, 7], 7600));
     expect((await evalOp(() => ops.upsampleNearest2x(tb(x)))).data).toEqual(Float32Array.from(R.upsampleNearest2x(x).data));

@@ -2,26 +2,14 @@
 // nearest even, NaN quietened) so it needs only AVX-512F/BW, not AVX512_BF16.
 #include <immintrin.h>
 
+#include "bf16_avx512.h"
 #include "kernels.h"
 
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace dk::cpu {
-namespace {
-
-inline __m512 widen16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
-
-inline __m256i narrow16(__m512 f) {
-  const __m512i u = _mm512_castps_si512(f);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-  // NaN: keep the sign and payload top, set the quiet bit (rounding could carry into inf).
-  const __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
-  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-  return _mm512_cvtepi32_epi16(r);
-}
-
-}  // namespace
+using simd::narrow16;
+using simd::widen16;
 
 void widen_bf16_avx512(const bf16* src, float* dst, int64_t n) {
   int64_t i = 0;

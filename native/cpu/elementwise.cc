@@ -3,10 +3,16 @@
 #include <cmath>
 
 #include "../core/thread_pool.h"
+#include "cpu_features.h"
 #include "elementwise_math.h"
 #include "kernels.h"
 
 namespace dk::cpu {
+
+#if defined(DK_X86)
+void geglu_rows_avx512(const float* x, float* out, int64_t r0, int64_t r1, int64_t C);
+#endif
+
 namespace {
 
 constexpr int64_t kGrain = 1 << 14;
@@ -108,6 +114,9 @@ void axpby(int64_t n, float a, const float* x, float b, const float* y, float c,
 
 void geglu(const float* x, float* out, int64_t rows, int64_t C) {
   parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(C, 1)), [&](int64_t lo, int64_t hi) {
+#if defined(DK_X86)
+    if (cpu_features().isa == Isa::AVX512) return geglu_rows_avx512(x, out, lo, hi, C);
+#endif
     for (int64_t r = lo; r < hi; r++) {
       const float* h = x + r * 2 * C;
       const float* g = h + C;

@@ -5,10 +5,16 @@
 
 #include "../core/half.h"
 #include "../core/thread_pool.h"
+#include "cpu_features.h"
 #include "elementwise_math.h"
 #include "kernels.h"
 
 namespace dk::cpu {
+
+#if defined(DK_X86)
+void geglu_rows_avx512(const bf16* x, bf16* out, int64_t r0, int64_t r1, int64_t C);
+#endif
+
 namespace {
 
 constexpr int64_t kGrain = 1 << 14;
@@ -137,6 +143,10 @@ void axpby(int64_t n, float a, const bf16* x, float b, const bf16* y, float c, c
 
 void geglu(const bf16* x, bf16* out, int64_t rows, int64_t C) {
   parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(C, 1)), [&](int64_t lo, int64_t hi) {
+#if defined(DK_X86)
+    // Widened, computed and rounded in registers (elementwise_avx512.cc).
+    if (cpu_features().isa == Isa::AVX512) return geglu_rows_avx512(x, out, lo, hi, C);
+#endif
     float h[kBlock], g[kBlock];
     for (int64_t r = lo; r < hi; r++)
       for (int64_t c0 = 0; c0 < C; c0 += kBlock) {

@@ -21,7 +21,11 @@ inline float apply_binary(BinaryOp op, float a, float b) {
   return 0.f;
 }
 
-inline float gelu_erf(float x) { return 0.5f * x * (1.f + std::erf(x * 0.70710678118654752f)); }
+// x Phi(x) through erfc in double: 1 + erf(x / sqrt 2) would cancel for x < 0 (thousands of ulps
+// by x = -5), and x / sqrt 2 rounded to float would cost ~z^2 ulps in the tail.
+inline float gelu_erf(float x) {
+  return static_cast<float>(0.5 * x * std::erfc(-0.70710678118654752 * static_cast<double>(x)));
+}
 
 inline float apply_unary(UnaryOp op, float x) {
   switch (op) {

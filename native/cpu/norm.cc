@@ -26,6 +26,7 @@ struct NGeneric {
     float x[4];
   };
   static constexpr int W = 4;
+  static constexpr bool kBf16 = false;
   static V zero() { return V{{0.f, 0.f, 0.f, 0.f}}; }
   static V set1(float a) { return V{{a, a, a, a}}; }
   static V load(const float* p) { return V{{p[0], p[1], p[2], p[3]}}; }
@@ -116,12 +117,14 @@ const Kernels& select_kernels() {
 
 namespace {
 
-// T is float or bf16 (x and y); bf16 rows are widened chunk by chunk into float scratch that
-// stays in L2, so the float kernels and the statistics are the same for both.
+// T is float or bf16 (x and y). bf16 rows go to the kernels' bf16 variants (widened and rounded
+// in registers) where the ISA has them, else are widened chunk by chunk into float scratch that
+// stays in L2; either way the statistics are the float ones.
 template <class T>
 void group_norm_impl(const Kernels& k, const T* x, T* y, int64_t N, int64_t L, int64_t C, int64_t G,
                      const float* gamma, const float* beta, float eps, bool silu) {
-  constexpr bool kWide = std::is_same_v<T, float>;
+  constexpr bool kF32 = std::is_same_v<T, float>;
+  const bool kWide = kF32 || k.colsum_bf16;  // no float scratch needed
   if (N <= 0 || L <= 0 || C <= 0 || G <= 0) return;
   const int64_t Cg = C / G;
   // Chunks of ~64 KB (at most 256 rows, so the float column sums stay short).
@@ -142,14 +145,15 @@ void group_norm_impl(const Kernels& k, const T* x, T* y, int64_t N, int64_t L, i
     const int64_t lo = items * task / ntasks, hi = items * (task + 1) / ntasks;
     for (int64_t it = lo; it < hi; ++it) {
       const int64_t n = it / chunks, r0 = (it % chunks) * R, rows = std::min(R, L - r0);
-      const float* xc;
-      if constexpr (kWide) {
+      const float* xc = nullptr;
+      if constexpr (kF32) {
         xc = x + (n * L + r0) * C;
-      } else {
+      } else if (!kWide) {
         widen_bf16(x + (n * L + r0) * C, e + C, rows * C);
         xc = e + C;
       }
-      k.colsum(xc, rows, C, s);
+      if (xc) k.colsum(xc, rows, C, s);
+      else if constexpr (!kF32) k.colsum_bf16(x + (n * L + r0) * C, rows, C, s);
       double* pg = part.data() + it * G * 3;
       for (int64_t g = 0; g < G; ++g) {
         double sum = 0;
@@ -158,7 +162,8 @@ void group_norm_impl(const Kernels& k, const T* x, T* y, int64_t N, int64_t L, i
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) mc[c] = m;
         pg[g * 3] = m;
       }
-      k.colsqdev(xc, rows, C, mc, q, e);
+      if (xc) k.colsqdev(xc, rows, C, mc, q, e);
+      else if constexpr (!kF32) k.colsqdev_bf16(x + (n * L + r0) * C, rows, C, mc, q, e);
       for (int64_t g = 0; g < G; ++g) {
         double se = 0, sq = 0;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
@@ -201,8 +206,10 @@ void group_norm_impl(const Kernels& k, const T* x, T* y, int64_t N, int64_t L, i
     while (lo < hi) {
       const int64_t n = lo / L, end = std::min(hi, (n + 1) * L);
       const float* cf = coef.data() + n * C * 4;
-      if constexpr (kWide) {
+      if constexpr (kF32) {
         k.affine(x + lo * C, y + lo * C, end - lo, C, cf, cf + C, cf + 2 * C, cf + 3 * C, silu);
+      } else if (kWide) {
+        k.affine_bf16(x + lo * C, y + lo * C, end - lo, C, cf, cf + C, cf + 2 * C, cf + 3 * C, silu);
       } else {
         std::vector<float> buf(static_cast<size_t>(std::min(R, end - lo) * C));
         for (int64_t r = lo; r < end; r += R) {

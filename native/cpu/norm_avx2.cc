@@ -10,6 +10,7 @@ namespace {
 struct N256 {
   using V = __m256;
   static constexpr int W = 8;
+  static constexpr bool kBf16 = false;
   static __m256i lanes(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }

@@ -7,6 +7,9 @@
 // re-reads inside L1/L2 (a row for layer norm / softmax, a chunk of rows for group norm).
 #pragma once
 #include <cstdint>
+#include <type_traits>
+
+#include "kernels.h"
 
 namespace dk::cpu::norm {
 
@@ -21,6 +24,12 @@ struct Kernels {
   // precision even when the mean is large against the spread (x * a + b would not).
   void (*affine)(const float* x, float* y, int64_t rows, int64_t C, const float* mh, const float* ml,
                  const float* a, const float* b, bool silu) = nullptr;
+  // The same three on bf16 rows, widened and rounded in registers; null where the ISA file has
+  // no bf16 loads (group_norm then widens chunks into float scratch).
+  void (*colsum_bf16)(const bf16* x, int64_t rows, int64_t C, float* s) = nullptr;
+  void (*colsqdev_bf16)(const bf16* x, int64_t rows, int64_t C, const float* mc, float* q, float* e) = nullptr;
+  void (*affine_bf16)(const bf16* x, bf16* y, int64_t rows, int64_t C, const float* mh, const float* ml,
+                      const float* a, const float* b, bool silu) = nullptr;
   void (*layer_norm_rows)(const float* x, float* y, int64_t rows, int64_t C, const float* gamma,
                           const float* beta, float eps) = nullptr;
   void (*softmax_rows)(const float* x, float* y, int64_t rows, int64_t C) = nullptr;
@@ -50,18 +59,20 @@ constexpr float kN2C0 = 1.0f, kN2C1 = 0.693147182f, kN2C2 = 0.240226462f, kN2C3 
 
 // VT: V, W, zero, set1, load, store, loadn (zero-filled), storen (n < W lanes), add, sub, mul,
 // div, fma, max, exp (e^x; 0 below about -87, +inf above about 88), hsum, hmax, zero_past
-// (lanes >= n set to 0).
+// (lanes >= n set to 0). VT::kBf16: load / loadn / store / storen also take bf16 pointers
+// (widening, rounding to nearest even), and the group-norm kernels get bf16 instances.
 template <class VT>
 struct NormRows {
   using V = typename VT::V;
   static constexpr int W = VT::W;
 
-  static void colsum(const float* x, int64_t rows, int64_t C, float* s) {
+  template <class T>
+  static void colsum(const T* x, int64_t rows, int64_t C, float* s) {
     int64_t c = 0;
     for (; c + 4 * W <= C; c += 4 * W) {  // four vectors of columns in registers down the rows
       V a0 = VT::zero(), a1 = VT::zero(), a2 = VT::zero(), a3 = VT::zero();
       for (int64_t r = 0; r < rows; ++r) {
-        const float* xr = x + r * C + c;
+        const T* xr = x + r * C + c;
         a0 = VT::add(a0, VT::load(xr));
         a1 = VT::add(a1, VT::load(xr + W));
         a2 = VT::add(a2, VT::load(xr + 2 * W));
@@ -80,13 +91,14 @@ struct NormRows {
     }
   }
 
-  static void colsqdev(const float* x, int64_t rows, int64_t C, const float* mc, float* q, float* e) {
+  template <class T>
+  static void colsqdev(const T* x, int64_t rows, int64_t C, const float* mc, float* q, float* e) {
     int64_t c = 0;
     for (; c + 2 * W <= C; c += 2 * W) {
       const V m0 = VT::load(mc + c), m1 = VT::load(mc + c + W);
       V q0 = VT::zero(), q1 = VT::zero(), e0 = VT::zero(), e1 = VT::zero();
       for (int64_t r = 0; r < rows; ++r) {
-        const float* xr = x + r * C + c;
+        const T* xr = x + r * C + c;
         const V d0 = VT::sub(VT::load(xr), m0), d1 = VT::sub(VT::load(xr + W), m1);
         q0 = VT::fma(d0, d0, q0);
         q1 = VT::fma(d1, d1, q1);
@@ -115,15 +127,17 @@ struct NormRows {
   // SiLU(y) = y * sigmoid(y) = y / (1 + e^-y); e^-y = inf gives -0, the limit.
   static V silu(V y) { return VT::div(y, VT::add(VT::set1(1.f), VT::exp(VT::sub(VT::zero(), y)))); }
 
-  static V norm1(const float* x, const float* mh, const float* ml, const float* a, const float* b) {
+  template <class T>
+  static V norm1(const T* x, const float* mh, const float* ml, const float* a, const float* b) {
     return VT::fma(VT::sub(VT::sub(VT::load(x), VT::load(mh)), VT::load(ml)), VT::load(a), VT::load(b));
   }
 
-  static void affine(const float* x, float* y, int64_t rows, int64_t C, const float* mh, const float* ml,
+  template <class T>
+  static void affine(const T* x, T* y, int64_t rows, int64_t C, const float* mh, const float* ml,
                      const float* a, const float* b, bool act) {
     for (int64_t r = 0; r < rows; ++r) {
-      const float* xr = x + r * C;
-      float* yr = y + r * C;
+      const T* xr = x + r * C;
+      T* yr = y + r * C;
       int64_t c = 0;
       if (act) {
         for (; c + W <= C; c += W) VT::store(yr + c, silu(norm1(xr + c, mh + c, ml + c, a + c, b + c)));
@@ -245,9 +259,14 @@ struct NormRows {
 
   static Kernels kernels(const char* name) {
     Kernels k;
-    k.colsum = &colsum;
-    k.colsqdev = &colsqdev;
-    k.affine = &affine;
+    k.colsum = &colsum<float>;
+    k.colsqdev = &colsqdev<float>;
+    k.affine = &affine<float>;
+    if constexpr (VT::kBf16) {
+      k.colsum_bf16 = &colsum<bf16>;
+      k.colsqdev_bf16 = &colsqdev<bf16>;
+      k.affine_bf16 = &affine<bf16>;
+    }
     k.layer_norm_rows = &layer_norm_rows;
     k.softmax_rows = &softmax_rows;
     k.name = name;

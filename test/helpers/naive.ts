@@ -178,34 +178,44 @@ export const fn = {
   sigmoid: (x: number) => 1 / (1 + Math.exp(-x)),
   silu: (x: number) => x / (1 + Math.exp(-x)),
   tanh: Math.tanh,
-  gelu: (x: number) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
+  gelu: (x: number) => 0.5 * x * erfc(-x / Math.SQRT2),  // x Phi(x), accurate for x << 0 too
   geluTanh: (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
   quickGelu: (x: number) => x / (1 + Math.exp(-1.702 * x)),
 };
 
-/**
- * erf to ~1e-14: Maclaurin series for |x| < 3, Laplace's continued fraction for erfc beyond.
- */
+/** 2/sqrt(pi) * sum_n (-1)^n a^(2n+1) / (n! (2n+1)) = erf(a), for 0 <= a < 3. */
+function erfSeries(a: number): number {
+  let term = a, sum = a;
+  for (let n = 1; n < 200; n++) {
+    term *= (-a * a) / n;
+    const add = term / (2 * n + 1);
+    sum += add;
+    if (Math.abs(add) < 1e-17 * Math.abs(sum)) break;
+  }
+  return (2 / Math.sqrt(Math.PI)) * sum;
+}
+
+/** erfc(a) for a >= 3: exp(-a^2)/sqrt(pi) / (a + (1/2)/(a + 1/(a + (3/2)/(a + 2/(a + ...))))). */
+function erfcTail(a: number): number {
+  if (a > 27) return 0;
+  let k = a;
+  for (let n = 80; n >= 1; n--) k = a + n / 2 / k;
+  return Math.exp(-a * a) / Math.sqrt(Math.PI) / k;
+}
+
+/** erf to ~1e-14: Maclaurin series for |x| < 3, Laplace's continued fraction for erfc beyond. */
 export function erf(x: number): number {
   if (Number.isNaN(x)) return NaN;
   const a = Math.abs(x);
-  if (a < 3) {
-    // erf(x) = 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1))
-    let term = a, sum = a;
-    for (let n = 1; n < 200; n++) {
-      term *= (-a * a) / n;
-      const add = term / (2 * n + 1);
-      sum += add;
-      if (Math.abs(add) < 1e-17 * Math.abs(sum)) break;
-    }
-    return Math.sign(x) * (2 / Math.sqrt(Math.PI)) * sum;
-  }
-  if (a > 27) return Math.sign(x);
-  // erfc(a) = exp(-a^2)/sqrt(pi) / (a + (1/2)/(a + 1/(a + (3/2)/(a + 2/(a + ...)))))
-  let k = a;
-  for (let n = 80; n >= 1; n--) k = a + n / 2 / k;
-  const erfc = Math.exp(-a * a) / Math.sqrt(Math.PI) / k;
-  return Math.sign(x) * (1 - erfc);
+  return Math.sign(x) * (a < 3 ? erfSeries(a) : 1 - erfcTail(a));
+}
+
+/** erfc to ~1e-14 relative, also in the tail where 1 - erf(x) would cancel. */
+export function erfc(x: number): number {
+  if (Number.isNaN(x)) return NaN;
+  const a = Math.abs(x);
+  if (a < 3) return 1 - Math.sign(x) * erfSeries(a);
+  return x > 0 ? erfcTail(a) : 2 - erfcTail(a);
 }
 
 export function clamp(x: ND, lo: number, hi: number): ND {

@@ -1,4 +1,7 @@
 // Activations (silu, sigmoid, tanh, gelu erf/tanh, quickGelu, geglu) and softmax over any dim.
+import { spawnSync } from "child_process";
+import * as fs from "fs";
+import * as path from "path";
 import { Tensor, ops } from "../../lib";
 import * as R from "../helpers/naive";
 import { evalOp, expectClose, expectThrows, tensorOf } from "../helpers/check";
@@ -51,6 +54,54 @@ describe("geglu", () => {
     const want = R.geglu(x);
     expect(got.shape).toEqual(want.shape);
     expectClose(got.data, want, { atol: 1e-6 });
+  });
+
+  // g swept over [-9, 9] (x Phi(x) down to 1e-18), h random, C = 1001 (not a multiple of 16).
+  const sweep = (): R.ND => {
+    const rows = 3, C = 1001, x = R.randn([rows, 2 * C], 1120, 2);
+    for (let r = 0; r < rows; r++) for (let i = 0; i < C; i++) x.data[r * 2 * C + C + i] = -9 + (18 * (r * C + i)) / (rows * C - 1);
+    return R.map(x, (v) => Math.fround(v));
+  };
+  // g = inf -> h * inf, g = -inf -> NaN (-inf * 0, as x (1 + erf) gives), NaN -> NaN, |g| = 40 saturates.
+  const specials = (): R.ND => R.nd([1, -2, 3, 4, 0.5, 2, 1, Infinity, -Infinity, NaN, 40, -40, 0, -1e-30], [1, 14]);
+
+  test("x Phi(x) to a few float32 ulps over [-9, 9], the negative tail included", async () => {
+    const x = sweep();
+    const got = await evalOp(() => ops.geglu(tensorOf(x)));
+    expectClose(got.data, R.geglu(x), { atol: 1e-37, rtol: 1e-6, label: "sweep" });
+    const sp = specials();
+    const gs = await evalOp(() => ops.geglu(tensorOf(sp)));
+    expectClose(gs.data, R.geglu(sp), { atol: 1e-37, rtol: 1e-6, label: "specials" });
+  });
+
+  test("the scalar fallback (DIFFUSEKIT_ISA=avx2) gives the same accuracy, float32 and bfloat16", () => {
+    const addon = path.resolve(__dirname, "../../build/Release/diffusekit.node");
+    if (!fs.existsSync(addon)) return;
+    const x = sweep(), sp = specials();
+    // A child process: the ISA cap is read once per process.
+    const script = `
+      const a = require(${JSON.stringify(addon)});
+      const inp = JSON.parse(process.argv[1]), out = {};
+      (async () => {
+        for (const dt of ["float32", "bfloat16"]) for (const k of ["x", "sp"]) {
+          const t = a.to(a.fromBuffer(Float32Array.from(inp[k].data.map(Number)), inp[k].shape, "float32", "cpu"), "cpu", dt);
+          const b = await a.to(a.geglu(t), "cpu", "float32").read();
+          out[dt + k] = Array.from(new Float32Array(b), (v) => Number.isFinite(v) ? v : String(v));
+        }
+        process.stdout.write(JSON.stringify(out));
+      })();`;
+    const enc = (a: R.ND): { data: (number | string)[]; shape: number[] } => ({ data: Array.from(a.data, (v) => (Number.isFinite(v) ? v : String(v))), shape: [...a.shape] });
+    const arg = JSON.stringify({ x: enc(x), sp: enc(sp) });  // JSON has no inf / NaN: sent as strings
+    const r = spawnSync(process.execPath, ["-e", script, arg], { env: { ...process.env, DIFFUSEKIT_ISA: "avx2" }, encoding: "utf8" });
+    expect(r.stderr).toBe("");
+    const res = JSON.parse(r.stdout) as Record<string, (number | string)[]>;
+    const num = (k: string): Float32Array => Float32Array.from(res[k], (v) => Number(v));
+    expectClose(num("float32x"), R.geglu(x), { atol: 1e-37, rtol: 1e-6, label: "fallback sweep" });
+    expectClose(num("float32sp"), R.geglu(sp), { atol: 1e-37, rtol: 1e-6, label: "fallback specials" });
+    // bf16: inputs and output rounded to bf16 -> one bf16 ulp (2^-8) of each value.
+    const xb = R.map(x, (v) => R.roundBF16(v)), spb = R.map(sp, (v) => R.roundBF16(v));
+    expectClose(num("bfloat16x"), R.geglu(xb), { atol: 1e-37, rtol: 2 ** -8, label: "fallback bf16 sweep" });
+    expectClose(num("bfloat16sp"), R.geglu(spb), { atol: 1e-37, rtol: 2 ** -8, label: "fallback bf16 specials" });
   });
 
   test("on a sliced view (rows with a stride)", async () => {

@@ -127,6 +127,15 @@ describe("bfloat16 elementwise, norms and glue on the CPU", () => {
     expectBf16(gg, R.geglu(g), "geglu", 1);
   });
 
+  test("geglu: C of 1, 15, 17 (vector tails), the negative tail to relative accuracy", async () => {
+    for (const [rows, C] of [[3, 1], [5, 15], [7, 17], [2, 40]]) {
+      const x = bf(R.randn([rows, 2 * C], 7410 + C, 4));
+      const got = await evalOp(() => ops.geglu(tb(x)));
+      // one bf16 rounding of each output value: relative, so tiny x Phi(x) at g << 0 must be right
+      expectClose(got.data, R.geglu(x), { atol: 1e-37, rtol: 2 ** -8, label: `geglu [${rows}, ${2 * C}]` });
+    }
+  });
+
   test("groupNorm (+SiLU), layerNorm, softmax: float32 statistics", async () => {
     const x = bf(R.randn([2, 9, 7, 96], 7500, 3, 20));  // large mean: stats must not be bf16
     const gamma = bf(R.randn([96], 7501)), beta = bf(R.randn([96], 7502));
@@ -141,6 +150,18 @@ describe("bfloat16 elementwise, norms and glue on the CPU", () => {
     expectBf16(await evalOp(() => ops.layerNorm(tb(l), { weight: tb(lg), bias: tb(lb) })), R.layerNorm(l, { gamma: lg, beta: lb }), "layerNorm", 2);
     const s = bf(R.randn([11, 77], 7507, 4));
     expectBf16(await evalOp(() => ops.softmax(tb(s), -1)), R.softmax(s, -1), "softmax", 2);
+  });
+
+  test("groupNorm read and rounded in registers: C of 17, 51, 83 (vector tails), many chunks, no gamma", async () => {
+    for (const [shape, G, affine] of [[[2, 600, 17], 1, true], [[1, 37, 51], 3, true], [[3, 5, 83], 83, false], [[1, 2, 40, 200], 4, true]] as const) {
+      const C = shape[shape.length - 1];
+      const x = bf(R.randn([...shape], 7550 + C, 2, -3));
+      const gamma = affine ? bf(R.randn([C], 7551)) : null, beta = affine ? bf(R.randn([C], 7552)) : null;
+      for (const silu of [false, true]) {
+        const got = await evalOp(() => ops.groupNorm(tb(x), G, { weight: gamma ? tb(gamma) : undefined, bias: beta ? tb(beta) : undefined, silu }));
+        expectBf16(got, R.groupNorm(x, G, { gamma, beta, silu }), `groupNorm [${shape}] G ${G} silu=${silu}`, 1);
+      }
+    }
   });
 
   test("upsample, concat, slice, contiguous, embedding, timestepEmbedding, reduce, cast", async () => {

@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "conv2d_winograd.h"
+#include "conv2d_patch.h"
 #include "gemm_internal.h"
 #include "kernels.h"
 
@@ -20,33 +21,9 @@ struct PatchA final : gemm::ASource {
   const float* x;
   explicit PatchA(const Conv2dParams& prm, const float* xin) : p(prm), x(xin) {}
 
-  // Calls fn(offset in the panel's k, run length, row pointers or null for padding) for each
-  // (r, s) tap run of channels that [k0, k0 + kc) covers, for output pixels i0..i0+rows-1.
   template <class Fn>
   void for_each_run(int64_t i0, int rows, int64_t k0, int64_t kc, Fn&& fn) const {
-    // Where each output pixel's window starts (top-left tap, may be in the padding).
-    int64_t img[gemm::kMaxMR], ih0[gemm::kMaxMR], iw0[gemm::kMaxMR];
-    const int64_t PQ = p.P * p.Q;
-    for (int i = 0; i < rows; ++i) {
-      const int64_t m = i0 + i, n = m / PQ, pq = m % PQ;
-      img[i] = n;
-      ih0[i] = (pq / p.Q) * p.stride_h - p.pad_h;
-      iw0[i] = (pq % p.Q) * p.stride_w - p.pad_w;
-    }
-    const float* ptr[gemm::kMaxMR];
-    const int64_t k_end = k0 + kc;
-    for (int64_t k = k0; k < k_end;) {
-      const int64_t rs = k / p.C, c = k % p.C;
-      const int64_t len = std::min(p.C - c, k_end - k);
-      const int64_t r = rs / p.S, s = rs % p.S;
-      for (int i = 0; i < rows; ++i) {
-        const int64_t ih = ih0[i] + r * p.dil_h, iw = iw0[i] + s * p.dil_w;
-        const bool inside = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
-        ptr[i] = inside ? x + ((img[i] * p.H + ih) * p.W + iw) * p.C + c : nullptr;
-      }
-      fn(k - k0, len, ptr);
-      k += len;
-    }
+    for_each_patch_run(p, x, i0, rows, k0, kc, fn);
   }
 
   void pack(const gemm::Kernel& kr, int64_t i0, int rows, int64_t k0, int64_t kc, float* dst) const override {
@@ -85,8 +62,7 @@ void conv2d_nhwc(const Conv2dParams& p, const float* x, const float* w, const fl
   ep.residual = residual;
   ep.ldr = p.K;
   const int64_t Kdim = p.R * p.S * p.C;
-  if (p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && p.P == p.H &&
-      p.Q == p.W) {
+  if (conv_is_pointwise(p)) {
     sgemm(1, false, true, M, p.K, p.C, 1.f, x, p.C, 0, w, p.C, 0, 0.f, y, p.K, 0, ep);
     return;
   }

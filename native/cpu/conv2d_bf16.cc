@@ -6,6 +6,7 @@
 // not care). Padding taps are zeros. A 1x1, stride-1, unpadded conv is a plain GEMM.
 #include <algorithm>
 
+#include "conv2d_patch.h"
 #include "conv2d_winograd.h"
 #include "cpu_features.h"
 #include "gemm_bf16_internal.h"
@@ -19,29 +20,9 @@ struct PatchA final : gemm16::ASource {
   PatchA(const Conv2dParams& prm, const uint16_t* xin) : p(prm), x(xin) {}
 
   void pack(int mr, int64_t i0, int rows, int64_t k0, int64_t kc, uint16_t* panel, int64_t pitch) const override {
-    // Where each output pixel's window starts (top-left tap, may be in the padding).
-    int64_t img[gemm::kMaxMR], ih0[gemm::kMaxMR], iw0[gemm::kMaxMR];
-    const int64_t PQ = p.P * p.Q;
-    for (int i = 0; i < rows; ++i) {
-      const int64_t m = i0 + i, n = m / PQ, pq = m % PQ;
-      img[i] = n;
-      ih0[i] = (pq / p.Q) * p.stride_h - p.pad_h;
-      iw0[i] = (pq % p.Q) * p.stride_w - p.pad_w;
-    }
-    const uint16_t* ptr[gemm::kMaxMR];
-    const int64_t k_end = k0 + kc;
-    for (int64_t k = k0; k < k_end;) {
-      const int64_t rs = k / p.C, c = k % p.C;
-      const int64_t len = std::min(p.C - c, k_end - k);
-      const int64_t r = rs / p.S, s = rs % p.S;
-      for (int i = 0; i < rows; ++i) {
-        const int64_t ih = ih0[i] + r * p.dil_h, iw = iw0[i] + s * p.dil_w;
-        const bool inside = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
-        ptr[i] = inside ? x + ((img[i] * p.H + ih) * p.W + iw) * p.C + c : nullptr;
-      }
-      gemm16::pack_a_rows(mr, ptr, rows, k - k0, len, panel, pitch);
-      k += len;
-    }
+    for_each_patch_run(p, x, i0, rows, k0, kc, [&](int64_t off, int64_t len, const uint16_t* const* ptr) {
+      gemm16::pack_a_rows(mr, ptr, rows, off, len, panel, pitch);
+    });
   }
 };
 
@@ -64,8 +45,7 @@ void conv2d_nhwc_bf16(const Conv2dParams& p, const uint16_t* x, const uint16_t* 
   ep.residual = residual;
   ep.ldr = p.K;
   const int64_t Kdim = p.R * p.S * p.C;
-  if (p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && p.P == p.H &&
-      p.Q == p.W) {
+  if (conv_is_pointwise(p)) {
     gemm_bf16(1, false, true, M, p.K, p.C, 1.f, x, p.C, 0, w, p.C, 0, y, p.K, 0, ep);
     return;
   }

@@ -1,6 +1,6 @@
 // Tensor lifetime: dispose(), Symbol.dispose, tidy() scopes and keep(), measured by the CPU
 // allocator's bytesInUse; and what a disposed tensor does when it is read or used.
-import { Tensor, keep, memoryStats, ops, synchronize, tidy } from "../../lib";
+import { Tensor, keep, memoryStats, ops, resetPeakMemory, synchronize, tidy } from "../../lib";
 import { expectRejects, expectThrows } from "../helpers/check";
 
 /** Bytes held by live CPU tensors once every queued op has run (queued ops hold their buffers). */
@@ -226,5 +226,28 @@ describe("disposed tensors", () => {
     expectThrows(() => d.transpose(0, 1), TypeError, /disposed/);
     expectThrows(() => ops.sum(d), TypeError, /disposed/);
     expectThrows(() => ops.softmax(d), TypeError, /disposed/);
+  });
+});
+
+describe("op outputs take memory when the queue runs the op", () => {
+  test("a chain enqueued behind a slow op holds a few buffers at a time, not one per op", async () => {
+    const big = Tensor.randn([768, 768], { seed: 5 });
+    let x = Tensor.randn([MB / 4], { seed: 6 });  // 1 MiB
+    const x0 = (await x.toFloat32Array())[7];
+    await synchronize("cpu");
+    resetPeakMemory("cpu");
+    const base = memoryStats("cpu").bytesInUse;
+    // JS enqueues all 40 links while the matmuls still run: eager outputs would all exist at once
+    const slow = [ops.matmul(big, big), ops.matmul(big, big)];
+    for (let i = 0; i < 40; i++) {
+      const next = ops.add(x, 1);
+      x.dispose();
+      x = next;
+    }
+    await synchronize("cpu");
+    const grown = memoryStats("cpu").peakBytes - base;
+    expect(grown).toBeLessThan(2 * 768 * 768 * 4 + 8 * MB);  // the two products + a few links (40 eager links: 40 MiB)
+    expect((await x.toFloat32Array())[7]).toBeCloseTo(x0 + 40, 4);
+    for (const t of [big, x, ...slow]) t.dispose();
   });
 });

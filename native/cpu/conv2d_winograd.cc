@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -177,7 +178,9 @@ ConvAlgo algo_from_env() {
   const char* s = std::getenv("DIFFUSEKIT_CONV_ALGO");
   if (s && std::strcmp(s, "direct") == 0) return ConvAlgo::Direct;
   if (s && std::strcmp(s, "winograd") == 0) return ConvAlgo::Winograd;
-  return ConvAlgo::Auto;  // unset, "auto", or unrecognised
+  if (s && *s && std::strcmp(s, "auto") != 0)  // a typo should not silently benchmark the wrong path
+    std::fprintf(stderr, "diffusekit: DIFFUSEKIT_CONV_ALGO=%s is not direct, winograd or auto; using auto\n", s);
+  return ConvAlgo::Auto;
 }
 }  // namespace
 

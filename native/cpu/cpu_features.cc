@@ -1,6 +1,7 @@
 #include "cpu_features.h"
 
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 
 namespace dk::cpu {
@@ -21,6 +22,8 @@ CpuFeatures detect() {
 #endif
   if (const char* cap = std::getenv("DIFFUSEKIT_ISA")) {
     Isa want = !std::strcmp(cap, "generic") ? Isa::Generic : !std::strcmp(cap, "avx2") ? Isa::AVX2 : Isa::AVX512;
+    if (*cap && std::strcmp(cap, "generic") && std::strcmp(cap, "avx2") && std::strcmp(cap, "avx512"))
+      std::fprintf(stderr, "diffusekit: DIFFUSEKIT_ISA=%s is not generic, avx2 or avx512; not capping\n", cap);
     if (static_cast<int>(want) < static_cast<int>(f.isa)) f.isa = want;
     if (f.isa != Isa::AVX512) f.avx512_bf16 = false;
   }

@@ -1,7 +1,7 @@
 #include "cpu_features.h"
 
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace dk::cpu {

@@ -165,6 +165,9 @@ export async function runEval(o: EvalOptions): Promise<EvalReport> {
         const part = idx.slice(i0, i0 + o.batch);
         const r = await pipe.generate({
           prompt: part.map((i) => train[i].caption), steps: run.steps, cfg: run.cfg, sampler: run.sampler, seed: o.seed + i0, width: 64, height: 64,
+          // SD's "leading" spacing with steps_offset 1 asks for t = 1000 at 1000 steps (diffusers'
+          // DDPMScheduler fails there too); "trailing" gives the full 999..0 ancestral chain
+          schedulerConfig: run.sampler === "ddpm" ? { timestep_spacing: "trailing" } : undefined,
         });
         r.images.forEach((img, k) => {
           const want = part[k];

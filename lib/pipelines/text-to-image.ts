@@ -61,6 +61,11 @@ export interface CommonGenerateOptions {
   cfg?: number;
   /** One of SAMPLER_CHOICES; "default" is the model's own scheduler class. Default "dpm++2m-karras". */
   sampler?: string;
+  /**
+   * scheduler_config.json keys that replace the model's for this run (diffusers'
+   * `Scheduler.from_config(config, **overrides)`), e.g. `{ timestep_spacing: "trailing" }`.
+   */
+  schedulerConfig?: Readonly<Record<string, unknown>>;
   /** Seed of image 0; image k uses seed + k. Default: a random 32-bit seed (reported in `seeds`). */
   seed?: number;
   /** Images per prompt. Default 1. */
@@ -117,7 +122,7 @@ export interface DecodeResult {
 // stage 1: defaults and validation
 
 const COMMON_KEYS = [
-  "prompt", "negativePrompt", "steps", "cfg", "sampler", "seed", "numImages", "eta", "guidanceRescale", "clipSkip",
+  "prompt", "negativePrompt", "steps", "cfg", "sampler", "schedulerConfig", "seed", "numImages", "eta", "guidanceRescale", "clipSkip",
   "onStep", "signal", "previewEvery", "generator",
 ];
 export const GENERATE_KEYS: readonly string[] = [...COMMON_KEYS, "width", "height", "latents"];
@@ -184,14 +189,17 @@ function textList(op: string, name: string, v: unknown): string[] {
   throw new TypeError(`${op}: ${name} must be a string or a non-empty array of strings, got ${got(v)}`);
 }
 
-/** The sampler for a run: a fresh scheduler built from the model's scheduler config. */
-export function makeScheduler(pipe: StableDiffusionPipeline, op: string, name: string): { scheduler: Scheduler; display: string } {
+/** The sampler for a run: a fresh scheduler built from the model's scheduler config (+ overrides). */
+export function makeScheduler(pipe: StableDiffusionPipeline, op: string, name: string, overrides?: Readonly<Record<string, unknown>>): { scheduler: Scheduler; display: string } {
+  if (overrides !== undefined && (overrides === null || typeof overrides !== "object" || Array.isArray(overrides)))
+    throw new TypeError(`${op}: schedulerConfig must be an object of scheduler_config.json keys`);
+  const config = overrides ? { ...pipe.scheduler, ...overrides } : pipe.scheduler;
   if (name === "default") {
     const cls = pipe.defaultSchedulerClass;
     if (cls === null) throw new RangeError(`${op}: the model's scheduler config has no _class_name, so sampler "default" is undefined; choose one of ${list(SAMPLER_NAMES)}`);
-    return { scheduler: schedulerFromConfig(cls, pipe.scheduler), display: CLASS_DISPLAY[cls] ?? cls };
+    return { scheduler: schedulerFromConfig(cls, config), display: CLASS_DISPLAY[cls] ?? cls };
   }
-  return { scheduler: createScheduler(name, pipe.scheduler), display: SAMPLER_DISPLAY[name] ?? name };
+  return { scheduler: createScheduler(name, pipe.scheduler, overrides), display: SAMPLER_DISPLAY[name] ?? name };
 }
 
 export function resolveCommon(pipe: StableDiffusionPipeline, opts: CommonGenerateOptions, op: string, allowedKeys: readonly string[]): ResolvedRun {
@@ -225,7 +233,7 @@ export function resolveCommon(pipe: StableDiffusionPipeline, opts: CommonGenerat
   if (user !== undefined && (user === null || typeof user !== "object" || typeof user.randn !== "function"))
     throw new TypeError(`${op}: generator must have a randn(shape) method returning a Float32Array`);
 
-  const { scheduler, display } = makeScheduler(pipe, op, sampler);
+  const { scheduler, display } = makeScheduler(pipe, op, sampler, opts.schedulerConfig);
   const seeds = Array.from({ length: total }, (_, k) => seed + k);
   const rep = (xs: string[]) => xs.flatMap((x) => Array<string>(numImages).fill(x));
   return {

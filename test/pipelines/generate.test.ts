@@ -153,6 +153,27 @@ describeIfReference("generate() on tiny-sd", () => {
     expect(new Set(pv.data).size).toBeGreaterThan(4);  // not a flat image
   });
 
+  test("schedulerConfig overrides the model's scheduler_config keys for one run (diffusers' from_config overrides)", async () => {
+    const seen = async (o: Record<string, unknown>) => {
+      const ts: number[] = [];
+      await pipe.generate({ ...small, steps: 4, seed: 1, ...o, onStep: (i) => { ts.push(i.timestep); } });
+      return ts;
+    };
+    expect(await seen({})).toEqual([751, 501, 251, 1]);  // leading + steps_offset 1
+    expect(await seen({ schedulerConfig: { timestep_spacing: "trailing" } })).toEqual([999, 749, 499, 249]);
+    expect(await seen({ sampler: "ddpm", schedulerConfig: { timestep_spacing: "linspace" } })).toEqual([999, 666, 333, 0]);
+    // leading spacing at 1000 steps reaches t = 1000 (so does diffusers' DDPMScheduler); trailing is the full chain
+    const { makeScheduler } = await import("../../lib/pipelines/text-to-image");
+    const lead = makeScheduler(pipe, "generate", "ddpm").scheduler, trail = makeScheduler(pipe, "generate", "ddpm", { timestep_spacing: "trailing" }).scheduler;
+    lead.setTimesteps(1000);
+    trail.setTimesteps(1000);
+    expect([lead.timesteps[0], trail.timesteps[0], trail.timesteps[999]]).toEqual([1000, 999, 0]);
+    lead.dispose();
+    trail.dispose();
+    await expect(pipe.generate({ ...small, steps: 2, schedulerConfig: [] as unknown as Record<string, unknown> })).rejects.toThrow(/schedulerConfig must be an object/);
+    await expect(pipe.generate({ ...small, steps: 2, schedulerConfig: { timestep_spacing: "sideways" } })).rejects.toThrow(/timestep_spacing/);
+  });
+
   test("guidance rescale: phi = 1 gives the guided prediction with the text prediction's per-sample std", async () => {
     const g = Tensor.randn([2, 4, 5, 3], { seed: 1 }), t = Tensor.randn([2, 4, 5, 3], { seed: 2 });
     const out = rescaleNoiseCfg(g, t, 1), half = rescaleNoiseCfg(g, t, 0.5);

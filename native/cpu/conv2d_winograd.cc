@@ -195,16 +195,21 @@ ConvAlgo conv_algo_setting() {
   return ConvAlgo(v);
 }
 
-ConvAlgo conv2d_algo(const Conv2dParams& p) {
+ConvAlgo choose_conv_algo(const Conv2dParams& p, int tile, int64_t min_tiles) {
   if (!winograd_applies(p)) return ConvAlgo::Direct;
   const ConvAlgo s = conv_algo_setting();
   if (s != ConvAlgo::Auto) return s;
   if (p.algo != int(ConvAlgo::Auto)) return ConvAlgo(p.algo);
-  // Measured on Zen 4 (bench conv group, CPU time): 2x8x8 (8 tiles) is ~1.3x slower than the
-  // direct path, 2x16x16 (32 tiles) ~1.8x faster at 1280 channels. With few channels the
-  // transforms outweigh the GEMMs they shrink (the RGB / 4-channel latent layers stay direct).
-  const int64_t tiles = p.N * ((p.P + 3) / 4) * ((p.Q + 3) / 4);
-  return p.C >= 32 && p.K >= 32 && tiles >= 28 ? ConvAlgo::Winograd : ConvAlgo::Direct;
+  // With few channels the transforms outweigh the GEMMs they shrink (the RGB / 4-channel latent
+  // layers stay direct); with few tiles the GEMMs are too short to pay for them.
+  const int64_t tiles = p.N * ((p.P + tile - 1) / tile) * ((p.Q + tile - 1) / tile);
+  return p.C >= 32 && p.K >= 32 && tiles >= min_tiles ? ConvAlgo::Winograd : ConvAlgo::Direct;
+}
+
+ConvAlgo conv2d_algo(const Conv2dParams& p) {
+  // F(4,3), measured on Zen 4 (bench conv group, CPU time): 2x8x8 (8 tiles) is ~1.3x slower than
+  // the direct path, 2x16x16 (32 tiles) ~1.8x faster at 1280 channels.
+  return choose_conv_algo(p, 4, 28);
 }
 
 }  // namespace dk::cpu

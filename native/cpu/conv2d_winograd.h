@@ -55,6 +55,10 @@ ConvAlgo conv_algo_setting();
 // The path conv2d_nhwc takes for these params: the forced global setting, else the call's
 // request (p.algo), else the per-shape choice; never Winograd where it does not apply.
 ConvAlgo conv2d_algo(const Conv2dParams& p);
+// The shared choice behind both: Direct where Winograd does not apply, else the forced setting,
+// else the call's request, else Winograd when channels >= 32 and there are >= min_tiles output
+// tiles of tile x tile pixels.
+ConvAlgo choose_conv_algo(const Conv2dParams& p, int tile, int64_t min_tiles);
 // Stride 1, dilation 1, 3x3: what the Winograd path handles.
 bool winograd_applies(const Conv2dParams& p);
 void conv2d_winograd(const Conv2dParams& p, const float* x, const float* w, const float* bias,

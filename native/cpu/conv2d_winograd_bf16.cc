@@ -150,17 +150,12 @@ struct ConvBf16 {
 }  // namespace wino
 
 ConvAlgo conv2d_algo_bf16(const Conv2dParams& p) {
-  if (!winograd_applies(p)) return ConvAlgo::Direct;
-  const ConvAlgo s = conv_algo_setting();
-  if (s != ConvAlgo::Auto) return s;
-  if (p.algo != int(ConvAlgo::Auto)) return ConvAlgo(p.algo);
   // F(2,3)'s extra bf16 rounding is ~2.5x the direct bf16 conv's error per layer: fine for the
   // U-Net (tiny-sd bf16 golden 1.59e-2 -> 2.16e-2 of max|ref|), too much for a VAE decoder
   // (2.87e-2 -> 3.50e-2, where every conv compounds into pixels), whose convs ask for Direct.
   // Where it pays, measured on Zen 4 (CPU time, same process): U-Net shapes 1.4-1.9x, VAE
   // 1.5-1.75x, 2x8x8x1280 (32 tiles) 1.17x, 1x8x8x1280 (16 tiles) a tie.
-  const int64_t tiles = p.N * ((p.P + 1) / 2) * ((p.Q + 1) / 2);
-  return p.C >= 32 && p.K >= 32 && tiles >= 32 ? ConvAlgo::Winograd : ConvAlgo::Direct;
+  return choose_conv_algo(p, 2, 32);
 }
 
 void conv2d_winograd_bf16(const Conv2dParams& p, const uint16_t* x, const uint16_t* w, const uint16_t* bias,

@@ -45,11 +45,7 @@ const CASES: Case[] = [
 ];
 
 const pair = (v: number | [number, number]): [number, number] => (typeof v === "number" ? [v, v] : v);
-const bf = (x: R.ND): R.ND => {
-  const f = Float32Array.from(x.data), u = new Uint32Array(f.buffer);
-  for (let i = 0; i < u.length; i++) u[i] = ((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16) << 16;  // finite inputs
-  return R.nd(f, x.shape);
-};
+const bf = (x: R.ND): R.ND => R.map(x, (v) => R.roundBF16(v));
 const tb = (x: R.ND): Tensor => Tensor.fromArray(Float32Array.from(x.data), x.shape, { dtype: "bfloat16" });
 
 function relErr(got: Float32Array, want: R.ND): number {

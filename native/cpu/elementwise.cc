@@ -30,9 +30,7 @@ void binary(BinaryOp op, int ndim, const int64_t* shape, const float* a, const i
   for (int d = 0; d < ndim; d++) n *= shape[d];
   if (n == 0) return;
   // Contiguous operands of the same shape: one flat loop the compiler vectorises.
-  bool flat = true;
-  for (int d = ndim - 1, s = 1; d >= 0; s *= static_cast<int>(shape[d]), d--)
-    if (shape[d] != 1 && (sa[d] != s || sb[d] != s)) { flat = false; break; }
+  const bool flat = dense_operands(ndim, shape, sa, sb);
   if (flat) {
     parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
       switch (op) {

@@ -52,9 +52,7 @@ void binary(BinaryOp op, int ndim, const int64_t* shape, const bf16* a, const in
   for (int d = 0; d < ndim; d++) n *= shape[d];
   if (n == 0) return;
   // Rows along the last dim (the whole tensor is one row when both operands are dense).
-  bool flat = true;
-  for (int d = ndim - 1, s = 1; d >= 0; s *= static_cast<int>(shape[d]), d--)
-    if (shape[d] != 1 && (sa[d] != s || sb[d] != s)) { flat = false; break; }
+  const bool flat = dense_operands(ndim, shape, sa, sb);
   const int64_t inner = flat ? n : (ndim > 0 ? shape[ndim - 1] : 1);
   const int64_t rows = n / inner;
   const int64_t ia = flat ? 1 : (ndim > 0 ? sa[ndim - 1] : 0), ib = flat ? 1 : (ndim > 0 ? sb[ndim - 1] : 0);

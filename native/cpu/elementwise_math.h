@@ -8,6 +8,14 @@
 namespace dk::cpu {
 namespace {
 
+// Both operands dense in `shape` (row-major, size-1 dims free): the op is one flat loop.
+inline bool dense_operands(int ndim, const int64_t* shape, const int64_t* sa, const int64_t* sb) {
+  int64_t s = 1;
+  for (int d = ndim - 1; d >= 0; s *= shape[d], d--)
+    if (shape[d] != 1 && (sa[d] != s || sb[d] != s)) return false;
+  return true;
+}
+
 inline float apply_binary(BinaryOp op, float a, float b) {
   switch (op) {
     case BinaryOp::Add: return a + b;

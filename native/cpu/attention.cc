@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "attention_internal.h"
+#include "attention_tasks.h"
 #include "../core/thread_pool.h"
 #include "cpu_features.h"
 
@@ -113,7 +114,6 @@ const Kernel& select_kernel() {
 void attention_with(const Kernel& kr, const AttentionParams& p, const float* q, const float* k, const float* v,
                     float* out) {
   if (p.B <= 0 || p.heads <= 0 || p.Nq <= 0 || p.Dv <= 0) return;
-  const int64_t BH = p.B * p.heads;
   if (p.Nk <= 0) {  // softmax over nothing: define the result as 0
     for (int64_t b = 0; b < p.B; ++b)
       for (int64_t t = 0; t < p.Nq; ++t)
@@ -124,54 +124,9 @@ void attention_with(const Kernel& kr, const AttentionParams& p, const float* q, 
     return;
   }
 
-  Shape s;
-  s.Nq = p.Nq;
-  s.Nk = p.Nk;
-  s.D = p.D;
-  s.Dv = p.Dv;
-  s.q_row = p.q_row;
-  s.k_row = p.k_row;
-  s.v_row = p.v_row;
-  s.o_row = p.o_row;
-  s.mask_q = p.mask_q;
-  s.scale_log2 = p.scale * kLog2e;
-  s.causal = p.causal;
-
-  // Tasks are (b, h, run of panels). More panels per task amortise the K/V packing; enough
-  // tasks keep every thread busy (scheduled dynamically: causal rows differ in cost).
-  const int nt = num_threads();
-  const int64_t panels = ceil_div(p.Nq, kr.mq);
-  const int64_t per_task = imax(1, imin(16, BH * panels / (8 * static_cast<int64_t>(nt))));
-  const int64_t rows_per_task = per_task * kr.mq;
-  const int64_t ntq = ceil_div(p.Nq, rows_per_task);
-  const int64_t items = BH * ntq;
-  const int nthreads = static_cast<int>(imin(nt, items));
-
-  // All scratch is allocated here, on the calling thread, so a failure throws before any work.
-  const int64_t per_thread = align16(kr.scratch_floats(s, rows_per_task)) + 16;
-  std::vector<float> scratch(static_cast<size_t>(per_thread * nthreads));
-
-  std::atomic<int64_t> next{0};
-  parallel_tasks(nthreads, [&](int task, int) {
-    float* base = scratch.data() + task * per_thread;
-    float* sc = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(base) + 63) & ~uintptr_t(63));
-    for (;;) {
-      const int64_t it = next.fetch_add(1, std::memory_order_relaxed);
-      if (it >= items) break;
-      // Neighbouring items share a head (its K/V stay in cache); last query blocks first:
-      // under a causal mask they are the most expensive.
-      const int64_t bh = it / ntq, tq = ntq - 1 - it % ntq;
-      const int64_t b = bh / p.heads, hh = bh % p.heads;
-      Head h;
-      h.q = q + b * p.q_batch + hh * p.D;
-      h.k = k + b * p.k_batch + hh * p.D;
-      h.v = v + b * p.v_batch + hh * p.Dv;
-      h.o = out + b * p.o_batch + hh * p.Dv;
-      h.mask = p.mask ? p.mask + b * p.mask_b + hh * p.mask_h : nullptr;
-      const int64_t q0 = tq * rows_per_task;
-      kr.rows(s, h, q0, imin(p.Nq, q0 + rows_per_task), sc);
-    }
-  });
+  const Shape s = shape_of(p);
+  run_attention_tasks<Head>(p, kr.mq, q, k, v, out, [&](int64_t rows) { return kr.scratch_floats(s, rows); },
+                            [&](const Head& h, int64_t q0, int64_t q1, float* sc) { kr.rows(s, h, q0, q1, sc); });
 }
 
 }  // namespace attn

@@ -7,6 +7,7 @@
 
 #include "../core/thread_pool.h"
 #include "attention_bf16.h"
+#include "attention_tasks.h"
 #include "cpu_features.h"
 
 namespace dk::cpu {
@@ -42,45 +43,9 @@ void attention_widened(const AttentionParams& p, const bf16* q, const bf16* k, c
 
 #if defined(DK_X86)
 void attention_dpbf16(const AttentionParams& p, const bf16* q, const bf16* k, const bf16* v, bf16* out) {
-  const int64_t BH = p.B * p.heads;
-  Shape s;
-  s.Nq = p.Nq; s.Nk = p.Nk; s.D = p.D; s.Dv = p.Dv;
-  s.q_row = p.q_row; s.k_row = p.k_row; s.v_row = p.v_row; s.o_row = p.o_row;
-  s.mask_q = p.mask_q;
-  s.scale_log2 = p.scale * kLog2e;
-  s.causal = p.causal;
-
-  // Tasks are (b, h, run of panels), as in attention.cc: more panels per task amortise the K/V
-  // packing, enough tasks keep both threads busy.
-  const int nt = num_threads();
-  const int64_t panels = ceil_div(p.Nq, kBf16Panel);
-  const int64_t per_task = imax(1, imin(16, BH * panels / (8 * static_cast<int64_t>(nt))));
-  const int64_t rows_per_task = per_task * kBf16Panel;
-  const int64_t ntq = ceil_div(p.Nq, rows_per_task);
-  const int64_t items = BH * ntq;
-  const int nthreads = static_cast<int>(imin(nt, items));
-  const int64_t per_thread = align16(bf16_scratch_floats(s, rows_per_task)) + 16;
-  std::vector<float> scratch(static_cast<size_t>(per_thread * nthreads));
-
-  std::atomic<int64_t> next{0};
-  parallel_tasks(nthreads, [&](int task, int) {
-    float* base = scratch.data() + task * per_thread;
-    float* sc = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(base) + 63) & ~uintptr_t(63));
-    for (;;) {
-      const int64_t it = next.fetch_add(1, std::memory_order_relaxed);
-      if (it >= items) break;
-      const int64_t bh = it / ntq, tq = ntq - 1 - it % ntq;
-      const int64_t b = bh / p.heads, hh = bh % p.heads;
-      HeadBf16 h;
-      h.q = q + b * p.q_batch + hh * p.D;
-      h.k = k + b * p.k_batch + hh * p.D;
-      h.v = v + b * p.v_batch + hh * p.Dv;
-      h.o = out + b * p.o_batch + hh * p.Dv;
-      h.mask = p.mask ? p.mask + b * p.mask_b + hh * p.mask_h : nullptr;
-      const int64_t q0 = tq * rows_per_task;
-      bf16_rows_avx512(s, h, q0, imin(p.Nq, q0 + rows_per_task), sc);
-    }
-  });
+  const Shape s = shape_of(p);
+  run_attention_tasks<HeadBf16>(p, kBf16Panel, q, k, v, out, [&](int64_t rows) { return bf16_scratch_floats(s, rows); },
+                                [&](const HeadBf16& h, int64_t q0, int64_t q1, float* sc) { bf16_rows_avx512(s, h, q0, q1, sc); });
 }
 #endif
 

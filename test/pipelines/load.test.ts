@@ -80,7 +80,8 @@ describeIfReference("loadPipeline and createRandomPipeline (tiny-sd)", () => {
   });
 
   test("single-file errors: no tokenizer, unknown family without configs, folder-only options", async () => {
-    // op outputs take memory when the queue runs them: wait for it before each count
+    // op outputs take memory when the queue runs them: wait for it before each count. "<=": a GC
+    // finalizer may free an earlier suite's garbage meanwhile (a leak still shows as more)
     const inUse = async () => { await synchronize("cpu"); return memoryStats("cpu").bytesInUse; };
     const before = await inUse();
     await expect(loadPipeline(single, { device: "cpu" })).rejects.toThrow(/single-file checkpoint, which has no tokenizer files: pass \{ tokenizer:/);
@@ -89,14 +90,14 @@ describeIfReference("loadPipeline and createRandomPipeline (tiny-sd)", () => {
     // wrong configs: the conversion names the mismatching tensors, and nothing stays allocated
     await expect(loadPipeline(single, { device: "cpu", configs: builtinConfigDir("sd1"), tokenizer: path.join(tiny(), "tokenizer") }))
       .rejects.toThrow(/does not fit the configs/);
-    expect(await inUse()).toBe(before);
+    expect(await inUse()).toBeLessThanOrEqual(before);
     await expect(loadPipeline(single, { device: "cpu", variant: "fp16" })).rejects.toThrow(/variant is for diffusers folders/);
     await expect(loadPipeline(tiny(), { device: "cpu", tokenizer: "x" })).rejects.toThrow(/for single-file checkpoints/);
     await expect(loadPipeline(path.join(tmp, "missing"), { device: "cpu" })).rejects.toThrow(/does not exist/);
     await expect(loadPipeline(tiny(), { device: "cpu", variant: "fp16" })).rejects.toThrow(/no "fp16" variant weights/);
     await expect(loadPipeline(referencePath("models", "tiny-sdxl"), { device: "cpu" })).rejects.toThrow(/is a StableDiffusionXLPipeline/);
     await expect(loadPipeline(referencePath("models", "tiny-sd-inpaint"), { device: "cpu" })).rejects.toThrow(/9 input channels/);
-    expect(await inUse()).toBe(before);
+    expect(await inUse()).toBeLessThanOrEqual(before);
   });
 
   test("createRandomPipeline: seeded weights (same seed, same weights), norms at 1 and 0, runs end to end", async () => {

@@ -1,7 +1,7 @@
 // Training entries: the backward kernels of native/cpu/backward.h, the attention forward that
 // keeps the logsumexp, and the in-place optimiser updates. Validated like the forward ops
-// (TypeError/RangeError naming the op and argument). CPU float32 only for now: a CUDA tensor is
-// a TypeError that says so. lib/autograd calls these; they never record onto the tape.
+// (TypeError/RangeError naming the op and argument). Float32 on the CPU and, in a CUDA build, on
+// a GPU (native/cuda/backward.h). lib/autograd calls these; they never record onto the tape.
 #include <array>
 #include <cmath>
 #include <cstring>
@@ -9,6 +9,9 @@
 #include "../cpu/backward.h"
 #include "../cpu/kernels.h"
 #include "common.h"
+#ifdef DK_WITH_CUDA
+#include "../cuda/backward.h"
+#endif
 
 namespace dk::binding {
 namespace {
@@ -30,24 +33,22 @@ int parse_name(const std::string& s, const std::array<const char*, N>& names, co
   throw_range(std::string(op) + ": unknown " + what + " \"" + s + "\"; expected one of " + allowed);
 }
 
-// Backward kernels exist on the CPU in float32.
-void cpu_f32(const char* op, const char* name, const Tensor& t) {
-  if (!t.device().is_cpu())
-    throw_type(std::string(op) + ": " + name + " must be on cpu (no CUDA backward kernel yet), got " + t.device().str());
+// Backward kernels take float32 (on the CPU, or on a GPU in a CUDA build).
+void grad_f32(const char* op, const char* name, const Tensor& t) {
   if (t.dtype != DType::F32)
     throw_type(std::string(op) + ": " + name + " must be float32, got " + std::string(dtype_name(t.dtype)));
 }
 
 Tensor f32_arg(const Napi::CallbackInfo& info, size_t i, const char* op, const char* name) {
   Tensor t = contiguous(tensor_arg(info, i, op, name));
-  cpu_f32(op, name, t);
+  grad_f32(op, name, t);
   return t;
 }
 
 std::optional<Tensor> opt_f32_arg(const Napi::CallbackInfo& info, size_t i, const char* op, const char* name) {
   std::optional<Tensor> t = opt_tensor_arg(info, i, op, name);
   if (!t) return t;
-  cpu_f32(op, name, *t);
+  grad_f32(op, name, *t);
   return contiguous(*t);
 }
 
@@ -58,7 +59,7 @@ void expect_shape(const char* op, const char* name, const Tensor& t, const Shape
 
 // A tensor updated in place: float32 on cpu, contiguous (it is written through its own pointer).
 void check_inplace(const char* op, const char* name, const Tensor& t) {
-  cpu_f32(op, name, t);
+  grad_f32(op, name, t);
   if (!t.is_contiguous()) throw_range(std::string(op) + ": " + name + " must be contiguous (it is updated in place)");
 }
 
@@ -225,7 +226,7 @@ AttnArgs attention_args(const Napi::CallbackInfo& info, size_t i0, const char* o
   for (int i = 0; i < 3; i++) {
     Tensor* t = qkv[i];
     const char* name = names[i];
-    cpu_f32(op, name, *t);
+    grad_f32(op, name, *t);
     check_rank(op, name, *t, 3, 3);
     if (t->strides[2] != 1 && t->shape[2] > 1) *t = contiguous(*t);
   }
@@ -244,7 +245,7 @@ AttnArgs attention_args(const Napi::CallbackInfo& info, size_t i0, const char* o
   p.v_batch = a.v.strides[0]; p.v_row = a.v.strides[1];
   p.o_batch = Nq * heads * p.Dv; p.o_row = heads * p.Dv;
   if (mask) {
-    cpu_f32(op, "mask", *mask);
+    grad_f32(op, "mask", *mask);
     Tensor m = contiguous(*mask);
     if (m.ndim() < 1 || m.ndim() > 4) throw_range(std::string(op) + ": mask must have 1 to 4 dims, broadcastable to [B, heads, Nq, Nk]");
     Shape full = {B, heads, Nq, Nk};
@@ -328,8 +329,8 @@ Napi::Value BinaryBackward(const Napi::CallbackInfo& info) {
   const Tensor& b = tensor_arg(info, 2, op, "b");
   Tensor dy = f32_arg(info, 3, op, "dy");
   int64_t which = int_arg(info, 4, op, "which");
-  cpu_f32(op, "a", a);
-  cpu_f32(op, "b", b);
+  grad_f32(op, "a", a);
+  grad_f32(op, "b", b);
   if (which != 0 && which != 1) throw_range("binaryBackward: which must be 0 or 1");
   const int64_t nd = std::max(a.ndim(), b.ndim());
   Shape shape(nd), sa(nd), sb(nd);
@@ -582,7 +583,7 @@ Napi::Value AdamwStep(const Napi::CallbackInfo& info) {
   same_shapes(op, "expAvgs", ps, ms);
   same_shapes(op, "expAvgSqs", ps, vs);
   for (Tensor& g : gs) {
-    cpu_f32(op, "grads", g);
+    grad_f32(op, "grads", g);
     g = contiguous(g);
   }
   const double lr = number_arg(info, 4, op, "lr"), b1 = number_arg(info, 5, op, "beta1"), b2 = number_arg(info, 6, op, "beta2");
@@ -620,7 +621,7 @@ Napi::Value EmaUpdate(const Napi::CallbackInfo& info) {
   std::vector<Tensor> ps = tensor_list_arg(info, 1, op, "params");
   same_shapes(op, "params", ss, ps);
   for (Tensor& p : ps) {
-    cpu_f32(op, "params", p);
+    grad_f32(op, "params", p);
     p = contiguous(p);
   }
   const double decay = number_arg(info, 2, op, "decay");
@@ -638,7 +639,7 @@ Napi::Value EmaUpdate(const Napi::CallbackInfo& info) {
 std::vector<Tensor> f32_list(const Napi::CallbackInfo& info, size_t i, const char* op, const char* name) {
   std::vector<Tensor> ts = tensor_list_arg(info, i, op, name);
   for (Tensor& t : ts) {
-    cpu_f32(op, name, t);
+    grad_f32(op, name, t);
     t = contiguous(t);
   }
   return ts;

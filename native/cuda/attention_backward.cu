@@ -36,45 +36,6 @@ namespace dk::cuda {
 namespace abw {
 namespace {
 
-// The accumulator width (in 16-column units) for heads of `width` columns.
-int jd_for(int64_t width) {
-  if (width <= 32) return 2;
-  if (width <= 64) return 4;
-  if (width <= 80) return 5;
-  return 10;
-}
-
-Args make_args(const AttentionParams& p, const char* op) {
-  const int64_t lim = INT_MAX / 4;
-  if (p.Nq > lim || p.Nk > lim || p.heads > lim || p.D > lim || p.Dv > lim || p.B * p.heads > lim || p.D < 0 ||
-      p.Dv < 0 || p.Nk < 0)
-    throw_range(std::string(op) + ": problem too large for the CUDA kernel");
-  Args a{};
-  a.Nq = static_cast<int>(p.Nq);
-  a.Nk = static_cast<int>(p.Nk);
-  a.H = static_cast<int>(p.heads);
-  a.D = static_cast<int>(p.D);
-  a.Dv = static_cast<int>(p.Dv);
-  a.off = static_cast<int>(p.Nk - p.Nq);
-  a.causal = p.causal;
-  a.scale = p.scale;
-  a.q_batch = p.q_batch;
-  a.q_row = p.q_row;
-  a.k_batch = p.k_batch;
-  a.k_row = p.k_row;
-  a.v_batch = p.v_batch;
-  a.v_row = p.v_row;
-  a.o_batch = p.o_batch;
-  a.o_row = p.o_row;
-  a.mask = p.mask;
-  a.mask_b = p.mask_b;
-  a.mask_h = p.mask_h;
-  a.mask_q = p.mask_q;
-  a.qtiles = static_cast<int>((p.Nq + kT - 1) / kT);
-  a.ktiles = static_cast<int>((p.Nk + kT - 1) / kT);
-  return a;
-}
-
 unsigned grid_of(int64_t tiles, int64_t BH, int64_t chunks, const char* op) {
   const int64_t n = tiles * BH * chunks;
   if (n > INT_MAX) throw_range(std::string(op) + ": too many tiles for one launch");

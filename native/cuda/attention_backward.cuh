@@ -11,6 +11,10 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <string>
+
+#include "../core/error.h"
+#include "../cpu/kernels.h"
 
 namespace dk::cuda::abw {
 
@@ -404,6 +408,47 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const Args a) {
       if (c < cw) dq[c] = acc[i][jd] * a.scale;
     }
   }
+}
+
+// ---------------------------------------------------------------- host-side planning
+
+// The accumulator width (in 16-column units) for heads of `width` columns.
+inline int jd_for(int64_t width) {
+  if (width <= 32) return 2;
+  if (width <= 64) return 4;
+  if (width <= 80) return 5;
+  return 10;
+}
+
+inline Args make_args(const cpu::AttentionParams& p, const char* op) {
+  const int64_t lim = INT_MAX / 4;
+  if (p.Nq > lim || p.Nk > lim || p.heads > lim || p.D > lim || p.Dv > lim || p.B * p.heads > lim || p.D < 0 ||
+      p.Dv < 0 || p.Nk < 0)
+    ::dk::throw_range(std::string(op) + ": problem too large for the CUDA kernel");
+  Args a{};
+  a.Nq = static_cast<int>(p.Nq);
+  a.Nk = static_cast<int>(p.Nk);
+  a.H = static_cast<int>(p.heads);
+  a.D = static_cast<int>(p.D);
+  a.Dv = static_cast<int>(p.Dv);
+  a.off = static_cast<int>(p.Nk - p.Nq);
+  a.causal = p.causal;
+  a.scale = p.scale;
+  a.q_batch = p.q_batch;
+  a.q_row = p.q_row;
+  a.k_batch = p.k_batch;
+  a.k_row = p.k_row;
+  a.v_batch = p.v_batch;
+  a.v_row = p.v_row;
+  a.o_batch = p.o_batch;
+  a.o_row = p.o_row;
+  a.mask = p.mask;
+  a.mask_b = p.mask_b;
+  a.mask_h = p.mask_h;
+  a.mask_q = p.mask_q;
+  a.qtiles = static_cast<int>((p.Nq + kT - 1) / kT);
+  a.ktiles = static_cast<int>((p.Nk + kT - 1) / kT);
+  return a;
 }
 
 }  // namespace dk::cuda::abw

@@ -34,36 +34,6 @@
 namespace dk::cuda {
 namespace cbw {
 
-Geom geom_of(const Conv2dParams& p, const char* op) {
-  // Pixel and reduction indices are int (element offsets are int64 in the kernels).
-  const int64_t lim = INT_MAX / 2;
-  if (p.N * p.H * p.W > (int64_t(1) << 40) || p.N * p.P * p.Q > (int64_t(1) << 40) || p.H > lim || p.W > lim ||
-      p.C > lim || p.K > lim || p.P > lim || p.Q > lim || p.R * p.S * p.K > lim || p.R * p.S * p.C > lim ||
-      p.P * p.Q > lim || p.H + p.pad_h > lim || p.W + p.pad_w > lim || (p.R - 1) * p.dil_h > lim ||
-      (p.S - 1) * p.dil_w > lim || p.stride_h > lim || p.stride_w > lim)
-    throw_range(std::string(op) + ": problem too large for the CUDA kernel");
-  if (p.R < 1 || p.S < 1 || p.stride_h < 1 || p.stride_w < 1 || p.dil_h < 1 || p.dil_w < 1 || p.pad_h < 0 ||
-      p.pad_w < 0)
-    throw_range(std::string(op) + ": invalid geometry");
-  Geom g;
-  g.N = static_cast<int>(p.N);
-  g.H = static_cast<int>(p.H);
-  g.W = static_cast<int>(p.W);
-  g.C = static_cast<int>(p.C);
-  g.K = static_cast<int>(p.K);
-  g.R = static_cast<int>(p.R);
-  g.S = static_cast<int>(p.S);
-  g.P = static_cast<int>(p.P);
-  g.Q = static_cast<int>(p.Q);
-  g.sh = static_cast<int>(p.stride_h);
-  g.sw = static_cast<int>(p.stride_w);
-  g.ph = static_cast<int>(p.pad_h);
-  g.pw = static_cast<int>(p.pad_w);
-  g.dh = static_cast<int>(p.dil_h);
-  g.dw = static_cast<int>(p.dil_w);
-  return g;
-}
-
 // A device workspace returned to the stream-ordered cache when the scope ends (after the
 // kernels using it are enqueued: the next user of the block runs after them on the stream).
 struct Scratch {
@@ -108,17 +78,8 @@ void conv2d_backward_weight(int device, const Conv2dParams& p, const float* dy, 
   const cbw::Geom g = cbw::geom_of(p, "conv2d_backward_weight");
   const int64_t nt = (RSC + cbw::BN - 1) / cbw::BN, kt = (p.K + cbw::BM - 1) / cbw::BM;
   if (nt > INT_MAX || kt > 65535) throw_range("conv2d_backward_weight: problem too large for the CUDA kernel");
-  // Splits of the pixel range: enough blocks for ~4 waves of 2 blocks per SM, each split at
-  // least 512 pixels long, the partials at most 16M floats (64 MB).
-  const int64_t tiles = nt * kt, want_blocks = int64_t(ku::sm_count(device)) * 8;
-  int64_t splits = std::max<int64_t>(1, want_blocks / tiles);
-  splits = std::min<int64_t>(splits, std::max<int64_t>(1, M / 512));
-  splits = std::min<int64_t>(splits, std::max<int64_t>(1, (int64_t(1) << 24) / (p.K * RSC)));
-  splits = std::min<int64_t>(splits, 65535);
-  // per: a multiple of BK so every split but the last has whole slices
-  int64_t per = (M + splits - 1) / splits;
-  per = (per + cbw::BK - 1) / cbw::BK * cbw::BK;
-  splits = (M + per - 1) / per;
+  int64_t per = 0;
+  const int64_t splits = cbw::plan_dw_splits(M, p.K, RSC, ku::sm_count(device), &per);
   const dim3 grid(static_cast<unsigned>(nt), static_cast<unsigned>(kt), static_cast<unsigned>(splits));
   if (splits == 1) {
     cbw::dw_kernel<<<grid, cbw::kThreads, 0, st>>>(g, dy, x, dw, per, 0);
@@ -143,12 +104,8 @@ void column_sum(int device, const float* x, int64_t rows, int64_t C, float* out)
   }
   const int64_t ctiles = (C + 31) / 32;
   if (ctiles > INT_MAX) throw_range("column_sum: too many columns");
-  // Row chunks: about 4 blocks per SM in all, each at least 256 rows.
-  int64_t chunks = std::max<int64_t>(1, int64_t(ku::sm_count(device)) * 4 / ctiles);
-  chunks = std::min<int64_t>(chunks, std::max<int64_t>(1, rows / 256));
-  chunks = std::min<int64_t>(chunks, 65535);
-  const int64_t per = (rows + chunks - 1) / chunks;
-  chunks = (rows + per - 1) / per;
+  int64_t per = 0;
+  const int64_t chunks = cbw::plan_colsum_chunks(rows, C, ku::sm_count(device), &per);
   cbw::Scratch part(device, sizeof(double) * static_cast<size_t>(chunks * C));
   double* pp = static_cast<double*>(part.ptr);
   cbw::colsum_partial_kernel<<<dim3(static_cast<unsigned>(ctiles), static_cast<unsigned>(chunks)), dim3(32, 8), 0, st>>>(

@@ -2,8 +2,13 @@
 // so that native/cuda/lab/grad_emu_check.cc can run these exact kernels on the host under a
 // small thread emulator (no GPU needed for index-math checks).
 #pragma once
+#include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <string>
+
+#include "../core/error.h"
+#include "../cpu/kernels.h"
 
 namespace dk::cuda::cbw {
 
@@ -214,6 +219,63 @@ __global__ void colsum_final_kernel(const double* __restrict__ part, int chunks,
     for (int z = 0; z < chunks; ++z) s += part[int64_t(z) * C + c];
     out[c] = static_cast<float>(s);
   }
+}
+
+// ---------------------------------------------------------------- host-side planning
+
+inline Geom geom_of(const cpu::Conv2dParams& p, const char* op) {
+  // Pixel and reduction indices are int (element offsets are int64 in the kernels).
+  const int64_t lim = INT_MAX / 2;
+  if (p.N * p.H * p.W > (int64_t(1) << 40) || p.N * p.P * p.Q > (int64_t(1) << 40) || p.H > lim || p.W > lim ||
+      p.C > lim || p.K > lim || p.P > lim || p.Q > lim || p.R * p.S * p.K > lim || p.R * p.S * p.C > lim ||
+      p.P * p.Q > lim || p.H + p.pad_h > lim || p.W + p.pad_w > lim || (p.R - 1) * p.dil_h > lim ||
+      (p.S - 1) * p.dil_w > lim || p.stride_h > lim || p.stride_w > lim)
+    throw_range(std::string(op) + ": problem too large for the CUDA kernel");
+  if (p.R < 1 || p.S < 1 || p.stride_h < 1 || p.stride_w < 1 || p.dil_h < 1 || p.dil_w < 1 || p.pad_h < 0 ||
+      p.pad_w < 0)
+    throw_range(std::string(op) + ": invalid geometry");
+  Geom g;
+  g.N = static_cast<int>(p.N);
+  g.H = static_cast<int>(p.H);
+  g.W = static_cast<int>(p.W);
+  g.C = static_cast<int>(p.C);
+  g.K = static_cast<int>(p.K);
+  g.R = static_cast<int>(p.R);
+  g.S = static_cast<int>(p.S);
+  g.P = static_cast<int>(p.P);
+  g.Q = static_cast<int>(p.Q);
+  g.sh = static_cast<int>(p.stride_h);
+  g.sw = static_cast<int>(p.stride_w);
+  g.ph = static_cast<int>(p.pad_h);
+  g.pw = static_cast<int>(p.pad_w);
+  g.dh = static_cast<int>(p.dil_h);
+  g.dw = static_cast<int>(p.dil_w);
+  return g;
+}
+
+// Splits of dw's pixel range: enough blocks for ~8 per SM, each split at least 512 pixels, the
+// partials at most 16M floats (64 MB). `per` (a multiple of BK) is each split's length.
+inline int64_t plan_dw_splits(int64_t M, int64_t K, int64_t RSC, int sms, int64_t* per_out) {
+  const int64_t tiles = ((RSC + BN - 1) / BN) * ((K + BM - 1) / BM), want_blocks = int64_t(sms) * 8;
+  int64_t splits = std::max<int64_t>(1, want_blocks / tiles);
+  splits = std::min<int64_t>(splits, std::max<int64_t>(1, M / 512));
+  splits = std::min<int64_t>(splits, std::max<int64_t>(1, (int64_t(1) << 24) / (K * RSC)));
+  splits = std::min<int64_t>(splits, 65535);
+  int64_t per = (M + splits - 1) / splits;
+  per = (per + BK - 1) / BK * BK;
+  *per_out = per;
+  return (M + per - 1) / per;
+}
+
+// Row chunks of column_sum: about 4 blocks per SM in all, each at least 256 rows.
+inline int64_t plan_colsum_chunks(int64_t rows, int64_t C, int sms, int64_t* per_out) {
+  const int64_t ctiles = (C + 31) / 32;
+  int64_t chunks = std::max<int64_t>(1, int64_t(sms) * 4 / ctiles);
+  chunks = std::min<int64_t>(chunks, std::max<int64_t>(1, rows / 256));
+  chunks = std::min<int64_t>(chunks, 65535);
+  const int64_t per = (rows + chunks - 1) / chunks;
+  *per_out = per;
+  return (rows + per - 1) / per;
 }
 
 }  // namespace dk::cuda::cbw

@@ -98,6 +98,8 @@ Napi::Value Conv2dBackward(const Napi::CallbackInfo& info) {
   bool need_x = bool_arg(info, 6, op, "needInput");
   bool need_w = bool_arg(info, 7, op, "needWeight");
   bool need_b = bool_arg(info, 8, op, "needBias");
+  check_same(op, "dy", x, dy);
+  check_same(op, "weight", x, w);
   check_rank(op, "input", x, 4, 4);
   check_rank(op, "weight", w, 4, 4);
   if (stride.size() != 2 || pad.size() != 2 || dil.size() != 2)
@@ -130,7 +132,14 @@ Napi::Value Conv2dBackward(const Napi::CallbackInfo& info) {
            if (dwp) cpu::conv2d_backward_weight(p, dy.ptr<float>(), x.ptr<float>(), dwp);
            if (dbp) cpu::column_sum(dy.ptr<float>(), p.N * p.P * p.Q, p.K, dbp);
          },
-         no_cuda);
+         [=] {
+           DK_CUDA_ONLY({
+             const int dev = x.device().index;
+             if (dxp) cuda::conv2d_backward_input(dev, p, dy.ptr<float>(), w.ptr<float>(), dxp);
+             if (dwp) cuda::conv2d_backward_weight(dev, p, dy.ptr<float>(), x.ptr<float>(), dwp);
+             if (dbp) cuda::column_sum(dev, dy.ptr<float>(), p.N * p.P * p.Q, p.K, dbp);
+           });
+         });
   return array_of(info.Env(), {dx, dw, db});
 }
 
@@ -227,6 +236,7 @@ AttnArgs attention_args(const Napi::CallbackInfo& info, size_t i0, const char* o
     Tensor* t = qkv[i];
     const char* name = names[i];
     grad_f32(op, name, *t);
+    if (i > 0) check_same(op, name, a.q, *t);
     check_rank(op, name, *t, 3, 3);
     if (t->strides[2] != 1 && t->shape[2] > 1) *t = contiguous(*t);
   }
@@ -246,6 +256,7 @@ AttnArgs attention_args(const Napi::CallbackInfo& info, size_t i0, const char* o
   p.o_batch = Nq * heads * p.Dv; p.o_row = heads * p.Dv;
   if (mask) {
     grad_f32(op, "mask", *mask);
+    check_same(op, "mask", a.q, *mask);
     Tensor m = contiguous(*mask);
     if (m.ndim() < 1 || m.ndim() > 4) throw_range(std::string(op) + ": mask must have 1 to 4 dims, broadcastable to [B, heads, Nq, Nk]");
     Shape full = {B, heads, Nq, Nk};
@@ -276,7 +287,10 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   Tensor q = a.q, k = a.k, v = a.v;
   run_op(op, q.device(), ins, {out, lse},
          [=] { cpu::attention_forward_lse(p, q.ptr<float>(), k.ptr<float>(), v.ptr<float>(), out.ptr<float>(), lse.ptr<float>()); },
-         no_cuda);
+         [=] {
+           DK_CUDA_ONLY(cuda::attention_forward_lse(q.device().index, p, q.ptr<float>(), k.ptr<float>(), v.ptr<float>(),
+                                                    out.ptr<float>(), lse.ptr<float>()));
+         });
   return array_of(info.Env(), {out, lse});
 }
 
@@ -288,6 +302,9 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   Tensor lse = f32_arg(info, 2, op, "lse");
   AttnArgs a = attention_args(info, 3, op);
   const cpu::AttentionParams p = a.p;
+  check_same(op, "dout", a.q, dout);
+  check_same(op, "out", a.q, out);
+  check_same(op, "lse", a.q, lse);
   expect_shape(op, "out", out, {p.B, p.Nq, p.heads * p.Dv});
   expect_shape(op, "dout", dout, {p.B, p.Nq, p.heads * p.Dv});
   expect_shape(op, "lse", lse, {p.B, p.heads, p.Nq});
@@ -302,7 +319,11 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
            cpu::attention_backward(p, q.ptr<float>(), k.ptr<float>(), v.ptr<float>(), out.ptr<float>(), lse.ptr<float>(),
                                    dout.ptr<float>(), dq.ptr<float>(), dk.ptr<float>(), dv.ptr<float>());
          },
-         no_cuda);
+         [=] {
+           DK_CUDA_ONLY(cuda::attention_backward(q.device().index, p, q.ptr<float>(), k.ptr<float>(), v.ptr<float>(),
+                                                 out.ptr<float>(), lse.ptr<float>(), dout.ptr<float>(), dq.ptr<float>(),
+                                                 dk.ptr<float>(), dv.ptr<float>()));
+         });
   return array_of(info.Env(), {dq, dk, dv});
 }
 

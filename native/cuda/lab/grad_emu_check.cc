@@ -287,7 +287,8 @@ struct AttnCase {
   const char* name;
   int B, Nq, Nk, H, D, Dv;
   bool causal;
-  int mask;          // 0 none, 1 [B,1,Nq,Nk] with -inf entries and a fully masked row, 2 [Nk] (one row for all)
+  int mask;          // 0 none, 1 [B,1,Nq,Nk] with -inf entries and a fully masked row, 2 [Nk] (one row for all),
+                     // 3 [B,H,Nq,Nk] with -inf entries
   int q_extra = 0;   // extra elements per q row (a view into a wider tensor)
 };
 
@@ -313,6 +314,12 @@ void check_attention(const AttnCase& tc, std::mt19937& rng) {
     if (Nq > 2)
       for (int j = 0; j < Nk; ++j) mask[(int64_t(B - 1) * Nq + 2) * Nk + j] = -INFINITY;  // fully masked row
     p.mask = mask.data(); p.mask_b = int64_t(Nq) * Nk; p.mask_h = 0; p.mask_q = Nk;
+  } else if (tc.mask == 3) {
+    mask = rand_vec(int64_t(B) * H * Nq * Nk, rng, -2.f, 2.f);
+    std::uniform_int_distribution<int> coin(0, 3);
+    for (auto& m : mask)
+      if (coin(rng) == 0) m = -INFINITY;
+    p.mask = mask.data(); p.mask_b = int64_t(H) * Nq * Nk; p.mask_h = int64_t(Nq) * Nk; p.mask_q = Nk;
   } else if (tc.mask == 2) {
     mask = rand_vec(Nk, rng, -2.f, 0.f);
     mask[0] = -INFINITY;
@@ -477,6 +484,8 @@ int main() {
       {"D1 Dv1", 2, 7, 9, 3, 1, 1, false, 0},
       {"D64 Dv80 N129", 1, 129, 65, 1, 64, 80, false, 0},
       {"Nk0", 1, 5, 0, 2, 4, 4, false, 0},
+      {"mask [B,H,Nq,Nk] causal Nq130 Nk100, k/q views", 2, 130, 100, 3, 9, 7, true, 3, 2},
+      {"mask [B,1,Nq,Nk] causal Nq=Nk=9 with masked row", 1, 9, 9, 2, 5, 6, true, 1},
       {"Nq1 Nk1 causal", 1, 1, 1, 1, 3, 3, true, 0},
   };
   const int c0 = g_checks, f0 = g_fail;

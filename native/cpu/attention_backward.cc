@@ -51,6 +51,14 @@ inline int64_t key_end(const AttentionParams& p, int64_t i) {
   return std::max<int64_t>(0, std::min<int64_t>(p.Nk, i + (p.Nk - p.Nq) + 1));
 }
 
+// A row masked everywhere has all its visible scores at -FLT_MAX (masks are floored there): the
+// forward averages V over them, a function of V alone. Its lse = -FLT_MAX + log(n) rounds to
+// -FLT_MAX (the marker, no other row gets it), so exp(s - lse) gives 1 where the forward used
+// 1/n, and its dS must be 0 (the row does not depend on q or k).
+inline float masked_row_prob(const AttentionParams& p, int64_t i) {
+  return 1.f / static_cast<float>(key_end(p, i));
+}
+
 inline const float* mask_row(const AttentionParams& p, int64_t b, int64_t h, int64_t i) {
   return p.mask ? p.mask + b * p.mask_b + h * p.mask_h + i * p.mask_q : nullptr;
 }
@@ -95,6 +103,10 @@ void probs_rows(const AttentionParams& p, const Head& t, int64_t i0, int64_t row
     float* sr = s + r * p.Nk;
     const float l = t.lse[i0 + r];  // +inf for a row that sees no key: exp(-inf) = 0
     for (int64_t j = 0; j < p.Nk; ++j) sr[j] = exp_fast(sr[j] - l);
+    if (l == -FLT_MAX) {
+      const float u = masked_row_prob(p, i0 + r);
+      for (int64_t j = 0; j < p.Nk; ++j) sr[j] *= u;
+    }
   }
 }
 
@@ -112,6 +124,10 @@ void query_tile(const AttentionParams& p, const Head& t, int64_t b, int64_t h, i
     const float delta = dotf(t.dout + (i0 + r) * p.o_row, t.o + (i0 + r) * p.o_row, p.Dv);
     float* d = dS + r * Nk;
     const float* pr = P + r * Nk;
+    if (t.lse[i0 + r] == -FLT_MAX) {
+      std::fill(d, d + Nk, 0.f);
+      continue;
+    }
     for (int64_t j = 0; j < Nk; ++j) d[j] = pr[j] * (d[j] - delta);
   }
   // dq = scale dS K
@@ -143,13 +159,15 @@ void key_tile(const AttentionParams& p, const Head& t, int64_t b, int64_t h, int
     const int64_t i_begin = p.causal ? std::min(Nq, std::max<int64_t>(0, j - (p.Nk - Nq))) : 0;
     std::fill(row, row + i_begin, 0.f);
     for (int64_t i = i_begin; i < Nq; ++i) row[i] = exp_fast(row[i] - t.lse[i]);  // lse +inf: 0
+    for (int64_t i = i_begin; i < Nq; ++i)
+      if (t.lse[i] == -FLT_MAX) row[i] *= masked_row_prob(p, i);
   }
   // dST = (v dout^T - Delta) PT
   sgemm(1, false, true, cols, Nq, p.Dv, 1.f, t.v + j0 * p.v_row, p.v_row, 0, t.dout, p.o_row, 0, 0.f, dST, Nq, 0);
   for (int64_t c = 0; c < cols; ++c) {
     float* d = dST + c * Nq;
     const float* pr = PT + c * Nq;
-    for (int64_t i = 0; i < Nq; ++i) d[i] = pr[i] * (d[i] - delta[i]);
+    for (int64_t i = 0; i < Nq; ++i) d[i] = t.lse[i] == -FLT_MAX ? 0.f : pr[i] * (d[i] - delta[i]);
   }
   sgemm(1, false, false, cols, p.Dv, Nq, 1.f, PT, Nq, 0, t.dout, p.o_row, 0, 0.f, t.dv + j0 * HDv, HDv, 0);
   sgemm(1, false, false, cols, p.D, Nq, p.scale, dST, Nq, 0, t.q, p.q_row, 0, 0.f, t.dk + j0 * HD, HD, 0);

@@ -44,6 +44,16 @@ __device__ __forceinline__ bool sees(const Args& a, int i, int j) {
   return i < a.Nq && j < a.Nk && (!a.causal || j <= i + a.off);
 }
 
+// A row masked everywhere has every visible score at -FLT_MAX (masks are floored there), so the
+// forward averages V, a function of V alone; its lse = -FLT_MAX + log(n) rounds back to -FLT_MAX
+// (the marker) and exp(s - lse) is 1: the probabilities are 1/n (n = the keys the row sees) and
+// dS is 0. The CPU backward does the same.
+__device__ __forceinline__ float prob_scale(const Args& a, int i, float lse) {
+  if (lse != -FLT_MAX) return 1.f;
+  const int n = a.causal ? imax(0, imin(a.Nk, i + a.off + 1)) : a.Nk;
+  return n > 0 ? 1.f / static_cast<float>(n) : 0.f;
+}
+
 // acc[i][j] = sum over d < depth of A[r_i, d] * B[c_j, d] for rows r_i = ty + 16i of A (na
 // valid rows at pitch lda) and c_j = tx + 16j of B (nb valid rows at pitch ldb); zero padded.
 // Ends with a barrier, so the slices may be reused at once.
@@ -287,6 +297,7 @@ __global__ void __launch_bounds__(kThreads) dkv_kernel(const Args a) {
       const int gi = i0 + tx + 16 * j;
       const bool qv = gi < a.Nq;
       const float l = qv ? lse[gi] : INFINITY, dl = qv ? delta[gi] : 0.f;
+      const float ps = qv ? prob_scale(a, gi, l) : 0.f;
       const float* mr = mbase && qv ? mbase + int64_t(gi) * a.mask_q : nullptr;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -295,10 +306,10 @@ __global__ void __launch_bounds__(kThreads) dkv_kernel(const Args a) {
         if (sees(a, gi, gj)) {
           float sc = p[i][j] * a.scale;
           if (mr) sc += mask_floor(mr[gj]);
-          x = expf(sc - l);  // lse = +inf (row sees no key): 0
+          x = expf(sc - l) * ps;  // lse = +inf (row sees no key): 0
         }
         p[i][j] = x;
-        ds[i][j] = x * (ds[i][j] - dl);
+        ds[i][j] = l == -FLT_MAX ? 0.f : x * (ds[i][j] - dl);
       }
     }
     if (cwv > 0) {
@@ -354,7 +365,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const Args a) {
   const float* ot = a.dout + b * a.o_batch + int64_t(i0) * a.o_row + int64_t(h) * a.Dv;
   const float* kb = a.k + b * a.k_batch + int64_t(h) * a.D;
   const float* vb = a.v + b * a.v_batch + int64_t(h) * a.Dv;
-  float l[4], dl[4];
+  float l[4], dl[4], ps[4];
   const float* mrow[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -362,6 +373,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const Args a) {
     const bool qv = gi < a.Nq;
     l[i] = qv ? a.lse[int64_t(bh) * a.Nq + gi] : INFINITY;
     dl[i] = qv ? a.delta[int64_t(bh) * a.Nq + gi] : 0.f;
+    ps[i] = qv ? prob_scale(a, gi, l[i]) : 0.f;
     mrow[i] = a.mask && qv ? a.mask + b * a.mask_b + h * a.mask_h + int64_t(gi) * a.mask_q : nullptr;
   }
   float acc[4][JD];
@@ -385,9 +397,9 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const Args a) {
         if (sees(a, gi, gj)) {
           float sc = p[i][j] * a.scale;
           if (mrow[i]) sc += mask_floor(mrow[i][gj]);
-          x = expf(sc - l[i]);
+          x = expf(sc - l[i]) * ps[i];
         }
-        ds[i][j] = x * (ds[i][j] - dl[i]);
+        ds[i][j] = l[i] == -FLT_MAX ? 0.f : x * (ds[i][j] - dl[i]);
       }
     }
 #pragma unroll

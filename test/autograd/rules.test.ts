@@ -201,10 +201,17 @@ describe("normalisation rules", () => {
 });
 
 describe("attention rule", () => {
-  const att = (name: string, B: number, Nq: number, Nk: number, heads: number, D: number, o: { Dv?: number; causal?: boolean; mask?: number[]; scale?: number } = {}, seed = 120): [string, GradCase] => {
+  // maskedRow [b, i]: that query row's mask is float32's lowest value for every key (as HF masks
+  // pad with finfo.min); its scores all round to it, so the row is the mean of V.
+  const att = (name: string, B: number, Nq: number, Nk: number, heads: number, D: number,
+    o: { Dv?: number; causal?: boolean; mask?: number[]; scale?: number; maskedRow?: [number, number] } = {}, seed = 120): [string, GradCase] => {
     const Dv = o.Dv ?? D;
     const inputs = [rn([B, Nq, heads * D], seed), rn([B, Nk, heads * D], seed + 1), rn([B, Nk, heads * Dv], seed + 2)];
     const mask = o.mask ? rn(o.mask, seed + 3) : null;
+    if (mask && o.maskedRow) {
+      const [b, i] = o.maskedRow;
+      mask.data.fill(-3.4028234663852886e38, (b * Nq + i) * Nk, (b * Nq + i + 1) * Nk);
+    }
     return [name, {
       inputs,
       ours: ([q, k, v]) => {
@@ -223,6 +230,8 @@ describe("attention rule", () => {
     att("causal (CLIP)", 2, 11, 11, 2, 4, { causal: true }, 150),
     att("causal, Nq < Nk", 1, 4, 9, 1, 5, { causal: true }, 160),
     att("additive mask [B, 1, 1, Nk]", 2, 6, 5, 2, 3, { mask: [2, 1, 1, 5] }, 170),
+    att("a row masked everywhere (finfo.min): V averaged, no q/k gradient", 2, 6, 5, 2, 3, { mask: [2, 1, 6, 5], maskedRow: [1, 2] }, 175),
+    att("masked row, causal, two-pass path", 1, 70, 70, 1, 2, { causal: true, mask: [1, 1, 70, 70], maskedRow: [0, 40] }, 177),
   ]);
 });
 

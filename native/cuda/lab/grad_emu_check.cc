@@ -344,6 +344,7 @@ void check_attention(const AttnCase& tc, std::mt19937& rng) {
   std::vector<double> rout(p.o_batch * B, 0.0), rlse(int64_t(B) * H * Nq), rdq(int64_t(B) * Nq * H * D, 0.0),
       rdk(int64_t(B) * Nk * H * D, 0.0), rdv(int64_t(B) * Nk * H * Dv, 0.0);
   std::vector<float> lse_f(rlse.size());
+  std::vector<double> rmax(rlse.size()), rsum(rlse.size());  // exact P = exp(s - max) / sum
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < H; ++h) {
       std::vector<float> s(Nk);
@@ -367,12 +368,15 @@ void check_attention(const AttnCase& tc, std::mt19937& rng) {
         // the kernels' lse is a float: m + log(sum) rounded (a row masked everywhere keeps -FLT_MAX)
         lse_f[li] = m + static_cast<float>(std::log(sum));
         rlse[li] = double(m) + std::log(sum);
+        rmax[li] = m;
+        rsum[li] = sum;
         for (int j = 0; j < Nk; ++j) {
           const double pj = std::exp(double(s[j]) - double(m)) / sum;
           for (int d = 0; d < Dv; ++d) o[d] += pj * v[b * p.v_batch + j * p.v_row + h * Dv + d];
         }
       }
-      // backward with the CPU's recomputation P = exp(s - lse) from the float lse
+      // backward with the exact probabilities exp(s - max) / sum (a row masked everywhere: 1/n,
+      // which the kernels recover although their lse, even in double, rounds to -FLT_MAX)
       for (int i = 0; i < Nq; ++i) {
         const int64_t li = (int64_t(b) * H + h) * Nq + i;
         const float* dO = &dout[b * p.o_batch + i * p.o_row + h * Dv];
@@ -383,11 +387,11 @@ void check_attention(const AttnCase& tc, std::mt19937& rng) {
           bool seen;
           const float sj = score(b, h, i, j, seen);
           if (!seen || std::isinf(lse_f[li])) continue;
-          const double pij = std::exp(double(sj) - double(lse_f[li]));
+          const double pij = std::exp(double(sj) - rmax[li]) / rsum[li];
           double dp = 0;
           for (int d = 0; d < Dv; ++d) dp += double(dO[d]) * v[b * p.v_batch + j * p.v_row + h * Dv + d];
           P[size_t(i) * Nk + j] = pij;
-          dS[size_t(i) * Nk + j] = pij * (dp - delta);
+          dS[size_t(i) * Nk + j] = rmax[li] == -FLT_MAX ? 0.0 : pij * (dp - delta);  // masked everywhere: V only
         }
       }
       for (int i = 0; i < Nq; ++i)

@@ -84,7 +84,7 @@ export interface NativeAddon {
   conv2dAlgo(xShape: number[], wShape: number[], stride: number[], padding: number[], dilation: number[], dtype?: "float32" | "bfloat16"): "direct" | "winograd";
   /** Forces the CPU conv2d path ("auto": per shape; starts from DIFFUSEKIT_CONV_ALGO); returns the previous setting. */
   setConv2dAlgo(mode: "auto" | "direct" | "winograd"): "auto" | "direct" | "winograd";
-  // training (native/binding/ops_grad.cc): backward kernels, CPU float32; never recorded by autograd
+  // training (native/binding/ops_grad.cc): backward kernels, float32 on the CPU or a GPU (all tensors of a call on one device); never recorded by autograd
   conv2dBackward(dy: T, x: T, weight: T, stride: number[], padding: number[], dilation: number[],
     needInput: boolean, needWeight: boolean, needBias: boolean): [T | null, T | null, T | null];
   groupNormBackward(dy: T, x: T, groups: number, gamma: T | null, beta: T | null, eps: number, silu: boolean,

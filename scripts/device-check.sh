@@ -2,7 +2,8 @@
 # One self-contained GPU check (target: under 6 minutes on an H100): uses the addon already built
 # with CUDA (build/Release) and the compiled dist/; needs only Node and the GPU driver (plus python3
 # with torch for the comparison column, and nvcc-built lab binaries in .device/labs when present).
-# Runs the CUDA-vs-CPU parity suite, then the CUDA benchmark, and writes a report (text + JSON).
+# Runs the CUDA-vs-CPU parity suite, the training-kernel (gradient) parity and a short training
+# run, then the CUDA benchmark, and writes a report (text + JSON).
 # Usage: scripts/device-check.sh [REPORT_DIR]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,13 +19,27 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 node -e "const d=require('./dist'); console.log('devices:', JSON.stringify(d.devices())); console.log('build:', JSON.stringify(d.buildInfo()))" 2>&1 | tee -a "$REPORT"
 
 status=0
-PARTS="${DEVICE_CHECK_PARTS:-parity,golden,labs,bench,torch}"  # a subset reruns only what changed
+PARTS="${DEVICE_CHECK_PARTS:-parity,grad,train,golden,labs,bench,torch}"  # a subset reruns only what changed
 want() { [[ ",$PARTS," == *",$1,"* ]]; }
 if want parity; then
 say ""
 say "## parity (CUDA vs CPU, float32/float16/bfloat16)"
 timeout 100 node dist/check/cuda-parity.js --json "$OUT_DIR/parity.json" > "$OUT_DIR/parity.txt" 2>&1 || status=1
 grep -E "FAIL|passed" "$OUT_DIR/parity.txt" | tee -a "$REPORT"
+fi
+
+if want grad; then
+say ""
+say "## training kernels: gradients CUDA vs CPU (float32)"
+timeout 90 node dist/check/cuda-grad-parity.js --json "$OUT_DIR/grad.json" > "$OUT_DIR/grad.txt" 2>&1 || status=1
+grep -E "FAIL|passed|nothing to check" "$OUT_DIR/grad.txt" | tee -a "$REPORT"
+fi
+
+if want train; then
+say ""
+say "## short training run on CUDA (shapes 64x64, UNet small), first losses vs CPU"
+timeout 150 node dist/check/cuda-train.js --json "$OUT_DIR/train.json" > "$OUT_DIR/train.txt" 2>&1 || status=1
+grep -E "FAIL|passed|images/s|nothing to check|threw" "$OUT_DIR/train.txt" | tee -a "$REPORT"
 fi
 
 if want golden; then

@@ -43,6 +43,7 @@ const COMMON: FlagSpec[] = [
   { flag: "--no-flip", key: "randomFlip", type: "boolean", sets: false, help: "no random horizontal flips" },
   { flag: "--background", key: "background", type: "string", help: "colour behind transparent pixels, #rrggbb (default #ffffff)" },
   { flag: "--resample", key: "resample", type: "string", choices: ["area", "bilinear"], help: "resize filter (default area)" },
+  { flag: "--device", key: "device", type: "string", help: "cpu (default), cuda, cuda:N or auto (a GPU when one answers); float32 either way" },
 ];
 
 export const TRAIN_FLAGS: readonly FlagSpec[] = [

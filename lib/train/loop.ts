@@ -1,7 +1,7 @@
 // What the UNet and VAE trainers share: option checks, the data source, stopping (AbortSignal
 // and SIGINT), throughput/ETA bookkeeping and the progress record handed to onLog.
 import * as fs from "fs";
-import { resolveDevice } from "../devices";
+import { devices, resolveDevice } from "../devices";
 import { openImageFolder, checkResolution, type Colour, type ResampleMethod, type TrainingDataset } from "./data";
 import { createShapesDataset } from "./shapes";
 import type { LrScheduleName } from "./optim";
@@ -94,13 +94,23 @@ export function numOpt(op: string, name: string, v: unknown, dflt: number, ok: (
   return x;
 }
 
-/** Training runs on the CPU: the backward kernels have no CUDA versions yet. */
-export function trainingDevice(op: string, device: unknown): "cpu" {
+/**
+ * The device a training run computes on, float32 either way: "cpu" (the default), or a CUDA
+ * device that answered ("cuda" = "cuda:0"; "auto" = a GPU when one answers, else the CPU).
+ * Asking for a GPU that is not there is an error that says so.
+ */
+export function trainingDevice(op: string, device: unknown): string {
   const d = device ?? "cpu";
   if (typeof d !== "string" || !/^(cpu|auto|cuda(:\d+)?)$/.test(d))
     throw new RangeError(`${op}: device must be "cpu", "auto", "cuda" or "cuda:N", got ${JSON.stringify(d)}`);
-  if (d === "cpu" || d === "auto") return "cpu";
-  throw new Error(`${op}: training on ${resolveDevice(d)} is not supported yet (the backward kernels are CPU-only); use device "cpu"`);
+  if (d === "cpu") return "cpu";
+  const resolved = resolveDevice(d);
+  if (resolved === "cpu") return "cpu";
+  const index = resolved === "cuda" ? 0 : Number(resolved.slice(5));
+  const gpus = devices().filter((x) => x.type === "cuda");
+  if (!gpus.some((g) => g.type === "cuda" && g.index === index))
+    throw new Error(`${op}: device "${d}" was asked for, but ${gpus.length ? `only CUDA devices ${gpus.map((g) => (g.type === "cuda" ? g.index : "")).join(", ")} answered` : "no CUDA device answered (no GPU, no driver, or a CPU-only build)"}; use device "cpu" or "auto"`);
+  return `cuda:${index}`;
 }
 
 /**

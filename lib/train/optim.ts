@@ -1,7 +1,8 @@
 // Optimisers for training: AdamW (torch.optim.AdamW), the EMA of diffusers' EMAModel, and
 // global-norm gradient clipping (torch.nn.utils.clip_grad_norm_). The updates are fused native
-// kernels working in place (native/cpu/optim.cc); nothing here records onto the autograd tape
-// or waits for the device.
+// kernels working in place (native/cpu/optim.cc, native/cuda/optim.cu), on the parameters'
+// device (state and EMA shadows are made there too); nothing here records onto the autograd
+// tape or waits for the device.
 import { Tensor, keep } from "../tensor";
 import { rawNative } from "../autograd";
 
@@ -257,7 +258,7 @@ export function gradNorms(params: Params): Tensor {
   const zeros: Tensor[] = [];
   const hs = list.map((p) => {
     if (p.grad) return p.grad.handle;
-    const z = Tensor.zeros([1]);
+    const z = Tensor.zeros([1], { device: p.device });  // with the gradients (one device per call)
     zeros.push(z);
     return z.handle;
   });

@@ -137,7 +137,7 @@ function copyDir(src: string, dst: string): void {
 /** Posterior mean and logvar of every image (and of its mirror image), computed once. */
 interface LatentCache { mean: Float32Array[]; logvar: Float32Array[]; per: number; shape: [number, number, number] }
 
-async function cacheLatents(vae: AutoencoderKL, ds: TrainingDataset, flips: boolean): Promise<LatentCache> {
+async function cacheLatents(vae: AutoencoderKL, ds: TrainingDataset, flips: boolean, device: string): Promise<LatentCache> {
   const R = ds.resolution, f = vae.config.scaleFactor, L = vae.config.latentChannels;
   const shape: [number, number, number] = [L, R / f, R / f];
   const per = L * (R / f) * (R / f);
@@ -147,7 +147,7 @@ async function cacheLatents(vae: AutoencoderKL, ds: TrainingDataset, flips: bool
   for (const [v, flip] of variants.entries()) {
     for (let i0 = 0; i0 < ds.size; i0 += B) {
       const idx = Array.from({ length: Math.min(B, ds.size - i0) }, (_, k) => i0 + k);
-      const post = noGrad(() => tidy(() => vae.encode(Tensor.fromArray(imagesToNchw(idx.map((i) => ds.image(i)), idx.map(() => flip)), [idx.length, 3, R, R]))));
+      const post = noGrad(() => tidy(() => vae.encode(Tensor.fromArray(imagesToNchw(idx.map((i) => ds.image(i)), idx.map(() => flip)), [idx.length, 3, R, R], { device }))));
       mean[v].set(await post.mean.toFloat32Array(), i0 * per);
       logvar[v].set(await post.logvar.toFloat32Array(), i0 * per);
       post.mean.dispose();
@@ -188,7 +188,9 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   checkKeys(op, opts, KEYS);
   if (typeof opts.out !== "string" || opts.out === "") throw new TypeError(`${op}: out must be a folder path`);
   const out = path.resolve(opts.out);
-  trainingDevice(op, opts.device);
+  // weights, optimiser state, EMA and every batch live here (float32); token ids stay on the cpu
+  const device = trainingDevice(op, opts.device);
+  const onDevice = (m: { to(d: string): unknown }) => { if (device !== "cpu") m.to(device); };
   const resolution = intOpt(op, "resolution", opts.resolution, 64, 8);
   const model = opts.model ?? "small";
   const textEncoderMode = opts.textEncoder ?? "train";
@@ -238,7 +240,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       if (!isFinishedVae(vaeSrcDir)) {
         const hasCkpt = fs.existsSync(path.join(vaeSrcDir, CHECKPOINT_DIR, "state.json"));
         vaeResult = await trainVae({
-          seed, batchSize, ...opts.vaeOptions, data: ds, out: vaeSrcDir, resolution, steps: vaeSteps, resume: hasCkpt && !!opts.resume,
+          seed, batchSize, device, ...opts.vaeOptions, data: ds, out: vaeSrcDir, resolution, steps: vaeSteps, resume: hasCkpt && !!opts.resume,
           onLog: opts.onLog, logEvery, signal: stop.controller.signal, handleSigint: false,
         });
       }
@@ -247,6 +249,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       vae: vaeResult, parameters: { unet: 0, textEncoder: 0, vae: 0 } };
     const { vae, dir: vaeDir } = loadVae(vaeSrcDir);
     owned.push(vae);
+    onDevice(vae);
     const factor = vae.config.scaleFactor, L = vae.config.latentChannels;
     if (resolution % factor !== 0) throw new RangeError(`${op}: resolution ${resolution} is not a multiple of the VAE's spatial factor ${factor}`);
     const latentSide = resolution / factor;
@@ -269,11 +272,13 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       te = CLIPTextModel.fromConfig(teConfig);
       owned.push(te);
       initParameters(te, seed, "text_encoder");
+      onDevice(te);  // initialised on the cpu (the same values on every device), then moved
       te.setRequiresGrad();
     } else {
       const fr = loadFrozenTextEncoder(textEncoderMode);
       te = fr.te;
       owned.push(te);
+      onDevice(te);
       tokenizer = fr.tokenizer;
       frozenTe = { teDir: fr.teDir, tokDir: fr.tokDir };
       copyDir(fr.tokDir, tokOut);
@@ -295,7 +300,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     };
 
     // 5. latent cache
-    const cache = await cacheLatents(vae, ds, randomFlip);
+    const cache = await cacheLatents(vae, ds, randomFlip, device);
     const sf = vae.config.scalingFactor;
 
     // 6. UNet, optimiser, EMA, resume
@@ -303,6 +308,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     const unet = new UNet2DConditionModel(unetCfg);
     owned.push(unet);
     initParameters(unet, seed, "unet");
+    onDevice(unet);
     unet.setRequiresGrad();
     const trained: [string, Tensor][] = [
       ...unet.namedParameters().map(([n, t]) => [`unet.${n}`, t] as [string, Tensor]),
@@ -370,17 +376,18 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           await encodeFrozen(dropped.captions);
           const buf = new Float32Array(batchSize * T * hidden);
           dropped.captions.forEach((c, b) => buf.set(embCache.get(c)!, b * T * hidden));
-          ehs = Tensor.fromArray(buf, [batchSize, T, hidden]);
+          ehs = Tensor.fromArray(buf, [batchSize, T, hidden], { device });
         }
         const shape = [batchSize, ...cache.shape];
-        const mean = Tensor.fromArray(gather(cache.mean, cache.per, refs), shape);
-        const logvar = Tensor.fromArray(gather(cache.logvar, cache.per, refs), shape);
+        const mean = Tensor.fromArray(gather(cache.mean, cache.per, refs), shape, { device });
+        const logvar = Tensor.fromArray(gather(cache.logvar, cache.per, refs), shape, { device });
         const { loss, pooled } = tidy(() => {
-          const z = ops.mul(samplePosterior(mean, logvar, Tensor.randn(shape, { seed: epsSeed })), sf);
-          const noise = Tensor.randn(shape, { seed: noiseSeed });
+          // Philox noise: the same values on the cpu and on a GPU
+          const z = ops.mul(samplePosterior(mean, logvar, Tensor.randn(shape, { seed: epsSeed, device })), sf);
+          const noise = Tensor.randn(shape, { seed: noiseSeed, device });
           const noisy = addNoise(z, noise, timesteps, alphasCumprod);
           const text = trainText ? te.forward(ids!) : null;
-          const pred = unet.forward(noisy, Tensor.fromArray(Float32Array.from(timesteps), [batchSize]), text ? text.lastHiddenState : ehs!);
+          const pred = unet.forward(noisy, Tensor.fromArray(Float32Array.from(timesteps), [batchSize], { device }), text ? text.lastHiddenState : ehs!);
           const l = diffusionLoss(pred, z, noise, timesteps, alphasCumprod, { predictionType, snrGamma });
           return { loss: gradAccum > 1 ? ops.div(l, gradAccum) : l, pooled: text?.pooled ?? null };
         });

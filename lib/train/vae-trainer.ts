@@ -85,7 +85,7 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
   checkKeys(op, opts, KEYS);
   if (typeof opts.out !== "string" || opts.out === "") throw new TypeError(`${op}: out must be a folder path`);
   const out = path.resolve(opts.out);
-  trainingDevice(op, opts.device);
+  const device = trainingDevice(op, opts.device);  // float32 weights, moments and batches live here
   const resolution = intOpt(op, "resolution", opts.resolution, 64, 8);
   const trainEncoder = opts.trainEncoder ?? true;
   if (typeof trainEncoder !== "boolean") throw new TypeError(`${op}: trainEncoder must be a boolean`);
@@ -140,6 +140,7 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
   try {
     if (init) loadVaeWeights(vae, init.dir);
     else initParameters(vae, seed, "vae");
+    if (device !== "cpu") vae.to(device);  // loaded / initialised on the cpu, then moved
     // a frozen encoder gets no gradient: only the decoder side is optimised
     const named = vae.namedParameters().filter(([n]) => trainEncoder || n.startsWith("decoder.") || n.startsWith("post_quant_conv."));
     for (const [, t] of named) t.requiresGrad = true;
@@ -158,7 +159,7 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
     const losses: number[] = [];
     const meter = new Throughput(Math.max(0, steps - step));
     const save = async (done: boolean) => {
-      const sf = trainEncoder ? await measureScalingFactor(vae, ds, seed) : vae.config.scalingFactor;
+      const sf = trainEncoder ? await measureScalingFactor(vae, ds, seed, device) : vae.config.scalingFactor;
       const cfg = init ? { ...init.json, scaling_factor: sf } : vaeConfig({ ...shape, scalingFactor: sf });
       await writeComponent(out, cfg as Record<string, unknown>, "diffusion_pytorch_model.safetensors", vae);
       await saveCheckpoint(out, { kind: "vae", step, done, paramNames: names, rng: rng.state(), sampler: sampler.state(),
@@ -172,8 +173,8 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
       let lossSum = 0, recSum = 0, klSum = 0;
       for (let micro = 0; micro < gradAccum; micro++) {
         const refs = sampler.take(batchSize);
-        const x = Tensor.fromArray(imagesToNchw(refs.map((r) => ds.image(r.index)), refs.map((r) => r.flip)), [batchSize, 3, resolution, resolution]);
-        const eps = Tensor.randn([batchSize, latentChannels, latentSide, latentSide], { seed: rng.seed31() });
+        const x = Tensor.fromArray(imagesToNchw(refs.map((r) => ds.image(r.index)), refs.map((r) => r.flip)), [batchSize, 3, resolution, resolution], { device });
+        const eps = Tensor.randn([batchSize, latentChannels, latentSide, latentSide], { seed: rng.seed31(), device });
         const terms = tidy(() => {
           const { mean, logvar } = trainEncoder ? vae.encode(x) : noGrad(() => vae.encode(x));
           const recon = vae.decode(samplePosterior(mean, logvar, eps));
@@ -240,15 +241,15 @@ export async function clipNorm(params: Tensor[], maxNorm: number): Promise<numbe
 }
 
 /** 1 / std of posterior samples of the first (up to) 64 images (fixed noise seed), as float32. */
-async function measureScalingFactor(vae: AutoencoderKL, ds: TrainingDataset, seed: number): Promise<number> {
+async function measureScalingFactor(vae: AutoencoderKL, ds: TrainingDataset, seed: number, device: string): Promise<number> {
   const n = Math.min(64, ds.size), R = ds.resolution, B = 8;
   let sum = 0, sumSq = 0, count = 0;
   for (let i0 = 0; i0 < n; i0 += B) {
     const idx = Array.from({ length: Math.min(B, n - i0) }, (_, k) => i0 + k);
     const z = noGrad(() => tidy(() => {
-      const x = Tensor.fromArray(imagesToNchw(idx.map((i) => ds.image(i))), [idx.length, 3, R, R]);
+      const x = Tensor.fromArray(imagesToNchw(idx.map((i) => ds.image(i))), [idx.length, 3, R, R], { device });
       const { mean, logvar } = vae.encode(x);
-      return samplePosterior(mean, logvar, Tensor.randn([...mean.shape], { seed: mixSeed(seed, "scale", i0) >>> 1 }));
+      return samplePosterior(mean, logvar, Tensor.randn([...mean.shape], { seed: mixSeed(seed, "scale", i0) >>> 1, device }));
     }));
     const v = await z.toFloat32Array();
     z.dispose();

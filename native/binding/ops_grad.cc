@@ -1,7 +1,8 @@
 // Training entries: the backward kernels of native/cpu/backward.h, the attention forward that
 // keeps the logsumexp, and the in-place optimiser updates. Validated like the forward ops
 // (TypeError/RangeError naming the op and argument). Float32 on the CPU and, in a CUDA build, on
-// a GPU (native/cuda/backward.h). lib/autograd calls these; they never record onto the tape.
+// a GPU (native/cuda/backward.h); every tensor of one call must be on the same device.
+// lib/autograd calls these; they never record onto the tape.
 #include <array>
 #include <cmath>
 #include <cstring>
@@ -64,6 +65,17 @@ void check_inplace(const char* op, const char* name, const Tensor& t) {
 }
 
 void no_cuda() { throw_error("no CUDA kernel for this training op"); }
+
+// Every tensor of a call on `ref`'s device (and float32 like it): a clear TypeError, not a
+// kernel reading another device's memory.
+void same_device(const char* op, const char* name, const Tensor& ref, const Tensor& t) { check_same(op, name, ref, t); }
+void same_device(const char* op, const char* name, const Tensor& ref, const std::vector<Tensor>& ts) {
+  for (size_t k = 0; k < ts.size(); k++)
+    check_same(op, (std::string(name) + "[" + std::to_string(k) + "]").c_str(), ref, ts[k]);
+}
+
+// The CUDA ordinal of a tensor's device (only called on the CUDA path).
+[[maybe_unused]] int dev(const Tensor& t) { return t.device().index; }
 
 Napi::Value wrap_or_null(Napi::Env env, const std::optional<Tensor>& t) {
   return t ? NativeTensor::Wrap(env, *t) : env.Null();
@@ -159,6 +171,9 @@ Napi::Value GroupNormBackward(const Napi::CallbackInfo& info) {
   auto beta = opt_f32_arg(info, 4, op, "beta");
   if (gamma) expect_shape(op, "gamma", *gamma, {C});
   if (beta) expect_shape(op, "beta", *beta, {C});
+  same_device(op, "dy", x, dy);
+  if (gamma) same_device(op, "gamma", x, *gamma);
+  if (beta) same_device(op, "beta", x, *beta);
   float eps = static_cast<float>(number_arg(info, 5, op, "eps"));
   bool silu = bool_arg(info, 6, op, "silu");
   bool need_x = bool_arg(info, 7, op, "needInput");
@@ -179,7 +194,10 @@ Napi::Value GroupNormBackward(const Napi::CallbackInfo& info) {
   float *dxp = fptr(dx), *dgp = fptr(dg), *dbp = fptr(db);
   run_op(op, x.device(), ins, outs,
          [=] { cpu::group_norm_backward(x.ptr<float>(), dy.ptr<float>(), N, L, C, G, gp, bp, eps, silu, dxp, dgp, dbp); },
-         no_cuda);
+         [=] {
+           DK_CUDA_ONLY(cuda::group_norm_backward(dev(x), x.ptr<float>(), dy.ptr<float>(), N, L, C, G, gp, bp, eps, silu,
+                                                  dxp, dgp, dbp));
+         });
   return array_of(info.Env(), {dx, dg, db});
 }
 
@@ -192,6 +210,8 @@ Napi::Value LayerNormBackward(const Napi::CallbackInfo& info) {
   const int64_t C = x.shape.back(), rows = C ? x.numel() / C : 0;
   auto gamma = opt_f32_arg(info, 2, op, "gamma");
   if (gamma) expect_shape(op, "gamma", *gamma, {C});
+  same_device(op, "dy", x, dy);
+  if (gamma) same_device(op, "gamma", x, *gamma);
   float eps = static_cast<float>(number_arg(info, 3, op, "eps"));
   bool need_x = bool_arg(info, 4, op, "needInput");
   bool need_g = bool_arg(info, 5, op, "needGamma");
@@ -208,7 +228,8 @@ Napi::Value LayerNormBackward(const Napi::CallbackInfo& info) {
   const float* gp = gamma ? gamma->ptr<float>() : nullptr;
   float *dxp = fptr(dx), *dgp = fptr(dg), *dbp = fptr(db);
   run_op(op, x.device(), ins, outs,
-         [=] { cpu::layer_norm_backward(x.ptr<float>(), dy.ptr<float>(), rows, C, gp, eps, dxp, dgp, dbp); }, no_cuda);
+         [=] { cpu::layer_norm_backward(x.ptr<float>(), dy.ptr<float>(), rows, C, gp, eps, dxp, dgp, dbp); },
+         [=] { DK_CUDA_ONLY(cuda::layer_norm_backward(dev(x), x.ptr<float>(), dy.ptr<float>(), rows, C, gp, eps, dxp, dgp, dbp)); });
   return array_of(info.Env(), {dx, dg, db});
 }
 
@@ -336,8 +357,10 @@ Napi::Value UnaryBackward(const Napi::CallbackInfo& info) {
   Tensor x = f32_arg(info, 1, op, "input");
   Tensor dy = f32_arg(info, 2, op, "dy");
   expect_shape(op, "dy", dy, x.shape);
+  same_device(op, "dy", x, dy);
   Tensor dx = new_like(x, x.shape);
-  run_op(op, x.device(), {x, dy}, {dx}, [=] { cpu::unary_backward(uop, x.ptr<float>(), dy.ptr<float>(), dx.ptr<float>(), x.numel()); }, no_cuda);
+  run_op(op, x.device(), {x, dy}, {dx}, [=] { cpu::unary_backward(uop, x.ptr<float>(), dy.ptr<float>(), dx.ptr<float>(), x.numel()); },
+         [=] { DK_CUDA_ONLY(cuda::unary_backward(dev(x), uop, x.ptr<float>(), dy.ptr<float>(), dx.ptr<float>(), x.numel())); });
   return NativeTensor::Wrap(info.Env(), dx);
 }
 
@@ -365,6 +388,8 @@ Napi::Value BinaryBackward(const Napi::CallbackInfo& info) {
     sb[i] = (ib >= 0 && db != 1) ? b.strides[ib] : 0;
   }
   expect_shape(op, "dy", dy, shape);
+  same_device(op, "a", dy, a);
+  same_device(op, "b", dy, b);
   Tensor out = new_like(dy, shape);
   Tensor ta = a, tb = b;
   run_op(op, dy.device(), {a, b, dy}, {out},
@@ -372,7 +397,11 @@ Napi::Value BinaryBackward(const Napi::CallbackInfo& info) {
            cpu::binary_backward(bop, static_cast<int>(which), static_cast<int>(nd), shape.data(), ta.ptr<float>(), sa.data(),
                                 tb.ptr<float>(), sb.data(), dy.ptr<float>(), out.ptr<float>());
          },
-         no_cuda);
+         [=] {
+           DK_CUDA_ONLY(cuda::binary_backward(dev(dy), bop, static_cast<int>(which), static_cast<int>(nd), shape.data(),
+                                              ta.ptr<float>(), sa.data(), tb.ptr<float>(), sb.data(), dy.ptr<float>(),
+                                              out.ptr<float>()));
+         });
   return NativeTensor::Wrap(info.Env(), out);
 }
 
@@ -385,9 +414,14 @@ Napi::Value BinaryScalarBackward(const Napi::CallbackInfo& info) {
   bool first = bool_arg(info, 3, op, "scalarFirst");
   Tensor dy = f32_arg(info, 4, op, "dy");
   expect_shape(op, "dy", dy, a.shape);
+  same_device(op, "dy", a, dy);
   Tensor dx = new_like(a, a.shape);
   run_op(op, a.device(), {a, dy}, {dx},
-         [=] { cpu::binary_scalar_backward(bop, a.ptr<float>(), s, first, dy.ptr<float>(), dx.ptr<float>(), a.numel()); }, no_cuda);
+         [=] { cpu::binary_scalar_backward(bop, a.ptr<float>(), s, first, dy.ptr<float>(), dx.ptr<float>(), a.numel()); },
+         [=] {
+           DK_CUDA_ONLY(cuda::binary_scalar_backward(dev(a), bop, a.ptr<float>(), s, first, dy.ptr<float>(), dx.ptr<float>(),
+                                                     a.numel()));
+         });
   return NativeTensor::Wrap(info.Env(), dx);
 }
 
@@ -399,8 +433,10 @@ Napi::Value ClampBackward(const Napi::CallbackInfo& info) {
   float hi = static_cast<float>(number_arg(info, 2, op, "max"));
   Tensor dy = f32_arg(info, 3, op, "dy");
   expect_shape(op, "dy", dy, x.shape);
+  same_device(op, "dy", x, dy);
   Tensor dx = new_like(x, x.shape);
-  run_op(op, x.device(), {x, dy}, {dx}, [=] { cpu::clamp_backward(x.ptr<float>(), lo, hi, dy.ptr<float>(), dx.ptr<float>(), x.numel()); }, no_cuda);
+  run_op(op, x.device(), {x, dy}, {dx}, [=] { cpu::clamp_backward(x.ptr<float>(), lo, hi, dy.ptr<float>(), dx.ptr<float>(), x.numel()); },
+         [=] { DK_CUDA_ONLY(cuda::clamp_backward(dev(x), x.ptr<float>(), lo, hi, dy.ptr<float>(), dx.ptr<float>(), x.numel())); });
   return NativeTensor::Wrap(info.Env(), dx);
 }
 
@@ -415,9 +451,11 @@ Napi::Value GegluBackward(const Napi::CallbackInfo& info) {
   Shape half = x.shape;
   half.back() = last / 2;
   expect_shape(op, "dy", dy, half);
+  same_device(op, "dy", x, dy);
   const int64_t rows = last ? x.numel() / last : 0, C = last / 2;
   Tensor dx = new_like(x, x.shape);
-  run_op(op, x.device(), {x, dy}, {dx}, [=] { cpu::geglu_backward(x.ptr<float>(), dy.ptr<float>(), dx.ptr<float>(), rows, C); }, no_cuda);
+  run_op(op, x.device(), {x, dy}, {dx}, [=] { cpu::geglu_backward(x.ptr<float>(), dy.ptr<float>(), dx.ptr<float>(), rows, C); },
+         [=] { DK_CUDA_ONLY(cuda::geglu_backward(dev(x), x.ptr<float>(), dy.ptr<float>(), dx.ptr<float>(), rows, C)); });
   return NativeTensor::Wrap(info.Env(), dx);
 }
 
@@ -428,9 +466,11 @@ Napi::Value SoftmaxBackward(const Napi::CallbackInfo& info) {
   Tensor dy = f32_arg(info, 1, op, "dy");
   check_rank(op, "output", y, 1, 8);
   expect_shape(op, "dy", dy, y.shape);
+  same_device(op, "dy", y, dy);
   const int64_t C = y.shape.back(), rows = C ? y.numel() / C : 0;
   Tensor dx = new_like(y, y.shape);
-  run_op(op, y.device(), {y, dy}, {dx}, [=] { cpu::softmax_backward(y.ptr<float>(), dy.ptr<float>(), dx.ptr<float>(), rows, C); }, no_cuda);
+  run_op(op, y.device(), {y, dy}, {dx}, [=] { cpu::softmax_backward(y.ptr<float>(), dy.ptr<float>(), dx.ptr<float>(), rows, C); },
+         [=] { DK_CUDA_ONLY(cuda::softmax_backward(dev(y), y.ptr<float>(), dy.ptr<float>(), dx.ptr<float>(), rows, C)); });
   return NativeTensor::Wrap(info.Env(), dx);
 }
 
@@ -446,9 +486,15 @@ Napi::Value MaxBackward(const Napi::CallbackInfo& info) {
   for (int64_t d = dim + 1; d < x.ndim(); d++) inner *= x.shape[d];
   if (y.numel() != outer * inner || dy.numel() != outer * inner)
     throw_range("maxBackward: output and dy must hold " + std::to_string(outer * inner) + " values");
+  same_device(op, "output", x, y);
+  same_device(op, "dy", x, dy);
   Tensor dx = new_like(x, x.shape);
   run_op(op, x.device(), {x, y, dy}, {dx},
-         [=] { cpu::max_backward(x.ptr<float>(), y.ptr<float>(), dy.ptr<float>(), dx.ptr<float>(), outer, n, inner); }, no_cuda);
+         [=] { cpu::max_backward(x.ptr<float>(), y.ptr<float>(), dy.ptr<float>(), dx.ptr<float>(), outer, n, inner); },
+         [=] {
+           DK_CUDA_ONLY(cuda::max_backward(dev(x), x.ptr<float>(), y.ptr<float>(), dy.ptr<float>(), dx.ptr<float>(), outer, n,
+                                           inner));
+         });
   return NativeTensor::Wrap(info.Env(), dx);
 }
 
@@ -460,18 +506,24 @@ Napi::Value UpsampleNearest2xBackward(const Napi::CallbackInfo& info) {
   if (dy.shape[1] % 2 || dy.shape[2] % 2) throw_range("upsampleNearest2xBackward: dy height and width must be even, got " + shape_str(dy.shape));
   const int64_t N = dy.shape[0], H = dy.shape[1] / 2, W = dy.shape[2] / 2, C = dy.shape[3];
   Tensor dx = new_like(dy, {N, H, W, C});
-  run_op(op, dy.device(), {dy}, {dx}, [=] { cpu::upsample_nearest2x_backward(dy.ptr<float>(), dx.ptr<float>(), N, H, W, C); }, no_cuda);
+  run_op(op, dy.device(), {dy}, {dx}, [=] { cpu::upsample_nearest2x_backward(dy.ptr<float>(), dx.ptr<float>(), N, H, W, C); },
+         [=] { DK_CUDA_ONLY(cuda::upsample_nearest2x_backward(dev(dy), dy.ptr<float>(), dx.ptr<float>(), N, H, W, C)); });
   return NativeTensor::Wrap(info.Env(), dx);
 }
 
 // embeddingBackward(ids int32|int64 [...], dy [..., D], rows V) -> dtable [V, D]
+// ids on the cpu (checked on the host, then copied to dy's GPU when dy is on one; this is what
+// autograd saves from embedding(), whose ids are cpu ids) or on dy's device (a GPU: checked on
+// the device before the scatter; that check waits for the GPU). A bad id fails the output with
+// a RangeError, synchronously when the ids are already on the host.
 Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
   const char* op = "embeddingBackward";
   Tensor ids = contiguous(tensor_arg(info, 0, op, "ids"));
   Tensor dy = f32_arg(info, 1, op, "dy");
   int64_t V = int_arg(info, 2, op, "rows");
   if (ids.dtype != DType::I32 && ids.dtype != DType::I64) throw_type("embeddingBackward: ids must be int32 or int64, got " + std::string(dtype_name(ids.dtype)));
-  if (!ids.device().is_cpu()) throw_type("embeddingBackward: ids must be on cpu");
+  if (!ids.device().is_cpu() && ids.device() != dy.device())
+    throw_type("embeddingBackward: ids must be on cpu or on dy's device (" + dy.device().str() + "), got " + ids.device().str());
   if (V < 1) throw_range("embeddingBackward: rows must be >= 1");
   const int64_t n = ids.numel();
   Shape want = ids.shape;
@@ -480,16 +532,50 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
   want.push_back(D);
   expect_shape(op, "dy", dy, want);
   const bool is64 = ids.dtype == DType::I64;
+  auto bad = [V](int64_t id, int64_t i) {
+    throw_range("embeddingBackward: id " + std::to_string(id) + " at position " + std::to_string(i) +
+                " is outside the table of " + std::to_string(V) + " rows");
+  };
+  auto check_host = [ids, is64, n, V, bad]() {  // ids on the cpu
+    for (int64_t i = 0; i < n; i++) {
+      int64_t id = is64 ? ids.ptr<int64_t>()[i] : ids.ptr<int32_t>()[i];
+      if (id < 0 || id >= V) bad(id, i);
+    }
+  };
+  // Ids written at creation are checked now (a synchronous RangeError); ids computed by queued
+  // ops are checked when the op runs.
+  if (ids.device().is_cpu() && ids.storage->host_ready) check_host();
   Tensor out = new_like(dy, {V, D});
-  run_op(op, dy.device(), {ids, dy}, {out},
-         [=] {
-           for (int64_t i = 0; i < n; i++) {
-             int64_t id = is64 ? ids.ptr<int64_t>()[i] : ids.ptr<int32_t>()[i];
-             if (id < 0 || id >= V) throw_range("embeddingBackward: id " + std::to_string(id) + " is outside the table of " + std::to_string(V) + " rows");
-           }
-           cpu::embedding_backward(ids.data(), is64, n, dy.ptr<float>(), D, V, out.ptr<float>());
-         },
-         no_cuda);
+  if (dy.device().is_cpu()) {
+    run_op(op, dy.device(), {ids, dy}, {out},
+           [=] {
+             check_host();
+             cpu::embedding_backward(ids.data(), is64, n, dy.ptr<float>(), D, V, out.ptr<float>());
+           },
+           nullptr);
+    return NativeTensor::Wrap(info.Env(), out);
+  }
+  Tensor dev_ids = ids;
+  if (ids.device().is_cpu()) {  // stage the checked host ids on dy's device, in queue order
+    dev_ids = empty_tensor(ids.shape, ids.dtype, dy.device());
+    auto wait = wait_for_queue(ids.device());
+    enqueue(dy.device(), op, {ids}, {dev_ids}, [=] {
+      wait();
+      check_host();
+      DK_CUDA_ONLY(cuda::copy_h2d(dev_ids.device().index, dev_ids.data(), ids.data(), ids.nbytes()));
+    });
+  }
+  [[maybe_unused]] const bool check_device = !ids.device().is_cpu();
+  run_op(op, dy.device(), {dev_ids, dy}, {out}, nullptr, [=] {
+    DK_CUDA_ONLY({
+      if (check_device) {
+        int64_t id = 0;
+        const int64_t pos = cuda::embedding_first_bad_id(dev(dy), dev_ids.data(), is64, n, V, &id);
+        if (pos >= 0) bad(id, pos);
+      }
+      cuda::embedding_backward(dev(dy), dev_ids.data(), is64, n, dy.ptr<float>(), D, V, out.ptr<float>());
+    });
+  });
   return NativeTensor::Wrap(info.Env(), out);
 }
 
@@ -510,7 +596,8 @@ Napi::Value SliceBackward(const Napi::CallbackInfo& info) {
   for (int64_t d = 0; d < dim; d++) outer *= shape[d];
   for (int64_t d = dim + 1; d < dy.ndim(); d++) inner *= shape[d];
   Tensor dx = new_like(dy, shape);
-  run_op(op, dy.device(), {dy}, {dx}, [=] { cpu::slice_backward(dy.ptr<float>(), dx.ptr<float>(), outer, size, count, inner, start, step); }, no_cuda);
+  run_op(op, dy.device(), {dy}, {dx}, [=] { cpu::slice_backward(dy.ptr<float>(), dx.ptr<float>(), outer, size, count, inner, start, step); },
+         [=] { DK_CUDA_ONLY(cuda::slice_backward(dev(dy), dy.ptr<float>(), dx.ptr<float>(), outer, size, count, inner, start, step)); });
   return NativeTensor::Wrap(info.Env(), dx);
 }
 
@@ -560,8 +647,10 @@ Napi::Value AddInPlace(const Napi::CallbackInfo& info) {
   Tensor src = f32_arg(info, 1, op, "src");
   check_inplace(op, "dst", dst);
   expect_shape(op, "src", src, dst.shape);
+  same_device(op, "src", dst, src);
   Tensor d = dst;
-  run_op(op, d.device(), {d, src}, {d}, [=] { cpu::add_inplace(d.ptr<float>(), src.ptr<float>(), d.numel()); }, no_cuda);
+  run_op(op, d.device(), {d, src}, {d}, [=] { cpu::add_inplace(d.ptr<float>(), src.ptr<float>(), d.numel()); },
+         [=] { DK_CUDA_ONLY(cuda::add_inplace(dev(d), d.ptr<float>(), src.ptr<float>(), d.numel())); });
   return info.Env().Undefined();
 }
 
@@ -572,8 +661,12 @@ Napi::Value CopyInPlace(const Napi::CallbackInfo& info) {
   Tensor src = f32_arg(info, 1, op, "src");
   check_inplace(op, "dst", dst);
   expect_shape(op, "src", src, dst.shape);
+  same_device(op, "src", dst, src);
   Tensor d = dst;
-  run_op(op, d.device(), {d, src}, {d}, [=] { std::memcpy(d.data(), src.data(), d.nbytes()); }, no_cuda);
+  [[maybe_unused]] const int64_t bytes = static_cast<int64_t>(d.nbytes());
+  // on a GPU: one row of a stream-ordered 2-D copy (copy_d2d would wait for the device)
+  run_op(op, d.device(), {d, src}, {d}, [=] { std::memcpy(d.data(), src.data(), d.nbytes()); },
+         [=] { DK_CUDA_ONLY(cuda::copy_2d(dev(d), d.data(), bytes, src.data(), bytes, bytes, 1)); });
   return info.Env().Undefined();
 }
 
@@ -626,12 +719,19 @@ Napi::Value AdamwStep(const Napi::CallbackInfo& info) {
   std::vector<Tensor> ins = gs, outs;
   for (auto* list : {&ps, &ms, &vs}) outs.insert(outs.end(), list->begin(), list->end());
   if (outs.empty()) return info.Env().Undefined();
+  same_device(op, "params", ps[0], ps);
+  same_device(op, "grads", ps[0], gs);
+  same_device(op, "expAvgs", ps[0], ms);
+  same_device(op, "expAvgSqs", ps[0], vs);
   run_op(op, ps[0].device(), ins, outs,
          [=] {
            for (size_t k = 0; k < ps.size(); k++)
              cpu::adamw_step(ps[k].ptr<float>(), gs[k].ptr<float>(), ms[k].ptr<float>(), vs[k].ptr<float>(), ps[k].numel(), s);
          },
-         no_cuda);
+         [=] {
+           DK_CUDA_ONLY(for (size_t k = 0; k < ps.size(); k++) cuda::adamw_step(
+               dev(ps[k]), ps[k].ptr<float>(), gs[k].ptr<float>(), ms[k].ptr<float>(), vs[k].ptr<float>(), ps[k].numel(), s));
+         });
   return info.Env().Undefined();
 }
 
@@ -649,11 +749,16 @@ Napi::Value EmaUpdate(const Napi::CallbackInfo& info) {
   if (!(decay >= 0 && decay <= 1)) throw_range("emaUpdate: decay must be in [0, 1]");
   const float omd = static_cast<float>(1.0 - decay);
   if (ss.empty()) return info.Env().Undefined();
+  same_device(op, "shadows", ss[0], ss);
+  same_device(op, "params", ss[0], ps);
   run_op(op, ss[0].device(), ps, ss,
          [=] {
            for (size_t k = 0; k < ss.size(); k++) cpu::ema_update(ss[k].ptr<float>(), ps[k].ptr<float>(), ss[k].numel(), omd);
          },
-         no_cuda);
+         [=] {
+           DK_CUDA_ONLY(for (size_t k = 0; k < ss.size(); k++)
+                            cuda::ema_update(dev(ss[k]), ss[k].ptr<float>(), ps[k].ptr<float>(), ss[k].numel(), omd));
+         });
   return info.Env().Undefined();
 }
 
@@ -670,13 +775,23 @@ std::vector<Tensor> f32_list(const Napi::CallbackInfo& info, size_t i, const cha
 Napi::Value GradNorms(const Napi::CallbackInfo& info) {
   const char* op = "gradNorms";
   std::vector<Tensor> ts = f32_list(info, 0, op, "tensors");
-  Tensor out = empty_tensor({static_cast<int64_t>(ts.size())}, DType::F32, Device{});
+  if (!ts.empty()) same_device(op, "tensors", ts[0], ts);
+  // on the tensors' device (cpu for an empty list): reading it back is the caller's choice
+  Tensor out = empty_tensor({static_cast<int64_t>(ts.size())}, DType::F32, ts.empty() ? Device{} : ts[0].device());
   run_op(op, out.device(), ts, {out},
          [=] {
            for (size_t k = 0; k < ts.size(); k++)
              out.ptr<float>()[k] = static_cast<float>(std::sqrt(cpu::sum_squares(ts[k].ptr<float>(), ts[k].numel())));
          },
-         no_cuda);
+         [=] {
+           std::vector<const float*> xs;
+           std::vector<int64_t> ns;
+           for (const Tensor& t : ts) {
+             xs.push_back(t.ptr<float>());
+             ns.push_back(t.numel());
+           }
+           DK_CUDA_ONLY(cuda::l2_norms(dev(out), xs.data(), ns.data(), static_cast<int>(xs.size()), out.ptr<float>()));
+         });
   return NativeTensor::Wrap(info.Env(), out);
 }
 
@@ -688,7 +803,9 @@ Napi::Value ClipGradNorm(const Napi::CallbackInfo& info) {
   std::vector<Tensor> gs = inplace_list(info, 0, op, "grads");
   const double max_norm = number_arg(info, 1, op, "maxNorm");
   if (!(max_norm > 0)) throw_range("clipGradNorm: maxNorm must be > 0");
-  Tensor total = empty_tensor({1}, DType::F32, Device{});
+  if (!gs.empty()) same_device(op, "grads", gs[0], gs);
+  // on the gradients' device: the coefficient never leaves it (no host round trip)
+  Tensor total = empty_tensor({1}, DType::F32, gs.empty() ? Device{} : gs[0].device());
   std::vector<Tensor> outs = gs;
   outs.push_back(total);
   const float maxf = static_cast<float>(max_norm);
@@ -705,7 +822,16 @@ Napi::Value ClipGradNorm(const Napi::CallbackInfo& info) {
            if (coef > 1.f) coef = 1.f;
            for (const Tensor& g : gs) cpu::scale_inplace(g.ptr<float>(), g.numel(), coef);
          },
-         no_cuda);
+         [=] {
+           std::vector<float*> ptrs;
+           std::vector<int64_t> ns;
+           for (const Tensor& g : gs) {
+             ptrs.push_back(g.ptr<float>());
+             ns.push_back(g.numel());
+           }
+           DK_CUDA_ONLY(cuda::clip_grad_norm(dev(total), ptrs.data(), ns.data(), static_cast<int>(ptrs.size()), maxf,
+                                             total.ptr<float>()));
+         });
   return NativeTensor::Wrap(info.Env(), total);
 }
 
@@ -715,11 +841,14 @@ Napi::Value ScaleInPlace(const Napi::CallbackInfo& info) {
   std::vector<Tensor> ts = inplace_list(info, 0, op, "tensors");
   const float s = static_cast<float>(number_arg(info, 1, op, "scale"));
   if (ts.empty()) return info.Env().Undefined();
+  same_device(op, "tensors", ts[0], ts);
   run_op(op, ts[0].device(), ts, ts,
          [=] {
            for (const Tensor& t : ts) cpu::scale_inplace(t.ptr<float>(), t.numel(), s);
          },
-         no_cuda);
+         [=] {
+           DK_CUDA_ONLY(for (const Tensor& t : ts) cuda::scale_inplace(dev(t), t.ptr<float>(), t.numel(), s));
+         });
   return info.Env().Undefined();
 }
 

@@ -49,9 +49,14 @@ void geglu_backward(int device, const float* x, const float* dy, float* dx, int6
 void max_backward(int device, const float* x, const float* y, const float* dy, float* dx, int64_t outer, int64_t n,
                   int64_t inner);
 void upsample_nearest2x_backward(int device, const float* dy, float* dx, int64_t N, int64_t H, int64_t W, int64_t C);
-// ids are device pointers (int32 or int64), already validated on the host.
+// ids are device pointers (int32 or int64), already validated (ids outside [0, V) are skipped,
+// never written through). Deterministic (fixed summation order) up to 8192 ids, atomics beyond.
 void embedding_backward(int device, const void* ids, bool ids_is_64, int64_t n, const float* dy, int64_t D, int64_t V,
                         float* dtable);
+// Validation of ids that live on the device: the position of the first id outside [0, V) and
+// its value in *bad_id, or -1 when all are in range. Waits for the device's stream (a host
+// round trip; the binding only needs it for ids computed on the GPU).
+int64_t embedding_first_bad_id(int device, const void* ids, bool ids_is_64, int64_t n, int64_t V, int64_t* bad_id);
 void slice_backward(int device, const float* dy, float* dx, int64_t outer, int64_t size, int64_t count, int64_t inner,
                     int64_t start, int64_t step);
 

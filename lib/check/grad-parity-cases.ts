@@ -6,6 +6,7 @@ import * as ops from "../ops";
 import { Tensor } from "../tensor";
 import { rawNative } from "../autograd";
 import { AdamW, EMA, clipGradNorm, gradNorms } from "../train/optim";
+import { convAttentionGradCases } from "./grad-parity-conv-attention";
 
 export interface GradCase {
   name: string;
@@ -196,5 +197,6 @@ export function gradCases(): GradCase[] {
       }
     },
   });
+  c.push(...convAttentionGradCases());
   return c;
 }

@@ -8,16 +8,7 @@
 // Nq != Nk, -inf masks and a fully masked row, strided q/k/v views, 4096 tokens).
 import * as ops from "../ops";
 import type { Tensor } from "../tensor";
-
-export interface GradParityCase {
-  name: string;
-  shapes: number[][];
-  run: (xs: Tensor[]) => Tensor;
-  /** scale the tolerance (long reductions) */
-  tolScale?: number;
-  /** inputs that get no gradient (e.g. attention masks) */
-  noGrad?: number[];
-}
+import type { GradCase } from "./grad-parity-cases";
 
 type Pair = [number, number];
 interface ConvGeom {
@@ -26,8 +17,8 @@ interface ConvGeom {
   dilation?: Pair;
 }
 
-function convCases(): GradParityCase[] {
-  const c: GradParityCase[] = [];
+function convCases(): GradCase[] {
+  const c: GradCase[] = [];
   // x [N,H,W,C], w [K,R,S,C] (+ bias [K] when `bias`)
   const conv = (name: string, x: number[], w: number[], g: ConvGeom, bias: boolean, tolScale?: number) =>
     c.push({
@@ -58,8 +49,8 @@ function convCases(): GradParityCase[] {
   return c;
 }
 
-function attentionCases(): GradParityCase[] {
-  const c: GradParityCase[] = [];
+function attentionCases(): GradCase[] {
+  const c: GradCase[] = [];
   // q [B,Nq,H*D], k [B,Nk,H*D], v [B,Nk,H*Dv]
   const att = (name: string, B: number, Nq: number, Nk: number, H: number, D: number,
     o: { Dv?: number; causal?: boolean; tolScale?: number } = {}) => {
@@ -128,6 +119,6 @@ function attentionCases(): GradParityCase[] {
 }
 
 /** The conv2d and attention training cases for the CUDA-vs-CPU gradient parity runner. */
-export function convAttentionGradCases(): GradParityCase[] {
+export function convAttentionGradCases(): GradCase[] {
   return [...convCases(), ...attentionCases()];
 }

@@ -64,8 +64,6 @@ void check_inplace(const char* op, const char* name, const Tensor& t) {
   if (!t.is_contiguous()) throw_range(std::string(op) + ": " + name + " must be contiguous (it is updated in place)");
 }
 
-void no_cuda() { throw_error("no CUDA kernel for this training op"); }
-
 // Every tensor of a call on `ref`'s device (and float32 like it): a clear TypeError, not a
 // kernel reading another device's memory.
 void same_device(const char* op, const char* name, const Tensor& ref, const Tensor& t) { check_same(op, name, ref, t); }

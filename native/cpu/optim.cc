@@ -21,7 +21,8 @@
 #endif
 
 #include "../core/thread_pool.h"
-#include "backward.h"
+#include "cpu_features.h"
+#include "optim_internal.h"
 
 namespace dk::cpu {
 namespace {
@@ -29,19 +30,18 @@ constexpr int64_t kGrain = 1 << 15;
 }
 
 void adamw_step(float* p, const float* g, float* m, float* v, int64_t n, const AdamWScalars& s) {
+#if defined(DK_X86)
+  const bool avx2 = cpu_features().isa >= Isa::AVX2;
+#else
+  const bool avx2 = false;
+#endif
   parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      float pi = p[i] * s.decay;
-      const float gi = g[i];
-      const float mi = std::fma(s.one_minus_beta1, gi, s.beta1 * m[i]);
-      const float vi = std::fma(s.one_minus_beta2 * gi, gi, s.beta2 * v[i]);
-      const float denom = std::sqrt(vi) / s.sqrt_bc2 + s.eps;
-      pi = pi + (s.neg_step_size * mi) / denom;
-      m[i] = mi;
-      v[i] = vi;
-      p[i] = pi;
-    }
+#if defined(DK_X86)
+    if (avx2) return adamw_range_avx2(p, g, m, v, lo, hi, s);
+#endif
+    adamw_range_scalar(p, g, m, v, lo, hi, s);
   });
+  (void)avx2;
 }
 
 void ema_update(float* shadow, const float* p, int64_t n, float one_minus_decay) {

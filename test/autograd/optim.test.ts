@@ -1,10 +1,12 @@
 // AdamW, EMA and gradient clipping (lib/train/optim.ts) vs the PyTorch / diffusers steps in
 // cases/training.safetensors, fed the stored gradients; plus argument errors.
+import * as path from "path";
 import { Tensor } from "../../lib/tensor";
 import type { SafetensorsFile } from "../../lib/io/safetensors";
 import { AdamW, EMA, clipGradNorm, gradNorms } from "../../lib/train/optim";
 import { describeIfReference } from "../helpers/reference";
 import { compare, openTraining, type TrainingManifest } from "./training-helpers";
+import { ROOT, assertBuilt, runNode } from "../cli/run";
 
 /** max over elements of |a - e| / (tolRel |e| + tolAbs); <= 1 passes. Also counts inexact elements. */
 function elementwise(a: Float32Array, e: Float32Array, tolRel: number, tolAbs: number): { worst: number; inexact: number } {
@@ -151,5 +153,34 @@ describe("optimiser arguments", () => {
     opt.dispose();
     a.dispose();
     b.dispose();
+  });
+});
+
+describe("AdamW's SIMD path", () => {
+  test("gives the portable loop's bits (DIFFUSEKIT_ISA=generic in a child process)", () => {
+    assertBuilt();
+    // odd length: vector body and scalar tail; three steps so bias correction moves
+    const script = `
+      const { Tensor } = require(${JSON.stringify(path.join(ROOT, "dist", "tensor.js"))});
+      const { AdamW } = require(${JSON.stringify(path.join(ROOT, "dist", "train", "optim.js"))});
+      const n = 100003, r = (k) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37 + k) * (k + 1) * 1e-2 ** (i % 3));
+      (async () => {
+        const p = Tensor.fromArray(r(1), [n]);
+        p.requiresGrad = true;
+        const opt = new AdamW([p], { lr: 1e-3, weightDecay: 0.01 });
+        for (let s = 0; s < 3; s++) { p.grad = Tensor.fromArray(r(s + 5), [n]); opt.step(); }
+        const st = opt.state(p);
+        const out = [p, st.expAvg, st.expAvgSq];
+        const bufs = await Promise.all(out.map((t) => t.toFloat32Array()));
+        const h = require("crypto").createHash("sha256");
+        for (const b of bufs) h.update(Buffer.from(b.buffer));
+        process.stdout.write(h.digest("hex"));
+      })().catch((e) => { console.error(e); process.exit(1); });`;
+    const simd = runNode("-e", [script], { env: { DIFFUSEKIT_ISA: undefined } });
+    const generic = runNode("-e", [script], { env: { DIFFUSEKIT_ISA: "generic" } });
+    expect(simd.code).toBe(0);
+    expect(generic.code).toBe(0);
+    expect(simd.stdout).toMatch(/^[0-9a-f]{64}$/);
+    expect(simd.stdout).toBe(generic.stdout);
   });
 });

@@ -54,22 +54,27 @@ void ema_update(float* shadow, const float* p, int64_t n, float one_minus_decay)
   });
 }
 
+namespace {
+double sum_squares_chunk(const float* x, int64_t n) {
+#if defined(DK_X86)
+  if (cpu_features().isa >= Isa::AVX2) return sum_squares_avx2(x, n);
+#endif
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
+  return s;
+}
+}  // namespace
+
 double sum_squares(const float* x, int64_t n) {
   // fixed chunking so the result does not depend on the thread count
   constexpr int64_t kChunk = 1 << 14;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  if (chunks <= 1) {
-    double s = 0;
-    for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
-    return s;
-  }
+  if (chunks <= 1) return sum_squares_chunk(x, n);
   std::vector<double> part(static_cast<size_t>(chunks), 0.0);
   parallel_for(chunks, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t c = lo; c < hi; ++c) {
-      double s = 0;
-      const int64_t e = std::min(n, (c + 1) * kChunk);
-      for (int64_t i = c * kChunk; i < e; ++i) s += static_cast<double>(x[i]) * x[i];
-      part[static_cast<size_t>(c)] = s;
+      const int64_t b = c * kChunk, e = std::min(n, b + kChunk);
+      part[static_cast<size_t>(c)] = sum_squares_chunk(x + b, e - b);
     }
   });
   double s = 0;

@@ -1,4 +1,5 @@
-// AdamW's element loop, shared by optim.cc (portable, dispatch) and optim_avx2.cc.
+// AdamW's element loop, shared by optim.cc (portable, dispatch) and optim_avx2.cc, and the
+// AVX2 loops optim.cc dispatches to.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -25,6 +26,7 @@ inline void adamw_range_scalar(float* p, const float* g, float* m, float* v, int
 
 #if defined(DK_X86)
 void adamw_range_avx2(float* p, const float* g, float* m, float* v, int64_t lo, int64_t hi, const AdamWScalars& s);
+double sum_squares_avx2(const float* x, int64_t n);
 #endif
 
 }  // namespace dk::cpu

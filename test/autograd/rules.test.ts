@@ -259,3 +259,40 @@ describe("data-movement rules", () => {
     t.dispose();
   });
 });
+
+describe("geglu backward across the range (the AVX-512 path's fitted erf)", () => {
+  test("matches the float64 derivative from |g| = 0 to the tails, inf and NaN included", async () => {
+    const { rawNative } = await import("../../lib/autograd");
+    const C = 515, rows = 4;  // 515: vector body and masked tail
+    const x = new Float32Array(rows * 2 * C), dy = new Float32Array(rows * C);
+    const h = R.randn([rows * C], 61).data, d = R.randn([rows * C], 62).data;
+    const specials = [0, -0, 1e-30, -1e-30, 16, -16, 13.5, -13.5, Infinity, -Infinity, NaN, -0.7518, 0.42426, -0.42426];
+    for (let r = 0; r < rows; r++)
+      for (let i = 0; i < C; i++) {
+        x[r * 2 * C + i] = h[r * C + i];
+        x[r * 2 * C + C + i] = i < specials.length ? specials[i] : -20 + (40 * (r * C + i)) / (rows * C);
+        dy[r * C + i] = d[r * C + i];
+      }
+    const out = new Tensor(rawNative().gegluBackward(Tensor.fromArray(x, [rows, 2 * C]).handle, Tensor.fromArray(dy, [rows, C]).handle));
+    const got = await out.toFloat32Array();
+    out.dispose();
+    let worst = 0;
+    for (let r = 0; r < rows; r++)
+      for (let i = 0; i < C; i++) {
+        const hv = Math.fround(h[r * C + i]), g = x[r * 2 * C + C + i], dv = Math.fround(d[r * C + i]);
+        const phi = 0.5 * R.erfc(-g / Math.SQRT2), dens = Math.exp(-g * g / 2) / Math.sqrt(2 * Math.PI);
+        const want = [dv * g * phi, dv * hv * (phi + g * dens)];  // +-inf: inf * 0 = NaN, as torch
+        const have = [got[r * 2 * C + i], got[r * 2 * C + C + i]];
+        for (let k = 0; k < 2; k++) {
+          if (Number.isNaN(want[k]) || !Number.isFinite(want[k])) {
+            expect([i, k, have[k]]).toEqual([i, k, want[k]]);
+            continue;
+          }
+          // float32 relative error of the pieces: scaled by |dy| (|h| + |g|)
+          const err = Math.abs(have[k] - want[k]) / (Math.abs(dv) * (Math.abs(hv) + Math.abs(g) + 1));
+          worst = Math.max(worst, err);
+        }
+      }
+    expect(worst).toBeLessThan(1e-6);
+  });
+});

@@ -8,40 +8,12 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../core/derivatives.h"
 #include "kernels.h"
 
 namespace dk::cpu {
 
-inline float bits_to_float(int32_t b) {
-#if defined(__GNUC__) || defined(__clang__)
-  return __builtin_bit_cast(float, b);
-#else
-  float f;
-  std::memcpy(&f, &b, sizeof f);
-  return f;
-#endif
-}
-
-// e^x in a form compilers vectorise (no branches, no calls): 2^(x log2 e) = 2^n 2^f with
-// f in [-1/2, 1/2] and the degree-6 polynomial of attention_internal.h (~1 ulp). Exactly 0 below
-// -87 (so -inf gives 0), clamped at 88 above, NaN stays NaN.
-inline float exp_fast(float x) {
-  float xc = x < -87.f ? -87.f : x;
-  xc = xc > 88.f ? 88.f : xc;
-  const float t = xc * 1.4426950408889634f;
-  const int n = static_cast<int>(t + 126.5f) - 126;  // round to nearest: t + 126.5 > 0
-  const float f = t - static_cast<float>(n);
-  float p = 0.000153457921f;
-  p = p * f + 0.00133999297f;
-  p = p * f + 0.00961848907f;
-  p = p * f + 0.0555032864f;
-  p = p * f + 0.240226462f;
-  p = p * f + 0.693147182f;
-  p = p * f + 1.0f;
-  float r = p * bits_to_float((n + 127) << 23);
-  r = x < -87.f ? 0.f : r;
-  return x != x ? x : r;
-}
+using deriv::exp_fast;  // shared with the CUDA kernels (core/derivatives.h)
 
 // ---------------------------------------------------------------- conv2d_backward.cc
 // dy [N,P,Q,K] -> dx [N,H,W,C]: the transposed convolution, run as a forward conv2d_nhwc of dy

@@ -23,62 +23,10 @@ void geglu_backward_rows_avx512(const float* x, const float* dy, float* dx, int6
 namespace {
 
 constexpr int64_t kGrain = 1 << 14;
-constexpr double kInvSqrt2 = 0.70710678118654752440;
-constexpr double kInvSqrt2Pi = 0.39894228040143267794;
+using deriv::binary_grad;
+using deriv::gelu_erf;
+using deriv::unary_grad;
 
-inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-
-// d f(x) / dx
-inline double unary_grad(UnaryOp op, double x) {
-  switch (op) {
-    case UnaryOp::Neg: return -1.0;
-    case UnaryOp::Exp: return std::exp(x);
-    case UnaryOp::Log: return 1.0 / x;
-    case UnaryOp::Sqrt: return 0.5 / std::sqrt(x);
-    case UnaryOp::Rsqrt: return -0.5 / (x * std::sqrt(x));
-    case UnaryOp::Abs: return x > 0 ? 1.0 : (x < 0 ? -1.0 : 0.0);
-    case UnaryOp::Sigmoid: { const double s = sigmoid(x); return s * (1 - s); }
-    case UnaryOp::Tanh: { const double t = std::tanh(x); return 1 - t * t; }
-    case UnaryOp::Silu: { const double s = sigmoid(x); return s * (1 + x * (1 - s)); }
-    case UnaryOp::Gelu: return 0.5 * (1 + std::erf(x * kInvSqrt2)) + x * kInvSqrt2Pi * std::exp(-0.5 * x * x);
-    case UnaryOp::GeluTanh: {
-      const double k = 0.7978845608028654, c = 0.044715;
-      const double t = std::tanh(k * (x + c * x * x * x));
-      return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * c * x * x);
-    }
-    case UnaryOp::QuickGelu: { const double s = sigmoid(1.702 * x); return s + 1.702 * x * s * (1 - s); }
-    case UnaryOp::Square: return 2 * x;
-    case UnaryOp::Sin: return std::cos(x);
-    case UnaryOp::Cos: return -std::sin(x);
-    case UnaryOp::Reciprocal: return -1.0 / (x * x);
-  }
-  return 0.0;
-}
-
-// d (a op b) / da (which = 0) or / db (which = 1), torch's conventions: maximum/minimum split
-// the gradient at ties, pow's exponent gradient is 0 where a == 0 and b >= 0.
-inline double binary_grad(BinaryOp op, int which, double a, double b) {
-  switch (op) {
-    case BinaryOp::Add: return 1.0;
-    case BinaryOp::Sub: return which ? -1.0 : 1.0;
-    case BinaryOp::Mul: return which ? a : b;
-    case BinaryOp::Div: return which ? -a / (b * b) : 1.0 / b;
-    case BinaryOp::Pow:
-      if (which == 0) return b == 0 ? 0.0 : b * std::pow(a, b - 1);
-      return (a == 0 && b >= 0) ? 0.0 : std::pow(a, b) * std::log(a);
-    case BinaryOp::Maximum: {
-      const double mine = which ? b : a, other = which ? a : b;
-      return mine > other ? 1.0 : (mine == other ? 0.5 : 0.0);
-    }
-    case BinaryOp::Minimum: {
-      const double mine = which ? b : a, other = which ? a : b;
-      return mine < other ? 1.0 : (mine == other ? 0.5 : 0.0);
-    }
-  }
-  return 0.0;
-}
-
-inline double gelu_erf(double x) { return 0.5 * x * (1 + std::erf(x * kInvSqrt2)); }
 
 }  // namespace
 

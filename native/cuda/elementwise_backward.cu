@@ -13,65 +13,13 @@ namespace dk::cuda {
 namespace ewb {
 
 constexpr int kThreads = 256;
-constexpr double kInvSqrt2 = 0.70710678118654752440;
-constexpr double kInvSqrt2Pi = 0.39894228040143267794;
-
 __device__ __forceinline__ int64_t gtid() { return blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; }
 __device__ __forceinline__ int64_t gstride() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
 
-__device__ __forceinline__ double sigmoid_d(double x) { return 1.0 / (1.0 + exp(-x)); }
+using deriv::binary_grad;  // the CPU's formulas (core/derivatives.h)
+using deriv::gelu_erf;
+using deriv::unary_grad;
 
-// d f(x) / dx, the CPU's formulas (elementwise_backward.cc) term for term.
-__device__ __forceinline__ double unary_grad(UnaryOp op, double x) {
-  switch (op) {
-    case UnaryOp::Neg: return -1.0;
-    case UnaryOp::Exp: return exp(x);
-    case UnaryOp::Log: return 1.0 / x;
-    case UnaryOp::Sqrt: return 0.5 / sqrt(x);
-    case UnaryOp::Rsqrt: return -0.5 / (x * sqrt(x));
-    case UnaryOp::Abs: return x > 0 ? 1.0 : (x < 0 ? -1.0 : 0.0);
-    case UnaryOp::Sigmoid: { const double s = sigmoid_d(x); return s * (1 - s); }
-    case UnaryOp::Tanh: { const double t = tanh(x); return 1 - t * t; }
-    case UnaryOp::Silu: { const double s = sigmoid_d(x); return s * (1 + x * (1 - s)); }
-    case UnaryOp::Gelu: return 0.5 * (1 + erf(x * kInvSqrt2)) + x * kInvSqrt2Pi * exp(-0.5 * x * x);
-    case UnaryOp::GeluTanh: {
-      const double k = 0.7978845608028654, c = 0.044715;
-      const double t = tanh(k * (x + c * x * x * x));
-      return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * c * x * x);
-    }
-    case UnaryOp::QuickGelu: { const double s = sigmoid_d(1.702 * x); return s + 1.702 * x * s * (1 - s); }
-    case UnaryOp::Square: return 2 * x;
-    case UnaryOp::Sin: return cos(x);
-    case UnaryOp::Cos: return -sin(x);
-    case UnaryOp::Reciprocal: return -1.0 / (x * x);
-  }
-  return 0.0;
-}
-
-// d (a op b) / da (which 0) or / db (which 1), torch's conventions (as the CPU): maximum/minimum
-// split the gradient at ties, pow's exponent gradient is 0 where a == 0 and b >= 0.
-__device__ __forceinline__ double binary_grad(BinaryOp op, int which, double a, double b) {
-  switch (op) {
-    case BinaryOp::Add: return 1.0;
-    case BinaryOp::Sub: return which ? -1.0 : 1.0;
-    case BinaryOp::Mul: return which ? a : b;
-    case BinaryOp::Div: return which ? -a / (b * b) : 1.0 / b;
-    case BinaryOp::Pow:
-      if (which == 0) return b == 0 ? 0.0 : b * pow(a, b - 1);
-      return (a == 0 && b >= 0) ? 0.0 : pow(a, b) * log(a);
-    case BinaryOp::Maximum: {
-      const double mine = which ? b : a, other = which ? a : b;
-      return mine > other ? 1.0 : (mine == other ? 0.5 : 0.0);
-    }
-    case BinaryOp::Minimum: {
-      const double mine = which ? b : a, other = which ? a : b;
-      return mine < other ? 1.0 : (mine == other ? 0.5 : 0.0);
-    }
-  }
-  return 0.0;
-}
-
-__device__ __forceinline__ double gelu_erf(double x) { return 0.5 * x * (1 + erf(x * kInvSqrt2)); }
 
 // ---------------------------------------------------------------- kernels
 // The op is a kernel argument, not a template parameter: one switch per element costs nothing

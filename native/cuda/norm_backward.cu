@@ -24,24 +24,7 @@ namespace nb {
 constexpr int kThreads = 256;
 constexpr int64_t kRows = 64;  // rows per group-norm task, as the CPU
 
-// cpu::exp_fast, the same polynomial and clamps (the CPU's fused-SiLU derivative uses it).
-__device__ __forceinline__ float exp_fast(float x) {
-  float xc = x < -87.f ? -87.f : x;
-  xc = xc > 88.f ? 88.f : xc;
-  const float t = xc * 1.4426950408889634f;
-  const int n = static_cast<int>(t + 126.5f) - 126;
-  const float f = t - static_cast<float>(n);
-  float p = 0.000153457921f;
-  p = p * f + 0.00133999297f;
-  p = p * f + 0.00961848907f;
-  p = p * f + 0.0555032864f;
-  p = p * f + 0.240226462f;
-  p = p * f + 0.693147182f;
-  p = p * f + 1.0f;
-  float r = p * __int_as_float((n + 127) << 23);
-  r = x < -87.f ? 0.f : r;
-  return x != x ? x : r;
-}
+using deriv::exp_fast;  // the CPU's (core/derivatives.h): the fused-SiLU derivative uses it
 
 __device__ __forceinline__ float silu_grad(float z) {
   const float sg = 1.f / (1.f + exp_fast(-z));

@@ -3,6 +3,7 @@
 //
 //   diffusekit train --data DIR --out DIR [--resolution 64 --steps 1000 --batch-size 8 --lr 5e-4
 //     --seed 0 --save-every 0 --resume --cond-dropout 0.1 --vae DIR --model small|base ...]
+//   diffusekit train --init MODEL_DIR --data DIR --out DIR [...]   (fine-tune a diffusers model)
 //   diffusekit train-vae --data DIR --out DIR [--resolution 64 --steps 1000 --latent-channels 4 ...]
 //
 // `--data shapes` (or shapes:N) trains on the built-in synthetic shapes set.
@@ -48,14 +49,16 @@ const COMMON: FlagSpec[] = [
 
 export const TRAIN_FLAGS: readonly FlagSpec[] = [
   ...COMMON,
-  { flag: "--model", key: "model", type: "string", choices: ["small", "base"], help: "UNet size (default small)" },
-  { flag: "--text-encoder", key: "textEncoder", type: "string", help: '"train" (default: trained jointly from scratch) or a model folder whose text encoder is used frozen' },
+  { flag: "--init", key: "init", type: "string", help: "fine-tune this diffusers model folder (its UNet, VAE, text encoder, tokenizer and noise schedule)" },
+  { flag: "--model", key: "model", type: "string", choices: ["small", "base"], help: "UNet size (default small; not with --init)" },
+  { flag: "--text-encoder", key: "textEncoder", type: "string",
+    help: '"train" (trained jointly: from scratch, or with --init from init\'s) or a model folder whose text encoder is used frozen (default: "train", or init\'s frozen with --init)' },
   { flag: "--text-encoder-size", key: "textEncoderSize", type: "string", choices: ["small", "base"], help: "size of a text encoder trained from scratch (default small)" },
   { flag: "--tokenizer", key: "tokenizer", type: "string", help: "CLIP tokenizer folder (vocab.json, merges.txt) for a text encoder trained from scratch" },
-  { flag: "--vae", key: "vae", type: "string", help: "a trained VAE folder (default: train one first into OUT/vae)" },
+  { flag: "--vae", key: "vae", type: "string", help: "a trained VAE folder (default: init's with --init, else train one first into OUT/vae)" },
   { flag: "--vae-steps", key: "vaeSteps", type: "int", help: "steps of that VAE when --vae is not given (default 1000)" },
   { flag: "--cond-dropout", key: "condDropout", type: "number", help: "probability of the empty prompt (default 0.1)" },
-  { flag: "--prediction-type", key: "predictionType", type: "string", choices: ["epsilon", "v_prediction"], help: "training target (default epsilon)" },
+  { flag: "--prediction-type", key: "predictionType", type: "string", choices: ["epsilon", "v_prediction"], help: "training target (default epsilon; with --init, init's)" },
   { flag: "--snr-gamma", key: "snrGamma", type: "number", help: "Min-SNR-γ loss weighting, e.g. 5 (default off)" },
   { flag: "--ema", key: "ema", type: "number", help: "keep an EMA of the weights with this decay (e.g. 0.999) and export it" },
 ];

@@ -309,6 +309,9 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const prev = readCheckpointState(out, "unet");
   if (prev && !opts.resume)
     throw new Error(`${op}: ${path.join(out, CHECKPOINT_DIR)} already holds a checkpoint (step ${prev.step}); pass resume: true to continue it, or choose another out folder`);
+  // checked before anything runs: without init a VAE would be trained first, into out/vae
+  if (prev && JSON.stringify(prev.fixed.init) !== JSON.stringify(init?.dir))
+    throw new Error(`resume: the run's settings differ from the checkpoint's (init: checkpoint ${JSON.stringify(prev.fixed.init)}, now ${JSON.stringify(init?.dir)})`);
   fs.mkdirSync(out, { recursive: true });
 
   // 2. data

@@ -34,7 +34,7 @@ const COMMON: FlagSpec[] = [
   { flag: "--steps", key: "steps", type: "int", help: "optimiser steps (default 1000)" },
   { flag: "--batch-size", key: "batchSize", type: "int", help: "images per micro-batch (default 8)" },
   { flag: "--grad-accum", key: "gradAccum", type: "int", help: "micro-batches per optimiser step (default 1)" },
-  { flag: "--lr", key: "lr", type: "number", help: "learning rate (default 5e-4)" },
+  { flag: "--lr", key: "lr", type: "number", help: "learning rate (default 5e-4; train --init: 1e-4)" },
   { flag: "--lr-schedule", key: "lrSchedule", type: "string", choices: ["constant", "cosine"], help: "after warm-up: constant (default) or cosine" },
   { flag: "--warmup-steps", key: "warmupSteps", type: "int", help: "linear warm-up steps (default min(100, steps/10))" },
   { flag: "--max-grad-norm", key: "maxGradNorm", type: "number", help: "clip the global gradient norm (default 1; 0 = off)" },

@@ -57,6 +57,7 @@ export interface TrainOptions extends LoopOptions {
    * (float16 weights are upcast), its VAE (unless `vae` is given), its text encoder and tokenizer
    * (frozen, unless `textEncoder` says otherwise) and its noise schedule. `model`,
    * `textEncoderSize`, `tokenizer`, `trimVocab`, `vaeSteps` and `vaeOptions` cannot be set with it.
+   * The default lr is then 1e-4 (diffusers' train_text_to_image default) instead of 5e-4.
    */
   init?: string;
   /** UNet size: "small" (default), "base", or a UNet2DConditionModel config object. */
@@ -277,7 +278,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const steps = intOpt(op, "steps", opts.steps, 1000, 1);
   const batchSize = intOpt(op, "batchSize", opts.batchSize, 8, 1);
   const gradAccum = intOpt(op, "gradAccum", opts.gradAccum, 1, 1);
-  const lr = numOpt(op, "lr", opts.lr, 5e-4, (x) => x > 0, "> 0");
+  const lr = numOpt(op, "lr", opts.lr, init ? 1e-4 : 5e-4, (x) => x > 0, "> 0");  // with init: diffusers' train_text_to_image default
   const lrSchedule = opts.lrSchedule ?? "constant";
   if (!LR_SCHEDULES.includes(lrSchedule)) throw new RangeError(`${op}: lrSchedule must be one of ${LR_SCHEDULES.join(", ")}, got ${JSON.stringify(lrSchedule)}`);
   const warmupSteps = intOpt(op, "warmupSteps", opts.warmupSteps, Math.min(100, Math.floor(steps / 10)), 0);

@@ -113,7 +113,9 @@ describe("train({ init }) from the built-in model", () => {
     }
     // predictionType given explicitly overrides init's prediction_type, and is what is exported
     const eps = path.join(tmp, "step0-eps");
-    await train({ ...quiet, data: ds, out: eps, init: linearInit, resolution: 32, steps: 1, batchSize: 2, predictionType: "epsilon" });
+    const lrs: number[] = [];
+    await train({ ...quiet, data: ds, out: eps, init: linearInit, resolution: 32, steps: 1, batchSize: 2, predictionType: "epsilon", onLog: (i) => lrs.push(i.lr) });
+    expect(lrs).toEqual([1e-4]);  // the fine-tuning default
     expect(JSON.parse(fs.readFileSync(path.join(eps, "scheduler", "scheduler_config.json"), "utf8"))).toMatchObject({ ...linearSchedule, prediction_type: "epsilon" });
   });
 

@@ -10,12 +10,17 @@
 //   5. export  the model folder (its vae/ replaced by the fine-tuned one) without its checkpoint, weights as float16 safetensors,
 //              + NOTICE-emoji.txt -> models/builtin
 //
+// `--device cuda` (or auto, cuda:N) runs every stage on a GPU (float32, as on the CPU). `--init DIR` continues
+// from a trained model folder instead (e.g. models/builtin): stages 2 and 4 are skipped (init's VAE, decoder
+// included, is kept), and stage 3 fine-tunes init's UNet and text encoder jointly with init's tokenizer
+// (work folder .cache/builtin-init unless --work is given).
+//
 // Every stage resumes from its checkpoint (run it again after Ctrl-C); a finished stage is skipped.
 // `--export-only` re-exports the latest saved model (the trainer exports every --save-every steps),
 // so a usable model exists long before the last step.
 //
 // Usage: node scripts/train-builtin.js [--vae-steps 1800] [--unet-steps 20000] [--decoder-steps 6000] [--save-every 1500]
-//          [--work .cache/builtin] [--model-dir models/builtin] [--tokenizer DIR] [--export-only]
+//          [--work .cache/builtin] [--model-dir models/builtin] [--tokenizer DIR] [--device cpu|cuda|auto] [--init DIR] [--export-only]
 // Needs `npm run build:ts` (it runs dist/). Times on a 2-core CPU: see docs/builtin-model.md.
 "use strict";
 const fs = require("fs");
@@ -31,6 +36,8 @@ const DEFAULTS = {
   modelDir: path.join(ROOT, "models", "builtin"),
   data: path.join(ROOT, ".cache", "emoji", "train"),
   tokenizer: null,
+  device: "cpu",
+  init: null,
   exportOnly: false,
 };
 
@@ -68,12 +75,20 @@ function parseArgs(argv) {
     else if (a === "--model-dir") o.modelDir = path.resolve(argv[++i]);
     else if (a === "--data") o.data = path.resolve(argv[++i]);
     else if (a === "--tokenizer") o.tokenizer = path.resolve(argv[++i]);
+    else if (a === "--device" || a === "--init") {
+      const v = argv[++i];
+      if (!v) throw new Error(`${a} needs a value`);
+      if (a === "--device") o.device = v;
+      else o.init = path.resolve(v);
+    }
     else if (a === "--export-only") o.exportOnly = true;
     else if (a === "--help" || a === "-h") {
       process.stdout.write(fs.readFileSync(__filename, "utf8").split("\n").filter((l) => l.startsWith("//")).map((l) => l.slice(3)).join("\n") + "\n");
       process.exit(0);
     } else throw new Error(`unknown option ${a}`);
   }
+  // a fine-tune keeps its own work folder (the from-scratch checkpoints in .cache/builtin stay)
+  if (o.init && !argv.includes("--work")) o.work = path.join(ROOT, ".cache", "builtin-init");
   return o;
 }
 
@@ -159,8 +174,9 @@ function exportModel(src, dst, vaeDir = null) {
 async function main() {
   const o = parseArgs(process.argv.slice(2));
   const modelOut = path.join(o.work, "model"), vaeOut = path.join(o.work, "vae"), decoderOut = path.join(o.work, "vae-decoder");
-  const finishedDecoder = () => require(path.join(ROOT, "dist", "train", "vae-trainer")).isFinishedVae(decoderOut) ? decoderOut : null;
+  const finishedDecoder = () => !o.init && require(path.join(ROOT, "dist", "train", "vae-trainer")).isFinishedVae(decoderOut) ? decoderOut : null;
   if (o.exportOnly) return exportModel(modelOut, o.modelDir, finishedDecoder());
+  if (o.init && o.tokenizer) throw new Error("--tokenizer is for training from scratch; --init keeps init's tokenizer");
   if (!fs.existsSync(path.join(ROOT, "dist", "train", "index.js"))) throw new Error("dist/ is missing: run `npm run build:ts` first");
   const { trainVae, train } = require(path.join(ROOT, "dist", "train"));
   const { progressPrinter } = require(path.join(ROOT, "dist", "cli", "train"));
@@ -173,11 +189,11 @@ async function main() {
   fs.mkdirSync(o.work, { recursive: true });
   const t0 = Date.now();
 
-  // 2. VAE
+  // 2. VAE (with --init: init's)
   const { isFinishedVae } = require(path.join(ROOT, "dist", "train", "vae-trainer"));
-  if (!isFinishedVae(vaeOut)) {
+  if (!o.init && !isFinishedVae(vaeOut)) {
     log(`training the VAE (${o.vaeSteps} steps)`);
-    const r = await trainVae({ ...VAE_RECIPE, data: o.data, out: vaeOut, steps: o.vaeSteps, saveEvery: o.saveEvery, resume: hasCheckpoint(vaeOut),
+    const r = await trainVae({ ...VAE_RECIPE, data: o.data, out: vaeOut, steps: o.vaeSteps, saveEvery: o.saveEvery, resume: hasCheckpoint(vaeOut), device: o.device,
       onLog: progressPrinter(process.stderr) });
     if (r.interrupted) return log("stopped; run again to continue");
     log(`VAE done in ${((Date.now() - t0) / 60000).toFixed(1)} min, scaling_factor ${r.scalingFactor.toPrecision(5)}`);
@@ -185,25 +201,34 @@ async function main() {
 
   // 3. UNet + text encoder
   const t1 = Date.now();
-  const tokenizer = findTokenizer(o);
-  log(`training the UNet and text encoder (${o.unetSteps} steps; tokenizer ${tokenizer ?? "byte-level"})`);
-  const r = await train({ ...UNET_RECIPE, data: o.data, out: modelOut, vae: vaeOut, tokenizer, steps: o.unetSteps, saveEvery: o.saveEvery,
+  let recipe;
+  if (o.init) {
+    // the architecture, text encoder, tokenizer, VAE and noise schedule are init's
+    const { model, textEncoderSize, ...rest } = UNET_RECIPE;
+    recipe = { ...rest, init: o.init };
+    log(`fine-tuning ${o.init}'s UNet and text encoder (${o.unetSteps} steps) on ${o.device}`);
+  } else {
+    const tokenizer = findTokenizer(o);
+    recipe = { ...UNET_RECIPE, vae: vaeOut, tokenizer };
+    log(`training the UNet and text encoder (${o.unetSteps} steps; tokenizer ${tokenizer ?? "byte-level"}) on ${o.device}`);
+  }
+  const r = await train({ ...recipe, data: o.data, out: modelOut, steps: o.unetSteps, saveEvery: o.saveEvery, device: o.device,
     resume: hasCheckpoint(modelOut), onLog: progressPrinter(process.stderr) });
   if (r.interrupted) return log("stopped; run again to continue");
   log(`UNet done in ${((Date.now() - t1) / 60000).toFixed(1)} min (${r.imagesPerSec.toFixed(1)} img/s)`);
 
   // 4. decoder fine-tuning (the UNet's latents come from the frozen encoder, so it stays valid)
-  if (o.decoderSteps > 0 && !finishedDecoder()) {
+  if (!o.init && o.decoderSteps > 0 && !finishedDecoder()) {
     const t2 = Date.now();
     log(`fine-tuning the VAE decoder (${o.decoderSteps} steps, encoder frozen)`);
-    const d = await trainVae({ ...DECODER_RECIPE, data: o.data, out: decoderOut, init: vaeOut, steps: o.decoderSteps, saveEvery: o.saveEvery,
+    const d = await trainVae({ ...DECODER_RECIPE, data: o.data, out: decoderOut, init: vaeOut, steps: o.decoderSteps, saveEvery: o.saveEvery, device: o.device,
       resume: hasCheckpoint(decoderOut), onLog: progressPrinter(process.stderr) });
     if (d.interrupted) return log("stopped; run again to continue");
     log(`decoder done in ${((Date.now() - t2) / 60000).toFixed(1)} min (${d.imagesPerSec.toFixed(1)} img/s)`);
   }
 
   // 5. export
-  exportModel(modelOut, o.modelDir, o.decoderSteps > 0 ? finishedDecoder() : null);
+  exportModel(modelOut, o.modelDir, !o.init && o.decoderSteps > 0 ? finishedDecoder() : null);
 }
 
 if (require.main === module) {

@@ -3,6 +3,7 @@
 //
 //   diffusekit train --data DIR --out DIR [--resolution 64 --steps 1000 --batch-size 8 --lr 5e-4
 //     --seed 0 --save-every 0 --resume --cond-dropout 0.1 --vae DIR --model small|base ...]
+//   diffusekit train --init MODEL_DIR --data DIR --out DIR [...]   (fine-tune a diffusers model)
 //   diffusekit train-vae --data DIR --out DIR [--resolution 64 --steps 1000 --latent-channels 4 ...]
 //
 // `--data shapes` (or shapes:N) trains on the built-in synthetic shapes set.
@@ -33,7 +34,7 @@ const COMMON: FlagSpec[] = [
   { flag: "--steps", key: "steps", type: "int", help: "optimiser steps (default 1000)" },
   { flag: "--batch-size", key: "batchSize", type: "int", help: "images per micro-batch (default 8)" },
   { flag: "--grad-accum", key: "gradAccum", type: "int", help: "micro-batches per optimiser step (default 1)" },
-  { flag: "--lr", key: "lr", type: "number", help: "learning rate (default 5e-4)" },
+  { flag: "--lr", key: "lr", type: "number", help: "learning rate (default 5e-4; train --init: 1e-4)" },
   { flag: "--lr-schedule", key: "lrSchedule", type: "string", choices: ["constant", "cosine"], help: "after warm-up: constant (default) or cosine" },
   { flag: "--warmup-steps", key: "warmupSteps", type: "int", help: "linear warm-up steps (default min(100, steps/10))" },
   { flag: "--max-grad-norm", key: "maxGradNorm", type: "number", help: "clip the global gradient norm (default 1; 0 = off)" },
@@ -48,14 +49,16 @@ const COMMON: FlagSpec[] = [
 
 export const TRAIN_FLAGS: readonly FlagSpec[] = [
   ...COMMON,
-  { flag: "--model", key: "model", type: "string", choices: ["small", "base"], help: "UNet size (default small)" },
-  { flag: "--text-encoder", key: "textEncoder", type: "string", help: '"train" (default: trained jointly from scratch) or a model folder whose text encoder is used frozen' },
+  { flag: "--init", key: "init", type: "string", help: "fine-tune this diffusers model folder (its UNet, VAE, text encoder, tokenizer and noise schedule)" },
+  { flag: "--model", key: "model", type: "string", choices: ["small", "base"], help: "UNet size (default small; not with --init)" },
+  { flag: "--text-encoder", key: "textEncoder", type: "string",
+    help: '"train" (trained jointly: from scratch, or with --init from init\'s) or a model folder whose text encoder is used frozen (default: "train", or init\'s frozen with --init)' },
   { flag: "--text-encoder-size", key: "textEncoderSize", type: "string", choices: ["small", "base"], help: "size of a text encoder trained from scratch (default small)" },
   { flag: "--tokenizer", key: "tokenizer", type: "string", help: "CLIP tokenizer folder (vocab.json, merges.txt) for a text encoder trained from scratch" },
-  { flag: "--vae", key: "vae", type: "string", help: "a trained VAE folder (default: train one first into OUT/vae)" },
+  { flag: "--vae", key: "vae", type: "string", help: "a trained VAE folder (default: init's with --init, else train one first into OUT/vae)" },
   { flag: "--vae-steps", key: "vaeSteps", type: "int", help: "steps of that VAE when --vae is not given (default 1000)" },
   { flag: "--cond-dropout", key: "condDropout", type: "number", help: "probability of the empty prompt (default 0.1)" },
-  { flag: "--prediction-type", key: "predictionType", type: "string", choices: ["epsilon", "v_prediction"], help: "training target (default epsilon)" },
+  { flag: "--prediction-type", key: "predictionType", type: "string", choices: ["epsilon", "v_prediction"], help: "training target (default epsilon; with --init, init's)" },
   { flag: "--snr-gamma", key: "snrGamma", type: "number", help: "Min-SNR-γ loss weighting, e.g. 5 (default off)" },
   { flag: "--ema", key: "ema", type: "number", help: "keep an EMA of the weights with this decay (e.g. 0.999) and export it" },
 ];

@@ -4,8 +4,14 @@
 //   out/model_index.json, scheduler/scheduler_config.json, unet/, vae/, text_encoder/, tokenizer/
 //   out/checkpoint/  (resumable state; see checkpoint.ts)
 //
-// Stages: 1 options, 2 data, 3 VAE (given, or trained first into out/vae), 4 tokenizer and text
-// encoder (trained jointly from scratch, or a frozen one from a model folder), 5 latent cache (the
+// Fine-tuning (`init`: a diffusers model folder, as train_text_to_image.py's
+// --pretrained_model_name_or_path): the UNet is init's (config and weights), the VAE defaults to
+// init's vae/, the text encoder and tokenizer to init's (frozen; textEncoder "train" fine-tunes
+// them jointly), and the noise schedule is init's scheduler config (predictionType may override
+// its prediction_type).
+//
+// Stages: 1 options, 2 data, 3 VAE (given, init's, or trained first into out/vae), 4 tokenizer and text
+// encoder (trained jointly from scratch or from init, or a frozen one from a model folder), 5 latent cache (the
 // VAE posterior of every image, and of its mirror image when flipping, computed once), 6 UNet and
 // optimiser (+ resume), 7 the loop, 8 export. One optimiser step, as train_text_to_image.py:
 // sample z ~ posterior · scaling_factor, t ~ U{0..T−1}, noise ~ N(0, I); x_t = add_noise; drop
@@ -20,7 +26,8 @@ import { CLIPTextModel } from "../models/clip-text";
 import { UNet2DConditionModel, type UNet2DConditionConfigJson } from "../models/unet-2d-condition";
 import { AutoencoderKL } from "../models/autoencoder-kl";
 import { CLIPTokenizer } from "../tokenizers/clip";
-import { findWeights, openWeightsFile, readJsonObject } from "../io/model-folder";
+import { ModelFolder, findWeights, openWeightsFile, readJsonObject } from "../io/model-folder";
+import type { StateDictSource } from "../nn/module";
 import { noiseSchedule, parseSchedulerConfig } from "../schedulers/schedule";
 import { AdamW, EMA, learningRateAt, LR_SCHEDULES, type LrScheduleName } from "./optim";
 import { EpochSampler, imagesToNchw, type TrainingDataset } from "./data";
@@ -44,9 +51,22 @@ export interface TrainOptions extends LoopOptions {
   data: DataOption;
   /** Output folder (diffusers layout). */
   out: string;
+  /**
+   * Fine-tune this diffusers model folder (model_index.json, unet/, vae/, text_encoder/,
+   * tokenizer/, scheduler/) instead of training a UNet from scratch: its UNet config and weights
+   * (float16 weights are upcast), its VAE (unless `vae` is given), its text encoder and tokenizer
+   * (frozen, unless `textEncoder` says otherwise) and its noise schedule. `model`,
+   * `textEncoderSize`, `tokenizer`, `trimVocab`, `vaeSteps` and `vaeOptions` cannot be set with it.
+   * The default lr is then 1e-4 (diffusers' train_text_to_image default) instead of 5e-4.
+   */
+  init?: string;
   /** UNet size: "small" (default), "base", or a UNet2DConditionModel config object. */
   model?: ModelSize | UNet2DConditionConfigJson;
-  /** "train" (default): a CLIP text encoder trained jointly from scratch; or a diffusers model folder whose text_encoder/ and tokenizer/ are used frozen. */
+  /**
+   * "train": a CLIP text encoder trained jointly, from scratch (the default without `init`) or,
+   * with `init`, starting from init's text encoder and tokenizer; or a diffusers model folder whose
+   * text_encoder/ and tokenizer/ are used frozen (the default with `init`: init's own).
+   */
   textEncoder?: "train" | string;
   /** Size of a text encoder trained from scratch: "small" (default), "base" or a CLIP text config object. */
   textEncoderSize?: ModelSize | Record<string, unknown>;
@@ -62,6 +82,7 @@ export interface TrainOptions extends LoopOptions {
   vaeOptions?: Partial<Omit<TrainVaeOptions, "data" | "out" | "resolution" | "steps" | "resume" | "onLog" | "signal" | "handleSigint">>;
   /** Keep an EMA of the weights and export it: true (decay 0.9999, diffusers' EMAModel) or the decay. Default off. */
   ema?: boolean | number;
+  /** The training target: "epsilon" (default), "v_prediction"; with `init`, default init's scheduler prediction_type. */
   predictionType?: TrainPredictionType;
   /** Min-SNR-γ loss weighting (e.g. 5). Default off. */
   snrGamma?: number | null;
@@ -87,7 +108,7 @@ export interface TrainResult {
 }
 
 const KEYS = [
-  "data", "out", "model", "textEncoder", "textEncoderSize", "tokenizer", "trimVocab", "vae", "vaeSteps", "vaeOptions",
+  "data", "out", "init", "model", "textEncoder", "textEncoderSize", "tokenizer", "trimVocab", "vae", "vaeSteps", "vaeOptions",
   "ema", "predictionType", "snrGamma", "condDropout", "onBatch", ...LOOP_KEYS,
 ];
 
@@ -101,6 +122,55 @@ function loadVae(dir: string): { vae: AutoencoderKL; dir: string } {
     throw e;
   }
   return { vae, dir: comp };
+}
+
+/** The options that make no sense with init (its architecture, text encoder and tokenizer are used as they are; no VAE is trained). */
+const NOT_WITH_INIT = ["model", "textEncoderSize", "tokenizer", "trimVocab", "vaeSteps", "vaeOptions"] as const;
+
+/** A model folder to fine-tune: checked and its configs read up front (weights are loaded later). */
+interface InitModel {
+  dir: string;
+  folder: ModelFolder;
+  unetDir: string;
+  unetConfig: UNet2DConditionConfigJson;
+  /** scheduler/scheduler_config.json, and its class (from model_index.json when the config lacks _class_name). */
+  scheduler: Record<string, unknown>;
+  schedulerClass: string;
+}
+
+function readInit(op: string, dir: unknown): InitModel {
+  if (typeof dir !== "string" || dir === "") throw new TypeError(`${op}: init must be a diffusers model folder path`);
+  let folder: ModelFolder;
+  try {
+    folder = ModelFolder.open(dir);
+  } catch (e) {
+    throw new Error(`${op}: init: ${(e as Error).message}`);
+  }
+  const where = (what: string) => `${op}: init ${folder.dir}: ${what}`;
+  try {
+    const unet = folder.component("unet");
+    if (unet.className !== "UNet2DConditionModel") throw new Error(`component "unet" is a ${unet.className}, expected UNet2DConditionModel`);
+    const unetDir = folder.componentDir("unet");
+    const unetConfig = readJsonObject(path.join(unetDir, "config.json"), "unet config") as UNet2DConditionConfigJson;
+    const schedulerClass = folder.component("scheduler").className;
+    const scheduler = folder.config("scheduler");
+    return { dir: folder.dir, folder, unetDir, unetConfig, scheduler: { _class_name: schedulerClass, ...scheduler }, schedulerClass };
+  } catch (e) {
+    throw new Error(where((e as Error).message));
+  }
+}
+
+/** Strict load of a component folder's weights (every parameter present, shapes checked; float16 upcast): errors name the file. */
+function loadComponentWeights(op: string, module: { loadStateDict(s: StateDictSource): void }, dir: string, what: string): void {
+  const file = findWeights(dir).file;
+  const src = openWeightsFile(file);
+  try {
+    module.loadStateDict(src);
+  } catch (e) {
+    throw new Error(`${op}: ${what} weights ${file} do not fit ${path.join(dir, "config.json")}: ${(e as Error).message}`);
+  } finally {
+    src.close();
+  }
 }
 
 function loadFrozenTextEncoder(dir: string): { te: CLIPTextModel; tokenizer: CLIPTokenizer; teDir: string; tokDir: string } {
@@ -192,8 +262,14 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const device = trainingDevice(op, opts.device);
   const onDevice = (m: { to(d: string): unknown }) => { if (device !== "cpu") m.to(device); };
   const resolution = intOpt(op, "resolution", opts.resolution, 64, 8);
+  const init = opts.init === undefined ? null : readInit(op, opts.init);
+  if (init) {
+    const given = NOT_WITH_INIT.filter((k) => opts[k] !== undefined);
+    if (given.length)
+      throw new RangeError(`${op}: ${given.join(", ")} cannot be set with init (the UNet, text encoder and tokenizer are init's, and its VAE or the vae option is used)`);
+  }
   const model = opts.model ?? "small";
-  const textEncoderMode = opts.textEncoder ?? "train";
+  const textEncoderMode = opts.textEncoder ?? (init ? init.dir : "train");
   if (typeof textEncoderMode !== "string" || textEncoderMode === "") throw new TypeError(`${op}: textEncoder must be "train" or a model folder path`);
   const trainText = textEncoderMode === "train";
   if (!trainText && opts.tokenizer !== undefined) throw new RangeError(`${op}: tokenizer is for textEncoder "train"; a frozen text encoder uses its own folder's tokenizer`);
@@ -202,15 +278,27 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const steps = intOpt(op, "steps", opts.steps, 1000, 1);
   const batchSize = intOpt(op, "batchSize", opts.batchSize, 8, 1);
   const gradAccum = intOpt(op, "gradAccum", opts.gradAccum, 1, 1);
-  const lr = numOpt(op, "lr", opts.lr, 5e-4, (x) => x > 0, "> 0");
+  const lr = numOpt(op, "lr", opts.lr, init ? 1e-4 : 5e-4, (x) => x > 0, "> 0");  // with init: diffusers' train_text_to_image default
   const lrSchedule = opts.lrSchedule ?? "constant";
   if (!LR_SCHEDULES.includes(lrSchedule)) throw new RangeError(`${op}: lrSchedule must be one of ${LR_SCHEDULES.join(", ")}, got ${JSON.stringify(lrSchedule)}`);
   const warmupSteps = intOpt(op, "warmupSteps", opts.warmupSteps, Math.min(100, Math.floor(steps / 10)), 0);
   const weightDecay = numOpt(op, "weightDecay", opts.weightDecay, 1e-2, (x) => x >= 0, ">= 0");
   const maxGradNorm = numOpt(op, "maxGradNorm", opts.maxGradNorm, 1, (x) => x >= 0, ">= 0");
   const emaDecay = opts.ema === undefined || opts.ema === false ? null : opts.ema === true ? 0.9999 : numOpt(op, "ema", opts.ema, 0.9999, (x) => x > 0 && x < 1, "true, false or a decay in (0, 1)");
-  const predictionType = opts.predictionType ?? "epsilon";
+  const initPrediction = init ? init.scheduler.prediction_type ?? "epsilon" : "epsilon";
+  if (init && opts.predictionType === undefined && !TRAIN_PREDICTION_TYPES.includes(initPrediction as TrainPredictionType))
+    throw new RangeError(`${op}: init's scheduler prediction_type ${JSON.stringify(initPrediction)} cannot be trained; pass predictionType (${TRAIN_PREDICTION_TYPES.join(", ")})`);
+  const predictionType = opts.predictionType ?? (initPrediction as TrainPredictionType);
   if (!TRAIN_PREDICTION_TYPES.includes(predictionType)) throw new RangeError(`${op}: predictionType must be one of ${TRAIN_PREDICTION_TYPES.join(", ")}, got ${JSON.stringify(predictionType)}`);
+  // the noise schedule: init's (its betas, as a DDPMScheduler built from it trains), or SD1.x's
+  const schedCfg = init ? { ...init.scheduler, prediction_type: predictionType } : schedulerConfig(predictionType);
+  let alphasCumprod: Float32Array;
+  try {
+    alphasCumprod = noiseSchedule(init ? parseSchedulerConfig(schedCfg, "DDPMScheduler") : parseSchedulerConfig(schedCfg)).alphasCumprod;
+  } catch (e) {
+    throw new RangeError(`${op}: init's scheduler config: ${(e as Error).message}`);
+  }
+  const numTrainTimesteps = alphasCumprod.length;
   const snrGamma = opts.snrGamma === undefined || opts.snrGamma === null ? null : numOpt(op, "snrGamma", opts.snrGamma, 5, (x) => x > 0, "> 0 or null");
   const condDropout = numOpt(op, "condDropout", opts.condDropout, 0.1, (x) => x >= 0 && x <= 1, "in [0, 1]");
   const randomFlip = opts.randomFlip ?? true;
@@ -222,6 +310,9 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const prev = readCheckpointState(out, "unet");
   if (prev && !opts.resume)
     throw new Error(`${op}: ${path.join(out, CHECKPOINT_DIR)} already holds a checkpoint (step ${prev.step}); pass resume: true to continue it, or choose another out folder`);
+  // checked before anything runs: without init a VAE would be trained first, into out/vae
+  if (prev && JSON.stringify(prev.fixed.init) !== JSON.stringify(init?.dir))
+    throw new Error(`resume: the run's settings differ from the checkpoint's (init: checkpoint ${JSON.stringify(prev.fixed.init)}, now ${JSON.stringify(init?.dir)})`);
   fs.mkdirSync(out, { recursive: true });
 
   // 2. data
@@ -235,6 +326,8 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     let vaeSrcDir: string;
     if (opts.vae !== undefined) {
       vaeSrcDir = opts.vae;
+    } else if (init) {
+      vaeSrcDir = init.folder.componentDir("vae");
     } else {
       vaeSrcDir = path.join(out, "vae");
       if (!isFinishedVae(vaeSrcDir)) {
@@ -257,7 +350,18 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     // 4. tokenizer and text encoder
     const tokOut = path.join(out, "tokenizer");
     let te: CLIPTextModel, tokenizer: CLIPTokenizer, teConfig: Record<string, unknown> | null = null, frozenTe: { teDir: string; tokDir: string } | null = null;
-    if (trainText) {
+    if (trainText && init) {
+      // fine-tuned jointly from init's weights; init's tokenizer as it is (no trimming: the embedding rows are trained ones)
+      const tokDir = init.folder.componentDir("tokenizer"), teDir = init.folder.componentDir("text_encoder");
+      tokenizer = CLIPTokenizer.fromDirectory(tokDir);
+      teConfig = readJsonObject(path.join(teDir, "config.json"), "text_encoder config");
+      te = CLIPTextModel.fromConfig(teConfig);
+      owned.push(te);
+      loadComponentWeights(op, te, teDir, "init's text_encoder");
+      onDevice(te);
+      te.setRequiresGrad();
+      copyDir(tokDir, tokOut);
+    } else if (trainText) {
       let files;
       if (prev && fs.existsSync(path.join(tokOut, "vocab.json"))) {
         files = readTokenizerFiles(tokOut);
@@ -304,10 +408,19 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     const sf = vae.config.scalingFactor;
 
     // 6. UNet, optimiser, EMA, resume
-    const unetCfg = unetConfig(model, { latentChannels: L, crossAttentionDim: hidden, sampleSize: latentSide });
+    const unetCfg = init ? init.unetConfig : unetConfig(model, { latentChannels: L, crossAttentionDim: hidden, sampleSize: latentSide });
     const unet = new UNet2DConditionModel(unetCfg);
     owned.push(unet);
-    initParameters(unet, seed, "unet");
+    if (init) {
+      const c = unet.config, cfgFile = path.join(init.unetDir, "config.json");
+      if (c.inChannels !== L || c.outChannels !== L)
+        throw new RangeError(`${op}: ${cfgFile} takes ${c.inChannels} channels and returns ${c.outChannels}, but the VAE ${vaeDir} has ${L} latent channels`);
+      if (c.crossAttentionDim.some((d) => d !== hidden))
+        throw new RangeError(`${op}: ${cfgFile} has cross_attention_dim ${c.crossAttentionDim.join("/")}, but the text encoder's hidden size is ${hidden}`);
+      loadComponentWeights(op, unet, init.unetDir, "init's unet");
+    } else {
+      initParameters(unet, seed, "unet");
+    }
     onDevice(unet);
     unet.setRequiresGrad();
     const trained: [string, Tensor][] = [
@@ -319,12 +432,11 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     owned.push({ dispose: () => { opt.zeroGrad(); opt.dispose(); } });
     const ema = emaDecay === null ? null : new EMA(params, { decay: emaDecay });
     if (ema) owned.push(ema);
-    const schedCfg = schedulerConfig(predictionType);
-    const alphasCumprod = noiseSchedule(parseSchedulerConfig(schedCfg)).alphasCumprod;
-    const numTrainTimesteps = alphasCumprod.length;
-
     const fixed = { resolution, unet: unetCfg, textEncoder: trainText ? teConfig : path.resolve(textEncoderMode), vaeScalingFactor: sf,
-      vaeConfig: vae.config.blockOutChannels, batchSize, gradAccum, seed, randomFlip, predictionType, snrGamma, condDropout, ema: emaDecay };
+      vaeConfig: vae.config.blockOutChannels, batchSize, gradAccum, seed, randomFlip, predictionType, snrGamma, condDropout, ema: emaDecay,
+      // only with init (a checkpoint written without it has no such keys)
+      ...(init ? { init: init.dir, scheduler: schedCfg } : {}) };
+    const modelIndex = init ? { ...MODEL_INDEX, scheduler: ["diffusers", init.schedulerClass] } : MODEL_INDEX;
     let rng = new Rng(seed, "unet-train");
     const sampler = new EpochSampler(ds.size, mixSeed(seed, "unet-order"), randomFlip);
     let step = 0, emptyPrompts = 0, prompts = 0;
@@ -341,7 +453,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     // 8. export (used by every save): the model folder, then the checkpoint
     const save = async (done: boolean) => {
       const replace = ema ? new Map(params.map((p, i) => [p, ema.shadow[i]] as [Tensor, Tensor])) : undefined;
-      writeFileAtomic(path.join(out, "model_index.json"), JSON.stringify(MODEL_INDEX, null, 2) + "\n");
+      writeFileAtomic(path.join(out, "model_index.json"), JSON.stringify(modelIndex, null, 2) + "\n");
       fs.mkdirSync(path.join(out, "scheduler"), { recursive: true });
       writeFileAtomic(path.join(out, "scheduler", "scheduler_config.json"), JSON.stringify(schedCfg, null, 2) + "\n");
       await writeComponent(path.join(out, "unet"), unetCfg as Record<string, unknown>, "diffusion_pytorch_model.safetensors", unet, replace);

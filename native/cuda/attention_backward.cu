@@ -59,22 +59,6 @@ unsigned grid_of(int64_t tiles, int64_t BH, int64_t chunks, const char* op) {
     ku::launch_check(op);                                                                                  \
   } while (0)
 
-// A device workspace returned to the stream-ordered cache at scope end (after its kernels are
-// enqueued: the block's next user is ordered after them on the device's stream).
-struct Scratch {
-  int device;
-  void* ptr = nullptr;
-  size_t bytes = 0;
-  Scratch(int dev, size_t n) : device(dev), bytes(n) {
-    if (n) ptr = device_alloc(dev, n);
-  }
-  ~Scratch() {
-    if (ptr) device_free(device, ptr, bytes);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-};
-
 }  // namespace
 }  // namespace abw
 
@@ -119,7 +103,7 @@ void attention_backward(int device, const AttentionParams& p, const float* q, co
   a.dk = dk;
   a.dv = dv;
   const int64_t rows = BH * Nq;
-  abw::Scratch delta(device, sizeof(float) * static_cast<size_t>(rows));
+  Scratch delta(device, sizeof(float) * static_cast<size_t>(rows));
   a.delta = static_cast<const float*>(delta.ptr);
   abw::delta_kernel<<<ku::grid_for(rows, abw::kThreads / 32, device), abw::kThreads, 0, st>>>(
       a, static_cast<float*>(delta.ptr), rows);

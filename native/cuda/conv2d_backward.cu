@@ -32,25 +32,6 @@
 #include "runtime.h"
 
 namespace dk::cuda {
-namespace cbw {
-
-// A device workspace returned to the stream-ordered cache when the scope ends (after the
-// kernels using it are enqueued: the next user of the block runs after them on the stream).
-struct Scratch {
-  int device;
-  void* ptr = nullptr;
-  size_t bytes = 0;
-  Scratch(int dev, size_t n) : device(dev), bytes(n) {
-    if (n) ptr = device_alloc(dev, n);
-  }
-  ~Scratch() {
-    if (ptr) device_free(device, ptr, bytes);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-};
-
-}  // namespace cbw
 
 void conv2d_backward_input(int device, const Conv2dParams& p, const float* dy, const float* w, float* dx) {
   if (p.N <= 0 || p.H <= 0 || p.W <= 0 || p.C <= 0) return;
@@ -87,7 +68,7 @@ void conv2d_backward_weight(int device, const Conv2dParams& p, const float* dy, 
     return;
   }
   const int64_t n = p.K * RSC;
-  cbw::Scratch part(device, sizeof(float) * static_cast<size_t>(splits * n));
+  Scratch part(device, sizeof(float) * static_cast<size_t>(splits * n));
   float* pp = static_cast<float*>(part.ptr);
   cbw::dw_kernel<<<grid, cbw::kThreads, 0, st>>>(g, dy, x, pp, per, n);
   ku::launch_check("conv2d_backward_weight");
@@ -106,7 +87,7 @@ void column_sum(int device, const float* x, int64_t rows, int64_t C, float* out)
   if (ctiles > INT_MAX) throw_range("column_sum: too many columns");
   int64_t per = 0;
   const int64_t chunks = cbw::plan_colsum_chunks(rows, C, ku::sm_count(device), &per);
-  cbw::Scratch part(device, sizeof(double) * static_cast<size_t>(chunks * C));
+  Scratch part(device, sizeof(double) * static_cast<size_t>(chunks * C));
   double* pp = static_cast<double*>(part.ptr);
   cbw::colsum_partial_kernel<<<dim3(static_cast<unsigned>(ctiles), static_cast<unsigned>(chunks)), dim3(32, 8), 0, st>>>(
       x, rows, C, per, pp);

@@ -23,6 +23,22 @@ DeviceInfo device_info(int device);
 void* device_alloc(int device, size_t bytes);
 void device_free(int device, void* p, size_t bytes);
 
+// A workspace from that cache, returned when the scope ends: once the kernels using it are
+// enqueued, the block's next user is ordered after them on the device's stream.
+struct Scratch {
+  int device;
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  Scratch(int dev, size_t n) : device(dev), bytes(n) {
+    if (n) ptr = device_alloc(dev, n);
+  }
+  ~Scratch() {
+    if (ptr) device_free(device, ptr, bytes);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
 struct MemoryStats {
   int64_t bytes_in_use = 0, peak_bytes = 0, bytes_cached = 0;
 };

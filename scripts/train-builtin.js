@@ -19,7 +19,7 @@
 // `--export-only` re-exports the latest saved model (the trainer exports every --save-every steps),
 // so a usable model exists long before the last step.
 //
-// Usage: node scripts/train-builtin.js [--vae-steps 1800] [--unet-steps 20000] [--decoder-steps 6000] [--save-every 1500]
+// Usage: node scripts/train-builtin.js [--vae-steps 1800] [--unet-steps 64000] [--decoder-steps 6000] [--save-every 1500]
 //          [--work .cache/builtin] [--model-dir models/builtin] [--tokenizer DIR] [--device cpu|cuda|auto] [--init DIR] [--export-only]
 // Needs `npm run build:ts` (it runs dist/). Times on a 2-core CPU: see docs/builtin-model.md.
 "use strict";
@@ -29,7 +29,7 @@ const path = require("path");
 const ROOT = path.join(__dirname, "..");
 const DEFAULTS = {
   vaeSteps: 1800,
-  unetSteps: 20000,
+  unetSteps: 64000,
   decoderSteps: 6000,
   saveEvery: 1500,
   work: path.join(ROOT, ".cache", "builtin"),

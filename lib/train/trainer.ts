@@ -29,7 +29,7 @@ import { CLIPTokenizer } from "../tokenizers/clip";
 import { ModelFolder, findWeights, openWeightsFile, readJsonObject } from "../io/model-folder";
 import type { StateDictSource } from "../nn/module";
 import { noiseSchedule, parseSchedulerConfig } from "../schedulers/schedule";
-import { AdamW, EMA, learningRateAt, LR_SCHEDULES, type LrScheduleName } from "./optim";
+import { AdamW, EMA, clipGradNorm, learningRateAt, LR_SCHEDULES, type LrScheduleName } from "./optim";
 import { EpochSampler, imagesToNchw, type TrainingDataset } from "./data";
 import { addNoise, diffusionLoss, dropConditions, samplePosterior, TRAIN_PREDICTION_TYPES, type TrainPredictionType } from "./objectives";
 import { Rng, mixSeed } from "./rng";
@@ -40,7 +40,7 @@ import {
   writeFileAtomic, writeTokenizerFiles,
 } from "./tokenizer";
 import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
-import { clipNorm, isFinishedVae, loadVaeWeights, readVaeFolder, trainVae, type TrainVaeOptions, type TrainVaeResult } from "./vae-trainer";
+import { isFinishedVae, loadVaeWeights, readVaeFolder, trainVae, type TrainVaeOptions, type TrainVaeResult } from "./vae-trainer";
 import {
   StopControl, Throughput, checkKeys, intOpt, numOpt, resolveData, trainingDevice, yieldToLoop,
   LOOP_KEYS, type DataOption, type LoopOptions, type TrainLogInfo,
@@ -250,6 +250,24 @@ const MODEL_INDEX = {
   unet: ["diffusers", "UNet2DConditionModel"],
   vae: ["diffusers", "AutoencoderKL"],
 };
+
+/** A step whose loss and gradient-norm reads are queued but not yet awaited. */
+interface PendingStep {
+  step: number;
+  lossReads: Promise<Float32Array>[];
+  normRead: Promise<Float32Array>;
+  owned: Tensor[];
+  lr: number;
+  epoch: number;
+  terms: { emptyPrompts: number; prompts: number };
+}
+
+/** Queues t's read-back now (behind the work queued so far) and returns it for a later await. */
+function queuedRead(t: Tensor): Promise<Float32Array> {
+  const r = t.toFloat32Array();
+  r.catch(() => {});  // awaited later; until then a failure must not count as unhandled
+  return r;
+}
 
 /** Trains a text-to-image model (see the top of this file). */
 export async function train(opts: TrainOptions): Promise<TrainResult> {
@@ -464,63 +482,109 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         counters: { emptyPrompts, prompts }, fixed, info: { steps, lr, skippedImages: ds.skipped } }, params, opt, ema);
     };
 
-    // 7. the loop
+    // 7. the loop. Each step's graph is queued before the previous step's loss and gradient norm
+    // are awaited (their reads were queued right behind that step's work), so the device never
+    // idles while the host builds a graph. A stop asked for while settling step k (onLog, a
+    // signal) drops step k + 1's queued forward/backward and restores the RNG and data order, so
+    // it ends exactly after step k, as if the loop had waited.
     const losses: number[] = [];
     const meter = new Throughput(Math.max(0, steps - step));
-    while (step < steps && !stop.stopped) {
-      step++;
-      opt.lr = learningRateAt(step, { lr, warmupSteps, schedule: lrSchedule, totalSteps: steps });
-      let lossSum = 0;
-      for (let micro = 0; micro < gradAccum; micro++) {
-        const refs = sampler.take(batchSize);
-        const dropped = dropConditions(refs.map((r) => ds.caption(r.index)), condDropout, rng);
-        emptyPrompts += dropped.dropped;
-        prompts += batchSize;
-        const timesteps = refs.map(() => rng.int(numTrainTimesteps));
-        const epsSeed = rng.seed31(), noiseSeed = rng.seed31();
-        opts.onBatch?.({ step, indices: refs.map((r) => r.index), flips: refs.map((r) => r.flip), captions: dropped.captions, timesteps });
-        let ehs: Tensor | null = null, ids: Tensor | null = null;
-        if (trainText) {
-          const buf = new Int32Array(batchSize * T);
-          dropped.captions.forEach((c, b) => buf.set(tokenizer.encodePadded(c), b * T));
-          ids = Tensor.fromArray(buf, [batchSize, T]);
-        } else {
-          await encodeFrozen(dropped.captions);
-          const buf = new Float32Array(batchSize * T * hidden);
-          dropped.captions.forEach((c, b) => buf.set(embCache.get(c)!, b * T * hidden));
-          ehs = Tensor.fromArray(buf, [batchSize, T, hidden], { device });
-        }
-        const shape = [batchSize, ...cache.shape];
-        const mean = Tensor.fromArray(gather(cache.mean, cache.per, refs), shape, { device });
-        const logvar = Tensor.fromArray(gather(cache.logvar, cache.per, refs), shape, { device });
-        const { loss, pooled } = tidy(() => {
-          // Philox noise: the same values on the cpu and on a GPU
-          const z = ops.mul(samplePosterior(mean, logvar, Tensor.randn(shape, { seed: epsSeed, device })), sf);
-          const noise = Tensor.randn(shape, { seed: noiseSeed, device });
-          const noisy = addNoise(z, noise, timesteps, alphasCumprod);
-          const text = trainText ? te.forward(ids!) : null;
-          const pred = unet.forward(noisy, Tensor.fromArray(Float32Array.from(timesteps), [batchSize], { device }), text ? text.lastHiddenState : ehs!);
-          const l = diffusionLoss(pred, z, noise, timesteps, alphasCumprod, { predictionType, snrGamma });
-          return { loss: gradAccum > 1 ? ops.div(l, gradAccum) : l, pooled: text?.pooled ?? null };
-        });
-        backward(loss);
-        // the pooled output is recorded but unused: free what only it still holds
-        if (pooled) releaseGraph(pooled);
-        lossSum += (await loss.toFloat32Array())[0] * gradAccum;
-        for (const t of [loss, pooled, mean, logvar, ehs, ids]) t?.dispose();
+    let pending: PendingStep | null = null;
+    const settle = async (p: PendingStep) => {
+      let lossSum = 0, gradNorm = 0;
+      try {
+        for (const r of p.lossReads) lossSum += (await r)[0] * gradAccum;
+        gradNorm = (await p.normRead)[0];
+      } finally {
+        for (const t of p.owned) t.dispose();
       }
-      const gradNorm = await clipNorm(params, maxGradNorm);
-      opt.step();
-      opt.zeroGrad();
-      ema?.step(params);
       meter.add(batchSize * gradAccum);
       const loss = lossSum / gradAccum;
       losses.push(loss);
-      if (opts.onLog && (step % logEvery === 0 || step === steps))
-        opts.onLog({ phase: "unet", step, steps, loss, lr: opt.lr, gradNorm, epoch: sampler.epoch, imagesPerSec: meter.imagesPerSec,
-          elapsedSec: meter.elapsedSec, etaSec: meter.etaSec, terms: { emptyPrompts, prompts } });
-      if (saveEvery > 0 && step % saveEvery === 0 && step < steps) await save(false);
-      await yieldToLoop();
+      if (opts.onLog && (p.step % logEvery === 0 || p.step === steps))
+        opts.onLog({ phase: "unet", step: p.step, steps, loss, lr: p.lr, gradNorm, epoch: p.epoch, imagesPerSec: meter.imagesPerSec,
+          elapsedSec: meter.elapsedSec, etaSec: meter.etaSec, terms: p.terms });
+    };
+    // settles the step held back, if any
+    const flush = async () => {
+      const p = pending;
+      pending = null;
+      if (p) await settle(p);
+    };
+    try {
+      while (step < steps && !stop.stopped) {
+        const undo = { rng: rng.state(), sampler: sampler.state(), emptyPrompts, prompts };
+        step++;
+        opt.lr = learningRateAt(step, { lr, warmupSteps, schedule: lrSchedule, totalSteps: steps });
+        const lossReads: Promise<Float32Array>[] = [], owned: Tensor[] = [];
+        const batches: Parameters<NonNullable<TrainOptions["onBatch"]>>[0][] = [];
+        for (let micro = 0; micro < gradAccum; micro++) {
+          const refs = sampler.take(batchSize);
+          const dropped = dropConditions(refs.map((r) => ds.caption(r.index)), condDropout, rng);
+          emptyPrompts += dropped.dropped;
+          prompts += batchSize;
+          const timesteps = refs.map(() => rng.int(numTrainTimesteps));
+          const epsSeed = rng.seed31(), noiseSeed = rng.seed31();
+          batches.push({ step, indices: refs.map((r) => r.index), flips: refs.map((r) => r.flip), captions: dropped.captions, timesteps });
+          let ehs: Tensor | null = null, ids: Tensor | null = null;
+          if (trainText) {
+            const buf = new Int32Array(batchSize * T);
+            dropped.captions.forEach((c, b) => buf.set(tokenizer.encodePadded(c), b * T));
+            ids = Tensor.fromArray(buf, [batchSize, T]);
+          } else {
+            await encodeFrozen(dropped.captions);
+            const buf = new Float32Array(batchSize * T * hidden);
+            dropped.captions.forEach((c, b) => buf.set(embCache.get(c)!, b * T * hidden));
+            ehs = Tensor.fromArray(buf, [batchSize, T, hidden], { device });
+          }
+          const shape = [batchSize, ...cache.shape];
+          const mean = Tensor.fromArray(gather(cache.mean, cache.per, refs), shape, { device });
+          const logvar = Tensor.fromArray(gather(cache.logvar, cache.per, refs), shape, { device });
+          const { loss, pooled } = tidy(() => {
+            // Philox noise: the same values on the cpu and on a GPU
+            const z = ops.mul(samplePosterior(mean, logvar, Tensor.randn(shape, { seed: epsSeed, device })), sf);
+            const noise = Tensor.randn(shape, { seed: noiseSeed, device });
+            const noisy = addNoise(z, noise, timesteps, alphasCumprod);
+            const text = trainText ? te.forward(ids!) : null;
+            const pred = unet.forward(noisy, Tensor.fromArray(Float32Array.from(timesteps), [batchSize], { device }), text ? text.lastHiddenState : ehs!);
+            const l = diffusionLoss(pred, z, noise, timesteps, alphasCumprod, { predictionType, snrGamma });
+            return { loss: gradAccum > 1 ? ops.div(l, gradAccum) : l, pooled: text?.pooled ?? null };
+          });
+          backward(loss);
+          // the pooled output is recorded but unused: free what only it still holds
+          if (pooled) releaseGraph(pooled);
+          lossReads.push(queuedRead(loss));
+          owned.push(loss);
+          for (const t of [pooled, mean, logvar, ehs, ids]) t?.dispose();
+        }
+        await flush();  // the previous step, while this one runs
+        if (stop.stopped) {
+          opt.zeroGrad();  // this step's gradients, never applied
+          for (const t of owned) t.dispose();
+          rng = Rng.fromState(undo.rng);
+          sampler.load(undo.sampler);
+          ({ emptyPrompts, prompts } = undo);
+          step--;
+          break;
+        }
+        for (const b of batches) opts.onBatch?.(b);
+        const norm = clipGradNorm(params, maxGradNorm > 0 ? maxGradNorm : Number.MAX_VALUE);
+        owned.push(norm);
+        const normRead = queuedRead(norm);
+        opt.step();
+        opt.zeroGrad();
+        ema?.step(params);
+        pending = { step, lossReads, normRead, owned, lr: opt.lr, epoch: sampler.epoch, terms: { emptyPrompts, prompts } };
+        if (saveEvery > 0 && step % saveEvery === 0 && step < steps) {
+          await flush();
+          await save(false);
+        }
+        await yieldToLoop();
+      }
+      await flush();
+    } finally {
+      // an error mid-loop: the queued reads still complete; their tensors are freed here
+      if (pending) for (const t of (pending as PendingStep).owned) t.dispose();
     }
     const interrupted = step < steps;
     await save(!interrupted);

@@ -5,6 +5,7 @@ import { devices, resolveDevice } from "../devices";
 import { openImageFolder, checkResolution, type Colour, type ResampleMethod, type TrainingDataset } from "./data";
 import { createShapesDataset } from "./shapes";
 import type { LrScheduleName } from "./optim";
+import type { Tensor } from "../tensor";
 
 /** One progress record (after every `logEvery`-th optimiser step, and the last). */
 export interface TrainLogInfo {
@@ -196,3 +197,44 @@ export class Throughput {
 }
 
 export const yieldToLoop = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+/**
+ * Reads a step's scalars (losses, gradient norm) one step late: hold() queues their reads right
+ * behind the step's work, and the next step's flush() awaits them once that step's graph is
+ * queued too, so the device never idles while the host builds a graph. flush() hands the values
+ * (the first element of each tensor, in order) to `settled`, then frees the tensors.
+ */
+export class ReadBehind<Info> {
+  private held: { reads: Promise<Float32Array>[]; owned: Tensor[]; info: Info } | null = null;
+
+  constructor(private readonly settled: (values: number[], info: Info) => void) {}
+
+  hold(scalars: Tensor[], info: Info): void {
+    if (this.held) throw new Error("ReadBehind: flush() the held step before holding another");
+    const reads = scalars.map((t) => {
+      const r = t.toFloat32Array();
+      r.catch(() => {});  // awaited by flush(); until then a failure must not count as unhandled
+      return r;
+    });
+    this.held = { reads, owned: scalars, info };
+  }
+
+  async flush(): Promise<void> {
+    const h = this.held;
+    if (!h) return;
+    this.held = null;
+    const values: number[] = [];
+    try {
+      for (const r of h.reads) values.push((await r)[0]);
+    } finally {
+      for (const t of h.owned) t.dispose();
+    }
+    this.settled(values, h.info);
+  }
+
+  /** Frees a held step's tensors without reading them (an error path). */
+  dispose(): void {
+    if (this.held) for (const t of this.held.owned) t.dispose();
+    this.held = null;
+  }
+}

@@ -42,7 +42,7 @@ import {
 import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
 import { isFinishedVae, loadVaeWeights, readVaeFolder, trainVae, type TrainVaeOptions, type TrainVaeResult } from "./vae-trainer";
 import {
-  StopControl, Throughput, checkKeys, intOpt, numOpt, resolveData, trainingDevice, yieldToLoop,
+  ReadBehind, StopControl, Throughput, checkKeys, intOpt, numOpt, resolveData, trainingDevice, yieldToLoop,
   LOOP_KEYS, type DataOption, type LoopOptions, type TrainLogInfo,
 } from "./loop";
 
@@ -250,24 +250,6 @@ const MODEL_INDEX = {
   unet: ["diffusers", "UNet2DConditionModel"],
   vae: ["diffusers", "AutoencoderKL"],
 };
-
-/** A step whose loss and gradient-norm reads are queued but not yet awaited. */
-interface PendingStep {
-  step: number;
-  lossReads: Promise<Float32Array>[];
-  normRead: Promise<Float32Array>;
-  owned: Tensor[];
-  lr: number;
-  epoch: number;
-  terms: { emptyPrompts: number; prompts: number };
-}
-
-/** Queues t's read-back now (behind the work queued so far) and returns it for a later await. */
-function queuedRead(t: Tensor): Promise<Float32Array> {
-  const r = t.toFloat32Array();
-  r.catch(() => {});  // awaited later; until then a failure must not count as unhandled
-  return r;
-}
 
 /** Trains a text-to-image model (see the top of this file). */
 export async function train(opts: TrainOptions): Promise<TrainResult> {
@@ -489,34 +471,23 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     // it ends exactly after step k, as if the loop had waited.
     const losses: number[] = [];
     const meter = new Throughput(Math.max(0, steps - step));
-    let pending: PendingStep | null = null;
-    const settle = async (p: PendingStep) => {
-      let lossSum = 0, gradNorm = 0;
-      try {
-        for (const r of p.lossReads) lossSum += (await r)[0] * gradAccum;
-        gradNorm = (await p.normRead)[0];
-      } finally {
-        for (const t of p.owned) t.dispose();
-      }
+    // held: [gradAccum losses, gradient norm]
+    const behind = new ReadBehind<{ step: number; lr: number; epoch: number; terms: { emptyPrompts: number; prompts: number } }>((v, p) => {
+      let lossSum = 0;
+      for (let i = 0; i < gradAccum; i++) lossSum += v[i] * gradAccum;
       meter.add(batchSize * gradAccum);
       const loss = lossSum / gradAccum;
       losses.push(loss);
       if (opts.onLog && (p.step % logEvery === 0 || p.step === steps))
-        opts.onLog({ phase: "unet", step: p.step, steps, loss, lr: p.lr, gradNorm, epoch: p.epoch, imagesPerSec: meter.imagesPerSec,
+        opts.onLog({ phase: "unet", step: p.step, steps, loss, lr: p.lr, gradNorm: v[gradAccum], epoch: p.epoch, imagesPerSec: meter.imagesPerSec,
           elapsedSec: meter.elapsedSec, etaSec: meter.etaSec, terms: p.terms });
-    };
-    // settles the step held back, if any
-    const flush = async () => {
-      const p = pending;
-      pending = null;
-      if (p) await settle(p);
-    };
+    });
     try {
       while (step < steps && !stop.stopped) {
         const undo = { rng: rng.state(), sampler: sampler.state(), emptyPrompts, prompts };
         step++;
         opt.lr = learningRateAt(step, { lr, warmupSteps, schedule: lrSchedule, totalSteps: steps });
-        const lossReads: Promise<Float32Array>[] = [], owned: Tensor[] = [];
+        const held: Tensor[] = [];
         const batches: Parameters<NonNullable<TrainOptions["onBatch"]>>[0][] = [];
         for (let micro = 0; micro < gradAccum; micro++) {
           const refs = sampler.take(batchSize);
@@ -553,14 +524,13 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           backward(loss);
           // the pooled output is recorded but unused: free what only it still holds
           if (pooled) releaseGraph(pooled);
-          lossReads.push(queuedRead(loss));
-          owned.push(loss);
+          held.push(loss);
           for (const t of [pooled, mean, logvar, ehs, ids]) t?.dispose();
         }
-        await flush();  // the previous step, while this one runs
+        await behind.flush();  // the previous step, while this one runs
         if (stop.stopped) {
           opt.zeroGrad();  // this step's gradients, never applied
-          for (const t of owned) t.dispose();
+          for (const t of held) t.dispose();
           rng = Rng.fromState(undo.rng);
           sampler.load(undo.sampler);
           ({ emptyPrompts, prompts } = undo);
@@ -568,23 +538,20 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           break;
         }
         for (const b of batches) opts.onBatch?.(b);
-        const norm = clipGradNorm(params, maxGradNorm > 0 ? maxGradNorm : Number.MAX_VALUE);
-        owned.push(norm);
-        const normRead = queuedRead(norm);
+        held.push(clipGradNorm(params, maxGradNorm > 0 ? maxGradNorm : Number.MAX_VALUE));
+        behind.hold(held, { step, lr: opt.lr, epoch: sampler.epoch, terms: { emptyPrompts, prompts } });
         opt.step();
         opt.zeroGrad();
         ema?.step(params);
-        pending = { step, lossReads, normRead, owned, lr: opt.lr, epoch: sampler.epoch, terms: { emptyPrompts, prompts } };
         if (saveEvery > 0 && step % saveEvery === 0 && step < steps) {
-          await flush();
+          await behind.flush();
           await save(false);
         }
         await yieldToLoop();
       }
-      await flush();
+      await behind.flush();
     } finally {
-      // an error mid-loop: the queued reads still complete; their tensors are freed here
-      if (pending) for (const t of (pending as PendingStep).owned) t.dispose();
+      behind.dispose();  // an error mid-loop: the held step's tensors
     }
     const interrupted = step < steps;
     await save(!interrupted);

@@ -20,7 +20,7 @@ import { initParameters } from "./init";
 import { vaeConfig } from "./presets";
 import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
 import {
-  StopControl, Throughput, checkKeys, intOpt, numOpt, resolveData, trainingDevice, yieldToLoop,
+  ReadBehind, StopControl, Throughput, checkKeys, intOpt, numOpt, resolveData, trainingDevice, yieldToLoop,
   LOOP_KEYS, type DataOption, type LoopOptions, type TrainLogInfo,
 } from "./loop";
 
@@ -167,37 +167,64 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
       return { sf, cfg };
     };
 
-    while (step < steps && !stop.stopped) {
-      step++;
-      opt.lr = learningRateAt(step, { lr, warmupSteps, schedule: lrSchedule, totalSteps: steps });
+    // The step's losses and gradient norm are read one step late, as in train() (trainer.ts);
+    // held: [loss, reconstruction, kl] per micro-batch, then the gradient norm.
+    const behind = new ReadBehind<{ step: number; lr: number; epoch: number }>((v, p) => {
       let lossSum = 0, recSum = 0, klSum = 0;
-      for (let micro = 0; micro < gradAccum; micro++) {
-        const refs = sampler.take(batchSize);
-        const x = Tensor.fromArray(imagesToNchw(refs.map((r) => ds.image(r.index)), refs.map((r) => r.flip)), [batchSize, 3, resolution, resolution], { device });
-        const eps = Tensor.randn([batchSize, latentChannels, latentSide, latentSide], { seed: rng.seed31(), device });
-        const terms = tidy(() => {
-          const { mean, logvar } = trainEncoder ? vae.encode(x) : noGrad(() => vae.encode(x));
-          const recon = vae.decode(samplePosterior(mean, logvar, eps));
-          const t = vaeLoss(x, recon, mean, logvar, { reconstruction, klWeight, gradientWeight });
-          return { loss: gradAccum > 1 ? ops.div(t.loss, gradAccum) : t.loss, rec: t.reconstruction, kl: t.kl };
-        });
-        backward(terms.loss);
-        lossSum += (await terms.loss.toFloat32Array())[0] * gradAccum;
-        recSum += (await terms.rec.toFloat32Array())[0];
-        klSum += (await terms.kl.toFloat32Array())[0];
-        for (const t of [terms.loss, terms.rec, terms.kl, x, eps]) t.dispose();
+      for (let i = 0; i < gradAccum; i++) {
+        lossSum += v[3 * i] * gradAccum;
+        recSum += v[3 * i + 1];
+        klSum += v[3 * i + 2];
       }
-      const gradNorm = await clipNorm(params, maxGradNorm);
-      opt.step();
-      opt.zeroGrad();
       meter.add(batchSize * gradAccum);
       const loss = lossSum / gradAccum;
       losses.push(loss);
-      if (opts.onLog && (step % logEvery === 0 || step === steps))
-        opts.onLog({ phase: "vae", step, steps, loss, lr: opt.lr, gradNorm, epoch: sampler.epoch, imagesPerSec: meter.imagesPerSec,
+      if (opts.onLog && (p.step % logEvery === 0 || p.step === steps))
+        opts.onLog({ phase: "vae", step: p.step, steps, loss, lr: p.lr, gradNorm: v[3 * gradAccum], epoch: p.epoch, imagesPerSec: meter.imagesPerSec,
           elapsedSec: meter.elapsedSec, etaSec: meter.etaSec, terms: { reconstruction: recSum / gradAccum, kl: klSum / gradAccum } });
-      if (saveEvery > 0 && step % saveEvery === 0 && step < steps) await save(false);
-      await yieldToLoop();
+    });
+    try {
+      while (step < steps && !stop.stopped) {
+        const undo = { rng: rng.state(), sampler: sampler.state() };
+        step++;
+        opt.lr = learningRateAt(step, { lr, warmupSteps, schedule: lrSchedule, totalSteps: steps });
+        const held: Tensor[] = [];
+        for (let micro = 0; micro < gradAccum; micro++) {
+          const refs = sampler.take(batchSize);
+          const x = Tensor.fromArray(imagesToNchw(refs.map((r) => ds.image(r.index)), refs.map((r) => r.flip)), [batchSize, 3, resolution, resolution], { device });
+          const eps = Tensor.randn([batchSize, latentChannels, latentSide, latentSide], { seed: rng.seed31(), device });
+          const terms = tidy(() => {
+            const { mean, logvar } = trainEncoder ? vae.encode(x) : noGrad(() => vae.encode(x));
+            const recon = vae.decode(samplePosterior(mean, logvar, eps));
+            const t = vaeLoss(x, recon, mean, logvar, { reconstruction, klWeight, gradientWeight });
+            return { loss: gradAccum > 1 ? ops.div(t.loss, gradAccum) : t.loss, rec: t.reconstruction, kl: t.kl };
+          });
+          backward(terms.loss);
+          held.push(terms.loss, terms.rec, terms.kl);
+          for (const t of [x, eps]) t.dispose();
+        }
+        await behind.flush();  // the previous step, while this one runs
+        if (stop.stopped) {  // asked while settling the previous step: this one never happened
+          opt.zeroGrad();
+          for (const t of held) t.dispose();
+          rng = Rng.fromState(undo.rng);
+          sampler.load(undo.sampler);
+          step--;
+          break;
+        }
+        held.push(clipGradNorm(params, maxGradNorm > 0 ? maxGradNorm : Number.MAX_VALUE));
+        behind.hold(held, { step, lr: opt.lr, epoch: sampler.epoch });
+        opt.step();
+        opt.zeroGrad();
+        if (saveEvery > 0 && step % saveEvery === 0 && step < steps) {
+          await behind.flush();
+          await save(false);
+        }
+        await yieldToLoop();
+      }
+      await behind.flush();
+    } finally {
+      behind.dispose();  // an error mid-loop: the held step's tensors
     }
     const interrupted = step < steps;
     const { sf, cfg } = await save(!interrupted);
@@ -227,16 +254,6 @@ export function loadVaeWeights(vae: AutoencoderKL, dir: string): void {
     vae.loadStateDict(src);
   } finally {
     src.close();
-  }
-}
-
-/** clipGradNorm (or only the norm when maxNorm is 0), read back. */
-export async function clipNorm(params: Tensor[], maxNorm: number): Promise<number> {
-  const t = clipGradNorm(params, maxNorm > 0 ? maxNorm : Number.MAX_VALUE);
-  try {
-    return (await t.toFloat32Array())[0];
-  } finally {
-    t.dispose();
   }
 }
 

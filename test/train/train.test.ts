@@ -157,6 +157,20 @@ describe("training on the shapes set", () => {
     expect(fs.readFileSync(path.join(dirB, "checkpoint", sb.file)).equals(fs.readFileSync(path.join(dirA, "checkpoint", sa.file)))).toBe(true);
   });
 
+  test("trainVae resume: 5 steps straight == 2 steps, stop (asked from onLog), resume 3 (bit-identical weights)", async () => {
+    const common = { ...quiet, data: ds, resolution: 32, blockOutChannels: [16, 32, 32], steps: 5, batchSize: 4, gradAccum: 2, lr: 2e-3,
+      warmupSteps: 1, lrSchedule: "cosine" as const, seed: 9 };
+    const dirA = path.join(tmp, "vae-straight"), dirB = path.join(tmp, "vae-resumed");
+    const a = await trainVae({ ...common, out: dirA });
+    const ac = new AbortController();
+    const b1 = await trainVae({ ...common, out: dirB, signal: ac.signal, onLog: (i) => { if (i.step === 2) ac.abort(); } });
+    expect([b1.step, b1.interrupted, b1.losses.length]).toEqual([2, true, 2]);
+    const b2 = await trainVae({ ...common, out: dirB, resume: true });
+    expect([b2.step, b2.interrupted]).toEqual([5, false]);
+    expect([...b1.losses, ...b2.losses]).toEqual(a.losses);
+    expect(fs.readFileSync(path.join(dirB, "diffusion_pytorch_model.safetensors")).equals(fs.readFileSync(path.join(dirA, "diffusion_pytorch_model.safetensors")))).toBe(true);
+  });
+
   test("bad options are errors that name the option", async () => {
     const base = { ...quiet, data: ds, out: path.join(tmp, "bad"), resolution: 32, vae: vaeDir };
     await expect(train({ ...base, stepz: 3 } as unknown as TrainOptions)).rejects.toThrow(/unknown option "stepz"/);

@@ -259,20 +259,6 @@ __global__ void __launch_bounds__(kThreads) softmax_bw(const float* __restrict__
   }
 }
 
-// Workspace from the caching allocator, returned on scope exit (stream-ordered reuse: all of a
-// device's work is on one stream).
-struct Workspace {
-  int device;
-  void* p = nullptr;
-  size_t bytes = 0;
-  Workspace(int dev, size_t b) : device(dev), bytes(b) { p = b ? device_alloc(dev, b) : nullptr; }
-  ~Workspace() {
-    if (p) device_free(device, p, bytes);
-  }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-};
-
 inline int block_for_channels(int64_t C) {
   const int64_t t = ((C + 31) / 32) * 32;
   return static_cast<int>(t < kThreads ? t : kThreads);
@@ -298,8 +284,8 @@ void group_norm_backward(int device, const float* x, const float* dy, int64_t N,
   // part, part2 [tasks, C] double; mean, rstd, ma, mb [N, G] float
   const size_t part_bytes = static_cast<size_t>(tasks * C) * sizeof(double);
   const size_t ng_bytes = static_cast<size_t>(NG) * sizeof(float);
-  nb::Workspace ws(device, 2 * part_bytes + 4 * ng_bytes);
-  double* part = static_cast<double*>(ws.p);
+  Scratch ws(device, 2 * part_bytes + 4 * ng_bytes);
+  double* part = static_cast<double*>(ws.ptr);
   double* part2 = part + tasks * C;
   float* mean = reinterpret_cast<float*>(part2 + tasks * C);
   float* rstd = mean + NG;
@@ -350,8 +336,8 @@ void layer_norm_backward(int device, const float* x, const float* dy, int64_t ro
   if (chunks > 0x7fffffffLL) throw_range("layer_norm_backward: tensor too large for the CUDA kernel");
   const size_t stat_bytes = params ? static_cast<size_t>(rows) * sizeof(float2) : 0;
   const size_t part_bytes = params ? static_cast<size_t>(chunks * C) * sizeof(double) : 0;
-  nb::Workspace ws(device, 2 * part_bytes + stat_bytes);
-  double* pg = static_cast<double*>(ws.p);
+  Scratch ws(device, 2 * part_bytes + stat_bytes);
+  double* pg = static_cast<double*>(ws.ptr);
   double* pb = params ? pg + chunks * C : nullptr;
   float2* stats = params ? reinterpret_cast<float2*>(pb + chunks * C) : nullptr;
   cudaStream_t s = stream(device);

@@ -158,18 +158,6 @@ int64_t max_group_chunks(const int64_t* ns, int count) {
   return best;
 }
 
-struct Workspace {
-  int device;
-  void* p = nullptr;
-  size_t bytes = 0;
-  Workspace(int dev, size_t b) : device(dev), bytes(b) { p = b ? device_alloc(dev, b) : nullptr; }
-  ~Workspace() {
-    if (p) device_free(device, p, bytes);
-  }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-};
-
 // Norms of every tensor into out[count]; partial: room for max_group_chunks doubles (groups run
 // one after the other on the stream, so they share it).
 void norms_into(int device, const float* const* xs, const int64_t* ns, int count, double* partial, float* out) {
@@ -216,8 +204,8 @@ void scale_inplace(int device, float* x, int64_t n, float s) {
 void l2_norms(int device, const float* const* xs, const int64_t* ns, int count, float* out) {
   if (count <= 0) return;
   const int64_t chunks = opt::max_group_chunks(ns, count);
-  opt::Workspace ws(device, static_cast<size_t>(chunks > 0 ? chunks : 1) * sizeof(double));
-  opt::norms_into(device, xs, ns, count, static_cast<double*>(ws.p), out);
+  Scratch ws(device, static_cast<size_t>(chunks > 0 ? chunks : 1) * sizeof(double));
+  opt::norms_into(device, xs, ns, count, static_cast<double*>(ws.ptr), out);
 }
 
 void clip_grad_norm(int device, float* const* gs, const int64_t* ns, int count, float max_norm, float* total) {
@@ -229,9 +217,9 @@ void clip_grad_norm(int device, float* const* gs, const int64_t* ns, int count, 
   const int64_t chunks = opt::max_group_chunks(ns, count);
   // partial sums, then count norms and the coefficient (floats)
   const size_t part_bytes = static_cast<size_t>(chunks > 0 ? chunks : 1) * sizeof(double);
-  opt::Workspace ws(device, part_bytes + static_cast<size_t>(count + 1) * sizeof(float));
-  double* partial = static_cast<double*>(ws.p);
-  float* norms = reinterpret_cast<float*>(static_cast<char*>(ws.p) + part_bytes);
+  Scratch ws(device, part_bytes + static_cast<size_t>(count + 1) * sizeof(float));
+  double* partial = static_cast<double*>(ws.ptr);
+  float* norms = reinterpret_cast<float*>(static_cast<char*>(ws.ptr) + part_bytes);
   float* coef = norms + count;
   opt::norms_into(device, gs, ns, count, partial, norms);
   opt::clip_coef<<<1, 1, 0, s>>>(norms, count, max_norm, total, coef);

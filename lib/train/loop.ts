@@ -60,10 +60,15 @@ export interface LoopOptions extends DataOptions {
   saveEvery?: number;
   /** Continue from `<out>/checkpoint` (bit-identical to an uninterrupted run). */
   resume?: boolean;
+  /**
+   * Progress. Step k's numbers are read while step k + 1 is already queued (the device keeps
+   * busy), so model weights seen from here may be a step ahead; a stop asked for here still ends
+   * the run right after step k.
+   */
   onLog?: (info: TrainLogInfo) => void;
   /** onLog every this many steps (default 1). */
   logEvery?: number;
-  /** Aborting stops after the current step with a checkpoint. */
+  /** Aborting stops after the last completed step with a checkpoint. */
   signal?: AbortSignal;
   /** Also stop (with a checkpoint) on SIGINT. Default true. */
   handleSigint?: boolean;

@@ -5,12 +5,15 @@
 //
 //   .cache/emoji/train/<image>.png + <image>.txt   (~95% of the emoji)
 //   .cache/emoji/holdout/<image>.png + .txt        (every 20th emoji by sort order: VAE PSNR only)
-//   .cache/emoji/emoji.jsonl                        one {file, caption, split, name, category} per emoji
+//   .cache/emoji/emoji.jsonl                        one {file, caption, captions, split, name, category} per emoji
 //
 // Images: img/google/64/<image>.png (64x64 RGBA) composited over white, written as RGB PNGs.
-// Only the base emoji (emoji.json's entries, no skin-tone variants). Caption: the lower-cased name,
-// the short names (underscores and hyphens as spaces) and the category, comma-separated, e.g.
-// "red apple, apple, food & drink".
+// Only the base emoji (emoji.json's entries, no skin-tone variants). Main caption: the lower-cased
+// name, the short names (underscores and hyphens as spaces) and the category, comma-separated, e.g.
+// "red apple, apple, food & drink" (the eval prompts with it). The .txt holds it on its first line,
+// then the shorter ways a person asks for the same emoji, one per line ("red apple", "a red apple",
+// "red apple emoji", "apple", "an apple", "red apple, food & drink"); the trainer draws one line
+// per sample, so the model answers to those prompts and not only to the exact main caption.
 //
 // Usage: node scripts/fetch-emoji.js [--cache DIR] [--force]
 "use strict";
@@ -56,10 +59,20 @@ function readTgz(file, want) {
   return out;
 }
 
+const unique = (xs) => { const seen = new Set(); return xs.filter((x) => x && !seen.has(x) && seen.add(x)); };
+const shortNames = (e) => e.short_names.map((s) => s.replace(/[_-]+/g, " ").toLowerCase());
+const withArticle = (s) => `${/^[aeiou]/.test(s) ? "an" : "a"} ${s}`;
+
 function caption(e) {
-  const parts = [e.name.toLowerCase(), ...e.short_names.map((s) => s.replace(/[_-]+/g, " ").toLowerCase()), e.category.toLowerCase()];
-  const seen = new Set();
-  return parts.filter((p) => p && !seen.has(p) && seen.add(p)).join(", ");
+  return unique([e.name.toLowerCase(), ...shortNames(e), e.category.toLowerCase()]).join(", ");
+}
+
+/** Every caption of an emoji: the main one first, then the short prompts (see the top of the file). */
+function captions(e) {
+  const name = e.name.toLowerCase();
+  const others = shortNames(e).filter((s) => s !== name);
+  return unique([caption(e), name, withArticle(name), `${name} emoji`, ...others.flatMap((s) => [s, withArticle(s)]),
+    `${name}, ${e.category.toLowerCase()}`]);
 }
 
 function whiteRGB(pngBuf) {
@@ -96,11 +109,11 @@ function main(argv = process.argv.slice(2)) {
   const lines = [];
   emoji.forEach((e, i) => {
     const split = i % HOLDOUT_EVERY === HOLDOUT_EVERY - 1 ? "holdout" : "train";
-    const cap = caption(e);
+    const caps = captions(e);
     const base = e.image.replace(/\.png$/, "");
     fs.writeFileSync(path.join(dirs[split], `${base}.png`), whiteRGB(files.get(`package/img/google/64/${e.image}`)));
-    fs.writeFileSync(path.join(dirs[split], `${base}.txt`), cap + "\n");
-    lines.push(JSON.stringify({ file: `${base}.png`, caption: cap, split, name: e.name.toLowerCase(), category: e.category }));
+    fs.writeFileSync(path.join(dirs[split], `${base}.txt`), caps.join("\n") + "\n");
+    lines.push(JSON.stringify({ file: `${base}.png`, caption: caps[0], captions: caps, split, name: e.name.toLowerCase(), category: e.category }));
   });
   fs.writeFileSync(path.join(o.cache, "emoji.jsonl"), lines.join("\n") + "\n");
   const nTrain = lines.filter((l) => l.includes('"split":"train"')).length;
@@ -115,4 +128,4 @@ if (require.main === module) {
     process.exit(1);
   }
 }
-module.exports = { caption, readTgz, main };
+module.exports = { caption, captions, readTgz, main };

@@ -13,7 +13,7 @@
 // `--device cuda` (or auto, cuda:N) runs every stage on a GPU (float32, as on the CPU). `--init DIR` continues
 // from a trained model folder instead (e.g. models/builtin): stages 2 and 4 are skipped (init's VAE, decoder
 // included, is kept), and stage 3 fine-tunes init's UNet and text encoder jointly with init's tokenizer
-// (work folder .cache/builtin-init unless --work is given).
+// (24,000 steps at lr 5e-4 unless --unet-steps is given; work folder .cache/builtin-init unless --work is given).
 //
 // Every stage resumes from its checkpoint (run it again after Ctrl-C); a finished stage is skipped.
 // `--export-only` re-exports the latest saved model (the trainer exports every --save-every steps),
@@ -30,6 +30,7 @@ const ROOT = path.join(__dirname, "..");
 const DEFAULTS = {
   vaeSteps: 1800,
   unetSteps: 64000,
+  initSteps: 24000,
   decoderSteps: 6000,
   saveEvery: 1500,
   work: path.join(ROOT, ".cache", "builtin"),
@@ -57,6 +58,8 @@ const UNET_RECIPE = {
   resolution: 64, model: UNET_CONFIG, textEncoder: "train", textEncoderSize: "small", batchSize: 8, lr: 1e-3, lrSchedule: "cosine",
   warmupSteps: 200, ema: 0.999, condDropout: 0.1, randomFlip: false, seed: 0,
 };
+// --init: the same, from a trained model at half the learning rate
+const INIT_LR = 5e-4;
 
 function parseArgs(argv) {
   const o = { ...DEFAULTS };
@@ -89,6 +92,7 @@ function parseArgs(argv) {
   }
   // a fine-tune keeps its own work folder (the from-scratch checkpoints in .cache/builtin stay)
   if (o.init && !argv.includes("--work")) o.work = path.join(ROOT, ".cache", "builtin-init");
+  if (o.init && !argv.includes("--unet-steps")) o.unetSteps = o.initSteps;
   return o;
 }
 
@@ -205,7 +209,7 @@ async function main() {
   if (o.init) {
     // the architecture, text encoder, tokenizer, VAE and noise schedule are init's
     const { model, textEncoderSize, ...rest } = UNET_RECIPE;
-    recipe = { ...rest, init: o.init };
+    recipe = { ...rest, lr: INIT_LR, init: o.init };
     log(`fine-tuning ${o.init}'s UNet and text encoder (${o.unetSteps} steps) on ${o.device}`);
   } else {
     const tokenizer = findTokenizer(o);

@@ -28,7 +28,7 @@ export interface FlagSpec {
 }
 
 const COMMON: FlagSpec[] = [
-  { flag: "--data", key: "data", type: "string", required: true, help: 'image folder (same-name .txt captions or metadata.jsonl), or "shapes[:N]" for the built-in set' },
+  { flag: "--data", key: "data", type: "string", required: true, help: 'image folder (same-name .txt captions, one or more lines, or metadata.jsonl), or "shapes[:N]" for the built-in set' },
   { flag: "--out", key: "out", type: "string", required: true, help: "output folder" },
   { flag: "--resolution", key: "resolution", type: "int", help: "square training size in pixels (default 64)" },
   { flag: "--steps", key: "steps", type: "int", help: "optimiser steps (default 1000)" },

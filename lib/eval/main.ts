@@ -7,14 +7,17 @@
 //   steps, seed 1000 + caption number, at each CFG scale), find its nearest training images by
 //   features.ts's feature (32x32 pixels on white, squared Euclidean), and count how often the
 //   prompted emoji is the nearest (top-1) or among the 5 nearest (top-5). Chance is k / (training
-//   emoji). --ddpm adds DDPM with 1000 steps (slow: 40x the U-Net calls).
+//   emoji). --ddpm adds DDPM with 1000 steps (slow: 40x the U-Net calls). --prompts TEMPLATE asks
+//   in other words: {caption} is the main training caption (the default), {name} the emoji's name,
+//   {a name} the name with "a"/"an" ("a red apple"), so "{a name}" measures the short prompts a
+//   person types and "a picture of {a name}" a phrasing the model never saw.
 //   VAE: PSNR of encode (posterior mean) -> decode on the held-out emoji (never trained on), and on
 //   as many training emoji for comparison.
 //   Contact sheet: 24 of the captions, each as [training image | cfg 1 | cfg 5] -> --sheet.
 //
 // Usage: node dist/eval/main.js [--quick] [--model DIR] [--data .cache/emoji] [--n 256] [--cfgs 1,5]
 //          [--ddpm] [--sheet docs/builtin-contact-sheet.png] [--json .cache/eval/builtin-eval.json]
-//          [--histogram W] [--batch 16]
+//          [--histogram W] [--batch 16] [--prompts "{caption}"]
 import * as fs from "fs";
 import * as path from "path";
 import { packageRoot } from "../native";
@@ -40,6 +43,8 @@ export interface EvalOptions {
   sheet: string | null;
   json: string | null;
   histogramWeight: number;
+  /** The prompt per emoji, with {caption}, {name} and {a name} filled in. */
+  prompts: string;
   log: (s: string) => void;
 }
 
@@ -51,6 +56,7 @@ export interface EvalReport {
   model: string;
   gallery: number;
   captions: number;
+  prompts: string;
   retrieval: RetrievalResult[];
   vae: { heldOut: { n: number; psnr: number; psnrOfMeanMse: number }; train: { n: number; psnr: number; psnrOfMeanMse: number } };
   feature: string;
@@ -60,7 +66,7 @@ function parseArgs(argv: readonly string[]): EvalOptions {
   const o: EvalOptions = {
     model: BUILTIN_MODEL_DIR, data: path.join(packageRoot, ".cache", "emoji"), n: 256, cfgs: [1, 5], ddpm: false, steps: 25, seed: 1000, batch: 16,
     sheet: path.join(packageRoot, "docs", "builtin-contact-sheet.png"), json: path.join(packageRoot, ".cache", "eval", "builtin-eval.json"),
-    histogramWeight: 0, log: (s) => process.stderr.write(s + "\n"),
+    histogramWeight: 0, prompts: "{caption}", log: (s) => process.stderr.write(s + "\n"),
   };
   let quick = false, nGiven = false;
   for (let i = 0; i < argv.length; i++) {
@@ -86,12 +92,14 @@ function parseArgs(argv: readonly string[]): EvalOptions {
     else if (a === "--sheet") { const s = v(); o.sheet = s === "none" ? null : path.resolve(s); }
     else if (a === "--json") { const s = v(); o.json = s === "none" ? null : path.resolve(s); }
     else if (a === "--histogram") o.histogramWeight = Number(v());
+    else if (a === "--prompts") o.prompts = v();
     else if (a === "--help" || a === "-h") {
       process.stdout.write(fs.readFileSync(__filename.replace(/\.js$/, ".js"), "utf8").split("\n").filter((l) => l.startsWith("//")).map((l) => l.slice(3)).join("\n") + "\n");
       process.exit(0);
     } else throw new RangeError(`eval: unknown option ${a}`);
   }
   if (o.cfgs.some((c) => !Number.isFinite(c))) throw new RangeError("eval: --cfgs needs comma-separated numbers");
+  if (!/\{(caption|name|a name)\}/.test(o.prompts)) throw new RangeError("eval: --prompts needs {caption}, {name} or {a name}");
   if (quick && !nGiven) o.n = 32;
   if (quick && o.sheet && o.sheet === path.join(packageRoot, "docs", "builtin-contact-sheet.png")) o.sheet = path.join(packageRoot, ".cache", "eval", "contact-sheet-quick.png");
   return o;
@@ -106,6 +114,12 @@ function readEntries(dataDir: string): Entry[] {
 function loadImage(dataDir: string, e: Entry): RGBImage {
   const buf = fs.readFileSync(path.join(dataDir, e.split, e.file));
   return prepareImage(decodeRGBA(buf, e.file), 64);
+}
+
+/** The prompt for an emoji from a --prompts template. */
+export function promptFor(template: string, e: { caption: string; name: string }): string {
+  const aName = `${/^[aeiou]/.test(e.name) ? "an" : "a"} ${e.name}`;
+  return template.replace(/\{caption\}/g, e.caption).replace(/\{a name\}/g, aName).replace(/\{name\}/g, e.name);
 }
 
 /** Evenly spaced indices: floor(i * total / n). */
@@ -150,7 +164,7 @@ export async function runEval(o: EvalOptions): Promise<EvalReport> {
   const idx = evalIndices(train.length, o.n);
   const pipe = await loadPipeline(o.model, { device: "cpu" });
   const report: EvalReport = {
-    model: o.model, gallery: train.length, captions: idx.length, retrieval: [],
+    model: o.model, gallery: train.length, captions: idx.length, prompts: o.prompts, retrieval: [],
     vae: { heldOut: { n: 0, psnr: NaN, psnrOfMeanMse: NaN }, train: { n: 0, psnr: NaN, psnrOfMeanMse: NaN } },
     feature: `32x32 pixels on white${o.histogramWeight > 0 ? ` + 4x4x4 colour histogram x${o.histogramWeight}` : ""}, squared Euclidean`,
   };
@@ -164,7 +178,7 @@ export async function runEval(o: EvalOptions): Promise<EvalReport> {
       for (let i0 = 0; i0 < idx.length; i0 += o.batch) {
         const part = idx.slice(i0, i0 + o.batch);
         const r = await pipe.generate({
-          prompt: part.map((i) => train[i].caption), steps: run.steps, cfg: run.cfg, sampler: run.sampler, seed: o.seed + i0, width: 64, height: 64,
+          prompt: part.map((i) => promptFor(o.prompts, train[i])), steps: run.steps, cfg: run.cfg, sampler: run.sampler, seed: o.seed + i0, width: 64, height: 64,
           // SD's "leading" spacing with steps_offset 1 asks for t = 1000 at 1000 steps (diffusers'
           // DDPMScheduler fails there too); "trailing" gives the full 999..0 ancestral chain
           schedulerConfig: run.sampler === "ddpm" ? { timestep_spacing: "trailing" } : undefined,
@@ -210,7 +224,7 @@ export async function runEval(o: EvalOptions): Promise<EvalReport> {
 export function formatReport(r: EvalReport): string {
   const lines = [
     `model ${r.model}`,
-    `retrieval among ${r.gallery} training emoji, ${r.captions} captions; feature: ${r.feature}; chance top-1 ${(100 / r.gallery).toFixed(2)}%, top-5 ${(500 / r.gallery).toFixed(2)}%`,
+    `retrieval among ${r.gallery} training emoji, ${r.captions} prompts "${r.prompts}"; feature: ${r.feature}; chance top-1 ${(100 / r.gallery).toFixed(2)}%, top-5 ${(500 / r.gallery).toFixed(2)}%`,
     "sampler  steps  cfg   top-1    top-5   s/image",
     ...r.retrieval.map((x) => `${x.sampler.padEnd(8)} ${String(x.steps).padStart(5)}  ${String(x.cfg).padStart(3)}  ${(100 * x.top1).toFixed(1).padStart(5)}%  ${(100 * x.top5).toFixed(1).padStart(5)}%  ${x.secondsPerImage.toFixed(2).padStart(7)}`),
     `VAE reconstruction PSNR: held-out ${r.vae.heldOut.psnr.toFixed(2)} dB (n=${r.vae.heldOut.n}; ${r.vae.heldOut.psnrOfMeanMse.toFixed(2)} dB of the mean MSE), training ${r.vae.train.psnr.toFixed(2)} dB (n=${r.vae.train.n})`,

@@ -2,14 +2,16 @@
 //
 // A folder dataset is laid out as Hugging Face's ImageFolder: either `metadata.jsonl` with one
 // {"file_name": ..., "text": ...} object per line, or images with a same-name `.txt` caption
-// (`cat.png` + `cat.txt`). PNG and JPEG are decoded by content; RGBA is composited over a
+// (`cat.png` + `cat.txt`). An image may have several captions (each non-empty line of its .txt,
+// or a "text" array): each time it is read, one of them is drawn from (seed, epoch, k), so a model
+// learns the phrasings rather than one exact string; the first is its main caption. PNG and JPEG are decoded by content; RGBA is composited over a
 // background colour; every image is resized (shorter side to the training size, area-averaged
 // when shrinking, bilinear when enlarging) and centre-cropped to a square, as
 // train_text_to_image.py's Resize + CenterCrop. A file that cannot be read or decoded is skipped
 // with a warning and counted; it never stops training.
 //
 // Order: each epoch is a permutation of the dataset drawn from (seed, epoch), and the random
-// horizontal flip of the k-th sample of an epoch from (seed, epoch, k). The sampler's state is two
+// horizontal flip and the caption of the k-th sample of an epoch from (seed, epoch, k). The sampler's state is two
 // integers, so a checkpoint can resume the exact sequence.
 import * as fs from "fs";
 import * as path from "path";
@@ -24,7 +26,10 @@ export type { RGBImage };
 export interface TrainingDataset {
   readonly size: number;
   readonly resolution: number;
+  /** The main (first) caption of item i. */
   caption(i: number): string;
+  /** Every caption of item i, the main one first; training draws one per sample. */
+  captions(i: number): readonly string[];
   image(i: number): RGBImage;
   /** Files that were skipped (unreadable, undecodable, missing). */
   readonly skipped: number;
@@ -217,8 +222,9 @@ export interface ImageFolderOptions extends PrepareOptions {
 export class InMemoryDataset implements TrainingDataset {
   readonly resolution: number;
   private readonly images: RGBImage[];
-  private readonly captions: string[];
-  constructor(items: readonly { image: RGBImage; caption: string }[], resolution: number, readonly skipped = 0, readonly warnings: readonly string[] = []) {
+  private readonly texts: (readonly string[])[];
+  /** `caption`: one caption, or several (the main one first). */
+  constructor(items: readonly { image: RGBImage; caption: string | readonly string[] }[], resolution: number, readonly skipped = 0, readonly warnings: readonly string[] = []) {
     if (items.length === 0) throw new RangeError("dataset: no usable images");
     this.resolution = resolution;
     this.images = items.map((it, i) => {
@@ -226,10 +232,15 @@ export class InMemoryDataset implements TrainingDataset {
         throw new RangeError(`dataset: image ${i} is ${it.image.width}x${it.image.height}, expected ${resolution}x${resolution}`);
       return it.image;
     });
-    this.captions = items.map((it) => it.caption);
+    this.texts = items.map((it, i) => {
+      const c = typeof it.caption === "string" ? [it.caption] : [...it.caption];
+      if (c.length === 0 || c.some((x) => typeof x !== "string")) throw new TypeError(`dataset: item ${i} needs a caption string or a non-empty array of strings`);
+      return c;
+    });
   }
   get size(): number { return this.images.length; }
-  caption(i: number): string { return this.captions[this.check(i)]; }
+  caption(i: number): string { return this.texts[this.check(i)][0]; }
+  captions(i: number): readonly string[] { return this.texts[this.check(i)]; }
   image(i: number): RGBImage { return this.images[this.check(i)]; }
   private check(i: number): number {
     if (!Number.isInteger(i) || i < 0 || i >= this.images.length) throw new RangeError(`dataset: index ${i} out of range [0, ${this.images.length})`);
@@ -248,9 +259,9 @@ function listImages(root: string, dir = root, out: string[] = []): string[] {
 }
 
 /** The (file, caption) list of a folder: metadata.jsonl when present, else images + .txt files. */
-function folderEntries(dir: string, captionColumn: string, warn: (m: string) => void): { entries: { file: string; caption: string }[]; bad: number } {
+function folderEntries(dir: string, captionColumn: string, warn: (m: string) => void): { entries: { file: string; caption: string[] }[]; bad: number } {
   const meta = path.join(dir, "metadata.jsonl");
-  const entries: { file: string; caption: string }[] = [];
+  const entries: { file: string; caption: string[] }[] = [];
   let bad = 0;
   if (fs.existsSync(meta)) {
     const lines = fs.readFileSync(meta, "utf8").split(/\r?\n/);
@@ -271,20 +282,23 @@ function folderEntries(dir: string, captionColumn: string, warn: (m: string) => 
         return;
       }
       const cap = r[captionColumn];
-      if (cap !== undefined && typeof cap !== "string") {
+      const ok = cap === undefined || typeof cap === "string" || (Array.isArray(cap) && cap.length > 0 && cap.every((c) => typeof c === "string"));
+      if (!ok) {
         bad++;
-        warn(`metadata.jsonl line ${i + 1}: "${captionColumn}" is not a string; skipped`);
+        warn(`metadata.jsonl line ${i + 1}: "${captionColumn}" is not a string or a non-empty array of strings; skipped`);
         return;
       }
-      entries.push({ file: r["file_name"] as string, caption: (cap as string | undefined) ?? "" });
+      entries.push({ file: r["file_name"] as string, caption: cap === undefined ? [""] : typeof cap === "string" ? [cap] : cap });
     });
     return { entries, bad };
   }
   for (const rel of listImages(dir)) {
     const txt = path.join(dir, rel.replace(IMAGE_EXT, ".txt"));
-    let caption = "";
-    if (fs.existsSync(txt)) caption = fs.readFileSync(txt, "utf8").trim();
-    else warn(`${rel}: no caption file ${path.basename(txt)}; trained with the empty caption`);
+    let caption = [""];
+    if (fs.existsSync(txt)) {
+      const lines = fs.readFileSync(txt, "utf8").split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== "");
+      if (lines.length > 0) caption = lines;
+    } else warn(`${rel}: no caption file ${path.basename(txt)}; trained with the empty caption`);
     entries.push({ file: rel, caption });
   }
   return { entries, bad };
@@ -306,7 +320,7 @@ export async function openImageFolder(dir: string, opts: ImageFolderOptions = {}
   };
   const { entries, bad } = folderEntries(root, opts.captionColumn ?? "text", warn);
   let skipped = bad;
-  const items: { image: RGBImage; caption: string }[] = [];
+  const items: { image: RGBImage; caption: string[] }[] = [];
   for (const [k, e] of entries.entries()) {
     const file = path.resolve(root, e.file);
     if (!file.startsWith(root + path.sep)) {
@@ -343,6 +357,14 @@ export interface SamplerState {
 export interface SampleRef {
   index: number;
   flip: boolean;
+  /** A 32-bit hash of (seed, epoch, k) that picks this sample's caption among the image's captions. */
+  draw: number;
+}
+
+/** The caption a sample trains on: its image's only caption, or the one its draw picks. */
+export function sampleCaption(ds: TrainingDataset, ref: SampleRef): string {
+  const c = ds.captions(ref.index);
+  return c.length === 1 ? c[0] : c[ref.draw % c.length];
 }
 
 /** Epoch-based seeded permutations (Fisher-Yates) with per-sample flip draws. */
@@ -375,8 +397,9 @@ export class EpochSampler {
     if (this.pos >= this.size) { this.epoch++; this.pos = 0; }
     const index = this.permutation(this.epoch)[this.pos];
     const flip = this.randomFlip && (mixSeed(this.seed, "flip", this.epoch, this.pos) & 1) === 1;
+    const draw = mixSeed(this.seed, "caption", this.epoch, this.pos);
     this.pos++;
-    return { index, flip };
+    return { index, flip, draw };
   }
 
   take(n: number): SampleRef[] {

@@ -7,7 +7,7 @@ export { trainVae } from "./vae-trainer";
 export type { TrainVaeOptions, TrainVaeResult } from "./vae-trainer";
 export type { TrainLogInfo } from "./loop";
 export {
-  openImageFolder, InMemoryDataset, EpochSampler, decodeRGBA, compositeOver, resampleRGB, prepareImage, imagesToNchw, parseColour,
+  openImageFolder, InMemoryDataset, EpochSampler, sampleCaption, decodeRGBA, compositeOver, resampleRGB, prepareImage, imagesToNchw, parseColour,
   RESAMPLE_METHODS,
 } from "./data";
 export type { TrainingDataset, ImageFolderOptions, Colour, ResampleMethod, SamplerState, RGBAImage } from "./data";

@@ -30,7 +30,7 @@ import { ModelFolder, findWeights, openWeightsFile, readJsonObject } from "../io
 import type { StateDictSource } from "../nn/module";
 import { noiseSchedule, parseSchedulerConfig } from "../schedulers/schedule";
 import { AdamW, EMA, clipGradNorm, learningRateAt, LR_SCHEDULES, type LrScheduleName } from "./optim";
-import { EpochSampler, imagesToNchw, type TrainingDataset } from "./data";
+import { EpochSampler, imagesToNchw, sampleCaption, type TrainingDataset } from "./data";
 import { addNoise, diffusionLoss, dropConditions, samplePosterior, TRAIN_PREDICTION_TYPES, type TrainPredictionType } from "./objectives";
 import { Rng, mixSeed } from "./rng";
 import { initParameters } from "./init";
@@ -368,7 +368,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       } else {
         const srcDir = opts.tokenizer ?? defaultTokenizerDir();
         files = srcDir ? readTokenizerFiles(srcDir) : byteLevelTokenizerFiles();
-        if (opts.trimVocab ?? true) files = trimTokenizer(files, [...Array.from({ length: ds.size }, (_, i) => ds.caption(i)), ""]);
+        if (opts.trimVocab ?? true) files = trimTokenizer(files, [...Array.from({ length: ds.size }, (_, i) => ds.captions(i)).flat(), ""]);
         writeTokenizerFiles(tokOut, files);
       }
       tokenizer = tokenizerFromFiles(files);
@@ -491,7 +491,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         const batches: Parameters<NonNullable<TrainOptions["onBatch"]>>[0][] = [];
         for (let micro = 0; micro < gradAccum; micro++) {
           const refs = sampler.take(batchSize);
-          const dropped = dropConditions(refs.map((r) => ds.caption(r.index)), condDropout, rng);
+          const dropped = dropConditions(refs.map((r) => sampleCaption(ds, r)), condDropout, rng);
           emptyPrompts += dropped.dropped;
           prompts += batchSize;
           const timesteps = refs.map(() => rng.int(numTrainTimesteps));

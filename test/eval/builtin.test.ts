@@ -7,7 +7,7 @@ import { BUILTIN_MODEL_DIR, builtinModelPath } from "../../lib/generate";
 import { loadPipeline } from "../../lib/pipelines/load";
 import type { StableDiffusionPipeline } from "../../lib/pipelines/stable-diffusion";
 import { FEATURE_SIDE, featureDistance, imageFeature, nearest, psnr } from "../../lib/eval/features";
-import { evalIndices } from "../../lib/eval/main";
+import { evalIndices, promptFor } from "../../lib/eval/main";
 import { contactSheet } from "../../lib/eval/sheet";
 
 function folderBytes(dir: string): number {
@@ -97,6 +97,10 @@ describe("eval features", () => {
     expect(psnr(a, b)).toBeCloseTo(10 * Math.log10(4), 6);
     expect(psnr(a, a)).toBe(Infinity);
     expect(evalIndices(10, 4)).toEqual([0, 2, 5, 7]);
+    const apple = { caption: "red apple, apple, food & drink", name: "red apple" };
+    expect(["{caption}", "{a name}", "a picture of {a name}", "{name} emoji"].map((t) => promptFor(t, apple)))
+      .toEqual(["red apple, apple, food & drink", "a red apple", "a picture of a red apple", "red apple emoji"]);
+    expect(promptFor("{a name}", { caption: "", name: "octopus" })).toBe("an octopus");
     expect(evalIndices(3, 5)).toEqual([0, 1, 2]);
     const sheet = contactSheet([{ label: "red apple", images: [rgb, rgb] }], { columns: 1, tile: 64 });
     expect(sheet.data.length).toBe(sheet.width * sheet.height * 3);

@@ -8,7 +8,7 @@ import * as path from "path";
 import { PNG } from "pngjs";
 import * as jpeg from "jpeg-js";
 import {
-  EpochSampler, imagesToNchw, openImageFolder, prepareImage, resampleRGB, decodeRGBA, type RGBAImage,
+  EpochSampler, InMemoryDataset, imagesToNchw, openImageFolder, prepareImage, resampleRGB, decodeRGBA, sampleCaption, type RGBAImage,
 } from "../../lib/train/data";
 import { createShapesDataset, writeShapesDataset, SHAPE_COLOURS } from "../../lib/train/shapes";
 import {
@@ -123,6 +123,35 @@ describe("folder datasets", () => {
     fs.mkdirSync(path.join(tmp, "empty"));
     await expect(openImageFolder(path.join(tmp, "empty"), { onWarn: () => undefined })).rejects.toThrow(/no usable images/);
   });
+  test("several captions per image: one per non-empty .txt line, or a metadata.jsonl text array; the first is the main one", async () => {
+    const dir = path.join(tmp, "variants");
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, "a.png"), png(4, 4, () => [200, 0, 0, 255]));
+    fs.writeFileSync(path.join(dir, "a.txt"), "red apple, apple, food\r\n\n  a red apple  \napple\n");
+    fs.writeFileSync(path.join(dir, "b.png"), png(4, 4, () => [0, 0, 200, 255]));
+    fs.writeFileSync(path.join(dir, "b.txt"), "\n\n");  // only blank lines: the empty caption
+    const ds = await openImageFolder(dir, { resolution: 4, onWarn: () => undefined });
+    expect(ds.captions(0)).toEqual(["red apple, apple, food", "a red apple", "apple"]);
+    expect(ds.caption(0)).toBe("red apple, apple, food");
+    expect(ds.captions(1)).toEqual([""]);
+
+    const jdir = path.join(tmp, "variants-jsonl");
+    fs.mkdirSync(jdir, { recursive: true });
+    for (const f of ["x", "y", "z", "w"]) fs.writeFileSync(path.join(jdir, `${f}.png`), png(4, 4, () => [1, 2, 3, 255]));
+    fs.writeFileSync(path.join(jdir, "metadata.jsonl"), [
+      JSON.stringify({ file_name: "x.png", text: ["main", "second", "third"] }),
+      JSON.stringify({ file_name: "y.png", text: [] }),
+      JSON.stringify({ file_name: "z.png", text: ["ok", 3] }),
+      JSON.stringify({ file_name: "w.png", text: "plain" }),
+    ].join("\n"));
+    const warnings: string[] = [];
+    const js = await openImageFolder(jdir, { resolution: 4, onWarn: (m) => warnings.push(m) });
+    expect([js.size, js.skipped]).toEqual([2, 2]);
+    expect([js.captions(0), js.captions(1)]).toEqual([["main", "second", "third"], ["plain"]]);
+    expect(warnings.filter((w) => /not a string or a non-empty array of strings/.test(w)).length).toBe(2);
+    const img = ds.image(0);
+    expect(() => new InMemoryDataset([{ image: img, caption: [] }], 4)).toThrow(/non-empty array of strings/);
+  });
 });
 
 describe("seeded order", () => {
@@ -144,6 +173,19 @@ describe("seeded order", () => {
     d.load(state);
     expect(d.take(22)).toEqual(ra.slice(13));
     expect(() => d.load({ epoch: -1, pos: 0 })).toThrow(/bad state/);
+  });
+
+  test("the caption of a sample: drawn from (seed, epoch, k), about evenly over an image's captions; a lone caption always", () => {
+    const img = { width: 1, height: 1, data: new Uint8Array(3) };
+    const ds = new InMemoryDataset([{ image: img, caption: ["a", "b", "c"] }, { image: img, caption: "only" }], 1);
+    const refs = new EpochSampler(2, 7, false).take(3000);
+    expect(new EpochSampler(2, 7, false).take(3000).map((r) => sampleCaption(ds, r))).toEqual(refs.map((r) => sampleCaption(ds, r)));
+    const counts: Record<string, number> = {};
+    for (const r of refs) { const c = sampleCaption(ds, r); counts[c] = (counts[c] ?? 0) + 1; }
+    expect(counts["only"]).toBe(1500);
+    for (const c of ["a", "b", "c"]) expect(Math.abs(counts[c] - 500)).toBeLessThan(90);
+    // the draw does not depend on the flip setting, so flipping on does not change the captions
+    expect(new EpochSampler(2, 7, true).take(3000).map((r) => r.draw)).toEqual(refs.map((r) => r.draw));
   });
 });
 

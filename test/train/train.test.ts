@@ -16,7 +16,7 @@ import { loadPipeline } from "../../lib/pipelines/load";
 import { train, type TrainOptions } from "../../lib/train/trainer";
 import { trainVae, type TrainVaeResult } from "../../lib/train/vae-trainer";
 import { createShapesDataset } from "../../lib/train/shapes";
-import type { InMemoryDataset } from "../../lib/train/data";
+import { InMemoryDataset } from "../../lib/train/data";
 import type { TrainLogInfo } from "../../lib/train/loop";
 import { formatProgress, parseTrainArgs, parseTrainVaeArgs, progressPrinter, runTrain } from "../../lib/cli/train";
 import { describeIfReference, referenceDir, referencePath } from "../helpers/reference";
@@ -155,6 +155,27 @@ describe("training on the shapes set", () => {
     const sb = JSON.parse(fs.readFileSync(path.join(dirB, "checkpoint", "state.json"), "utf8"));
     expect(sb).toEqual(sa);
     expect(fs.readFileSync(path.join(dirB, "checkpoint", sb.file)).equals(fs.readFileSync(path.join(dirA, "checkpoint", sa.file)))).toBe(true);
+  });
+
+  test("several captions per image: each sample trains on one of its image's captions, all of them drawn; every caption's words kept in the trimmed vocabulary", async () => {
+    const items = Array.from({ length: ds.size }, (_, i) => ({ image: ds.image(i), caption: [ds.caption(i), `zebra ${i}`, "quokka"] }));
+    const multi = new InMemoryDataset(items, 32);
+    const tokenizer = referenceDir() ? referencePath("models", "tiny-sd", "tokenizer") : undefined;
+    const out = path.join(tmp, "variants");
+    const seen = [0, 0, 0];
+    let wrong = 0;
+    const r = await train({ ...quiet, data: multi, out, resolution: 32, vae: vaeDir, tokenizer, steps: 4, batchSize: 8, condDropout: 0, seed: 9,
+      onBatch: (b) => b.captions.forEach((c, k) => {
+        const v = multi.captions(b.indices[k]).indexOf(c);
+        if (v < 0) wrong++; else seen[v]++;
+      }) });
+    expect(r.step).toBe(4);
+    expect(wrong).toBe(0);
+    expect(seen.every((n) => n >= 3)).toBe(true);  // 32 samples over 3 captions
+    if (tokenizer) {
+      const vocab = JSON.parse(fs.readFileSync(path.join(out, "tokenizer", "vocab.json"), "utf8"));
+      expect(["zebra</w>" in vocab, "circle</w>" in vocab]).toEqual([true, true]);  // zebra is only in the second captions
+    }
   });
 
   test("trainVae resume: 5 steps straight == 2 steps, stop (asked from onLog), resume 3 (bit-identical weights)", async () => {

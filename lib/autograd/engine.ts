@@ -88,13 +88,46 @@ export const B: NativeAddon = new Proxy({} as NativeAddon, {
   get(_t, key: string) {
     const fn = (raw as any)[key];
     if (typeof fn !== "function") return fn;
+    const f32 = key.endsWith("Backward");
     return (...a: unknown[]) => {
-      const r = fn(...a);
+      const r = f32 ? float32Call(fn, a) : fn(...a);
       collect(r);
       return r;
     };
   },
 });
+
+const isReduced = (x: unknown): x is H => isHandle(x) && (x.dtype === "bfloat16" || x.dtype === "float16");
+
+/**
+ * Calls a float32-only native entry (the backward kernels) under mixed precision: bfloat16 or
+ * float16 tensor arguments are upcast, and every float32 tensor it returns is rounded to the
+ * first such argument's dtype (the gradient's). Reduced-precision inputs with float32
+ * accumulation: the numerics of a bf16 GEMM, only without its speed.
+ */
+export function float32Call(fn: (...a: any[]) => any, a: readonly unknown[]): any {
+  const first = a.find(isReduced);
+  if (!first) return fn(...a);
+  const tmp: H[] = [];
+  const up = (x: unknown): unknown => {
+    if (!isReduced(x)) return x;
+    const t = raw.to(x, x.device, "float32");
+    tmp.push(t);
+    return t;
+  };
+  const down = (r: unknown): unknown => {
+    if (Array.isArray(r)) return r.map(down);
+    if (!isHandle(r) || r.dtype !== "float32") return r;
+    const t = raw.to(r, r.device, first.dtype);
+    r.dispose();
+    return t;
+  };
+  try {
+    return down(fn(...a.map(up)));
+  } finally {
+    for (const t of tmp) t.dispose();
+  }
+}
 
 /** The unwrapped addon (optimisers and other code that must never record). */
 export function rawNative(): NativeAddon {

@@ -100,7 +100,21 @@ export const nnRules: Record<string, Rule> = {
   // attention(q, k, v, heads, scale, causal, mask): flash backward from the saved logsumexp
   attention: {
     inputs: ([q, k, v, , , , mask]) => [q, k, v, mask],
-    forward: (raw, [q, k, v, heads, scale, causal, mask]) => raw.attentionForward(q, k, v, heads, scale, causal, mask),
+    // the forward that keeps the logsumexp is float32: under mixed precision q, k, v are upcast
+    // for it and only the output is rounded back (the lse stays float32 for the backward)
+    forward: (raw, [q, k, v, heads, scale, causal, mask]) => {
+      const dt = (q as H).dtype;
+      if (dt === "float32") return raw.attentionForward(q, k, v, heads, scale, causal, mask);
+      const up = [q, k, v].map((t) => raw.to(t as H, (t as H).device, "float32"));
+      try {
+        const [o, lse] = raw.attentionForward(up[0], up[1], up[2], heads, scale, causal, mask);
+        const out = raw.to(o, o.device, dt);
+        o.dispose();
+        return [out, lse];
+      } finally {
+        for (const t of up) t.dispose();
+      }
+    },
     record: ({ args: [q, k, v, heads, scale, causal, mask], out, extras: [lse], needs, save }) => {
       if (needs[3]) throw new TypeError("attention: gradients with respect to the mask are not supported");
       const sq = save(q), sk = save(k), sv = save(v), so = save(out), sm = mask ? save(mask) : null;

@@ -1,7 +1,8 @@
 // A short training run on a GPU: trainVae, then train() (UNet "small" + a text encoder trained
 // jointly) on the built-in shapes set at 64x64, with images/s on CUDA and the loss going down;
-// then the first steps of both runs again on the CPU, whose losses must agree with the GPU's
-// (step 1 closely: same initial weights, data and Philox noise; later steps drift slowly).
+// a bf16 mixed-precision UNet run, then the first steps of both float32 runs again on the CPU,
+// whose losses must agree with the GPU's (step 1 closely: same initial weights, data and Philox
+// noise; later steps drift slowly).
 // A plain Node script over dist/:
 //   node dist/check/cuda-train.js [--json out.json] [--steps N] [--self-test]
 // (--self-test: "GPU" = cpu, few steps; checks the script without a GPU.)
@@ -38,6 +39,12 @@ export async function runTrainCheck(device: string, steps: number, log: (line: s
     const uf = mean(unet.losses.slice(0, k)), ul = mean(unet.losses.slice(-k));
     log(`train (UNet small + text encoder) on ${device}: ${steps} steps, loss ${uf.toFixed(4)} -> ${ul.toFixed(4)}, ${unet.imagesPerSec.toFixed(1)} images/s`);
     row("train loss falls", ul < uf, `first ${k} ${uf.toFixed(4)}, last ${k} ${ul.toFixed(4)}`);
+    // mixed precision: bf16 compute on the device, float32 master weights; starts where float32 does
+    const bf = await train({ ...common, out: path.join(tmp, "sd-gpu-bf16"), vae: vaeOut, steps, lr: 1e-3, model: "small", device, mixedPrecision: "bf16" });
+    const bff = mean(bf.losses.slice(0, k)), bfl = mean(bf.losses.slice(-k));
+    log(`train --mixed-precision bf16 on ${device}: loss ${bff.toFixed(4)} -> ${bfl.toFixed(4)}, ${bf.imagesPerSec.toFixed(1)} images/s (float32 ${unet.imagesPerSec.toFixed(1)})`);
+    row("train bf16 loss falls", bfl < bff, `first ${k} ${bff.toFixed(4)}, last ${k} ${bfl.toFixed(4)}`);
+    row("train bf16 step 1 loss vs float32", close(bf.losses[0], unet.losses[0], 1e-2), `${bf.losses[0]} vs ${unet.losses[0]}`);
     // the same first steps on the CPU (the UNet run uses the GPU-trained VAE, as above)
     const vaeCpu = await trainVae({ ...common, out: path.join(tmp, "vae-cpu"), steps: cmpSteps, lr: 2e-3, device: "cpu" });
     const unetCpu = await train({ ...common, out: path.join(tmp, "sd-cpu"), vae: vaeOut, steps: cmpSteps, lr: 1e-3, model: "small", device: "cpu" });

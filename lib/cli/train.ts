@@ -44,7 +44,8 @@ const COMMON: FlagSpec[] = [
   { flag: "--no-flip", key: "randomFlip", type: "boolean", sets: false, help: "no random horizontal flips" },
   { flag: "--background", key: "background", type: "string", help: "colour behind transparent pixels, #rrggbb (default #ffffff)" },
   { flag: "--resample", key: "resample", type: "string", choices: ["area", "bilinear"], help: "resize filter (default area)" },
-  { flag: "--device", key: "device", type: "string", help: "cpu (default), cuda, cuda:N or auto (a GPU when one answers); float32 either way" },
+  { flag: "--device", key: "device", type: "string", help: "cpu (default), cuda, cuda:N or auto (a GPU when one answers)" },
+  { flag: "--mixed-precision", key: "mixedPrecision", type: "string", choices: ["no", "bf16"], help: "bf16: the network computes on bfloat16 copies of float32 master weights (default no: float32)" },
 ];
 
 export const TRAIN_FLAGS: readonly FlagSpec[] = [

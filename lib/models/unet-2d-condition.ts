@@ -287,6 +287,10 @@ export class UNet2DConditionModel extends Module {
     releaseUNetGraphs(this);
     return super.to(device, dtype);
   }
+  override withParametersAs<R>(dtype: Parameters<Module["to"]>[1] & string, fn: () => R): R {
+    releaseUNetGraphs(this);
+    return super.withParametersAs(dtype, fn);
+  }
   override dispose(): void {
     releaseUNetGraphs(this);
     super.dispose();

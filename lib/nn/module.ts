@@ -146,6 +146,31 @@ export abstract class Module {
     return this;
   }
 
+  /**
+   * Runs fn with every floating-point parameter replaced by a cast to `dtype` (recorded when the
+   * parameter requires gradients, so they flow back to it in its own dtype): mixed-precision
+   * training with float32 master weights. The casts are freed when fn returns; fn must not keep them.
+   */
+  withParametersAs<R>(dtype: DType, fn: () => R): R {
+    const swapped: [Module, string, Tensor][] = [];
+    try {
+      for (const [, , owner, local] of this.namedParameterSpecs()) {
+        const t = owner.values.get(local);
+        if (!t || t.dtype === dtype || !/^(float|bfloat)/.test(t.dtype)) continue;
+        swapped.push([owner, local, t]);
+        owner.values.set(local, t.to(t.device, dtype));
+      }
+      const r = fn();
+      if (r instanceof Promise) throw new TypeError("withParametersAs: fn must be synchronous");
+      return r;
+    } finally {
+      for (const [owner, local, t] of swapped) {
+        owner.values.get(local)!.dispose();
+        owner.values.set(local, t);
+      }
+    }
+  }
+
   /** Frees every parameter. */
   dispose(): void {
     for (const [, , owner, local] of this.namedParameterSpecs()) {

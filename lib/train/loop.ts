@@ -56,6 +56,12 @@ export interface LoopOptions extends DataOptions {
   randomFlip?: boolean;
   seed?: number;
   device?: string;
+  /**
+   * "bf16": the network's forward and backward run on bfloat16 copies of its weights, cast from
+   * the float32 master weights every step (gradients, AdamW moments, EMA and the loss stay
+   * float32), as accelerate's --mixed_precision bf16. Default "no" (float32 throughout).
+   */
+  mixedPrecision?: MixedPrecision;
   /** Checkpoint (and export) every this many steps; 0 = only at the end or when stopped. */
   saveEvery?: number;
   /** Continue from `<out>/checkpoint` (bit-identical to an uninterrupted run). */
@@ -74,10 +80,20 @@ export interface LoopOptions extends DataOptions {
   handleSigint?: boolean;
 }
 
+export type MixedPrecision = "no" | "bf16";
+export const MIXED_PRECISIONS: readonly MixedPrecision[] = ["no", "bf16"];
+
+/** The compute dtype of a mixedPrecision option, or null for float32 throughout. */
+export function mixedPrecisionDtype(op: string, v: unknown): "bfloat16" | null {
+  if (v === undefined || v === "no") return null;
+  if (v === "bf16") return "bfloat16";
+  throw new RangeError(`${op}: mixedPrecision must be "no" or "bf16", got ${JSON.stringify(v)}`);
+}
+
 /** The keys of LoopOptions, for checkKeys. */
 export const LOOP_KEYS = [
   "resolution", "steps", "batchSize", "gradAccum", "lr", "lrSchedule", "warmupSteps", "weightDecay", "maxGradNorm", "randomFlip",
-  "seed", "device", "saveEvery", "resume", "onLog", "logEvery", "signal", "handleSigint",
+  "seed", "device", "mixedPrecision", "saveEvery", "resume", "onLog", "logEvery", "signal", "handleSigint",
   "background", "resample", "captionColumn", "onWarn",
 ] as const;
 

@@ -42,7 +42,7 @@ import {
 import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
 import { isFinishedVae, loadVaeWeights, readVaeFolder, trainVae, type TrainVaeOptions, type TrainVaeResult } from "./vae-trainer";
 import {
-  ReadBehind, StopControl, Throughput, checkKeys, intOpt, numOpt, resolveData, trainingDevice, yieldToLoop,
+  ReadBehind, StopControl, Throughput, checkKeys, intOpt, mixedPrecisionDtype, numOpt, resolveData, trainingDevice, yieldToLoop,
   LOOP_KEYS, type DataOption, type LoopOptions, type TrainLogInfo,
 } from "./loop";
 
@@ -260,6 +260,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const out = path.resolve(opts.out);
   // weights, optimiser state, EMA and every batch live here (float32); token ids stay on the cpu
   const device = trainingDevice(op, opts.device);
+  const mp = mixedPrecisionDtype(op, opts.mixedPrecision);
   const onDevice = (m: { to(d: string): unknown }) => { if (device !== "cpu") m.to(device); };
   const resolution = intOpt(op, "resolution", opts.resolution, 64, 8);
   const init = opts.init === undefined ? null : readInit(op, opts.init);
@@ -517,7 +518,9 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
             const noise = Tensor.randn(shape, { seed: noiseSeed, device });
             const noisy = addNoise(z, noise, timesteps, alphasCumprod);
             const text = trainText ? te.forward(ids!) : null;
-            const pred = unet.forward(noisy, Tensor.fromArray(Float32Array.from(timesteps), [batchSize], { device }), text ? text.lastHiddenState : ehs!);
+            const tt = Tensor.fromArray(Float32Array.from(timesteps), [batchSize], { device }), ctx = text ? text.lastHiddenState : ehs!;
+            // mixed precision: the UNet on bf16 copies of its weights and input (the text encoder and the loss stay float32)
+            const pred = mp ? unet.withParametersAs(mp, () => unet.forward(noisy.to(device, mp), tt, ctx).to(device, "float32")) : unet.forward(noisy, tt, ctx);
             const l = diffusionLoss(pred, z, noise, timesteps, alphasCumprod, { predictionType, snrGamma });
             return { loss: gradAccum > 1 ? ops.div(l, gradAccum) : l, pooled: text?.pooled ?? null };
           });

@@ -20,7 +20,7 @@ import { initParameters } from "./init";
 import { vaeConfig } from "./presets";
 import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
 import {
-  ReadBehind, StopControl, Throughput, checkKeys, intOpt, numOpt, resolveData, trainingDevice, yieldToLoop,
+  ReadBehind, StopControl, Throughput, checkKeys, intOpt, mixedPrecisionDtype, numOpt, resolveData, trainingDevice, yieldToLoop,
   LOOP_KEYS, type DataOption, type LoopOptions, type TrainLogInfo,
 } from "./loop";
 
@@ -86,6 +86,7 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
   if (typeof opts.out !== "string" || opts.out === "") throw new TypeError(`${op}: out must be a folder path`);
   const out = path.resolve(opts.out);
   const device = trainingDevice(op, opts.device);  // float32 weights, moments and batches live here
+  const mp = mixedPrecisionDtype(op, opts.mixedPrecision);
   const resolution = intOpt(op, "resolution", opts.resolution, 64, 8);
   const trainEncoder = opts.trainEncoder ?? true;
   if (typeof trainEncoder !== "boolean") throw new TypeError(`${op}: trainEncoder must be a boolean`);
@@ -194,8 +195,12 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
           const x = Tensor.fromArray(imagesToNchw(refs.map((r) => ds.image(r.index)), refs.map((r) => r.flip)), [batchSize, 3, resolution, resolution], { device });
           const eps = Tensor.randn([batchSize, latentChannels, latentSide, latentSide], { seed: rng.seed31(), device });
           const terms = tidy(() => {
-            const { mean, logvar } = trainEncoder ? vae.encode(x) : noGrad(() => vae.encode(x));
-            const recon = vae.decode(samplePosterior(mean, logvar, eps));
+            // mixed precision: the VAE on bf16 copies of its weights and inputs; the posterior and the loss in float32
+            const net = <R>(fn: () => R): R => (mp ? vae.withParametersAs(mp, fn) : fn());
+            const low = (t: Tensor) => (mp ? t.to(device, mp) : t), f32 = (t: Tensor) => (mp ? t.to(device, "float32") : t);
+            const enc = () => net(() => { const p = vae.encode(low(x)); return { mean: f32(p.mean), logvar: f32(p.logvar) }; });
+            const { mean, logvar } = trainEncoder ? enc() : noGrad(enc);
+            const recon = f32(net(() => vae.decode(low(samplePosterior(mean, logvar, eps)))));
             const t = vaeLoss(x, recon, mean, logvar, { reconstruction, klWeight, gradientWeight });
             return { loss: gradAccum > 1 ? ops.div(t.loss, gradAccum) : t.loss, rec: t.reconstruction, kl: t.kl };
           });

@@ -8,12 +8,13 @@ import { emptyCache, memoryStats, resetPeakMemory, synchronize } from "../device
 import { AutoencoderKL, type AutoencoderKLConfigJson } from "../models/autoencoder-kl";
 import { unetParamShapes, vaeParamShapes, type ParamShapes } from "../models/param-shapes";
 import { UNet2DConditionModel, type UNet2DConditionConfigJson } from "../models/unet-2d-condition";
-import { native, packageRoot, type NativeTensor } from "../native";
+import { native, packageRoot } from "../native";
 import type { StateDictSource } from "../nn/module";
 import * as ops from "../ops";
 import { Tensor, type DType, type DeviceName } from "../tensor";
 import { median, withPeak, type BenchContext } from "./cpu-common";
 import type { CpuBenchRow } from "./table";
+import { countFlop } from "./flop-count";
 
 export const modelGroups = ["unet", "vae"] as const;
 
@@ -39,45 +40,6 @@ class RandomWeights implements StateDictSource {
     if (/norm[^.]*\.weight$/.test(key)) return Tensor.ones(shape, opts);
     const r = Tensor.randn(shape, { seed: 1000 + this.index.get(key)!, ...opts });
     try { return ops.mul(r, 0.02); } finally { r.dispose(); }
-  }
-}
-
-const numel = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
-
-/**
- * Counts the flop of the GEMM-class native ops (matmul, linear, conv2d, attention) called while
- * `fn` runs; elementwise and norm work is left out (it is memory-bound and small in flop).
- */
-function countFlop<R>(fn: () => R): { result: R; flop: number } {
-  const addon = native() as unknown as Record<string, (...args: unknown[]) => unknown>;
-  const counters: Record<string, (args: NativeTensor[] & unknown[]) => number> = {
-    matmul: ([a, b]) => {
-      const M = a.shape[a.shape.length - 2], K = a.shape[a.shape.length - 1], N = b.shape[b.shape.length - 1];
-      const batch = Math.max(numel(a.shape.slice(0, -2)), numel(b.shape.slice(0, -2)));
-      return 2 * batch * M * N * K;
-    },
-    linear: ([x, w]) => 2 * (numel(x.shape) / w.shape[1]) * w.shape[0] * w.shape[1],
-    conv2d: (args) => {
-      const [x, w] = args as NativeTensor[];
-      const [stride, padding, dilation] = [args[4], args[5], args[6]] as unknown as number[][];
-      const [N, H, W] = x.shape, [K, R, S, C] = w.shape;
-      const P = Math.floor((H + 2 * padding[0] - dilation[0] * (R - 1) - 1) / stride[0]) + 1;
-      const Q = Math.floor((W + 2 * padding[1] - dilation[1] * (S - 1) - 1) / stride[1]) + 1;
-      return 2 * N * P * Q * K * R * S * C;
-    },
-    attention: ([q, k, v]) => 2 * q.shape[0] * q.shape[1] * k.shape[1] * (q.shape[2] + v.shape[2]),
-  };
-  const saved = new Map<string, (...args: unknown[]) => unknown>();
-  let flop = 0;
-  for (const [name, count] of Object.entries(counters)) {
-    const orig = addon[name];
-    saved.set(name, orig);
-    addon[name] = (...args: unknown[]) => { flop += count(args as NativeTensor[]); return orig.apply(addon, args); };
-  }
-  try {
-    return { result: fn(), flop };
-  } finally {
-    for (const [name, orig] of saved) addon[name] = orig;
   }
 }
 

@@ -1,9 +1,9 @@
 // `npm run bench`: the CPU backend against the machine's measured ceilings (FMA peak, streaming
 // bandwidth) at Stable Diffusion shapes, PyTorch on the same cases when it is importable, whole
-// U-Net / VAE passes, and the CUDA benchmark when a GPU answers. Prints a table; writes JSON to
+// U-Net / VAE passes, training steps of the built-in model, and the CUDA benchmark when a GPU answers. Prints a table; writes JSON to
 // bench/results/<host>-<date>.json.
 //
-//   node dist/bench/main.js [--quick] [--only gemm,conv,attention,norm,unet,vae,cuda] [--no-torch] [--profile] [--json FILE]
+//   node dist/bench/main.js [--quick] [--only gemm,conv,attention,norm,unet,vae,train,cuda] [--no-torch] [--profile] [--json FILE]
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
@@ -15,9 +15,10 @@ import { modelGroups, runModelCases } from "./cpu-models";
 import { opCases, opGroups, runOpCases } from "./cpu-ops";
 import { findTorchPython, runTorchCases, torchKey, type TorchResult } from "./cpu-torch";
 import { runCudaBench, type BenchRow } from "./cuda-bench";
+import { runTrainCases, trainGroups } from "./cpu-train";
 import { formatTable, type CpuBenchRow } from "./table";
 
-const allGroups = [...opGroups, ...modelGroups, "cuda"] as const;
+const allGroups = [...opGroups, ...modelGroups, ...trainGroups, "cuda"] as const;
 const aliases: Record<string, string[]> = { ops: [...opGroups], models: [...modelGroups] };
 
 interface Options { quick: boolean; groups: Set<string>; torch: boolean; profile: boolean; json?: string }
@@ -109,6 +110,10 @@ async function main(): Promise<void> {
   if (modelGroups.some((g) => opts.groups.has(g))) {
     log("models (random weights from the sd15 configs, fp32 then bf16; flop counts GEMM/conv/attention only):");
     rows.push(...(await runModelCases(opts.groups, ctx, (r) => log(progress(r)))));
+  }
+  if (opts.groups.has("train")) {
+    log("training (train() fine-tuning the built-in model on the shapes set; ms per optimiser step after 3 warm-up steps):");
+    rows.push(...(await runTrainCases(ctx, (r) => log(progress(r)))));
   }
 
   // 3. PyTorch on the same op cases, same threads

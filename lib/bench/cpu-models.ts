@@ -87,7 +87,7 @@ async function timeModel(run: ModelRun, ctx: BenchContext, weightBytes: number):
 }
 
 /** The queue's time per op over the timed runs, per run, largest first. */
-function logProfile(name: string, entries: { op: string; count: number; ms: number }[], times: number[], ctx: BenchContext): void {
+export function logProfile(name: string, entries: { op: string; count: number; ms: number }[], times: number[], ctx: BenchContext): void {
   const runs = times.length, wall = times.reduce((a, b) => a + b, 0) / runs;
   ctx.log(`  ${name}: time per op (per run; wall ${wall.toFixed(0)} ms)`);
   for (const e of entries.filter((x) => x.ms / runs >= 0.005 * wall))

@@ -11,18 +11,22 @@ import { train } from "../train/trainer";
 import type { MixedPrecision } from "../train/loop";
 import { withPeak, type BenchContext } from "./cpu-common";
 import { startFlopCount } from "./flop-count";
+import { logProfile } from "./cpu-models";
+import { native } from "../native";
 import type { CpuBenchRow } from "./table";
 
 export const trainGroups = ["train"] as const;
 
 const BATCH = 8;
 
-async function stepTime(mixedPrecision: MixedPrecision, steps: number, warmup: number, threads: number): Promise<{ ms: number; cpuShare: number; runs: number; flop: number }> {
+type Profile = { op: string; count: number; ms: number }[];
+
+async function stepTime(mixedPrecision: MixedPrecision, steps: number, warmup: number, threads: number, profile: boolean): Promise<{ ms: number; cpuShare: number; runs: number; flop: number; profile: Profile }> {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), "dk-bench-train-"));
   const marks: { step: number; t: number; cpu: number }[] = [];
   const cpuSec = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
   let count: ReturnType<typeof startFlopCount> | null = null;
-  let flop = 0;
+  let flop = 0, prof: Profile = [];
   try {
     await train({
       data: "shapes:64", out, init: BUILTIN_MODEL_DIR, textEncoder: "train", resolution: 64, batchSize: BATCH, steps, ema: 0.999,
@@ -30,8 +34,15 @@ async function stepTime(mixedPrecision: MixedPrecision, steps: number, warmup: n
       onLog: (i) => {
         marks.push({ step: i.step, t: performance.now(), cpu: cpuSec() });
         // the ops dispatched between these two callbacks: as many whole steps as they are apart
-        if (i.step === warmup) count = startFlopCount();
-        if (i.step === steps && count) { flop = count.stop(); count = null; }
+        if (i.step === warmup) {
+          count = startFlopCount();
+          if (profile) native().opProfile(true);
+        }
+        if (i.step === steps && count) {
+          flop = count.stop();
+          count = null;
+          if (profile) prof = native().opProfile(false);
+        }
       },
     });
   } finally {
@@ -40,7 +51,7 @@ async function stepTime(mixedPrecision: MixedPrecision, steps: number, warmup: n
   }
   const a = marks.find((m) => m.step === warmup)!, b = marks[marks.length - 1];
   const n = b.step - a.step, wall = (b.t - a.t) / 1000;
-  return { ms: (1000 * wall) / n, cpuShare: (b.cpu - a.cpu) / (wall * threads), runs: n, flop: flop / n };
+  return { ms: (1000 * wall) / n, cpuShare: (b.cpu - a.cpu) / (wall * threads), runs: n, flop: flop / n, profile: prof };
 }
 
 /** One row per precision; the bf16 row's note gives its speed-up over float32. */
@@ -49,7 +60,7 @@ export async function runTrainCases(ctx: BenchContext, onRow: (r: CpuBenchRow) =
   const rows: CpuBenchRow[] = [];
   let f32ms = 0;
   for (const mp of ["no", "bf16"] as const) {
-    const r = await stepTime(mp, steps, warmup, ctx.peak.threads);
+    const r = await stepTime(mp, steps, warmup, ctx.peak.threads, !!ctx.profile);
     if (mp === "no") f32ms = r.ms;
     const ips = (BATCH * 1000) / r.ms;
     // the bf16 row's % peak is of the fp32 peak too: its backward kernels run in float32
@@ -60,6 +71,7 @@ export async function runTrainCases(ctx: BenchContext, onRow: (r: CpuBenchRow) =
     }, ctx.peak);
     rows.push(row);
     onRow(row);
+    if (ctx.profile) logProfile(row.name, r.profile, Array(r.runs).fill(r.ms), ctx);
   }
   return rows;
 }

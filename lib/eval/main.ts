@@ -204,8 +204,10 @@ export async function runEval(o: EvalOptions): Promise<EvalReport> {
     o.log(`  VAE PSNR: held-out ${report.vae.heldOut.psnr.toFixed(2)} dB (n=${report.vae.heldOut.n}), training ${report.vae.train.psnr.toFixed(2)} dB (n=${report.vae.train.n})`);
     if (o.sheet) {
       const pick = evalIndices(idx.length, 24);
-      const cells: SheetCell[] = pick.map((j) => ({ label: train[idx[j]].name, images: [trainImages[idx[j]], ...(sheetImages.get(j) ?? [])] }));
-      const header = `training image | ${o.cfgs.map((c) => `cfg ${c}`).join(" | ")}   (ddim ${o.steps} steps, seed ${o.seed}+i)`;
+      // labelled with the emoji's name, or with the prompt when it is not the main caption
+      const label = (e: Entry) => (o.prompts === "{caption}" ? e.name : promptFor(o.prompts, e));
+      const cells: SheetCell[] = pick.map((j) => ({ label: label(train[idx[j]]), images: [trainImages[idx[j]], ...(sheetImages.get(j) ?? [])] }));
+      const header = `training image | ${o.cfgs.map((c) => `cfg ${c}`).join(" | ")}   (ddim ${o.steps} steps, seed ${o.seed}+i${o.prompts === "{caption}" ? "" : ", the prompt under each"})`;
       const sheet = contactSheet(cells, { columns: 4, tile: 64, header, scale: 1 });
       fs.mkdirSync(path.dirname(o.sheet), { recursive: true });
       fs.writeFileSync(o.sheet, encodePNG(sheet));

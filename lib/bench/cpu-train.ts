@@ -33,7 +33,9 @@ async function stepTime(mixedPrecision: MixedPrecision, steps: number, warmup: n
       mixedPrecision, seed: 0, handleSigint: false, onWarn: () => undefined,
       onLog: (i) => {
         marks.push({ step: i.step, t: performance.now(), cpu: cpuSec() });
-        // the ops dispatched between these two callbacks: as many whole steps as they are apart
+        // step k is reported while step k + 1 runs, after its forward and backward were
+        // dispatched: the GEMM-class ops between these two callbacks are those of steps
+        // warmup + 2 .. steps, one fewer than the steps the wall time covers
         if (i.step === warmup) {
           count = startFlopCount();
           if (profile) native().opProfile(true);
@@ -51,7 +53,7 @@ async function stepTime(mixedPrecision: MixedPrecision, steps: number, warmup: n
   }
   const a = marks.find((m) => m.step === warmup)!, b = marks[marks.length - 1];
   const n = b.step - a.step, wall = (b.t - a.t) / 1000;
-  return { ms: (1000 * wall) / n, cpuShare: (b.cpu - a.cpu) / (wall * threads), runs: n, flop: flop / n, profile: prof };
+  return { ms: (1000 * wall) / n, cpuShare: (b.cpu - a.cpu) / (wall * threads), runs: n, flop: flop / (n - 1), profile: prof };
 }
 
 /** One row per precision; the bf16 row's note gives its speed-up over float32. */

@@ -5,7 +5,8 @@
  */
 import * as fs from "fs";
 import * as path from "path";
-import { getPipeline } from "../generate";
+import { builtinModelPath, getPipeline } from "../generate";
+import { builtinPromptHint } from "./builtin-hint";
 import type { GenerateResult } from "../pipelines/text-to-image";
 import type { PipelineDType } from "../pipelines/stable-diffusion";
 import { ProgressBar, formatSeconds } from "./progress";
@@ -50,6 +51,10 @@ export async function runImageCommand(kind: "generate" | "img2img", promptWords:
   outputPaths(opts.output, count);
   if (extra && !fs.existsSync(extra.input)) throw new UsageError(`${extra.input}: no such image file`);
 
+  if (modelPath === builtinModelPath()) {
+    const note = builtinPromptHint(prompt, modelPath);
+    if (note) status(note);
+  }
   status(`loading ${modelPath}`);
   const pipe = await getPipeline({ model: modelPath, device: opts.device, dtype: opts.dtype as PipelineDType | undefined, tokenizer: opts.tokenizer }, kind);
   const loaded = performance.now();

@@ -110,6 +110,21 @@ describe("diffusekit CLI", () => {
   });
 });
 
+(hasBuiltin ? test : test.skip)("the built-in model: a prompt with words it never saw gets a one-line note naming them", () => {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "dk-cli-hint-"));
+  try {
+    const base = ["--steps", "2", "--seed", "1", "--device", "cpu"];
+    const odd = runCli(["generate", "a photo of a red apple", ...base, "-o", path.join(tmp, "a.png")]);
+    expect(odd.code).toBe(0);
+    expect(odd.stderr).toMatch(/^note: the built-in model knows emoji names .*never saw "photo"/m);
+    const plain = runCli(["generate", "a red apple", ...base, "-o", path.join(tmp, "b.png")]);
+    expect(plain.code).toBe(0);
+    expect(plain.stderr).not.toMatch(/note:/);
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
 describeIfReference("diffusekit generate / img2img on tiny-sd", () => {
   let tmp: string;
   let model: string;

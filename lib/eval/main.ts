@@ -7,17 +7,18 @@
 //   steps, seed 1000 + caption number, at each CFG scale), find its nearest training images by
 //   features.ts's feature (32x32 pixels on white, squared Euclidean), and count how often the
 //   prompted emoji is the nearest (top-1) or among the 5 nearest (top-5). Chance is k / (training
-//   emoji). --ddpm adds DDPM with 1000 steps (slow: 40x the U-Net calls). --prompts TEMPLATE asks
-//   in other words: {caption} is the main training caption (the default), {name} the emoji's name,
-//   {a name} the name with "a"/"an" ("a red apple"), so "{a name}" measures the short prompts a
-//   person types and "a picture of {a name}" a phrasing the model never saw.
+//   emoji). --ddpm adds DDPM with 1000 steps (slow: 40x the U-Net calls). Each run is done for
+//   each prompt template: {caption} is the main training caption, {name} the emoji's name,
+//   {a name} the name with "a"/"an" ("a red apple"). The default is both "{caption}" and
+//   "{a name}" (the short prompt a person types); --prompts T (repeatable) replaces them, e.g.
+//   "a picture of {a name}" for a phrasing the model never saw. The sheet uses the first.
 //   VAE: PSNR of encode (posterior mean) -> decode on the held-out emoji (never trained on), and on
 //   as many training emoji for comparison.
 //   Contact sheet: 24 of the captions, each as [training image | cfg 1 | cfg 5] -> --sheet.
 //
 // Usage: node dist/eval/main.js [--quick] [--model DIR] [--data .cache/emoji] [--n 256] [--cfgs 1,5]
 //          [--ddpm] [--sheet docs/builtin-contact-sheet.png] [--json .cache/eval/builtin-eval.json]
-//          [--histogram W] [--batch 16] [--prompts "{caption}"]
+//          [--histogram W] [--batch 16] [--prompts "{caption}" --prompts "{a name}"]
 import * as fs from "fs";
 import * as path from "path";
 import { packageRoot } from "../native";
@@ -43,20 +44,19 @@ export interface EvalOptions {
   sheet: string | null;
   json: string | null;
   histogramWeight: number;
-  /** The prompt per emoji, with {caption}, {name} and {a name} filled in. */
-  prompts: string;
+  /** Prompt templates, each with {caption}, {name} and/or {a name} filled in per emoji. */
+  prompts: string[];
   log: (s: string) => void;
 }
 
 interface Entry { file: string; caption: string; split: "train" | "holdout"; name: string }
 
-export interface RetrievalResult { sampler: string; steps: number; cfg: number; n: number; top1: number; top5: number; secondsPerImage: number }
+export interface RetrievalResult { prompts: string; sampler: string; steps: number; cfg: number; n: number; top1: number; top5: number; secondsPerImage: number }
 
 export interface EvalReport {
   model: string;
   gallery: number;
   captions: number;
-  prompts: string;
   retrieval: RetrievalResult[];
   vae: { heldOut: { n: number; psnr: number; psnrOfMeanMse: number }; train: { n: number; psnr: number; psnrOfMeanMse: number } };
   feature: string;
@@ -66,9 +66,9 @@ function parseArgs(argv: readonly string[]): EvalOptions {
   const o: EvalOptions = {
     model: BUILTIN_MODEL_DIR, data: path.join(packageRoot, ".cache", "emoji"), n: 256, cfgs: [1, 5], ddpm: false, steps: 25, seed: 1000, batch: 16,
     sheet: path.join(packageRoot, "docs", "builtin-contact-sheet.png"), json: path.join(packageRoot, ".cache", "eval", "builtin-eval.json"),
-    histogramWeight: 0, prompts: "{caption}", log: (s) => process.stderr.write(s + "\n"),
+    histogramWeight: 0, prompts: ["{caption}", "{a name}"], log: (s) => process.stderr.write(s + "\n"),
   };
-  let quick = false, nGiven = false;
+  let quick = false, nGiven = false, promptsGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i], v = () => {
       const x = argv[++i];
@@ -92,14 +92,18 @@ function parseArgs(argv: readonly string[]): EvalOptions {
     else if (a === "--sheet") { const s = v(); o.sheet = s === "none" ? null : path.resolve(s); }
     else if (a === "--json") { const s = v(); o.json = s === "none" ? null : path.resolve(s); }
     else if (a === "--histogram") o.histogramWeight = Number(v());
-    else if (a === "--prompts") o.prompts = v();
+    else if (a === "--prompts") {
+      if (!promptsGiven) o.prompts = [];
+      promptsGiven = true;
+      o.prompts.push(v());
+    }
     else if (a === "--help" || a === "-h") {
       process.stdout.write(fs.readFileSync(__filename.replace(/\.js$/, ".js"), "utf8").split("\n").filter((l) => l.startsWith("//")).map((l) => l.slice(3)).join("\n") + "\n");
       process.exit(0);
     } else throw new RangeError(`eval: unknown option ${a}`);
   }
   if (o.cfgs.some((c) => !Number.isFinite(c))) throw new RangeError("eval: --cfgs needs comma-separated numbers");
-  if (!/\{(caption|name|a name)\}/.test(o.prompts)) throw new RangeError("eval: --prompts needs {caption}, {name} or {a name}");
+  for (const t of o.prompts) if (!/\{(caption|name|a name)\}/.test(t)) throw new RangeError(`eval: --prompts "${t}" needs {caption}, {name} or {a name}`);
   if (quick && !nGiven) o.n = 32;
   if (quick && o.sheet && o.sheet === path.join(packageRoot, "docs", "builtin-contact-sheet.png")) o.sheet = path.join(packageRoot, ".cache", "eval", "contact-sheet-quick.png");
   return o;
@@ -164,13 +168,16 @@ export async function runEval(o: EvalOptions): Promise<EvalReport> {
   const idx = evalIndices(train.length, o.n);
   const pipe = await loadPipeline(o.model, { device: "cpu" });
   const report: EvalReport = {
-    model: o.model, gallery: train.length, captions: idx.length, prompts: o.prompts, retrieval: [],
+    model: o.model, gallery: train.length, captions: idx.length, retrieval: [],
     vae: { heldOut: { n: 0, psnr: NaN, psnrOfMeanMse: NaN }, train: { n: 0, psnr: NaN, psnrOfMeanMse: NaN } },
     feature: `32x32 pixels on white${o.histogramWeight > 0 ? ` + 4x4x4 colour histogram x${o.histogramWeight}` : ""}, squared Euclidean`,
   };
   try {
-    const runs: { sampler: string; steps: number; cfg: number }[] = o.cfgs.map((cfg) => ({ sampler: "ddim", steps: o.steps, cfg }));
-    if (o.ddpm) for (const cfg of o.cfgs) runs.push({ sampler: "ddpm", steps: 1000, cfg });
+    const runs: { prompts: string; sampler: string; steps: number; cfg: number }[] = [];
+    for (const prompts of o.prompts) {
+      for (const cfg of o.cfgs) runs.push({ prompts, sampler: "ddim", steps: o.steps, cfg });
+      if (o.ddpm) for (const cfg of o.cfgs) runs.push({ prompts, sampler: "ddpm", steps: 1000, cfg });
+    }
     const sheetImages = new Map<number, RGBImage[]>();
     for (const run of runs) {
       let top1 = 0, top5 = 0;
@@ -178,7 +185,7 @@ export async function runEval(o: EvalOptions): Promise<EvalReport> {
       for (let i0 = 0; i0 < idx.length; i0 += o.batch) {
         const part = idx.slice(i0, i0 + o.batch);
         const r = await pipe.generate({
-          prompt: part.map((i) => promptFor(o.prompts, train[i])), steps: run.steps, cfg: run.cfg, sampler: run.sampler, seed: o.seed + i0, width: 64, height: 64,
+          prompt: part.map((i) => promptFor(run.prompts, train[i])), steps: run.steps, cfg: run.cfg, sampler: run.sampler, seed: o.seed + i0, width: 64, height: 64,
           // SD's "leading" spacing with steps_offset 1 asks for t = 1000 at 1000 steps (diffusers'
           // DDPMScheduler fails there too); "trailing" gives the full 999..0 ancestral chain
           schedulerConfig: run.sampler === "ddpm" ? { timestep_spacing: "trailing" } : undefined,
@@ -188,7 +195,7 @@ export async function runEval(o: EvalOptions): Promise<EvalReport> {
           const nn = nearest(imageFeature(img, fo), gallery, 5);
           if (nn[0] === want) top1++;
           if (nn.includes(want)) top5++;
-          if (run.sampler === "ddim") {
+          if (run.sampler === "ddim" && run.prompts === o.prompts[0]) {
             const list = sheetImages.get(i0 + k) ?? [];
             list.push(img);
             sheetImages.set(i0 + k, list);
@@ -197,7 +204,7 @@ export async function runEval(o: EvalOptions): Promise<EvalReport> {
       }
       const res: RetrievalResult = { ...run, n: idx.length, top1: top1 / idx.length, top5: top5 / idx.length, secondsPerImage: (Date.now() - t0) / 1000 / idx.length };
       report.retrieval.push(res);
-      o.log(`  ${run.sampler} ${run.steps} steps cfg ${run.cfg}: top-1 ${(100 * res.top1).toFixed(1)}%  top-5 ${(100 * res.top5).toFixed(1)}%  (${res.secondsPerImage.toFixed(2)} s/image)`);
+      o.log(`  "${run.prompts}" ${run.sampler} ${run.steps} steps cfg ${run.cfg}: top-1 ${(100 * res.top1).toFixed(1)}%  top-5 ${(100 * res.top5).toFixed(1)}%  (${res.secondsPerImage.toFixed(2)} s/image)`);
     }
     report.vae.heldOut = await vaePsnr(pipe, held.map((e) => loadImage(o.data, e)), o.batch);
     report.vae.train = await vaePsnr(pipe, evalIndices(train.length, held.length).map((i) => trainImages[i]), o.batch);
@@ -205,9 +212,9 @@ export async function runEval(o: EvalOptions): Promise<EvalReport> {
     if (o.sheet) {
       const pick = evalIndices(idx.length, 24);
       // labelled with the emoji's name, or with the prompt when it is not the main caption
-      const label = (e: Entry) => (o.prompts === "{caption}" ? e.name : promptFor(o.prompts, e));
+      const label = (e: Entry) => (o.prompts[0] === "{caption}" ? e.name : promptFor(o.prompts[0], e));
       const cells: SheetCell[] = pick.map((j) => ({ label: label(train[idx[j]]), images: [trainImages[idx[j]], ...(sheetImages.get(j) ?? [])] }));
-      const header = `training image | ${o.cfgs.map((c) => `cfg ${c}`).join(" | ")}   (ddim ${o.steps} steps, seed ${o.seed}+i${o.prompts === "{caption}" ? "" : ", the prompt under each"})`;
+      const header = `training image | ${o.cfgs.map((c) => `cfg ${c}`).join(" | ")}   (ddim ${o.steps} steps, seed ${o.seed}+i${o.prompts[0] === "{caption}" ? "" : ", the prompt under each"})`;
       const sheet = contactSheet(cells, { columns: 4, tile: 64, header, scale: 1 });
       fs.mkdirSync(path.dirname(o.sheet), { recursive: true });
       fs.writeFileSync(o.sheet, encodePNG(sheet));
@@ -224,11 +231,12 @@ export async function runEval(o: EvalOptions): Promise<EvalReport> {
 }
 
 export function formatReport(r: EvalReport): string {
+  const w = Math.max(7, ...r.retrieval.map((x) => x.prompts.length));
   const lines = [
     `model ${r.model}`,
-    `retrieval among ${r.gallery} training emoji, ${r.captions} prompts "${r.prompts}"; feature: ${r.feature}; chance top-1 ${(100 / r.gallery).toFixed(2)}%, top-5 ${(500 / r.gallery).toFixed(2)}%`,
-    "sampler  steps  cfg   top-1    top-5   s/image",
-    ...r.retrieval.map((x) => `${x.sampler.padEnd(8)} ${String(x.steps).padStart(5)}  ${String(x.cfg).padStart(3)}  ${(100 * x.top1).toFixed(1).padStart(5)}%  ${(100 * x.top5).toFixed(1).padStart(5)}%  ${x.secondsPerImage.toFixed(2).padStart(7)}`),
+    `retrieval among ${r.gallery} training emoji, ${r.captions} emoji; feature: ${r.feature}; chance top-1 ${(100 / r.gallery).toFixed(2)}%, top-5 ${(500 / r.gallery).toFixed(2)}%`,
+    `${"prompts".padEnd(w)}  sampler  steps  cfg   top-1    top-5   s/image`,
+    ...r.retrieval.map((x) => `${x.prompts.padEnd(w)}  ${x.sampler.padEnd(8)} ${String(x.steps).padStart(5)}  ${String(x.cfg).padStart(3)}  ${(100 * x.top1).toFixed(1).padStart(5)}%  ${(100 * x.top5).toFixed(1).padStart(5)}%  ${x.secondsPerImage.toFixed(2).padStart(7)}`),
     `VAE reconstruction PSNR: held-out ${r.vae.heldOut.psnr.toFixed(2)} dB (n=${r.vae.heldOut.n}; ${r.vae.heldOut.psnrOfMeanMse.toFixed(2)} dB of the mean MSE), training ${r.vae.train.psnr.toFixed(2)} dB (n=${r.vae.train.n})`,
   ];
   return lines.join("\n");

@@ -7,7 +7,7 @@ import { BUILTIN_MODEL_DIR, builtinModelPath } from "../../lib/generate";
 import { loadPipeline } from "../../lib/pipelines/load";
 import type { StableDiffusionPipeline } from "../../lib/pipelines/stable-diffusion";
 import { FEATURE_SIDE, featureDistance, imageFeature, nearest, psnr } from "../../lib/eval/features";
-import { evalIndices, promptFor } from "../../lib/eval/main";
+import { evalIndices, formatReport, promptFor, type EvalReport } from "../../lib/eval/main";
 import { contactSheet } from "../../lib/eval/sheet";
 
 function folderBytes(dir: string): number {
@@ -101,6 +101,15 @@ describe("eval features", () => {
     expect(["{caption}", "{a name}", "a picture of {a name}", "{name} emoji"].map((t) => promptFor(t, apple)))
       .toEqual(["red apple, apple, food & drink", "a red apple", "a picture of a red apple", "red apple emoji"]);
     expect(promptFor("{a name}", { caption: "", name: "octopus" })).toBe("an octopus");
+    const row = { sampler: "ddim", steps: 25, cfg: 5, n: 256, top1: 0.82, top5: 0.898, secondsPerImage: 0.16 };
+    const report: EvalReport = {
+      model: "m", gallery: 1816, captions: 256, feature: "f", retrieval: [{ prompts: "{caption}", ...row }, { prompts: "{a name}", ...row, top5: 0.902 }],
+      vae: { heldOut: { n: 95, psnr: 29.06, psnrOfMeanMse: 26.6 }, train: { n: 95, psnr: 29.7, psnrOfMeanMse: 27 } },
+    };
+    const text = formatReport(report).split("\n");
+    expect(text[2]).toMatch(/^prompts\s+sampler\s+steps\s+cfg\s+top-1\s+top-5/);
+    expect(text[3]).toMatch(/^\{caption\}\s+ddim\s+25\s+5\s+82\.0%\s+89\.8%/);
+    expect(text[4]).toMatch(/^\{a name\}\s+ddim\s+25\s+5\s+82\.0%\s+90\.2%/);
     expect(evalIndices(3, 5)).toEqual([0, 1, 2]);
     const sheet = contactSheet([{ label: "red apple", images: [rgb, rgb] }], { columns: 1, tile: 64 });
     expect(sheet.data.length).toBe(sheet.width * sheet.height * 3);

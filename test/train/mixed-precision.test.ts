@@ -1,7 +1,8 @@
 // Mixed precision (mixedPrecision: "bf16"): the network runs on bfloat16 copies of its float32
 // master weights (Module.withParametersAs), the float32-only backward kernels take upcast
 // bfloat16 tensors (autograd's float32Call), and the gradients reach the float32 weights close to
-// the float32 ones; train() and trainVae() with it lower the loss like float32 training.
+// the float32 ones; train() and trainVae() with it lower the loss like float32 training, and a
+// stopped run resumes bit for bit.
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
@@ -71,7 +72,7 @@ describe("bf16 compute, float32 master weights", () => {
     unet.dispose();
   });
 
-  test("train() and trainVae() with mixedPrecision 'bf16' lower the loss and start where float32 does", async () => {
+  test("train() and trainVae() with mixedPrecision 'bf16' lower the loss and start where float32 does; resume is exact", async () => {
     const ds = createShapesDataset({ count: 16, resolution: 32, seed: 0 });
     const vaeOpts = { ...quiet, data: ds, resolution: 32, blockOutChannels: [16, 32, 32], steps: 20, batchSize: 8, lr: 2e-3, seed: 1 };
     const v32 = await trainVae({ ...vaeOpts, out: path.join(tmp, "vae32") });
@@ -92,5 +93,16 @@ describe("bf16 compute, float32 master weights", () => {
     expect(new Set(Object.entries(header).filter(([k]) => k !== "__metadata__").map(([, v]) => v.dtype))).toEqual(new Set(["F32"]));
 
     await expect(train({ ...opts, out: path.join(tmp, "bad"), mixedPrecision: "fp8" as never })).rejects.toThrow(/mixedPrecision must be "no" or "bf16"/);
+
+    // resume stays exact under mixed precision: 6 steps straight == 3, stop, resume 3 (with gradient accumulation)
+    const rs = { ...opts, steps: 6, gradAccum: 2, mixedPrecision: "bf16" as const };
+    const straight = await train({ ...rs, out: path.join(tmp, "straight") });
+    const ac = new AbortController();
+    await train({ ...rs, out: path.join(tmp, "resumed"), signal: ac.signal, onLog: (i) => { if (i.step === 3) ac.abort(); } });
+    const resumed = await train({ ...rs, out: path.join(tmp, "resumed"), resume: true });
+    expect(resumed.step).toBe(6);
+    expect(resumed.losses).toEqual(straight.losses.slice(3));
+    const weights = (d: string) => fs.readFileSync(path.join(tmp, d, "unet", "diffusion_pytorch_model.safetensors"));
+    expect(weights("resumed").equals(weights("straight"))).toBe(true);
   });
 });

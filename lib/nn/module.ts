@@ -152,6 +152,9 @@ export abstract class Module {
    * training with float32 master weights. The casts are freed when fn returns; fn must not keep them.
    */
   withParametersAs<R>(dtype: DType, fn: () => R): R {
+    if (dtype !== "float32" && dtype !== "float16" && dtype !== "bfloat16")
+      throw new TypeError(`withParametersAs: dtype must be "float32", "float16" or "bfloat16", got ${JSON.stringify(dtype)}`);
+    if (typeof fn !== "function") throw new TypeError("withParametersAs: fn must be a function");
     const swapped: [Module, string, Tensor][] = [];
     try {
       for (const [, , owner, local] of this.namedParameterSpecs()) {

@@ -68,6 +68,11 @@ describe("bf16 compute, float32 master weights", () => {
     expect(differ).toBeGreaterThan(0);  // bf16 really ran
     expect(cos).toBeGreaterThan(0.999);
     expect(worst).toBeLessThan(0.1);
+    expect(() => unet.withParametersAs("int32", () => 0)).toThrow(/dtype must be "float32", "float16" or "bfloat16"/);
+    expect(() => unet.withParametersAs("bfloat16", () => { throw new Error("inside"); })).toThrow("inside");
+    const after = unet.namedParameters();  // the very same float32 tensors are back, after a throw too
+    expect(after.length).toBe(params.length);
+    expect(after.every(([, p], i) => p === params[i][1] && p.dtype === "float32")).toBe(true);
     for (const h of [x, ctx, target, t]) h.dispose();
     unet.dispose();
   });

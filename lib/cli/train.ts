@@ -9,7 +9,7 @@
 // `--data shapes` (or shapes:N) trains on the built-in synthetic shapes set.
 import { train, type TrainOptions } from "../train/trainer";
 import { trainVae, type TrainVaeOptions } from "../train/vae-trainer";
-import type { TrainLogInfo } from "../train/loop";
+import { MIXED_PRECISIONS, type TrainLogInfo } from "../train/loop";
 
 export type FlagType = "int" | "number" | "string" | "boolean" | "ints";
 
@@ -45,7 +45,7 @@ const COMMON: FlagSpec[] = [
   { flag: "--background", key: "background", type: "string", help: "colour behind transparent pixels, #rrggbb (default #ffffff)" },
   { flag: "--resample", key: "resample", type: "string", choices: ["area", "bilinear"], help: "resize filter (default area)" },
   { flag: "--device", key: "device", type: "string", help: "cpu (default), cuda, cuda:N or auto (a GPU when one answers)" },
-  { flag: "--mixed-precision", key: "mixedPrecision", type: "string", choices: ["no", "bf16"], help: "bf16: the network computes on bfloat16 copies of float32 master weights (default no: float32)" },
+  { flag: "--mixed-precision", key: "mixedPrecision", type: "string", choices: MIXED_PRECISIONS, help: "bf16: the network computes on bfloat16 copies of float32 master weights (default no: float32)" },
 ];
 
 export const TRAIN_FLAGS: readonly FlagSpec[] = [

@@ -4,7 +4,7 @@ import * as fs from "fs";
 import { devices, resolveDevice } from "../devices";
 import { openImageFolder, checkResolution, type Colour, type ResampleMethod, type TrainingDataset } from "./data";
 import { createShapesDataset } from "./shapes";
-import type { LrScheduleName } from "./optim";
+import { clipGradNorm, type LrScheduleName } from "./optim";
 import type { Tensor } from "../tensor";
 
 /** One progress record (after every `logEvery`-th optimiser step, and the last). */
@@ -258,4 +258,25 @@ export class ReadBehind<Info> {
     if (this.held) for (const t of this.held.owned) t.dispose();
     this.held = null;
   }
+}
+
+/**
+ * The end of an optimiser step, as both trainers run it: the clipped global gradient norm joins
+ * the step's held scalars (read one step late), the update (and the EMA) is queued, and every
+ * `saveEvery` steps a checkpoint is written once the step's numbers are in.
+ */
+export async function finishStep<Info>(s: {
+  step: number; steps: number; params: Tensor[]; maxGradNorm: number; held: Tensor[]; info: Info; behind: ReadBehind<Info>;
+  opt: { step(): void; zeroGrad(): void }; ema?: { step(params: Tensor[]): void } | null; saveEvery: number; save: (done: boolean) => Promise<unknown>;
+}): Promise<void> {
+  s.held.push(clipGradNorm(s.params, s.maxGradNorm > 0 ? s.maxGradNorm : Number.MAX_VALUE));
+  s.behind.hold(s.held, s.info);
+  s.opt.step();
+  s.opt.zeroGrad();
+  s.ema?.step(s.params);
+  if (s.saveEvery > 0 && s.step % s.saveEvery === 0 && s.step < s.steps) {
+    await s.behind.flush();
+    await s.save(false);
+  }
+  await yieldToLoop();
 }

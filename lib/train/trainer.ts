@@ -29,7 +29,7 @@ import { CLIPTokenizer } from "../tokenizers/clip";
 import { ModelFolder, findWeights, openWeightsFile, readJsonObject } from "../io/model-folder";
 import type { StateDictSource } from "../nn/module";
 import { noiseSchedule, parseSchedulerConfig } from "../schedulers/schedule";
-import { AdamW, EMA, clipGradNorm, learningRateAt, LR_SCHEDULES, type LrScheduleName } from "./optim";
+import { AdamW, EMA, learningRateAt, LR_SCHEDULES, type LrScheduleName } from "./optim";
 import { EpochSampler, imagesToNchw, sampleCaption, type TrainingDataset } from "./data";
 import { addNoise, diffusionLoss, dropConditions, samplePosterior, TRAIN_PREDICTION_TYPES, type TrainPredictionType } from "./objectives";
 import { Rng, mixSeed } from "./rng";
@@ -42,7 +42,7 @@ import {
 import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
 import { isFinishedVae, loadVaeWeights, readVaeFolder, trainVae, type TrainVaeOptions, type TrainVaeResult } from "./vae-trainer";
 import {
-  ReadBehind, StopControl, Throughput, checkKeys, intOpt, mixedPrecisionDtype, numOpt, resolveData, trainingDevice, yieldToLoop,
+  ReadBehind, StopControl, Throughput, checkKeys, finishStep, intOpt, mixedPrecisionDtype, numOpt, resolveData, trainingDevice, yieldToLoop,
   LOOP_KEYS, type DataOption, type LoopOptions, type TrainLogInfo,
 } from "./loop";
 
@@ -541,16 +541,8 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           break;
         }
         for (const b of batches) opts.onBatch?.(b);
-        held.push(clipGradNorm(params, maxGradNorm > 0 ? maxGradNorm : Number.MAX_VALUE));
-        behind.hold(held, { step, lr: opt.lr, epoch: sampler.epoch, terms: { emptyPrompts, prompts } });
-        opt.step();
-        opt.zeroGrad();
-        ema?.step(params);
-        if (saveEvery > 0 && step % saveEvery === 0 && step < steps) {
-          await behind.flush();
-          await save(false);
-        }
-        await yieldToLoop();
+        await finishStep({ step, steps, params, maxGradNorm, held, info: { step, lr: opt.lr, epoch: sampler.epoch, terms: { emptyPrompts, prompts } },
+          behind, opt, ema, saveEvery, save });
       }
       await behind.flush();
     } finally {

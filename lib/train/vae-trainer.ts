@@ -12,7 +12,7 @@ import {
   AutoencoderKL, renameLegacyVaeKey, resolveAutoencoderKLConfig, type AutoencoderKLConfig, type AutoencoderKLConfigJson,
 } from "../models/autoencoder-kl";
 import { findWeights, openWeightsFile, readJsonObject } from "../io/model-folder";
-import { AdamW, clipGradNorm, learningRateAt, LR_SCHEDULES, type LrScheduleName } from "./optim";
+import { AdamW, learningRateAt, LR_SCHEDULES, type LrScheduleName } from "./optim";
 import { EpochSampler, imagesToNchw, type TrainingDataset } from "./data";
 import { RECONSTRUCTION_LOSSES, samplePosterior, vaeLoss, type ReconstructionLoss } from "./objectives";
 import { Rng, mixSeed } from "./rng";
@@ -20,7 +20,7 @@ import { initParameters } from "./init";
 import { vaeConfig } from "./presets";
 import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
 import {
-  ReadBehind, StopControl, Throughput, checkKeys, intOpt, mixedPrecisionDtype, numOpt, resolveData, trainingDevice, yieldToLoop,
+  ReadBehind, StopControl, Throughput, checkKeys, finishStep, intOpt, mixedPrecisionDtype, numOpt, resolveData, trainingDevice,
   LOOP_KEYS, type DataOption, type LoopOptions, type TrainLogInfo,
 } from "./loop";
 
@@ -184,6 +184,9 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
         opts.onLog({ phase: "vae", step: p.step, steps, loss, lr: p.lr, gradNorm: v[3 * gradAccum], epoch: p.epoch, imagesPerSec: meter.imagesPerSec,
           elapsedSec: meter.elapsedSec, etaSec: meter.etaSec, terms: { reconstruction: recSum / gradAccum, kl: klSum / gradAccum } });
     });
+    // mixed precision: the VAE on bf16 copies of its weights and inputs; the posterior and the loss in float32
+    const net = <R>(fn: () => R): R => (mp ? vae.withParametersAs(mp, fn) : fn());
+    const low = (t: Tensor) => (mp ? t.to(device, mp) : t), f32 = (t: Tensor) => (mp ? t.to(device, "float32") : t);
     try {
       while (step < steps && !stop.stopped) {
         const undo = { rng: rng.state(), sampler: sampler.state() };
@@ -195,9 +198,6 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
           const x = Tensor.fromArray(imagesToNchw(refs.map((r) => ds.image(r.index)), refs.map((r) => r.flip)), [batchSize, 3, resolution, resolution], { device });
           const eps = Tensor.randn([batchSize, latentChannels, latentSide, latentSide], { seed: rng.seed31(), device });
           const terms = tidy(() => {
-            // mixed precision: the VAE on bf16 copies of its weights and inputs; the posterior and the loss in float32
-            const net = <R>(fn: () => R): R => (mp ? vae.withParametersAs(mp, fn) : fn());
-            const low = (t: Tensor) => (mp ? t.to(device, mp) : t), f32 = (t: Tensor) => (mp ? t.to(device, "float32") : t);
             const enc = () => net(() => { const p = vae.encode(low(x)); return { mean: f32(p.mean), logvar: f32(p.logvar) }; });
             const { mean, logvar } = trainEncoder ? enc() : noGrad(enc);
             const recon = f32(net(() => vae.decode(low(samplePosterior(mean, logvar, eps)))));
@@ -217,15 +217,7 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
           step--;
           break;
         }
-        held.push(clipGradNorm(params, maxGradNorm > 0 ? maxGradNorm : Number.MAX_VALUE));
-        behind.hold(held, { step, lr: opt.lr, epoch: sampler.epoch });
-        opt.step();
-        opt.zeroGrad();
-        if (saveEvery > 0 && step % saveEvery === 0 && step < steps) {
-          await behind.flush();
-          await save(false);
-        }
-        await yieldToLoop();
+        await finishStep({ step, steps, params, maxGradNorm, held, info: { step, lr: opt.lr, epoch: sampler.epoch }, behind, opt, saveEvery, save });
       }
       await behind.flush();
     } finally {

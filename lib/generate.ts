@@ -28,12 +28,14 @@ export interface ModelOptions {
   variant?: string;
   configs?: LoadPipelineOptions["configs"];
   tokenizer?: string;
+  /** The VAE's precision (loadPipeline's vaeDtype). Default "auto". */
+  vaeDtype?: LoadPipelineOptions["vaeDtype"];
 }
 
 export type TopLevelGenerateOptions = GenerateOptions & ModelOptions;
 export type TopLevelImg2ImgOptions = Img2ImgOptions & ModelOptions;
 
-const MODEL_KEYS: readonly (keyof ModelOptions)[] = ["model", "device", "dtype", "variant", "configs", "tokenizer"];
+const MODEL_KEYS: readonly (keyof ModelOptions)[] = ["model", "device", "dtype", "variant", "configs", "tokenizer", "vaeDtype"];
 
 /** Where the built-in model lives: `models/builtin` (a diffusers folder) under the package root. */
 export const BUILTIN_MODEL_DIR = path.join(packageRoot, "models", "builtin");
@@ -64,7 +66,7 @@ function cacheKey(modelPath: string, device: string, dtype: string, o: ModelOpti
   } catch {
     // a missing path is reported by loadPipeline
   }
-  return JSON.stringify([real, device, dtype, o.variant ?? null, o.configs ?? null, o.tokenizer ?? null]);
+  return JSON.stringify([real, device, dtype, o.vaeDtype ?? "auto", o.variant ?? null, o.configs ?? null, o.tokenizer ?? null]);
 }
 
 /**
@@ -89,6 +91,7 @@ export async function getPipeline(opts: ModelOptions = {}, op = "getPipeline"): 
   if (opts.variant !== undefined) load.variant = opts.variant;
   if (opts.configs !== undefined) load.configs = opts.configs;
   if (opts.tokenizer !== undefined) load.tokenizer = opts.tokenizer;
+  if (opts.vaeDtype !== undefined) load.vaeDtype = opts.vaeDtype;
   const pending = loadPipeline(modelPath, load);
   cache.set(key, pending);
   pending.catch(() => {

@@ -18,7 +18,7 @@ export { createScheduler, SAMPLER_NAMES } from "./schedulers";
 export type { Scheduler } from "./schedulers/scheduler";
 export { loadPipeline, createRandomPipeline, StableDiffusionPipeline, SAMPLER_CHOICES, GeneratedImage, readPNGText } from "./pipelines";
 export type {
-  LoadPipelineOptions, PipelineConfigs, RandomPipelineOptions, PipelineDType, PipelineDevice, GenerateOptions, CommonGenerateOptions,
+  LoadPipelineOptions, PipelineConfigs, VaeDTypeOption, RandomPipelineOptions, PipelineDType, PipelineDevice, GenerateOptions, CommonGenerateOptions,
   GenerateResult, StepInfo, DecodeResult, Img2ImgOptions, ImageParameters, RGBImage, ImageInput,
 } from "./pipelines";
 export type { SamplerName, NoiseSource } from "./schedulers";

@@ -4,7 +4,7 @@ import * as fs from "fs";
 import * as path from "path";
 import { devices, memoryStats, resetPeakMemory, synchronize, type CudaDeviceInfo } from "../devices";
 import { packageRoot } from "../native";
-import { createRandomPipeline } from "../pipelines";
+import { createRandomPipeline, StableDiffusionPipeline } from "../pipelines";
 import { lastGraphError, unetGraphCount, unetStep } from "../models/unet-graph";
 import * as ops from "../ops";
 import { Tensor, type DType } from "../tensor";
@@ -82,18 +82,69 @@ export async function runCudaBench(device: string, dtype: DType, log = console.l
 
 export interface EndToEndRow { name: string; seconds: number; peakGiB?: number; detail?: string }
 
-/** SD1.5 at 512x512 with random weights from configs/sd15: U-Net step, full 50-step CFG generation, VAE decode. */
-export async function runCudaEndToEnd(device: string, dtype: DType, log = console.log): Promise<EndToEndRow[]> {
+export interface EndToEndOptions {
+  /** A diffusers config folder (unet/, vae/, text_encoder/, scheduler/). Default: the package's configs/sd15. */
+  configDir?: string;
+  /** Image side in pixels. Default 512. */
+  size?: number;
+  /** Denoising steps of the full generation. Default 50. */
+  steps?: number;
+  /** Timed repetitions of the U-Net step / VAE decode rows. Default 10 / 5. */
+  iters?: number;
+}
+
+const GiB = 2 ** 30;
+
+/**
+ * One timed text-to-image run (after a 2-step warm-up) with where the memory went: `inUse` before
+ * it starts (weights plus what the device keeps, e.g. captured graphs), the peak while denoising
+ * and the peak while decoding (the peak is reset after the last step).
+ */
+async function timedGeneration(pipe: StableDiffusionPipeline, device: string, size: number, steps: number): Promise<EndToEndRow & { phases: { inUse: number; denoisePeak: number; decodePeak: number } }> {
+  const opts = { prompt: "a cat wearing a hat", steps, cfg: 7.5, width: size, height: size, seed: 1, sampler: "ddim" };
+  await pipe.generate({ ...opts, steps: 2 });  // warm-up (captures the CUDA graph)
+  await synchronize(device);
+  resetPeakMemory(device);
+  const inUse = memoryStats(device).bytesInUse;
+  let denoisePeak = 0;
+  const onStep = ({ step, total }: { step: number; total: number }) => {
+    if (step !== total) return;
+    denoisePeak = memoryStats(device).peakBytes;
+    resetPeakMemory(device);
+  };
+  const t0 = process.hrtime.bigint();
+  const r = await pipe.generate({ ...opts, onStep });
+  await synchronize(device);
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const decodePeak = memoryStats(device).peakBytes;
+  const t = r.timings;
+  const g = (b: number) => (b / GiB).toFixed(2);
+  return {
+    name: "", seconds, peakGiB: Math.max(denoisePeak, decodePeak) / GiB, phases: { inUse, denoisePeak, decodePeak },
+    detail: `encode ${t.encode.toFixed(3)} s, denoise ${t.denoise.toFixed(3)} s, decode ${t.decode.toFixed(3)} s; ` +
+      `GiB in use before ${g(inUse)}, peak denoising ${g(denoisePeak)}, decoding ${g(decodePeak)}`,
+  };
+}
+
+/**
+ * SD1.5 at 512x512 with random weights from configs/sd15: U-Net step (eager and as a CUDA graph),
+ * VAE decode, full 50-step CFG generation with the VAE as diffusers runs it (float32 for an fp16
+ * pipeline: force_upcast) and again with a bfloat16 VAE (the pipeline's vaeDtype option).
+ * Runs on any device; the test suite runs it on the CPU at a toy size.
+ */
+export async function runCudaEndToEnd(device: string, dtype: DType, log = console.log, o: EndToEndOptions = {}): Promise<EndToEndRow[]> {
+  const size = o.size ?? 512, steps = o.steps ?? 50, iters = o.iters ?? 10;
   const rows: EndToEndRow[] = [];
-  const gib = (b: number) => b / 2 ** 30;
-  const pipe = await createRandomPipeline(path.join(packageRoot, "configs", "sd15"), { device, dtype: dtype as "float16", seed: 0 });
+  const pipe = await createRandomPipeline(o.configDir ?? path.join(packageRoot, "configs", "sd15"), { device, dtype: dtype as "float16", seed: 0 });
+  let bf16Pipe: StableDiffusionPipeline | null = null;
   try {
-    const x = rand([2, 4, 64, 64], device, dtype, 11), ehs = rand([2, 77, 768], device, dtype, 12);
-    const unetMs = await timeIt(device, () => pipe.unet.forward(x, 500, ehs), 10);
-    rows.push({ name: "U-Net step 512x512 batch 2", seconds: unetMs / 1e3 });
+    const f = pipe.vaeScaleFactor, lat = size / f, ctx = pipe.textEncoder.config.hiddenSize;
+    const x = rand([2, pipe.unet.config.inChannels, lat, lat], device, dtype, 11), ehs = rand([2, 77, ctx], device, dtype, 12);
+    const unetMs = await timeIt(device, () => pipe.unet.forward(x, 500, ehs), iters);
+    rows.push({ name: `U-Net step ${size}x${size} batch 2`, seconds: unetMs / 1e3 });
     // the same step replayed as a captured CUDA graph (what the denoising loop runs)
     unetStep(pipe.unet, x, 500, ehs).dispose();  // eager warm-up; the next call captures
-    const graphMs = await timeIt(device, () => unetStep(pipe.unet, x, 500, ehs), 20);
+    const graphMs = await timeIt(device, () => unetStep(pipe.unet, x, 500, ehs), 2 * iters);
     const graphErr = lastGraphError();
     // replay vs eager on the same inputs: same kernels, so the difference should be 0
     const replay = unetStep(pipe.unet, x, 500, ehs), eager = pipe.unet.forward(x, 500, ehs);
@@ -101,35 +152,31 @@ export async function runCudaEndToEnd(device: string, dtype: DType, log = consol
     replay.dispose(); eager.dispose();
     let maxDiff = 0;
     for (let i = 0; i < ea.length; i++) maxDiff = Math.max(maxDiff, Math.abs(ra[i] - ea[i]) || (Number.isNaN(ra[i]) ? Infinity : 0));
-    rows.push({ name: "U-Net step 512x512 batch 2, CUDA graph", seconds: graphMs / 1e3,
-      detail: unetGraphCount(pipe.unet) > 0 ? `replayed; max |replay - eager| = ${maxDiff}` : `capture failed, eager: ${graphErr}` });
+    rows.push({ name: `U-Net step ${size}x${size} batch 2, CUDA graph`, seconds: graphMs / 1e3,
+      detail: unetGraphCount(pipe.unet) > 0 ? `replayed; max |replay - eager| = ${maxDiff}` : `no graph, eager: ${graphErr ?? "not a CUDA device"}` });
     x.dispose(); ehs.dispose();
-    const z = rand([1, 4, 64, 64], device, pipe.vaeDtype, 13);  // an fp16 VAE with force_upcast runs in float32
-    const vaeMs = await timeIt(device, () => pipe.vae.decode(z), 5);
-    rows.push({ name: "VAE decode 64x64 latent -> 512x512", seconds: vaeMs / 1e3 });
+    const z = rand([1, pipe.vae.config.latentChannels, lat, lat], device, pipe.vaeDtype, 13);
+    const vaeMs = await timeIt(device, () => pipe.vae.decode(z), Math.ceil(iters / 2));
+    rows.push({ name: `VAE decode ${lat}x${lat} latent -> ${size}x${size}, ${pipe.vaeDtype}`, seconds: vaeMs / 1e3 });
     z.dispose();
-    const opts = { prompt: "a cat wearing a hat", steps: 50, cfg: 7.5, width: 512, height: 512, seed: 1, sampler: "ddim" };
-    await pipe.generate({ ...opts, steps: 2 });  // warm-up
-    await synchronize(device);
-    resetPeakMemory(device);
-    const t0 = process.hrtime.bigint();
-    const r = await pipe.generate(opts);
-    await synchronize(device);
-    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-    const t = r.timings;
-    rows.push({ name: "SD1.5 512x512, 50 steps, CFG 7.5, end to end", seconds, peakGiB: gib(memoryStats(device).peakBytes),
-      detail: `encode ${t.encode.toFixed(3)} s, denoise ${t.denoise.toFixed(3)} s, decode ${t.decode.toFixed(3)} s` });
-    // What a bfloat16 VAE would cost (diffusers upcasts SD's VAE to float32; bf16 has float32's range).
-    pipe.vae.to(device, "bfloat16");
-    const zb = rand([1, 4, 64, 64], device, "bfloat16", 13);
-    const vaeBf16Ms = await timeIt(device, () => pipe.vae.decode(zb), 5);
-    rows.push({ name: "VAE decode 64x64 latent, bfloat16 (not the default)", seconds: vaeBf16Ms / 1e3 });
-    zb.dispose();
+    const sd = `${pipe.modelName.replace(/^random-/, "")} ${size}x${size}, ${steps} steps, CFG 7.5`;
+    rows.push({ ...await timedGeneration(pipe, device, size, steps), name: `${sd}, end to end (VAE ${pipe.vaeDtype})` });
+    // The same weights with a bfloat16 VAE (float32's range, half the bytes, tensor cores).
+    if (pipe.vaeDtype !== "bfloat16") {
+      pipe.vae.to(device, "bfloat16");
+      const { tokenizer, textEncoder, unet, vae, scheduler, modelName } = pipe;
+      bf16Pipe = new StableDiffusionPipeline({ tokenizer, textEncoder, unet, vae, scheduler, modelName, device, dtype: pipe.dtype, vaeDtype: "bfloat16" });
+      const zb = rand([1, pipe.vae.config.latentChannels, lat, lat], device, "bfloat16", 13);
+      const vaeBf16Ms = await timeIt(device, () => pipe.vae.decode(zb), Math.ceil(iters / 2));
+      rows.push({ name: `VAE decode ${lat}x${lat} latent -> ${size}x${size}, bfloat16`, seconds: vaeBf16Ms / 1e3 });
+      zb.dispose();
+      rows.push({ ...await timedGeneration(bf16Pipe, device, size, steps), name: `${sd}, end to end (VAE bfloat16: vaeDtype option)` });
+    }
   } finally {
-    pipe.dispose();
+    pipe.dispose();  // bf16Pipe shares its modules
   }
   for (const r of rows) log(`e2e        ${r.name.padEnd(48)} ${r.seconds.toFixed(4).padStart(9)} s${r.peakGiB !== undefined ? `  peak ${r.peakGiB.toFixed(2)} GiB` : ""}${r.detail ? "  (" + r.detail + ")" : ""}`);
-  return rows;
+  return rows.map(({ name, seconds, peakGiB, detail }) => ({ name, seconds, peakGiB, detail }));
 }
 
 if (require.main === module) {

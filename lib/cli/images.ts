@@ -9,6 +9,7 @@ import { builtinModelPath, getPipeline } from "../generate";
 import { builtinPromptHint } from "./builtin-hint";
 import type { GenerateResult } from "../pipelines/text-to-image";
 import type { PipelineDType } from "../pipelines/stable-diffusion";
+import type { VaeDTypeOption } from "../pipelines/load";
 import { ProgressBar, formatSeconds } from "./progress";
 import { UsageError, checkSizeMultiple, resolveModel, scaleFactorOf, type ImageCommandOptions } from "./options";
 
@@ -56,7 +57,10 @@ export async function runImageCommand(kind: "generate" | "img2img", promptWords:
     if (note) status(note);
   }
   status(`loading ${modelPath}`);
-  const pipe = await getPipeline({ model: modelPath, device: opts.device, dtype: opts.dtype as PipelineDType | undefined, tokenizer: opts.tokenizer }, kind);
+  const pipe = await getPipeline({
+    model: modelPath, device: opts.device, dtype: opts.dtype as PipelineDType | undefined, tokenizer: opts.tokenizer,
+    vaeDtype: opts.vaeDtype as VaeDTypeOption | undefined,
+  }, kind);
   const loaded = performance.now();
   if (opts.size) checkSizeMultiple(opts.size, pipe.vaeScaleFactor);
 
@@ -102,6 +106,7 @@ export async function runImageCommand(kind: "generate" | "img2img", promptWords:
       model: modelPath,
       device: pipe.device,
       dtype: pipe.dtype,
+      vaeDtype: pipe.vaeDtype,
       images: result.images.map((img, k) => ({ path: paths[k], seed: result.seeds[k], width: img.width, height: img.height, parameters: img.parameters ?? null })),
       seeds: result.seeds,
       timings: { load, ...result.timings, total },

@@ -109,6 +109,7 @@ export interface ImageCommandOptions {
   tokenizer?: string;
   device?: string;
   dtype?: string;
+  vaeDtype?: string;
   output: string;
   json?: boolean;
   quiet?: boolean;
@@ -128,6 +129,7 @@ export function addImageOptions(cmd: Command): Command {
     .option("--tokenizer <dir>", "tokenizer folder, for a single-file checkpoint")
     .option("--device <device>", "cpu, cuda, cuda:N or auto (default: auto)", parseDevice)
     .addOption(new Option("--dtype <type>", "weights and activations precision (default: float16 on CUDA, float32 on CPU)").choices(PIPELINE_DTYPES))
+    .addOption(new Option("--vae-dtype <type>", "VAE precision; auto follows diffusers (float32 for an fp16 VAE marked force_upcast); bfloat16 is the fast choice on a GPU (default: auto)").choices(["auto", ...PIPELINE_DTYPES]))
     .option("-o, --output <file>", "output PNG; several images are numbered (out-1.png, out-2.png, ...)", "out.png")
     .option("--json", "print machine-readable results on stdout")
     .option("-q, --quiet", "no progress or status on stderr")

@@ -2,7 +2,7 @@
 export { StableDiffusionPipeline, PIPELINE_DTYPES } from "./stable-diffusion";
 export type { PipelineComponents, PipelineDevice, PipelineDType } from "./stable-diffusion";
 export { loadPipeline, builtinConfigDir } from "./load";
-export type { LoadPipelineOptions, PipelineConfigs } from "./load";
+export type { LoadPipelineOptions, PipelineConfigs, VaeDTypeOption } from "./load";
 export { createRandomPipeline, byteLevelTokenizer } from "./random-pipeline";
 export type { RandomPipelineOptions } from "./random-pipeline";
 export { SAMPLER_CHOICES } from "./text-to-image";

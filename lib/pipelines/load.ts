@@ -44,9 +44,19 @@ export interface LoadPipelineOptions {
   configs?: string | PipelineConfigs;
   /** Single file: the tokenizer folder (vocab.json, merges.txt, ...). */
   tokenizer?: string;
+  /**
+   * The VAE's precision. "auto" (default) follows diffusers: the pipeline's dtype, except that an
+   * fp16 VAE whose config says force_upcast decodes in float32 (and a CPU bfloat16 pipeline's VAE
+   * runs in float32, faster there). "bfloat16" keeps float32's range at half the memory and, on a
+   * GPU, tensor-core speed: an SD VAE that overflows in float16 decodes fine in it.
+   */
+  vaeDtype?: VaeDTypeOption;
 }
 
-const LOAD_KEYS = ["device", "dtype", "variant", "configs", "tokenizer"];
+export type VaeDTypeOption = "auto" | PipelineDType;
+const VAE_DTYPES: readonly VaeDTypeOption[] = ["auto", ...PIPELINE_DTYPES];
+
+const LOAD_KEYS = ["device", "dtype", "variant", "configs", "tokenizer", "vaeDtype"];
 const SD_PIPELINES = ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionPipelineSafe"];
 
 /** Resolves and checks a device option. */
@@ -74,13 +84,24 @@ export function resolvePipelineDType(op: string, dtype: unknown, device: string)
   return dtype as PipelineDType;
 }
 
+/** Checks a vaeDtype option; float16 is refused on the CPU, whose kernels have no float16. */
+export function resolveVaeDType(op: string, v: unknown, device: string): VaeDTypeOption {
+  if (v === undefined) return "auto";
+  if (typeof v !== "string" || !VAE_DTYPES.includes(v as VaeDTypeOption))
+    throw new RangeError(`${op}: vaeDtype must be one of ${VAE_DTYPES.map((x) => JSON.stringify(x)).join(", ")}, got ${JSON.stringify(v)}`);
+  if (device === "cpu" && v === "float16")
+    throw new RangeError(`${op}: vaeDtype "float16" is not supported on the CPU; use "bfloat16" or "float32"`);
+  return v as VaeDTypeOption;
+}
+
 /**
- * An fp16 VAE with force_upcast runs in float32 (diffusers upcasts it to decode). On the CPU a
- * bfloat16 pipeline's VAE runs in float32 too: its convolutions take the float32 Winograd path,
- * which is both faster there (SD1.5 decode 5.6 s vs 8.2 s) and exact, while bf16 Winograd's
- * rounding would reach the pixels (see Conv2d.winogradBf16).
+ * The VAE's dtype: `requested` unless "auto". Auto: an fp16 VAE with force_upcast runs in float32
+ * (diffusers upcasts it to decode). On the CPU a bfloat16 pipeline's VAE runs in float32 too: its
+ * convolutions take the float32 Winograd path, which is both faster there (SD1.5 decode 5.6 s vs
+ * 8.2 s) and exact, while bf16 Winograd's rounding would reach the pixels (see Conv2d.winogradBf16).
  */
-export function vaeDTypeFor(vae: AutoencoderKL, dtype: PipelineDType, device: string): DType {
+export function vaeDTypeFor(vae: AutoencoderKL, dtype: PipelineDType, device: string, requested: VaeDTypeOption = "auto"): DType {
+  if (requested !== "auto") return requested;
   if (dtype === "bfloat16" && device === "cpu") return "float32";
   return dtype === "float16" && vae.config.forceUpcast ? "float32" : dtype;
 }
@@ -115,19 +136,20 @@ export async function loadPipeline(modelPath: string, opts: LoadPipelineOptions 
   if (typeof modelPath !== "string" || modelPath === "") throw new TypeError(`${op}: path must be a model folder or a .safetensors file`);
   const device = resolvePipelineDevice(op, opts.device);
   const dtype = resolvePipelineDType(op, opts.dtype, device);
+  const vaeRequest = resolveVaeDType(op, opts.vaeDtype, device);
   const full = path.resolve(modelPath);
   if (!fs.existsSync(full)) throw new Error(`${op}: ${full} does not exist`);
   if (fs.statSync(full).isDirectory()) {
     if (opts.configs !== undefined || opts.tokenizer !== undefined)
       throw new RangeError(`${op}: the configs and tokenizer options are for single-file checkpoints; a diffusers folder has its own`);
-    return loadFolder(full, device, dtype, opts.variant);
+    return loadFolder(full, device, dtype, vaeRequest, opts.variant);
   }
   if (opts.variant !== undefined) throw new RangeError(`${op}: variant is for diffusers folders, not single files`);
   if (isPickleFile(full)) throw pickleRefusal(full);
-  return loadSingleFile(full, device, dtype, opts);
+  return loadSingleFile(full, device, dtype, vaeRequest, opts);
 }
 
-async function loadFolder(dir: string, device: string, dtype: PipelineDType, variant?: string): Promise<StableDiffusionPipeline> {
+async function loadFolder(dir: string, device: string, dtype: PipelineDType, vaeRequest: VaeDTypeOption, variant?: string): Promise<StableDiffusionPipeline> {
   const folder = ModelFolder.open(dir);
   const cls = folder.index.className;
   if (!SD_PIPELINES.includes(cls))
@@ -152,7 +174,7 @@ async function loadFolder(dir: string, device: string, dtype: PipelineDType, var
     loadInto(unet, folder.weights("unet", { variant }), dtype, device);
     await yieldToLoop();
     const vae = built.add(new AutoencoderKL(folder.config("vae")));
-    const vaeDtype = vaeDTypeFor(vae, dtype, device);
+    const vaeDtype = vaeDTypeFor(vae, dtype, device, vaeRequest);
     loadInto(vae, folder.weights("vae", { variant, mapKey: renameLegacyVaeKey }), vaeDtype, device);
     return new StableDiffusionPipeline({ tokenizer, textEncoder, unet, vae, scheduler, device, dtype, vaeDtype, modelName: path.basename(dir) });
   } catch (e) {
@@ -176,7 +198,7 @@ export function builtinConfigDir(family: "sd1" | "sd2"): string {
   return path.join(packageRoot, "configs", family === "sd1" ? "sd15" : "sd21");
 }
 
-async function loadSingleFile(file: string, device: string, dtype: PipelineDType, opts: LoadPipelineOptions): Promise<StableDiffusionPipeline> {
+async function loadSingleFile(file: string, device: string, dtype: PipelineDType, vaeRequest: VaeDTypeOption, opts: LoadPipelineOptions): Promise<StableDiffusionPipeline> {
   const op = "loadPipeline";
   if (!file.toLowerCase().endsWith(".safetensors"))
     throw new Error(`${op}: ${file} is neither a folder nor a .safetensors checkpoint`);
@@ -215,7 +237,7 @@ async function loadSingleFile(file: string, device: string, dtype: PipelineDType
     loadInto(unet, conv.unet!, dtype, device);
     await yieldToLoop();
     const vae = built.add(new AutoencoderKL(configs.vae));
-    const vaeDtype = vaeDTypeFor(vae, dtype, device);
+    const vaeDtype = vaeDTypeFor(vae, dtype, device, vaeRequest);
     loadInto(vae, conv.vae!, vaeDtype, device);
     return new StableDiffusionPipeline({
       tokenizer, textEncoder, unet, vae, scheduler: configs.scheduler, device, dtype, vaeDtype,

@@ -24,7 +24,7 @@ import { UNet2DConditionModel } from "../models/unet-2d-condition";
 import { AutoencoderKL } from "../models/autoencoder-kl";
 import { StableDiffusionPipeline, type PipelineDType } from "./stable-diffusion";
 import { checkKeys } from "./text-to-image";
-import { resolvePipelineDType, resolvePipelineDevice, vaeDTypeFor } from "./load";
+import { resolvePipelineDType, resolvePipelineDevice, resolveVaeDType, vaeDTypeFor, type VaeDTypeOption } from "./load";
 
 export interface RandomPipelineOptions {
   /** Seed of the weights. Default 0. */
@@ -33,6 +33,8 @@ export interface RandomPipelineOptions {
   tokenizerDir?: string;
   device?: "cpu" | "cuda" | "auto" | string;
   dtype?: PipelineDType;
+  /** As loadPipeline's: "auto" (default, diffusers' rule) or the VAE's own dtype. */
+  vaeDtype?: VaeDTypeOption;
 }
 
 const INIT_STD = 0.02;
@@ -86,11 +88,12 @@ export function byteLevelTokenizer(): CLIPTokenizer {
 
 export async function createRandomPipeline(configDir: string, opts: RandomPipelineOptions = {}): Promise<StableDiffusionPipeline> {
   const op = "createRandomPipeline";
-  checkKeys(op, opts, ["seed", "tokenizerDir", "device", "dtype"]);
+  checkKeys(op, opts, ["seed", "tokenizerDir", "device", "dtype", "vaeDtype"]);
   const seed = opts.seed ?? 0;
   if (!Number.isSafeInteger(seed) || seed < 0) throw new RangeError(`${op}: seed must be a non-negative integer, got ${String(seed)}`);
   const device = resolvePipelineDevice(op, opts.device);
   const dtype = resolvePipelineDType(op, opts.dtype, device);
+  const vaeRequest = resolveVaeDType(op, opts.vaeDtype, device);
   const dir = path.resolve(configDir);
   const read = (sub: string, file: string) => readJsonObject(path.join(dir, sub, file), `${sub} config`);
   const tokDir = opts.tokenizerDir ?? (fs.existsSync(path.join(dir, "tokenizer", "vocab.json")) ? path.join(dir, "tokenizer") : undefined);
@@ -111,7 +114,7 @@ export async function createRandomPipeline(configDir: string, opts: RandomPipeli
     const unet = new UNet2DConditionModel(read("unet", "config.json"));
     fill(unet, dtype);
     const vae = new AutoencoderKL(read("vae", "config.json"));
-    const vaeDtype = vaeDTypeFor(vae, dtype, device);
+    const vaeDtype = vaeDTypeFor(vae, dtype, device, vaeRequest);
     fill(vae, vaeDtype);
     return new StableDiffusionPipeline({
       tokenizer, textEncoder, unet, vae, scheduler, device, dtype, vaeDtype, modelName: `random-${path.basename(dir)}`,

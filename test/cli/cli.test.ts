@@ -67,7 +67,7 @@ describe("diffusekit CLI", () => {
       expect(r.stdout).toContain(`Usage: diffusekit ${cmd}`);
     }
     const gen = runCli(["generate", "--help"]).stdout;
-    for (const opt of ["--negative", "--steps", "--cfg", "--sampler", "--seed", "--size", "--num", "--model", "--device", "--dtype", "--output", "--json"])
+    for (const opt of ["--negative", "--steps", "--cfg", "--sampler", "--seed", "--size", "--num", "--model", "--device", "--dtype", "--vae-dtype", "--output", "--json"])
       expect(gen).toContain(opt);
     expect(runCli(["img2img", "--help"]).stdout).toContain("--strength");
   });
@@ -77,6 +77,7 @@ describe("diffusekit CLI", () => {
     expectUsageError(runCli(["generate", "a cat", "--sampler", "fastest"]), /'fastest' is invalid/, /ddim/, /euler-a/, /dpm\+\+2m-karras/);
     expectUsageError(runCli(["generate", "a cat", "--steps", "0"]), /--steps/, /integer in \[1, 1000\]/);
     expectUsageError(runCli(["generate", "a cat", "--steps", "2.5"]), /--steps/);
+    expectUsageError(runCli(["generate", "a cat", "--vae-dtype", "half"]), /'half' is invalid/, /bfloat16/);
     expectUsageError(runCli(["generate", "a cat", "--cfg", "much"]), /--cfg/);
     expectUsageError(runCli(["generate", "a cat", "--size", "big"]), /--size/, /WIDTHxHEIGHT/);
     expectUsageError(runCli(["generate", "a cat", "--device", "tpu"]), /--device/, /"cpu", "cuda"/);
@@ -120,6 +121,9 @@ describe("diffusekit CLI", () => {
     const plain = runCli(["generate", "a red apple", ...base, "-o", path.join(tmp, "b.png")]);
     expect(plain.code).toBe(0);
     expect(plain.stderr).not.toMatch(/note:/);
+    const bf16 = runCli(["generate", "a red apple", ...base, "--vae-dtype", "bfloat16", "--json", "-o", path.join(tmp, "c.png")]);
+    expect(bf16.code).toBe(0);
+    expect(JSON.parse(bf16.stdout)).toMatchObject({ dtype: "float32", vaeDtype: "bfloat16" });
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
@@ -164,6 +168,7 @@ describeIfReference("diffusekit generate / img2img on tiny-sd", () => {
     expect(out.command).toBe("generate");
     expect(out.device).toBe("cpu");
     expect(out.dtype).toBe("float32");
+    expect(out.vaeDtype).toBe("float32");
     expect(out.seeds).toEqual([9, 10]);
     expect(out.images.map((i: { path: string }) => path.basename(i.path))).toEqual(["shape-1.png", "shape-2.png"]);
     for (const [k, img] of out.images.entries()) {

@@ -15,6 +15,7 @@ import { resolvePipelineDevice, resolvePipelineDType } from "./pipelines/load";
 import type { StableDiffusionPipeline } from "./pipelines/stable-diffusion";
 import type { GenerateOptions, GenerateResult } from "./pipelines/text-to-image";
 import type { Img2ImgOptions } from "./pipelines/image-to-image";
+import type { InpaintOptions } from "./pipelines/inpaint";
 
 /** Which model to use and how to load it; the rest of the options are generate()'s. */
 export interface ModelOptions {
@@ -34,6 +35,7 @@ export interface ModelOptions {
 
 export type TopLevelGenerateOptions = GenerateOptions & ModelOptions;
 export type TopLevelImg2ImgOptions = Img2ImgOptions & ModelOptions;
+export type TopLevelInpaintOptions = InpaintOptions & ModelOptions;
 
 const MODEL_KEYS: readonly (keyof ModelOptions)[] = ["model", "device", "dtype", "variant", "configs", "tokenizer", "vaeDtype"];
 
@@ -133,4 +135,11 @@ export async function img2img(opts: TopLevelImg2ImgOptions): Promise<GenerateRes
   const [model, rest] = split(opts, "img2img");
   const pipe = await getPipeline(model, "img2img");
   return pipe.img2img(rest as Img2ImgOptions);
+}
+
+/** Inpainting in one call: the options of `pipe.inpaint()` plus ModelOptions. */
+export async function inpaint(opts: TopLevelInpaintOptions): Promise<GenerateResult> {
+  const [model, rest] = split(opts, "inpaint");
+  const pipe = await getPipeline(model, "inpaint");
+  return pipe.inpaint(rest as InpaintOptions);
 }

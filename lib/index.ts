@@ -19,12 +19,12 @@ export type { Scheduler } from "./schedulers/scheduler";
 export { loadPipeline, createRandomPipeline, StableDiffusionPipeline, SAMPLER_CHOICES, GeneratedImage, readPNGText } from "./pipelines";
 export type {
   LoadPipelineOptions, PipelineConfigs, VaeDTypeOption, RandomPipelineOptions, PipelineDType, PipelineDevice, GenerateOptions, CommonGenerateOptions,
-  GenerateResult, StepInfo, DecodeResult, Img2ImgOptions, ImageParameters, RGBImage, ImageInput,
+  GenerateResult, StepInfo, DecodeResult, Img2ImgOptions, InpaintOptions, MaskInput, GrayImage, ImageParameters, RGBImage, ImageInput,
 } from "./pipelines";
 export type { SamplerName, NoiseSource } from "./schedulers";
 export { backward, requireGrad, zeroGrad, noGrad, enableGrad, isGradEnabled } from "./autograd";
 export { AdamW, EMA, clipGradNorm } from "./train/optim";
-export { generate, img2img, getPipeline, releasePipelines, builtinModelPath, BUILTIN_MODEL_DIR, NoBuiltinModelError } from "./generate";
+export { generate, img2img, inpaint, getPipeline, releasePipelines, builtinModelPath, BUILTIN_MODEL_DIR, NoBuiltinModelError } from "./generate";
 export type { ModelOptions, TopLevelGenerateOptions, TopLevelImg2ImgOptions } from "./generate";
 export { train, trainVae } from "./train";
 export type { TrainOptions, TrainResult, TrainVaeOptions, TrainVaeResult } from "./train";

@@ -36,7 +36,7 @@ const IMG2IMG_KEYS: readonly string[] = [...GENERATE_KEYS.filter((k) => k !== "l
 const now = (): number => performance.now() / 1000;
 
 /** The init image at the output size: cropped when only rounding, resized when a size is asked for. */
-function fitImage(op: string, img: RGBImage, f: number, width?: number, height?: number): RGBImage {
+export function fitImage(op: string, img: RGBImage, f: number, width?: number, height?: number): RGBImage {
   if (img.width < f || img.height < f) throw new RangeError(`${op}: the image (${img.width}x${img.height}) is smaller than the VAE scale factor ${f}`);
   const W = width === undefined ? img.width - (img.width % f) : checkSize(op, "width", width, f);
   const H = height === undefined ? img.height - (img.height % f) : checkSize(op, "height", height, f);
@@ -54,6 +54,7 @@ export function img2imgTimesteps(timesteps: readonly number[], steps: number, st
 export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgOptions): Promise<GenerateResult> {
   pipe.assertLive("img2img");
   const op = "img2img";
+  pipe.assertPlainUnet(op);
 
   // 1. defaults and validation
   const run = resolveCommon(pipe, opts, op, IMG2IMG_KEYS);
@@ -116,8 +117,26 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
  * draw is shared by the whole batch (diffusers' single-generator path).
  */
 export function encodeInitLatents(pipe: StableDiffusionPipeline, img: RGBImage, total: number, generator: NoiseSource | TorchGenerator[]): Tensor {
-  const { width: W, height: H } = img;
-  const pixels = Tensor.fromArray(imageToNchw(img), [1, 3, H, W], { device: pipe.device });
+  const one = posteriorShape(pipe, img.width, img.height);
+  const draws = Array.isArray(generator)
+    ? generator.map((g) => drawNoise(one, [g]))
+    : Array<Float32Array>(total).fill(drawNoise(one, generator));
+  return encodePosteriorSamples(pipe, imageToNchw(img), img.width, img.height, draws);
+}
+
+/** [1, latent channels, H/f, W/f]: one posterior sample of a W x H image. */
+export function posteriorShape(pipe: StableDiffusionPipeline, W: number, H: number): number[] {
+  const f = pipe.vaeScaleFactor;
+  return [1, pipe.vae.config.latentChannels, H / f, W / f];
+}
+
+/**
+ * Encodes NCHW pixels [1,3,H,W] in [-1, 1] once and returns scaling_factor · (mean + std·draw) for
+ * each draw, concatenated on the batch axis (float32 on the pipeline's device). A draw repeated
+ * (the same array) is computed once.
+ */
+export function encodePosteriorSamples(pipe: StableDiffusionPipeline, nchw: Float32Array, W: number, H: number, draws: Float32Array[]): Tensor {
+  const pixels = Tensor.fromArray(nchw, [1, 3, H, W], { device: pipe.device });
   try {
     return tidy(() => {
       const x = pixels.dtype === pipe.vaeDtype ? pixels : pixels.to(pipe.device, pipe.vaeDtype);
@@ -126,10 +145,13 @@ export function encodeInitLatents(pipe: StableDiffusionPipeline, img: RGBImage, 
       const logvar = post.logvar.dtype === "float32" ? post.logvar : post.logvar.to(pipe.device, "float32");
       const std = ops.exp(ops.mul(logvar, 0.5));
       const one = [1, ...mean.shape.slice(1)];
-      const sample = (data: Float32Array) => ops.mul(ops.add(mean, ops.mul(std, Tensor.fromArray(data, one, { device: pipe.device }))), pipe.vae.config.scalingFactor);
-      const items = Array.isArray(generator)
-        ? generator.map((g) => sample(drawNoise(one, [g])))
-        : Array<Tensor>(total).fill(sample(drawNoise(one, generator)));
+      const made = new Map<Float32Array, Tensor>();
+      const sample = (data: Float32Array) => {
+        let t = made.get(data);
+        if (!t) made.set(data, (t = ops.mul(ops.add(mean, ops.mul(std, Tensor.fromArray(data, one, { device: pipe.device }))), pipe.vae.config.scalingFactor)));
+        return t;
+      };
+      const items = draws.map(sample);
       return items.length === 1 ? items[0] : ops.concat(items, 0);
     });
   } finally {

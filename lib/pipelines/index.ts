@@ -8,5 +8,7 @@ export type { RandomPipelineOptions } from "./random-pipeline";
 export { SAMPLER_CHOICES } from "./text-to-image";
 export type { GenerateOptions, CommonGenerateOptions, GenerateResult, StepInfo, DecodeResult } from "./text-to-image";
 export type { Img2ImgOptions } from "./image-to-image";
+export type { InpaintOptions } from "./inpaint";
+export type { MaskInput, GrayImage } from "./mask";
 export { GeneratedImage, formatParameters, readPNGText, encodePNG, decodeImageBytes, loadImage } from "./images";
 export type { ImageParameters, RGBImage, ImageInput } from "./images";

@@ -1,7 +1,7 @@
 /**
  * The Stable Diffusion 1.x / 2.x pipeline object: its components (tokenizer, CLIP text encoder,
  * U-Net, VAE, the model's scheduler config), where and in which precision they run, and prompt
- * encoding. The generation loops live in text-to-image.ts and image-to-image.ts.
+ * encoding. The generation loops live in text-to-image.ts, image-to-image.ts and inpaint.ts.
  *
  * Precision: weights and activations of the three networks are in `dtype` on `device`; latents,
  * guidance and every sampler update stay float32 (DESIGN.md, "Precision"). An fp16 VAE whose
@@ -15,6 +15,7 @@ import type { AutoencoderKL } from "../models/autoencoder-kl";
 import type { SchedulerClassName } from "../schedulers/schedule";
 import { textToImage, decodeLatents, type GenerateOptions, type GenerateResult, type DecodeResult } from "./text-to-image";
 import { imageToImage, type Img2ImgOptions } from "./image-to-image";
+import { inpaint, type InpaintOptions } from "./inpaint";
 
 export type PipelineDevice = "cpu" | "cuda" | "auto";
 export type PipelineDType = "float32" | "float16" | "bfloat16";
@@ -65,10 +66,11 @@ export class StableDiffusionPipeline {
     this.vaeDtype = c.vaeDtype ?? c.dtype;
     this.modelName = c.modelName ?? "";
     const latentChannels = this.vae.config.latentChannels;
-    if (this.unet.config.inChannels !== latentChannels || this.unet.config.outChannels !== latentChannels)
+    const inChannels = this.unet.config.inChannels;
+    if ((inChannels !== latentChannels && inChannels !== 2 * latentChannels + 1) || this.unet.config.outChannels !== latentChannels)
       throw new Error(
-        `StableDiffusionPipeline: the U-Net takes ${this.unet.config.inChannels} channels and returns ${this.unet.config.outChannels}, ` +
-          `the VAE has ${latentChannels} latent channels (inpainting U-Nets with 9 input channels are not supported by this pipeline)`,
+        `StableDiffusionPipeline: the U-Net takes ${inChannels} channels and returns ${this.unet.config.outChannels}, ` +
+          `the VAE has ${latentChannels} latent channels (a U-Net takes ${latentChannels}, or ${2 * latentChannels + 1} for inpainting, and returns ${latentChannels})`,
       );
     const hidden = this.textEncoder.config.hiddenSize;
     if (this.unet.config.crossAttentionDim.some((d) => d !== hidden))
@@ -91,6 +93,17 @@ export class StableDiffusionPipeline {
   }
   get disposed(): boolean {
     return this.isDisposed;
+  }
+
+  /** True for an inpainting U-Net (latents + mask + masked-image latents in: 9 channels for SD). */
+  get isInpaintingModel(): boolean {
+    return this.unet.config.inChannels === 2 * this.vae.config.latentChannels + 1;
+  }
+
+  /** @internal Throws for an inpainting U-Net: it needs a mask and an image (inpaint()). */
+  assertPlainUnet(op: string): void {
+    if (this.isInpaintingModel)
+      throw new Error(`${op}: ${this.modelName || "this model"} is an inpainting model (its U-Net takes ${this.unet.config.inChannels} channels: latents, mask, masked image); use inpaint({ image, mask, prompt })`);
   }
 
   /** @internal Throws when the pipeline was disposed. */
@@ -131,6 +144,11 @@ export class StableDiffusionPipeline {
   /** Image to image (SDEdit): see Img2ImgOptions (image-to-image.ts). */
   img2img(opts: Img2ImgOptions): Promise<GenerateResult> {
     return imageToImage(this, opts);
+  }
+
+  /** Inpainting: repaint the white area of `mask` in `image`; see InpaintOptions (inpaint.ts). */
+  inpaint(opts: InpaintOptions): Promise<GenerateResult> {
+    return inpaint(this, opts);
   }
 
   /**

@@ -300,7 +300,7 @@ export function drawNoise(shape: readonly number[], generator: NoiseSource | Tor
   return data;
 }
 
-function latentsFromOption(op: string, v: Float32Array | Tensor, shape: number[], device: string): Tensor {
+export function latentsFromOption(op: string, v: Float32Array | Tensor, shape: number[], device: string): Tensor {
   const n = shape.reduce((a, b) => a * b, 1);
   if (v instanceof Float32Array) {
     if (v.length !== n) throw new RangeError(`${op}: latents must hold [${shape.join(", ")}] = ${n} float32 values (NCHW), got ${v.length}`);
@@ -339,6 +339,13 @@ export interface DenoiseInput {
   timesteps: readonly number[];
   /** Encoder hidden states from stage 2. */
   context: Tensor;
+  /**
+   * Channels concatenated after the scaled latents for the U-Net (an inpainting U-Net's mask and
+   * masked-image latents), already batched as the U-Net input is (doubled under CFG).
+   */
+  conditioning?: Tensor;
+  /** Runs after step i on its result and returns the latents to go on with (4-channel inpainting's blend). */
+  afterStep?: (latents: Tensor, i: number) => Tensor;
 }
 
 /**
@@ -348,7 +355,7 @@ export interface DenoiseInput {
  * step, onStep sees finished values, and an abort is noticed between steps.
  */
 export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, input: DenoiseInput, latents: Tensor): Promise<Tensor> {
-  const { scheduler, timesteps, context } = input;
+  const { scheduler, timesteps, context, conditioning, afterStep } = input;
   const unetDtype = pipe.dtype;
   const total = timesteps.length;
   let current = latents;
@@ -359,7 +366,8 @@ export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, i
       const wantPreview = run.onStep !== undefined && run.previewEvery > 0 && ((i + 1) % run.previewEvery === 0 || i === total - 1);
       const x = current;
       const out = tidy(() => {
-        const modelIn = scheduler.scaleModelInput(run.cfgOn ? ops.concat([x, x], 0) : x, t);
+        let modelIn = scheduler.scaleModelInput(run.cfgOn ? ops.concat([x, x], 0) : x, t);
+        if (conditioning) modelIn = ops.concat([modelIn, conditioning], 1);
         const unetIn = modelIn.dtype === unetDtype ? modelIn : modelIn.to(pipe.device, unetDtype);
         let eps = unetStep(pipe.unet, unetIn, t, context);  // a replayed CUDA graph on CUDA (lib/models/unet-graph.ts)
         if (eps.dtype !== "float32") eps = eps.to(pipe.device, "float32");
@@ -377,6 +385,11 @@ export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, i
       current = out.prev;
       x.dispose();
       try {
+        if (afterStep) {
+          const stepped = current;
+          current = tidy(() => afterStep(stepped, i));
+          if (current !== stepped) stepped.dispose();
+        }
         await synchronize(pipe.device);
         if (run.onStep) {
           const info: StepInfo = { step: i + 1, total, timestep: t, latents: current };
@@ -452,6 +465,7 @@ export function imageParameters(pipe: StableDiffusionPipeline, run: ResolvedRun,
 export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateOptions): Promise<GenerateResult> {
   pipe.assertLive("generate");
   const op = "generate";
+  pipe.assertPlainUnet(op);
 
   // 1. defaults and validation
   const run = resolveCommon(pipe, opts, op, GENERATE_KEYS);

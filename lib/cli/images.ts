@@ -1,5 +1,5 @@
 /**
- * `diffusekit generate` and `diffusekit img2img`: load the model (once), run with a progress bar
+ * `diffusekit generate`, `img2img` and `inpaint`: load the model (once), run with a progress bar
  * on stderr, save numbered PNGs (with the A1111-style parameters chunk), print where they went and
  * their seeds, or with --json one JSON object on stdout.
  */
@@ -16,6 +16,9 @@ import { UsageError, checkSizeMultiple, resolveModel, scaleFactorOf, type ImageC
 export interface Img2ImgExtra {
   input: string;
   strength?: number;
+  /** inpaint: the mask file (white = repaint) and whether to paste the kept pixels back. */
+  mask?: string;
+  keepUnmasked?: boolean;
 }
 
 /** out.png for one image; out-1.png, out-2.png, ... for several. A missing extension becomes .png. */
@@ -36,7 +39,7 @@ function displayPath(p: string): string {
 
 const seconds = (s: number) => `${s.toFixed(2)} s`;
 
-export async function runImageCommand(kind: "generate" | "img2img", promptWords: string[], opts: ImageCommandOptions, extra?: Img2ImgExtra): Promise<void> {
+export async function runImageCommand(kind: "generate" | "img2img" | "inpaint", promptWords: string[], opts: ImageCommandOptions, extra?: Img2ImgExtra): Promise<void> {
   const started = performance.now();
   const prompt = promptWords.join(" ");
   const showStatus = !opts.quiet;
@@ -51,6 +54,7 @@ export async function runImageCommand(kind: "generate" | "img2img", promptWords:
   const count = opts.num ?? 1;
   outputPaths(opts.output, count);
   if (extra && !fs.existsSync(extra.input)) throw new UsageError(`${extra.input}: no such image file`);
+  if (extra?.mask !== undefined && !fs.existsSync(extra.mask)) throw new UsageError(`${extra.mask}: no such mask file`);
 
   if (modelPath === builtinModelPath()) {
     const note = builtinPromptHint(prompt, modelPath);
@@ -83,9 +87,11 @@ export async function runImageCommand(kind: "generate" | "img2img", promptWords:
   const defined = <T extends object>(o: T): T => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
   let result: GenerateResult;
   try {
-    result = extra
-      ? await pipe.img2img(defined({ ...common, image: extra.input, strength: extra.strength }))
-      : await pipe.generate(defined(common));
+    result = kind === "inpaint"
+      ? await pipe.inpaint(defined({ ...common, image: extra!.input, mask: extra!.mask!, strength: extra!.strength, keepUnmasked: extra!.keepUnmasked }))
+      : extra
+        ? await pipe.img2img(defined({ ...common, image: extra.input, strength: extra.strength }))
+        : await pipe.generate(defined(common));
   } catch (e) {
     bar.clear();
     throw e;

@@ -47,6 +47,20 @@ export function buildProgram(): Command {
     .action((input: string, prompt: string[], opts: ImageCommandOptions & { strength?: number }) =>
       runImageCommand("img2img", prompt, opts, { input, strength: opts.strength }));
 
+  addImageOptions(
+    program
+      .command("inpaint")
+      .description("inpainting: repaint the white area of MASK in INPUT (PNG or JPEG) towards the prompt")
+      .argument("<input>", "the image to repaint")
+      .argument("<mask>", "white = repaint, black = keep (any image; converted to grey)")
+      .argument("<prompt...>", "what to draw in the masked area"),
+  )
+    .addOption(new Option("--strength <s>", "below 1 the masked area starts from the image noised to that point (default: 1)").argParser(number(0, 1, { exclusiveMin: true })))
+    .option("--keep-unmasked", "paste the original pixels back outside the mask")
+    .addHelpText("after", `\nExample:\n  diffusekit inpaint room.png sofa-mask.png "a red leather sofa" --model ./sd-v1-5-inpainting -o room-red-sofa.png`)
+    .action((input: string, mask: string, prompt: string[], opts: ImageCommandOptions & { strength?: number; keepUnmasked?: boolean }) =>
+      runImageCommand("inpaint", prompt, opts, { input, mask, strength: opts.strength, keepUnmasked: opts.keepUnmasked }));
+
   registerTrainCommands(program);
 
   program
@@ -90,6 +104,11 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 if (require.main === module) {
+  // `diffusekit --help | head`: a reader that goes away ends the output, not with a stack trace
+  process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+    if (e.code === "EPIPE") process.exit(0);
+    throw e;
+  });
   main(process.argv.slice(2)).then((code) => {
     process.exitCode = code;
   });

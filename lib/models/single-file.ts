@@ -232,13 +232,23 @@ export function detectTextEncoderFormat(keys: readonly string[]): TextEncoderFor
  * What a single-file checkpoint looks like, to choose configs: SD1.x has a transformers-named
  * CLIP-L text encoder and 768-wide cross-attention, SD2.x OpenCLIP-H and 1024.
  */
-export function inspectSingleFile(source: HostStateDictSource): { textEncoder: TextEncoderFormat | null; crossAttentionDim: number | null; family: "sd1" | "sd2" | null } {
+export interface SingleFileInfo {
+  textEncoder: TextEncoderFormat | null;
+  crossAttentionDim: number | null;
+  family: "sd1" | "sd2" | null;
+  /** The U-Net's input channels from conv_in (9 for an inpainting checkpoint), null without one. */
+  unetInChannels: number | null;
+}
+
+export function inspectSingleFile(source: HostStateDictSource): SingleFileInfo {
   const keys = source.keys();
   const textEncoder = detectTextEncoderFormat(keys);
   const k = keys.find((x) => x.startsWith(UNET_PREFIX) && x.endsWith(".attn2.to_k.weight"));
   const crossAttentionDim = k ? source.shape(k)[1] : null;
   const family = textEncoder === "transformers" && crossAttentionDim === 768 ? "sd1" : textEncoder === "openclip" && crossAttentionDim === 1024 ? "sd2" : null;
-  return { textEncoder, crossAttentionDim, family };
+  const convIn = `${UNET_PREFIX}input_blocks.0.0.weight`;
+  const unetInChannels = keys.includes(convIn) && source.shape(convIn).length === 4 ? source.shape(convIn)[1] : null;
+  return { textEncoder, crossAttentionDim, family, unetInChannels };
 }
 
 // ---- single file -> diffusers

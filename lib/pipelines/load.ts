@@ -229,6 +229,11 @@ async function loadSingleFile(file: string, device: string, dtype: PipelineDType
       const base = complete ? ({} as Required<PipelineConfigs>) : readConfigFolder(builtinConfigDir(info.family!));
       configs = { ...base, ...Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) } as Required<PipelineConfigs>;
     }
+    // An inpainting checkpoint's conv_in reads latents + mask + masked-image latents (9 channels):
+    // unless a U-Net config object was given, the checkpoint says how many.
+    const unetGiven = typeof opts.configs === "object" && opts.configs.unet !== undefined;
+    if (!unetGiven && info.unetInChannels !== null && (configs.unet.in_channels ?? 4) !== info.unetInChannels)
+      configs = { ...configs, unet: { ...configs.unet, in_channels: info.unetInChannels } };
     const conv = convertSingleFileToDiffusers(source, { unet: configs.unet, vae: configs.vae, textEncoder: configs.textEncoder });
     const textEncoder = built.add(CLIPTextModel.fromConfig(configs.textEncoder));
     loadInto(textEncoder, conv.textEncoder!, dtype, device);

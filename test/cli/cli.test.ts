@@ -3,7 +3,7 @@
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { readPNGText } from "../../lib/pipelines/images";
+import { decodeImageBytes, encodePNG, readPNGText } from "../../lib/pipelines/images";
 import { describeIfReference, referencePath } from "../helpers/reference";
 import { spawn } from "child_process";
 import { CLI, ROOT, assertBuilt, pngSize, runCli } from "./run";
@@ -60,8 +60,8 @@ describe("diffusekit CLI", () => {
   test("--help works on the program and on every command", () => {
     const top = runCli(["--help"]);
     expect(top.code).toBe(0);
-    for (const cmd of ["generate", "img2img", "train", "train-vae", "info"]) expect(top.stdout).toContain(cmd);
-    for (const cmd of ["generate", "img2img", "info", "train", "train-vae"]) {
+    for (const cmd of ["generate", "img2img", "inpaint", "train", "train-vae", "info"]) expect(top.stdout).toContain(cmd);
+    for (const cmd of ["generate", "img2img", "inpaint", "info", "train", "train-vae"]) {
       const r = runCli([cmd, "--help"]);
       expect(r.code).toBe(0);
       expect(r.stdout).toContain(`Usage: diffusekit ${cmd}`);
@@ -124,6 +124,31 @@ describe("diffusekit CLI", () => {
     const bf16 = runCli(["generate", "a red apple", ...base, "--vae-dtype", "bfloat16", "--json", "-o", path.join(tmp, "c.png")]);
     expect(bf16.code).toBe(0);
     expect(JSON.parse(bf16.stdout)).toMatchObject({ dtype: "float32", vaeDtype: "bfloat16" });
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
+(hasBuiltin ? test : test.skip)("diffusekit inpaint: image + mask files, --keep-unmasked keeps the black half's pixels", () => {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "dk-cli-inpaint-"));
+  try {
+    const W = 64, img = new Uint8Array(W * W * 3), mask = new Uint8Array(W * W * 3);
+    for (let i = 0; i < W * W; i++) {
+      img.set([(i * 7) % 256, (i >> 6) * 4, 128], 3 * i);
+      if (i % W >= W / 2) mask.set([255, 255, 255], 3 * i);
+    }
+    const [imgFile, maskFile, out] = [path.join(tmp, "in.png"), path.join(tmp, "mask.png"), path.join(tmp, "out.png")];
+    fs.writeFileSync(imgFile, encodePNG({ width: W, height: W, data: img }));
+    fs.writeFileSync(maskFile, encodePNG({ width: W, height: W, data: mask }));
+    const r = runCli(["inpaint", imgFile, maskFile, "a red apple", "--steps", "2", "--seed", "1", "--device", "cpu", "--keep-unmasked", "--json", "-o", out]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ command: "inpaint", images: [{ seed: 1, width: 64, height: 64 }] });
+    const got = decodeImageBytes(fs.readFileSync(out));
+    let leftKept = true;
+    for (let i = 0; i < W * W; i++) if (i % W < W / 2) for (let c = 0; c < 3; c++) leftKept &&= got.data[3 * i + c] === img[3 * i + c];
+    expect(leftKept).toBe(true);
+    expectUsageError(runCli(["inpaint", imgFile, path.join(tmp, "nope.png"), "x"]), /nope\.png: no such mask file/);
+    expectUsageError(runCli(["inpaint", imgFile, maskFile, "x", "--strength", "0"]), /--strength/);
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }

@@ -6,7 +6,7 @@ import * as os from "os";
 import * as path from "path";
 import * as http from "http";
 import { spawn, type ChildProcess } from "child_process";
-import { readPNGText } from "../../lib/pipelines/images";
+import { encodePNG, readPNGText } from "../../lib/pipelines/images";
 import { describeIfReference, referencePath } from "../helpers/reference";
 import { ROOT, assertBuilt, pngSize, runNode } from "../cli/run";
 
@@ -16,7 +16,7 @@ describe("examples/", () => {
   test("every example starts with a README-style comment showing how to run it", () => {
     const files = fs.readdirSync(path.join(ROOT, "examples")).filter((f) => f.endsWith(".js"));
     expect(files.sort()).toEqual(
-      ["http-server.js", "image-to-image.js", "progress-and-preview.js", "sampler-and-seed-sweep.js", "text-to-image.js", "train-on-folder.js"],
+      ["http-server.js", "image-to-image.js", "inpainting.js", "progress-and-preview.js", "sampler-and-seed-sweep.js", "text-to-image.js", "train-on-folder.js"],
     );
     for (const f of files) {
       const text = fs.readFileSync(example(f), "utf8");
@@ -66,6 +66,19 @@ describeIfReference("examples on tiny-sd", () => {
     // and with an explicit input of another size, resized by --size
     run("image-to-image.js", ["--input", "i2i.png", "--size", "32x48", "--steps", "2", "--out", "i2i-small.png"]);
     expect(pngSize(fs.readFileSync(path.join(tmp, "i2i-small.png")))).toEqual({ width: 32, height: 48 });
+  });
+
+  test("inpainting.js: a drawn start and a centre disc on an ordinary model; an inpainting model with --input, --mask and --keep", () => {
+    const r = run("inpainting.js", ["--steps", "2", "--out", "inp.png"]);
+    expect(r.stdout).toContain("no --input given: drew a 64x64 picture");
+    expect(r.stdout).toContain("wrote inp.png (seed 7)");
+    const mask = path.join(tmp, "mask.png");
+    fs.writeFileSync(mask, encodePNG({ width: 64, height: 64, data: new Uint8Array(64 * 64 * 3).fill(255) }));
+    const r2 = runNode(example("inpainting.js"), ["--model", referencePath("models", "tiny-sd-inpaint"), "--input", "inp.png", "--mask", mask, "--keep",
+      "--steps", "2", "--out", "inp9.png", "--device", "cpu"], { cwd: tmp });
+    expect([r2.code, r2.stderr]).toEqual([0, ""]);
+    expect(r2.stdout).toContain("wrote inp9.png (seed 7, original pixels kept outside the mask)");
+    expect(pngSize(fs.readFileSync(path.join(tmp, "inp9.png")))).toEqual({ width: 64, height: 64 });
   });
 
   test("sampler-and-seed-sweep.js writes a samplers x seeds grid", () => {

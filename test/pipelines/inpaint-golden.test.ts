@@ -2,14 +2,18 @@
 // U-Net): the mask and masked-image tensors, the masked image's VAE posterior sample, the latents
 // after every DDIM step, the decode and the 8-bit image, within the reference README's tolerances.
 import * as fs from "fs";
-import { Tensor } from "../../lib";
+import * as os from "os";
+import * as path from "path";
+import { openWeightsFile } from "../../lib/io/model-folder";
+import { inspectSingleFile } from "../../lib/models/single-file";
+import { Tensor, memoryStats, synchronize } from "../../lib";
 import { SafetensorsFile } from "../../lib/io/safetensors";
 import { loadPipeline, type StableDiffusionPipeline } from "../../lib/pipelines";
 import { imageToNchw } from "../../lib/pipelines/images";
 import { encodePosteriorSamples } from "../../lib/pipelines/image-to-image";
 import { latentMask, maskCondition, maskedImage } from "../../lib/pipelines/mask";
 import { describeIfReference, referencePath } from "../helpers/reference";
-import { ErrorLog, ReplayNoise, absError, readI64, readU8, relError, splitDraws, uint8Diff } from "./pipeline-helpers";
+import { ErrorLog, ReplayNoise, absError, readI64, readU8, relError, splitDraws, uint8Diff, writeSingleFile } from "./pipeline-helpers";
 
 const TOL = 1e-4;
 const P = "ddim_cfg7.5_strength1";
@@ -89,5 +93,42 @@ describeIfReference("inpainting vs diffusers (tiny-sd-inpaint, cases/inpaint.saf
     log.record("image_uint8 (frac)", u.fraction, P);
     expect([u.max <= 1, u.fraction <= 1e-3]).toEqual([true, true]);
     expect(r.images[0].parametersText).not.toContain("Denoising strength");  // strength 1 is the default
+  });
+
+  test("strength 0.6 on the 9-channel U-Net: image posterior, start noise, masked-image posterior; 3 of 5 steps", async () => {
+    const draws = [0, 1, 2].map((k) => file.readFloat32(`${P}.vae_sample_noise`).map((v) => v * (k + 1)));
+    const noise = new ReplayNoise(draws);
+    const seen: number[] = [];
+    await pipe.inpaint({ image: image(), mask: mask(), prompt: c.prompt, steps: 5, sampler: "ddim", strength: 0.6, generator: noise, onStep: ({ timestep }) => { seen.push(timestep); } });
+    expect(noise.used).toBe(3);
+    expect(seen).toEqual(c.timesteps.slice(2));
+  });
+
+  test("a single-file inpainting checkpoint loads as one (9 input channels from its conv_in) and inpaints as the folder does", async () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "dk-inpaint-single-"));
+    try {
+      const single = path.join(tmp, "tiny-sd-inpaint.safetensors");
+      writeSingleFile(referencePath("models", "tiny-sd-inpaint"), single);
+      expect(inspectSingleFile(openWeightsFile(single)).unetInChannels).toBe(9);
+      // tiny-sd's configs say in_channels 4; the checkpoint's conv_in decides
+      const p = await loadPipeline(single, { device: "cpu", configs: referencePath("models", "tiny-sd") });
+      try {
+        expect(p.isInpaintingModel).toBe(true);
+        const opts = { image: image(), mask: mask(), prompt: c.prompt, steps: 2, sampler: "ddim", seed: 3 };
+        expect((await p.inpaint(opts)).images[0].data).toEqual((await pipe.inpaint(opts)).images[0].data);
+      } finally {
+        p.dispose();
+      }
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+
+  test("no tensor outlives a call, also when it fails", async () => {
+    const before = memoryStats("cpu").bytesInUse;
+    await pipe.inpaint({ image: image(), mask: mask(), prompt: c.prompt, steps: 2, sampler: "ddim", seed: 1 });
+    await expect(pipe.inpaint({ image: image(), mask: mask(), prompt: c.prompt, steps: 2, onStep: () => { throw new Error("stop"); } })).rejects.toThrow("stop");
+    await synchronize("cpu");
+    expect(memoryStats("cpu").bytesInUse).toBeLessThanOrEqual(before);
   });
 });

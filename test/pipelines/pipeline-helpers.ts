@@ -3,7 +3,11 @@
  * source that replays saved draws, and a per-suite worst-error log printed at the end.
  */
 import type { NoiseSource } from "../../lib/schedulers";
-import { SafetensorsFile } from "../../lib/io/safetensors";
+import { SafetensorsFile, writeSafetensors, type SafetensorsTensorInput } from "../../lib/io/safetensors";
+import { ModelFolder, openWeightsFile } from "../../lib/io/model-folder";
+import { readAllFloat32, type HostStateDictSource } from "../../lib/io/state-dict";
+import { convertDiffusersToSingleFile } from "../../lib/models/single-file";
+import { renameLegacyVaeKey } from "../../lib/models/autoencoder-kl";
 
 /** max|a - e| / max(1, max|e|) (the README's pipeline / component measure); NaN counts as Infinity. */
 export function relError(actual: ArrayLike<number>, expected: ArrayLike<number>, label: string): number {
@@ -87,4 +91,18 @@ export class ErrorLog {
   report(title: string): string {
     return `${title}\n${[...this.rows].map(([k, { err, where }]) => `  ${k.padEnd(24)} ${err.toExponential(2)}  (${where})`).join("\n")}`;
   }
+}
+
+/** Writes a diffusers folder as one original-format (LDM key names) float32 checkpoint. */
+export function writeSingleFile(folder: string, out: string): void {
+  const f = ModelFolder.open(folder);
+  const srcs: HostStateDictSource[] = [];
+  const open = (n: string, mapKey?: (k: string) => string | null) => { const s = openWeightsFile(f.weightsLocation(n).file, { mapKey }); srcs.push(s); return s; };
+  const sd = convertDiffusersToSingleFile(
+    { unet: open("unet"), vae: open("vae", renameLegacyVaeKey), textEncoder: open("text_encoder", (k) => (k.endsWith("position_ids") ? null : k)) },
+    { unet: f.config("unet"), vae: f.config("vae"), textEncoder: f.config("text_encoder") });
+  const rec: Record<string, SafetensorsTensorInput> = {};
+  for (const [k, t] of readAllFloat32(sd)) rec[k] = { dtype: "F32", shape: [...t.shape], data: t.data };
+  for (const s of srcs) (s as unknown as { close(): void }).close();
+  writeSafetensors(out, rec);
 }

@@ -31,13 +31,19 @@ export interface ModelOptions {
   tokenizer?: string;
   /** The VAE's precision (loadPipeline's vaeDtype). Default "auto". */
   vaeDtype?: LoadPipelineOptions["vaeDtype"];
+  /**
+   * LoRA files merged after loading (pipe.loadLora), in order: paths, or { file, scale }. Each
+   * distinct list gets its own cached pipeline; to switch LoRAs often on one model, use
+   * loadPipeline() with loadLora()/unloadLoras().
+   */
+  loras?: readonly (string | { file: string; scale?: number })[];
 }
 
 export type TopLevelGenerateOptions = GenerateOptions & ModelOptions;
 export type TopLevelImg2ImgOptions = Img2ImgOptions & ModelOptions;
 export type TopLevelInpaintOptions = InpaintOptions & ModelOptions;
 
-const MODEL_KEYS: readonly (keyof ModelOptions)[] = ["model", "device", "dtype", "variant", "configs", "tokenizer", "vaeDtype"];
+const MODEL_KEYS: readonly (keyof ModelOptions)[] = ["model", "device", "dtype", "variant", "configs", "tokenizer", "vaeDtype", "loras"];
 
 /** Where the built-in model lives: `models/builtin` (a diffusers folder) under the package root. */
 export const BUILTIN_MODEL_DIR = path.join(packageRoot, "models", "builtin");
@@ -61,14 +67,30 @@ export class NoBuiltinModelError extends Error {
 
 const cache = new Map<string, Promise<StableDiffusionPipeline>>();
 
-function cacheKey(modelPath: string, device: string, dtype: string, o: ModelOptions): string {
-  let real = modelPath;
+function realPath(p: string): string {
   try {
-    real = fs.realpathSync(modelPath);
+    return fs.realpathSync(p);
   } catch {
-    // a missing path is reported by loadPipeline
+    return path.resolve(p);  // a missing path is reported when it is opened
   }
-  return JSON.stringify([real, device, dtype, o.vaeDtype ?? "auto", o.variant ?? null, o.configs ?? null, o.tokenizer ?? null]);
+}
+
+/** The loras option as [file, scale] pairs, checked. */
+function loraList(op: string, v: unknown): [string, number][] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) throw new TypeError(`${op}: loras must be an array of LoRA file paths or { file, scale } objects`);
+  return v.map((x: unknown): [string, number] => {
+    if (typeof x === "string" && x !== "") return [x, 1];
+    const o = x as { file?: unknown; scale?: unknown };
+    if (o && typeof o === "object" && typeof o.file === "string" && o.file !== "" && (o.scale === undefined || (typeof o.scale === "number" && Number.isFinite(o.scale))))
+      return [o.file, (o.scale as number | undefined) ?? 1];
+    throw new TypeError(`${op}: each lora must be a file path or { file: string, scale?: finite number }, got ${JSON.stringify(x)}`);
+  });
+}
+
+function cacheKey(modelPath: string, device: string, dtype: string, o: ModelOptions, loras: [string, number][]): string {
+  return JSON.stringify([realPath(modelPath), device, dtype, o.vaeDtype ?? "auto", o.variant ?? null, o.configs ?? null, o.tokenizer ?? null,
+    loras.map(([f, s]) => [realPath(f), s])]);
 }
 
 /**
@@ -82,7 +104,8 @@ export async function getPipeline(opts: ModelOptions = {}, op = "getPipeline"): 
   // "auto" and the default dtype are resolved first, so { device: "auto" } and { device: "cpu" } share one load on a CPU-only machine
   const device = resolvePipelineDevice(op, opts.device);
   const dtype = resolvePipelineDType(op, opts.dtype, device);
-  const key = cacheKey(path.resolve(modelPath), device, dtype, opts);
+  const loras = loraList(op, opts.loras);
+  const key = cacheKey(path.resolve(modelPath), device, dtype, opts, loras);
   const hit = cache.get(key);
   if (hit) {
     const pipe = await hit.catch(() => null);
@@ -94,7 +117,15 @@ export async function getPipeline(opts: ModelOptions = {}, op = "getPipeline"): 
   if (opts.configs !== undefined) load.configs = opts.configs;
   if (opts.tokenizer !== undefined) load.tokenizer = opts.tokenizer;
   if (opts.vaeDtype !== undefined) load.vaeDtype = opts.vaeDtype;
-  const pending = loadPipeline(modelPath, load);
+  const pending = loadPipeline(modelPath, load).then((pipe) => {
+    try {
+      for (const [file, scale] of loras) pipe.loadLora(file, { scale });
+      return pipe;
+    } catch (e) {
+      pipe.dispose();
+      throw e;
+    }
+  });
   cache.set(key, pending);
   pending.catch(() => {
     if (cache.get(key) === pending) cache.delete(key);

@@ -27,4 +27,5 @@ export { AdamW, EMA, clipGradNorm } from "./train/optim";
 export { generate, img2img, inpaint, getPipeline, releasePipelines, builtinModelPath, BUILTIN_MODEL_DIR, NoBuiltinModelError } from "./generate";
 export type { ModelOptions, TopLevelGenerateOptions, TopLevelImg2ImgOptions } from "./generate";
 export { train, trainVae } from "./train";
+export type { AppliedLora, LoraOptions } from "./lora/apply";
 export type { TrainOptions, TrainResult, TrainVaeOptions, TrainVaeResult } from "./train";

@@ -55,6 +55,7 @@ export async function runImageCommand(kind: "generate" | "img2img" | "inpaint", 
   outputPaths(opts.output, count);
   if (extra && !fs.existsSync(extra.input)) throw new UsageError(`${extra.input}: no such image file`);
   if (extra?.mask !== undefined && !fs.existsSync(extra.mask)) throw new UsageError(`${extra.mask}: no such mask file`);
+  for (const l of opts.lora ?? []) if (!fs.existsSync(l.file)) throw new UsageError(`--lora ${l.file}: no such file`);
 
   if (modelPath === builtinModelPath()) {
     const note = builtinPromptHint(prompt, modelPath);
@@ -63,7 +64,7 @@ export async function runImageCommand(kind: "generate" | "img2img" | "inpaint", 
   status(`loading ${modelPath}`);
   const pipe = await getPipeline({
     model: modelPath, device: opts.device, dtype: opts.dtype as PipelineDType | undefined, tokenizer: opts.tokenizer,
-    vaeDtype: opts.vaeDtype as VaeDTypeOption | undefined,
+    vaeDtype: opts.vaeDtype as VaeDTypeOption | undefined, loras: opts.lora,
   }, kind);
   const loaded = performance.now();
   if (opts.size) checkSizeMultiple(opts.size, pipe.vaeScaleFactor);
@@ -113,6 +114,7 @@ export async function runImageCommand(kind: "generate" | "img2img" | "inpaint", 
       device: pipe.device,
       dtype: pipe.dtype,
       vaeDtype: pipe.vaeDtype,
+      loras: pipe.loras.map((l) => ({ name: l.name, scale: l.scale, layers: l.layers })),
       images: result.images.map((img, k) => ({ path: paths[k], seed: result.seeds[k], width: img.width, height: img.height, parameters: img.parameters ?? null })),
       seeds: result.seeds,
       timings: { load, ...result.timings, total },

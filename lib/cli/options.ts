@@ -50,6 +50,14 @@ export function parseSize(v: string): Size {
   return { width, height };
 }
 
+/** --lora FILE[:SCALE], repeatable: a trailing ":<number>" is the scale (default 1). */
+export function collectLora(v: string, prev: { file: string; scale: number }[] = []): { file: string; scale: number }[] {
+  const m = /^(.+):([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)$/i.exec(v);
+  const [file, scale] = m ? [m[1], Number(m[2])] : [v, 1];
+  if (file === "" || !Number.isFinite(scale)) throw new InvalidArgumentError("Expected FILE or FILE:SCALE (e.g. style.safetensors:0.8).");
+  return [...prev, { file, scale }];
+}
+
 export function parseDevice(v: string): string {
   if (!/^(cpu|auto|cuda(:\d+)?)$/.test(v)) throw new InvalidArgumentError('Expected "cpu", "cuda", "cuda:N" or "auto".');
   return v;
@@ -110,6 +118,7 @@ export interface ImageCommandOptions {
   device?: string;
   dtype?: string;
   vaeDtype?: string;
+  lora?: { file: string; scale: number }[];
   output: string;
   json?: boolean;
   quiet?: boolean;
@@ -130,6 +139,7 @@ export function addImageOptions(cmd: Command): Command {
     .option("--device <device>", "cpu, cuda, cuda:N or auto (default: auto)", parseDevice)
     .addOption(new Option("--dtype <type>", "weights and activations precision (default: float16 on CUDA, float32 on CPU)").choices(PIPELINE_DTYPES))
     .addOption(new Option("--vae-dtype <type>", "VAE precision; auto follows diffusers (float32 for an fp16 VAE marked force_upcast); bfloat16 is the fast choice on a GPU (default: auto)").choices(["auto", ...PIPELINE_DTYPES]))
+    .option("--lora <file[:scale]>", "merge a LoRA (.safetensors, kohya or diffusers keys) at this scale (default 1); repeatable", collectLora)
     .option("-o, --output <file>", "output PNG; several images are numbered (out-1.png, out-2.png, ...)", "out.png")
     .option("--json", "print machine-readable results on stdout")
     .option("-q, --quiet", "no progress or status on stderr")

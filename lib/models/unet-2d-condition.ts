@@ -226,9 +226,13 @@ export class UNet2DConditionModel extends Module {
   readonly convNormOut: GroupNorm;
   readonly convOut: Conv2d;
 
+  /** The config.json this model was built from (as given). */
+  readonly configJson: Readonly<UNet2DConditionConfigJson>;
+
   constructor(configJson: UNet2DConditionConfigJson) {
     super();
     const cfg = this.config = resolveUNetConfig(configJson);
+    this.configJson = Object.freeze({ ...configJson });
     const boc = cfg.blockOutChannels, n = boc.length;
     const common: UNetBlockCommon = { tembChannels: cfg.timeEmbedDim, groups: cfg.normNumGroups, eps: cfg.normEps, outputScaleFactor: cfg.resnetOutScaleFactor };
     const attention = (level: number): UNetAttentionSettings => ({
@@ -286,6 +290,10 @@ export class UNet2DConditionModel extends Module {
   override to(device: string, dtype?: Parameters<Module["to"]>[1]): this {
     releaseUNetGraphs(this);
     return super.to(device, dtype);
+  }
+  override replaceParameter(name: string, t: Tensor): Tensor {
+    releaseUNetGraphs(this);
+    return super.replaceParameter(name, t);
   }
   override withParametersAs<R>(dtype: Parameters<Module["to"]>[1] & string, fn: () => R): R {
     releaseUNetGraphs(this);

@@ -114,6 +114,33 @@ export abstract class Module {
     }
   }
 
+  /** A loaded parameter by dotted name: its tensor (stored layout) and its declaration; null when none is loaded. */
+  parameter(name: string): { tensor: Tensor; spec: ParamSpec } | null {
+    for (const [n, spec, owner, local] of this.namedParameterSpecs()) {
+      if (n !== name) continue;
+      const t = owner.values.get(local);
+      return t ? { tensor: t, spec } : null;
+    }
+    return null;
+  }
+
+  /**
+   * Puts `t` in place of a loaded parameter (same shape in the stored layout) and hands back the
+   * tensor it held, which the caller then owns (to restore or dispose). Weight patches (LoRA) use it.
+   */
+  replaceParameter(name: string, t: Tensor): Tensor {
+    for (const [n, , owner, local] of this.namedParameterSpecs()) {
+      if (n !== name) continue;
+      const old = owner.values.get(local);
+      if (!old) break;
+      if (old.shape.length !== t.shape.length || old.shape.some((d, i) => d !== t.shape[i]))
+        throw new RangeError(`${this.constructor.name}.replaceParameter: ${name} is [${old.shape.join(",")}], got [${t.shape.join(",")}]`);
+      owner.values.set(local, t);
+      return old;
+    }
+    throw new RangeError(`${this.constructor.name}.replaceParameter: no loaded parameter named ${JSON.stringify(name)}`);
+  }
+
   /** Parameters in checkpoint layout (for saving), as new tensors the caller disposes. */
   stateDict(prefix = ""): Map<string, Tensor> {
     const out = new Map<string, Tensor>();

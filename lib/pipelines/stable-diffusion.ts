@@ -16,6 +16,7 @@ import type { SchedulerClassName } from "../schedulers/schedule";
 import { textToImage, decodeLatents, type GenerateOptions, type GenerateResult, type DecodeResult } from "./text-to-image";
 import { imageToImage, type Img2ImgOptions } from "./image-to-image";
 import { inpaint, type InpaintOptions } from "./inpaint";
+import { LoraPatches, type AppliedLora, type LoraOptions } from "../lora/apply";
 
 export type PipelineDevice = "cpu" | "cuda" | "auto";
 export type PipelineDType = "float32" | "float16" | "bfloat16";
@@ -54,6 +55,7 @@ export class StableDiffusionPipeline {
   readonly vaeDtype: DType;
   readonly modelName: string;
   private isDisposed = false;
+  private readonly patches: LoraPatches;
 
   constructor(c: PipelineComponents) {
     this.tokenizer = c.tokenizer;
@@ -65,6 +67,7 @@ export class StableDiffusionPipeline {
     this.dtype = c.dtype;
     this.vaeDtype = c.vaeDtype ?? c.dtype;
     this.modelName = c.modelName ?? "";
+    this.patches = new LoraPatches({ unet: this.unet, textEncoder: this.textEncoder });
     const latentChannels = this.vae.config.latentChannels;
     const inChannels = this.unet.config.inChannels;
     if ((inChannels !== latentChannels && inChannels !== 2 * latentChannels + 1) || this.unet.config.outChannels !== latentChannels)
@@ -160,10 +163,32 @@ export class StableDiffusionPipeline {
     return decodeLatents(this, latents);
   }
 
+  /**
+   * Merges a LoRA file (kohya/A1111 or diffusers/PEFT .safetensors) into the U-Net and text
+   * encoder weights: W + scale·(alpha/rank)·up@down. Several stack; unloadLoras() undoes them all
+   * exactly. Do not call it while a generation runs on this pipeline.
+   */
+  loadLora(file: string, opts: LoraOptions = {}): AppliedLora {
+    this.assertLive("loadLora");
+    return this.patches.apply(file, opts);
+  }
+
+  /** Restores the weights as loaded (every LoRA off). */
+  unloadLoras(): void {
+    this.assertLive("unloadLoras");
+    this.patches.restore();
+  }
+
+  /** The LoRAs merged now, in order. */
+  get loras(): readonly AppliedLora[] {
+    return this.patches.list;
+  }
+
   /** Frees every weight. The pipeline cannot be used afterwards. */
   dispose(): void {
     if (this.isDisposed) return;
     this.isDisposed = true;
+    this.patches.dispose();
     this.textEncoder.dispose();
     this.unet.dispose();
     this.vae.dispose();

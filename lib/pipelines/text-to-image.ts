@@ -452,6 +452,7 @@ export function imageParameters(pipe: StableDiffusionPipeline, run: ResolvedRun,
     if (run.clipSkip > 0) e["Clip skip"] = run.clipSkip + 1;  // A1111 counts "1" as no skip
     if (run.eta > 0 && run.sampler === "ddim") e["Eta"] = run.eta;
     if (run.guidanceRescale > 0) e["CFG rescale"] = run.guidanceRescale;
+    if (pipe.loras.length) e["Lora"] = pipe.loras.map((l) => `${l.name}:${l.scale}`).join(", ");
     return {
       prompt: run.prompts[k], negativePrompt: run.cfgOn && run.negatives[k] ? run.negatives[k] : undefined,
       steps: run.steps, sampler: run.samplerDisplay, cfg: run.cfg, seed: run.seeds[k], width, height,

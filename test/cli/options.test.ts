@@ -1,7 +1,7 @@
 // The CLI's argument helpers, in-process: value parsers, output naming, and the progress bar's
 // two modes.
 import { InvalidArgumentError } from "commander";
-import { integer, number, parseSize, parseDevice, checkSizeMultiple, scaleFactorOf, UsageError } from "../../lib/cli/options";
+import { integer, number, parseSize, parseDevice, checkSizeMultiple, scaleFactorOf, collectLora, UsageError } from "../../lib/cli/options";
 import { outputPaths } from "../../lib/cli/images";
 import { ProgressBar, formatSeconds } from "../../lib/cli/progress";
 import { describeIfReference, referencePath } from "../helpers/reference";
@@ -13,6 +13,16 @@ test("integer / number parsers accept only what they say", () => {
   expect(number(0)("7.5")).toBe(7.5);
   expect(number(0, 1, { exclusiveMin: true })("1")).toBe(1);
   for (const bad of ["0", "-1", "1.01", "", "NaN", "Infinity"]) expect(() => number(0, 1, { exclusiveMin: true })(bad)).toThrow(/Expected a number in \(0, 1\]/);
+});
+
+test("--lora FILE[:SCALE] collects in order; only a trailing number is a scale", () => {
+  const a = collectLora("style.safetensors");
+  expect(a).toEqual([{ file: "style.safetensors", scale: 1 }]);
+  expect(collectLora("b.safetensors:0.75", a)).toEqual([...a, { file: "b.safetensors", scale: 0.75 }]);
+  expect(collectLora("C:\\loras\\c.safetensors:-1.5")).toEqual([{ file: "C:\\loras\\c.safetensors", scale: -1.5 }]);
+  expect(collectLora("C:\\loras\\c.safetensors")).toEqual([{ file: "C:\\loras\\c.safetensors", scale: 1 }]);
+  expect(collectLora("dir:x/d.safetensors")).toEqual([{ file: "dir:x/d.safetensors", scale: 1 }]);
+  expect(() => collectLora("")).toThrow(/Expected FILE or FILE:SCALE/);
 });
 
 test("--size takes WxH or one number; devices are cpu, cuda, cuda:N, auto", () => {

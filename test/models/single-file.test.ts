@@ -221,7 +221,7 @@ describeIfReference("single-file mapping of the full-size configs (no weights)",
     const extra = new Map<string, number[]>([...names,
       ["cond_stage_model.transformer.text_model.embeddings.position_ids", [1, 77]], ["alphas_cumprod", [1000]], ["model_ema.decay", []]]);
     const src = shapeOnly(extra);
-    expect(inspectSingleFile(src)).toEqual({ textEncoder: "transformers", crossAttentionDim: 768, family: "sd1" });
+    expect(inspectSingleFile(src)).toEqual({ textEncoder: "transformers", crossAttentionDim: 768, family: "sd1", unetInChannels: 4 });
     const conv = convertSingleFileToDiffusers(src, configs);
     expect(conv.unused.sort()).toEqual(["alphas_cumprod", "cond_stage_model.transformer.text_model.embeddings.position_ids", "model_ema.decay"]);
     for (const c of ["unet", "vae", "textEncoder"] as const) {
@@ -250,7 +250,7 @@ describeIfReference("single-file mapping of the full-size configs (no weights)",
     // a 1x1-conv proj_in (some 2.x conversions) loads into the linear projection too
     extra.set("model.diffusion_model.input_blocks.1.1.proj_in.weight", [320, 320, 1, 1]);
     const src = shapeOnly(extra);
-    expect(inspectSingleFile(src)).toEqual({ textEncoder: "openclip", crossAttentionDim: 1024, family: "sd2" });
+    expect(inspectSingleFile(src)).toEqual({ textEncoder: "openclip", crossAttentionDim: 1024, family: "sd2", unetInChannels: 4 });
     const conv = convertSingleFileToDiffusers(src, configs);
     expect(conv.unused.length).toBe(4);
     for (const c of ["unet", "vae", "textEncoder"] as const) expect(conv[c]!.keys().sort()).toEqual([...shapes[c].keys()].sort());

@@ -93,6 +93,8 @@ export interface UNet2DConditionConfig {
   timeEmbedDim: number;
   convInKernel: number;
   convOutKernel: number;
+  /** SDXL's "text_time" conditioning: sinusoid width per id and the add_embedding input width; null for SD 1.x/2.x. */
+  addition: { timeEmbedDim: number; inputDim: number } | null;
 }
 
 const DOWN_TYPES = ["CrossAttnDownBlock2D", "DownBlock2D"];
@@ -119,8 +121,8 @@ export function resolveUNetConfig(json: UNet2DConditionConfigJson): UNet2DCondit
     const v = c[key] === undefined ? dflt : c[key];
     if (!allowed.some((a) => a === v)) unsupported(key, allowed.map((a) => JSON.stringify(a)).join(", "));
   };
-  // settings outside SD 1.x / 2.x: reject rather than silently compute something else
-  mustBe("addition_embed_type", null);
+  // settings outside SD 1.x / 2.x / XL: reject rather than silently compute something else
+  mustBe("addition_embed_type", null, [null, "text_time"]);
   mustBe("class_embed_type", null);
   mustBe("num_class_embeds", null);
   mustBe("encoder_hid_dim", null);
@@ -165,6 +167,16 @@ export function resolveUNetConfig(json: UNet2DConditionConfigJson): UNet2DCondit
   const crossAttentionDim = perBlock(M, "cross_attention_dim", c.cross_attention_dim ?? 1280, n).map((v) => positiveInt(M, "cross_attention_dim", v));
   const transformerLayersPerBlock = perBlock(M, "transformer_layers_per_block", tlpb as number | number[], n)
     .map((v) => positiveInt(M, "transformer_layers_per_block", v));
+  let addition: UNet2DConditionConfig["addition"] = null;
+  if (c.addition_embed_type === "text_time") {
+    // SDXL: pooled text embedding + sinusoids of the six size/crop ids -> an MLP added to the time embedding
+    if (typeof c.addition_time_embed_dim !== "number" || typeof c.projection_class_embeddings_input_dim !== "number")
+      throw new RangeError(`${M}: addition_embed_type "text_time" needs addition_time_embed_dim and projection_class_embeddings_input_dim`);
+    addition = {
+      timeEmbedDim: positiveInt(M, "addition_time_embed_dim", c.addition_time_embed_dim),
+      inputDim: positiveInt(M, "projection_class_embeddings_input_dim", c.projection_class_embeddings_input_dim),
+    };
+  }
   const convInKernel = c.conv_in_kernel ?? 3, convOutKernel = c.conv_out_kernel ?? 3;
   if (convInKernel % 2 !== 1) unsupported("conv_in_kernel", "an odd integer");
   if (convOutKernel % 2 !== 1) unsupported("conv_out_kernel", "an odd integer");
@@ -186,7 +198,7 @@ export function resolveUNetConfig(json: UNet2DConditionConfigJson): UNet2DCondit
     upcastAttention: c.upcast_attention ?? false,
     resnetOutScaleFactor: c.resnet_out_scale_factor ?? 1,
     timeEmbedDim: c.time_embedding_dim ?? blockOutChannels[0] * 4,
-    convInKernel, convOutKernel,
+    convInKernel, convOutKernel, addition,
   };
 }
 
@@ -207,6 +219,14 @@ class TimestepEmbedding extends Module {
 export interface UNetForwardOptions {
   /** Receives named activations as diffusers' forward hooks see them (see ActivationHook). */
   hooks?: ActivationHook;
+  /** SDXL (addition_embed_type "text_time"): diffusers' added_cond_kwargs. */
+  addedCond?: AddedCond;
+}
+
+/** SDXL's extra conditioning: the pooled text embedding [B, P] and the six size/crop ids [B, 6]. */
+export interface AddedCond {
+  textEmbeds: Tensor;
+  timeIds: Tensor;
 }
 
 /**
@@ -220,6 +240,8 @@ export class UNet2DConditionModel extends Module {
   readonly config: UNet2DConditionConfig;
   readonly convIn: Conv2d;
   readonly timeEmbedding: TimestepEmbedding;
+  /** SDXL's add_embedding (text_time); null for SD 1.x/2.x. */
+  readonly addEmbedding: TimestepEmbedding | null;
   readonly downBlocks: DownBlock2D[] = [];
   readonly midBlock: UNetMidBlock2DCrossAttn | null;
   readonly upBlocks: UpBlock2D[] = [];
@@ -242,6 +264,7 @@ export class UNet2DConditionModel extends Module {
     });
 
     this.convIn = this.child("conv_in", new Conv2d(cfg.inChannels, boc[0], { kernel: cfg.convInKernel, padding: (cfg.convInKernel - 1) / 2 }));
+    this.addEmbedding = cfg.addition ? this.child("add_embedding", new TimestepEmbedding(cfg.addition.inputDim, cfg.timeEmbedDim)) : null;
     this.timeEmbedding = this.child("time_embedding", new TimestepEmbedding(boc[0], cfg.timeEmbedDim));
 
     let out = boc[0];
@@ -327,8 +350,9 @@ export class UNet2DConditionModel extends Module {
       let tProj = ops.timestepEmbedding(t, cfg.blockOutChannels[0], { flipSinToCos: cfg.flipSinToCos, downscaleFreqShift: cfg.freqShift });
       if (tProj.dtype !== sample.dtype) tProj = tProj.to(sample.device, sample.dtype);
       emitPlain(hook, "time_proj", tProj);
-      const emb = this.timeEmbedding.forward(tProj);
+      let emb = this.timeEmbedding.forward(tProj);
       emitPlain(hook, "time_embedding", emb);
+      if (this.addEmbedding) emb = this.addTextTime(emb, B, opts.addedCond, sample, hook);
       const embAct = ops.silu(emb);
 
       // 2. down path: conv_in and every block output are skips
@@ -370,6 +394,33 @@ export class UNet2DConditionModel extends Module {
       const out = this.convOut.forward(act);
       return ops.nhwcToNchw(out);
     });
+  }
+
+  /**
+   * SDXL's text_time conditioning: emb + add_embedding(cat(text_embeds, sinusoids of the six ids)),
+   * each id's sinusoid in float32 as the timestep's (diffusers' add_time_proj), then the model dtype.
+   */
+  private addTextTime(emb: Tensor, B: number, added: AddedCond | undefined, sample: Tensor, hook?: ActivationHook): Tensor {
+    const a = this.config.addition!;
+    if (!added) throw new TypeError("UNet2DConditionModel.forward: this U-Net (addition_embed_type \"text_time\", SDXL) needs addedCond { textEmbeds, timeIds }");
+    const { textEmbeds, timeIds } = added;
+    const textDim = a.inputDim - 6 * a.timeEmbedDim;
+    if (timeIds.ndim !== 2 || timeIds.shape[0] !== B || timeIds.shape[1] !== 6)
+      throw new RangeError(`UNet2DConditionModel.forward: addedCond.timeIds must be [${B}, 6], got [${timeIds.shape.join(",")}]`);
+    if (textEmbeds.ndim !== 2 || textEmbeds.shape[0] !== B || textEmbeds.shape[1] !== textDim)
+      throw new RangeError(`UNet2DConditionModel.forward: addedCond.textEmbeds must be [${B}, ${textDim}] (projection_class_embeddings_input_dim ${a.inputDim} - 6 x ${a.timeEmbedDim}), got [${textEmbeds.shape.join(",")}]`);
+    const cfg = this.config;
+    const ids = timeIds.dtype === "float32" && timeIds.device === sample.device ? timeIds : timeIds.to(sample.device, "float32");
+    const proj = ops.timestepEmbedding(ids.reshape([B * 6]), a.timeEmbedDim, { flipSinToCos: cfg.flipSinToCos, downscaleFreqShift: cfg.freqShift });
+    emitPlain(hook, "add_time_proj", proj);
+    const text = textEmbeds.dtype === "float32" && textEmbeds.device === sample.device ? textEmbeds : textEmbeds.to(sample.device, "float32");
+    let addIn = ops.concat([text, proj.reshape([B, 6 * a.timeEmbedDim])], 1);
+    if (addIn.dtype !== sample.dtype) addIn = addIn.to(sample.device, sample.dtype);
+    const aug = this.addEmbedding!.forward(addIn);
+    emitPlain(hook, "add_embedding", aug);
+    const sum = ops.add(emb, aug);
+    emitPlain(hook, "emb", sum);
+    return sum;
   }
 }
 

@@ -180,7 +180,7 @@ describeIfReference("UNet2DConditionModel configs", () => {
   test("values that change the math are errors naming the key", () => {
     const base = readJson("models", "tiny-sd", "unet", "config.json");
     const bad: [Record<string, unknown>, string][] = [
-      [{ addition_embed_type: "text_time" }, "addition_embed_type"],
+      [{ addition_embed_type: "image" }, "addition_embed_type"],
       [{ down_block_types: ["AttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"] }, "down_block_types"],
       [{ up_block_types: ["UpBlock2D", "SimpleCrossAttnUpBlock2D", "CrossAttnUpBlock2D"] }, "up_block_types"],
       [{ mid_block_type: "UNetMidBlock2DSimpleCrossAttn" }, "mid_block_type"],
@@ -204,7 +204,10 @@ describeIfReference("UNet2DConditionModel configs", () => {
     expect(() => new UNet2DConditionModel({ ...base, attention_head_dim: [8, 8] })).toThrow(/attention_head_dim/);
   });
 
-  test("the tiny-sdxl U-Net (text_time) is rejected by name", () => {
-    expect(() => new UNet2DConditionModel(readJson("models", "tiny-sdxl", "unet", "config.json"))).toThrow(/addition_embed_type/);
+  test("addition_embed_type: text_time (SDXL) builds; other kinds, or text_time without its sizes, are refused by name", () => {
+    const xl = readJson("models", "tiny-sdxl", "unet", "config.json");
+    new UNet2DConditionModel(xl).dispose();
+    expect(() => new UNet2DConditionModel({ ...xl, addition_embed_type: "text_image" })).toThrow(/addition_embed_type/);
+    expect(() => new UNet2DConditionModel({ ...xl, addition_time_embed_dim: null })).toThrow(/needs addition_time_embed_dim and projection_class_embeddings_input_dim/);
   });
 });

@@ -8,7 +8,7 @@
 // kernels on the same shapes, the timestep rounded to float32 either way.
 import { captureGraph, type CapturedGraph } from "../graph";
 import { Tensor } from "../tensor";
-import type { UNet2DConditionModel } from "./unet-2d-condition";
+import type { AddedCond, UNet2DConditionModel } from "./unet-2d-condition";
 
 interface Entry {
   graph: CapturedGraph | null;
@@ -30,32 +30,36 @@ export function unetGraphsEnabled(device: string): boolean {
  * capture fails the step runs eagerly from then on, and the reason is kept in lastGraphError().
  * Elsewhere (and as the fallback) it is exactly unet.forward().
  */
-export function unetStep(unet: UNet2DConditionModel, sample: Tensor, timestep: number, context: Tensor): Tensor {
-  if (!unetGraphsEnabled(sample.device) || !Number.isFinite(timestep)) return unet.forward(sample, timestep, context);
+export function unetStep(unet: UNet2DConditionModel, sample: Tensor, timestep: number, context: Tensor, added?: AddedCond): Tensor {
+  const eager = () => unet.forward(sample, timestep, context, added ? { addedCond: added } : {});
+  if (!unetGraphsEnabled(sample.device) || !Number.isFinite(timestep)) return eager();
   let byKey = graphs.get(unet);
   if (!byKey) graphs.set(unet, (byKey = new Map()));
-  const key = `${sample.device}|${sample.dtype}|${sample.shape.join(",")}|${context.dtype}|${context.shape.join(",")}`;
+  const sig = (t: Tensor) => `${t.dtype}|${t.shape.join(",")}`;
+  const key = [sample.device, sig(sample), sig(context), ...(added ? [sig(added.textEmbeds), sig(added.timeIds)] : [])].join("|");
   let e = byKey.get(key);
   if (!e) byKey.set(key, (e = { graph: null, eager: 0, failed: false }));
   if (e.failed || (!e.graph && e.eager < 1)) {
     e.eager++;
-    return unet.forward(sample, timestep, context);
+    return eager();
   }
   const t = Tensor.fromArray(new Float32Array([timestep]), [1], { device: sample.device });
+  // the added conditioning must live on the graph's device too (the size ids are made on the host)
+  const inputs = [sample, t, context, ...(added ? [added.textEmbeds, added.timeIds] : [])];
   try {
     if (!e.graph) {
       try {
-        e.graph = captureGraph(sample.device, [sample, t, context], (x, tt, c) => {
-          const eps = unet.forward(x, tt, c);
+        e.graph = captureGraph(sample.device, inputs, (x, tt, c, te, ti) => {
+          const eps = unet.forward(x, tt, c, te ? { addedCond: { textEmbeds: te, timeIds: ti } } : {});
           return eps.dtype === "float32" ? eps : eps.to(eps.device, "float32");
         });
       } catch (err) {
         e.failed = true;
         lastError = (err as Error).message ?? String(err);
-        return unet.forward(sample, timestep, context);
+        return eager();
       }
     }
-    return e.graph.run([sample, t, context])[0];
+    return e.graph.run(inputs)[0];
   } finally {
     t.dispose();
   }

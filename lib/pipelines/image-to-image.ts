@@ -10,8 +10,8 @@ import { TorchGenerator } from "../random/torch-generator";
 import type { NoiseSource } from "../schedulers";
 import { centerCrop, imageToNchw, loadImage, resizeImage, type ImageInput, type RGBImage } from "./images";
 import {
-  GENERATE_KEYS, checkSize, decodeLatents, denoise, drawNoise, encodeConditioning, imageParameters, resolveCommon, throwIfAborted,
-  type CommonGenerateOptions, type GenerateResult,
+  GENERATE_KEYS, checkSize, decodeLatents, denoise, disposeConditioning, drawNoise, encodeConditioning, imageParameters, resolveCommon, throwIfAborted,
+  type CommonGenerateOptions, type Conditioning, type GenerateResult,
 } from "./text-to-image";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
 
@@ -59,7 +59,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
   // 1. defaults and validation
   const run = resolveCommon(pipe, opts, op, IMG2IMG_KEYS);
   const { scheduler } = run;
-  let context: Tensor | null = null;
+  let cond: Conditioning | null = null;
   let latents: Tensor | null = null;
   try {
     const strength = opts.strength ?? 0.8;
@@ -78,7 +78,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
 
     // 2. encode prompt (+ negative prompt under CFG)
     const t0 = now();
-    context = encodeConditioning(pipe, run);
+    cond = encodeConditioning(pipe, run, width, height);
     await synchronize(pipe.device);
     throwIfAborted(run);
     const t1 = now();
@@ -95,7 +95,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
     }
 
     // 4. denoising loop with classifier-free guidance, over the kept timesteps
-    const final = await denoise(pipe, run, { scheduler, timesteps: tail.timesteps, context }, latents);
+    const final = await denoise(pipe, run, { scheduler, timesteps: tail.timesteps, cond }, latents);
     latents = final;
     const t2 = now();
 
@@ -104,7 +104,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
     const t3 = now();
     return { images, seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: t3 - t2 } };
   } finally {
-    context?.dispose();
+    disposeConditioning(cond);
     latents?.dispose();
     scheduler.dispose();
   }

@@ -21,8 +21,8 @@ import { GeneratedImage, imageToNchw, loadImage, type ImageInput } from "./image
 import { fitMask, latentMask, loadMask, maskCondition, maskedImage, pasteUnmasked, type MaskInput } from "./mask";
 import { encodePosteriorSamples, fitImage, img2imgTimesteps, posteriorShape } from "./image-to-image";
 import {
-  GENERATE_KEYS, decodeLatents, denoise, drawNoise, encodeConditioning, imageParameters, latentsFromOption, resolveCommon, throwIfAborted,
-  type CommonGenerateOptions, type GenerateResult,
+  GENERATE_KEYS, decodeLatents, denoise, disposeConditioning, drawNoise, encodeConditioning, imageParameters, latentsFromOption, resolveCommon, throwIfAborted,
+  type CommonGenerateOptions, type Conditioning, type GenerateResult,
 } from "./text-to-image";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
 
@@ -78,7 +78,7 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
   const { scheduler } = run;
   const held: Tensor[] = [];
   const hold = <T extends Tensor>(t: T): T => (held.push(t), t);
-  let context: Tensor | null = null;
+  let cond: Conditioning | null = null;
   let latents: Tensor | null = null;
   try {
     const kind = inpaintKind(pipe);
@@ -106,7 +106,7 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
 
     // 2. encode prompt (+ negative prompt under CFG)
     const t0 = now();
-    context = encodeConditioning(pipe, run);
+    cond = encodeConditioning(pipe, run, width, height);
     await synchronize(pipe.device);
     throwIfAborted(run);
     const t1 = now();
@@ -123,13 +123,13 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
     latents = given !== null || fullStrength
       ? ops.mul(noise, scheduler.initNoiseSigma)
       : scheduler.addNoise(imageLatents!, noise, tail.timesteps[0]);
-    const cond = maskCondition(mask);
+    const binary = maskCondition(mask);
     const maskedDraw = drawNoise(one, firstGenerator(run.generator));  // drawn for the blend too, as diffusers does
-    const lmask = latentMask(cond, height, width, h, w);
+    const lmask = latentMask(binary, height, width, h, w);
     let conditioning: Tensor | undefined;
     let afterStep: ((x: Tensor, i: number) => Tensor) | undefined;
     if (kind === "unet9") {
-      const mil = encodePosteriorSamples(pipe, maskedImage(init, cond), width, height, [maskedDraw]);
+      const mil = encodePosteriorSamples(pipe, maskedImage(init, binary), width, height, [maskedDraw]);
       conditioning = hold(keep(tidy(() => {
         const m = Tensor.fromArray(lmask, [1, 1, h, w], { device: pipe.device });
         const one9 = ops.concat([m, mil], 1);
@@ -149,7 +149,7 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
     }
 
     // 4. denoising loop with classifier-free guidance, over the kept timesteps
-    const final = await denoise(pipe, run, { scheduler, timesteps: tail.timesteps, context, conditioning, afterStep }, latents);
+    const final = await denoise(pipe, run, { scheduler, timesteps: tail.timesteps, cond, conditioning, afterStep }, latents);
     latents = final;
     const t2 = now();
 
@@ -160,7 +160,7 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
     const t3 = now();
     return { images, seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: t3 - t2 } };
   } finally {
-    context?.dispose();
+    disposeConditioning(cond);
     latents?.dispose();
     for (const t of held) t.dispose();
     scheduler.dispose();

@@ -1,6 +1,7 @@
 /**
  * loadPipeline: a Stable Diffusion 1.x / 2.x pipeline from a diffusers folder or from a
- * single-file `.safetensors` checkpoint (original LDM key names).
+ * single-file `.safetensors` checkpoint (original LDM key names), or an SDXL base pipeline from a
+ * diffusers folder.
  *
  * Single files carry weights only. Their configs come from the `configs` option or from the
  * copies of the SD1.5 / SD2.1 (768-v) configs in the package's `configs/` folder, chosen by what
@@ -58,6 +59,7 @@ const VAE_DTYPES: readonly VaeDTypeOption[] = ["auto", ...PIPELINE_DTYPES];
 
 const LOAD_KEYS = ["device", "dtype", "variant", "configs", "tokenizer", "vaeDtype"];
 const SD_PIPELINES = ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionPipelineSafe"];
+const SDXL_PIPELINES = ["StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"];
 
 /** Resolves and checks a device option. */
 export function resolvePipelineDevice(op: string, device: unknown): string {
@@ -152,8 +154,11 @@ export async function loadPipeline(modelPath: string, opts: LoadPipelineOptions 
 async function loadFolder(dir: string, device: string, dtype: PipelineDType, vaeRequest: VaeDTypeOption, variant?: string): Promise<StableDiffusionPipeline> {
   const folder = ModelFolder.open(dir);
   const cls = folder.index.className;
-  if (!SD_PIPELINES.includes(cls))
-    throw new Error(`loadPipeline: ${dir} is a ${cls}; loadPipeline loads Stable Diffusion 1.x/2.x pipelines (${SD_PIPELINES.join(", ")})`);
+  const xl = SDXL_PIPELINES.includes(cls);
+  if (!SD_PIPELINES.includes(cls) && !xl)
+    throw new Error(`loadPipeline: ${dir} is a ${cls}; loadPipeline loads Stable Diffusion 1.x/2.x and SDXL pipelines (${[...SD_PIPELINES, ...SDXL_PIPELINES].join(", ")})`);
+  if (xl && !folder.index.components.has("text_encoder"))
+    throw new Error(`loadPipeline: ${dir} has no first text encoder: an SDXL refiner, which is not supported (load the SDXL base model)`);
   const expect = (name: string, classes: string[]) => {
     const c = folder.component(name);
     if (!classes.includes(c.className)) throw new Error(`loadPipeline: ${dir}: component "${name}" is a ${c.className}, expected ${classes.join(" or ")}`);
@@ -163,20 +168,36 @@ async function loadFolder(dir: string, device: string, dtype: PipelineDType, vae
   expect("text_encoder", ["CLIPTextModel"]);
   expect("tokenizer", ["CLIPTokenizer", "CLIPTokenizerFast"]);
 
+  if (xl) {
+    expect("text_encoder_2", ["CLIPTextModelWithProjection"]);
+    expect("tokenizer_2", ["CLIPTokenizer", "CLIPTokenizerFast"]);
+  }
+
   const tokenizer = CLIPTokenizer.fromDirectory(folder.componentDir("tokenizer"));
+  const tokenizer2 = xl ? CLIPTokenizer.fromDirectory(folder.componentDir("tokenizer_2")) : undefined;
   const scheduler = folder.config("scheduler");
+  const zeros = folder.index.options["force_zeros_for_empty_prompt"];
   const built = new Built();
   try {
     const textEncoder = built.add(CLIPTextModel.fromConfig(folder.config("text_encoder")));
     loadInto(textEncoder, folder.weights("text_encoder", { variant }), dtype, device);
     await yieldToLoop();
+    let textEncoder2: CLIPTextModel | undefined;
+    if (xl) {
+      textEncoder2 = built.add(CLIPTextModel.fromConfig(folder.config("text_encoder_2"), { withProjection: true }));
+      loadInto(textEncoder2, folder.weights("text_encoder_2", { variant }), dtype, device);
+      await yieldToLoop();
+    }
     const unet = built.add(new UNet2DConditionModel(folder.config("unet")));
     loadInto(unet, folder.weights("unet", { variant }), dtype, device);
     await yieldToLoop();
     const vae = built.add(new AutoencoderKL(folder.config("vae")));
     const vaeDtype = vaeDTypeFor(vae, dtype, device, vaeRequest);
     loadInto(vae, folder.weights("vae", { variant, mapKey: renameLegacyVaeKey }), vaeDtype, device);
-    return new StableDiffusionPipeline({ tokenizer, textEncoder, unet, vae, scheduler, device, dtype, vaeDtype, modelName: path.basename(dir) });
+    return new StableDiffusionPipeline({
+      tokenizer, textEncoder, unet, vae, scheduler, device, dtype, vaeDtype, modelName: path.basename(dir),
+      tokenizer2, textEncoder2, forceZerosForEmptyPrompt: typeof zeros === "boolean" ? zeros : true,
+    });
   } catch (e) {
     built.disposeAll();
     throw e;
@@ -212,6 +233,8 @@ async function loadSingleFile(file: string, device: string, dtype: PipelineDType
   const source = openWeightsFile(file);
   const built = new Built();
   try {
+    if (source.keys().some((k) => k.startsWith("conditioner.embedders.")))
+      throw new Error(`${op}: ${path.basename(file)} is an SDXL single-file checkpoint, which loadPipeline does not convert; load the model's diffusers folder (unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/)`);
     const info = inspectSingleFile(source);
     let configs: Required<PipelineConfigs>;
     if (typeof opts.configs === "string") {

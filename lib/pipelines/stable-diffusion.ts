@@ -7,6 +7,7 @@
  * guidance and every sampler update stay float32 (DESIGN.md, "Precision"). An fp16 VAE whose
  * config says force_upcast runs in float32, as diffusers does.
  */
+import * as ops from "../ops";
 import { Tensor, tidy, keep, type DType } from "../tensor";
 import type { CLIPTokenizer } from "../tokenizers/clip";
 import type { CLIPTextModel } from "../models/clip-text";
@@ -42,11 +43,19 @@ export interface PipelineComponents {
   vaeDtype?: DType;
   /** Short model name for image metadata (folder or file name). */
   modelName?: string;
+  /** SDXL: the second tokenizer and text encoder (a CLIPTextModelWithProjection: its pooled, projected output conditions the U-Net). */
+  tokenizer2?: CLIPTokenizer;
+  textEncoder2?: CLIPTextModel;
+  /** SDXL (model_index.json's force_zeros_for_empty_prompt): without a negative prompt, CFG's negative embeddings are zeros. Default true. */
+  forceZerosForEmptyPrompt?: boolean;
 }
 
 export class StableDiffusionPipeline {
   readonly tokenizer: CLIPTokenizer;
   readonly textEncoder: CLIPTextModel;
+  readonly tokenizer2: CLIPTokenizer | null;
+  readonly textEncoder2: CLIPTextModel | null;
+  readonly forceZerosForEmptyPrompt: boolean;
   readonly unet: UNet2DConditionModel;
   readonly vae: AutoencoderKL;
   readonly scheduler: Readonly<Record<string, unknown>>;
@@ -60,6 +69,9 @@ export class StableDiffusionPipeline {
   constructor(c: PipelineComponents) {
     this.tokenizer = c.tokenizer;
     this.textEncoder = c.textEncoder;
+    this.tokenizer2 = c.tokenizer2 ?? null;
+    this.textEncoder2 = c.textEncoder2 ?? null;
+    this.forceZerosForEmptyPrompt = c.forceZerosForEmptyPrompt ?? true;
     this.unet = c.unet;
     this.vae = c.vae;
     this.scheduler = Object.freeze({ ...c.scheduler });
@@ -75,9 +87,26 @@ export class StableDiffusionPipeline {
         `StableDiffusionPipeline: the U-Net takes ${inChannels} channels and returns ${this.unet.config.outChannels}, ` +
           `the VAE has ${latentChannels} latent channels (a U-Net takes ${latentChannels}, or ${2 * latentChannels + 1} for inpainting, and returns ${latentChannels})`,
       );
-    const hidden = this.textEncoder.config.hiddenSize;
+    this.checkTextEncoders();
+  }
+
+  private checkTextEncoders(): void {
+    const M = "StableDiffusionPipeline";
+    const addition = this.unet.config.addition;
+    const te2 = this.textEncoder2;
+    if (addition && (!te2 || !this.tokenizer2 || te2.config.projectionDim === null))
+      throw new Error(`${M}: an SDXL U-Net (addition_embed_type "text_time") needs tokenizer2 and textEncoder2 with a text projection`);
+    if (!addition && (te2 || this.tokenizer2)) throw new Error(`${M}: a second text encoder needs an SDXL U-Net (addition_embed_type "text_time")`);
+    const hidden = this.textEncoder.config.hiddenSize + (te2 ? te2.config.hiddenSize : 0);
     if (this.unet.config.crossAttentionDim.some((d) => d !== hidden))
-      throw new Error(`StableDiffusionPipeline: the U-Net's cross_attention_dim ${this.unet.config.crossAttentionDim.join("/")} does not match the text encoder's hidden size ${hidden}`);
+      throw new Error(`${M}: the U-Net's cross_attention_dim ${this.unet.config.crossAttentionDim.join("/")} does not match the text encoder${te2 ? "s' hidden sizes" : "'s hidden size"} ${hidden}`);
+    if (addition && 6 * addition.timeEmbedDim + te2!.config.projectionDim! !== addition.inputDim)
+      throw new Error(`${M}: the U-Net's add_embedding takes ${addition.inputDim} values, but 6 ids x ${addition.timeEmbedDim} + the text projection's ${te2!.config.projectionDim} make ${6 * addition.timeEmbedDim + te2!.config.projectionDim!}`);
+  }
+
+  /** SDXL: two text encoders, pooled text and size/crop ids condition the U-Net. */
+  get isXL(): boolean {
+    return this.unet.config.addition !== null;
   }
 
   /** Spatial factor between pixels and latents (8 for SD, 4 for tiny-sd). */
@@ -126,6 +155,42 @@ export class StableDiffusionPipeline {
     if (texts.length === 0 || texts.some((t) => typeof t !== "string"))
       throw new TypeError("encodePrompt: text must be a string or a non-empty array of strings");
     return this.encodeTexts(texts, opts.clipSkip ?? 0);
+  }
+
+  /**
+   * SDXL: diffusers' encode_prompt for one prompt or a list: `embeds` [B, 77, D1 + D2] are both
+   * encoders' penultimate hidden states (before final_layer_norm; clipSkip k takes layer L-1-k),
+   * side by side; `pooled` [B, P] is the second encoder's projected EOS output. `prompt2` goes to
+   * the second encoder (default: the prompt). The caller disposes both.
+   */
+  async encodePromptXL(text: string | readonly string[], opts: { prompt2?: string | readonly string[]; clipSkip?: number } = {}): Promise<{ embeds: Tensor; pooled: Tensor }> {
+    this.assertLive("encodePromptXL");
+    if (!this.isXL) throw new Error("encodePromptXL: this is not an SDXL model; use encodePrompt()");
+    const texts = typeof text === "string" ? [text] : [...text];
+    const texts2 = opts.prompt2 === undefined ? texts : typeof opts.prompt2 === "string" ? texts.map(() => opts.prompt2 as string) : [...opts.prompt2];
+    if (texts.length === 0 || texts2.length !== texts.length || [...texts, ...texts2].some((t) => typeof t !== "string"))
+      throw new TypeError("encodePromptXL: text must be a string or a non-empty array of strings, and prompt2 one string or one per text");
+    return this.encodeTextsXL(texts, texts2, opts.clipSkip ?? 0);
+  }
+
+  /** @internal Synchronous encodePromptXL (kept tensors). */
+  encodeTextsXL(texts: readonly string[], texts2: readonly string[], clipSkip = 0): { embeds: Tensor; pooled: Tensor } {
+    const te1 = this.textEncoder, te2 = this.textEncoder2!;
+    const L1 = te1.config.numHiddenLayers, L2 = te2.config.numHiddenLayers;
+    if (!Number.isInteger(clipSkip) || clipSkip < 0 || clipSkip > Math.min(L1, L2) - 2)
+      throw new RangeError(`encodePromptXL: clipSkip must be an integer in [0, ${Math.min(L1, L2) - 2}], got ${clipSkip}`);
+    const ids = (tok: CLIPTokenizer, xs: readonly string[]) => {
+      const L = tok.maxLength, out = new Int32Array(xs.length * L);
+      xs.forEach((t, i) => out.set(tok.encodePadded(t), i * L));
+      return Tensor.fromArray(out, [xs.length, L]);
+    };
+    const r = tidy(() => {
+      const o1 = te1.forward(ids(this.tokenizer, texts), { outputHiddenStates: true });
+      const o2 = te2.forward(ids(this.tokenizer2!, texts2), { outputHiddenStates: true });
+      const embeds = ops.concat([o1.hiddenStates![L1 - 1 - clipSkip], o2.hiddenStates![L2 - 1 - clipSkip]], 2);
+      return { embeds, pooled: o2.textEmbeds! };
+    });
+    return { embeds: keep(r.embeds), pooled: keep(r.pooled) };
   }
 
   /** @internal Synchronous encodePrompt: enqueues the encoder and returns the (kept) hidden states. */
@@ -190,6 +255,7 @@ export class StableDiffusionPipeline {
     this.isDisposed = true;
     this.patches.dispose();
     this.textEncoder.dispose();
+    this.textEncoder2?.dispose();
     this.unet.dispose();
     this.vae.dispose();
   }

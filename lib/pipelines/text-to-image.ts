@@ -16,6 +16,8 @@ import { SAMPLER_NAMES, createScheduler, schedulerFromConfig, type Scheduler, ty
 import { GeneratedImage, latentPreviews, postprocessDecoded, type ImageParameters } from "./images";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
 import { unetStep } from "../models/unet-graph";
+import type { AddedCond } from "../models/unet-2d-condition";
+import { encodeConditioningXL } from "./sdxl-conditioning";
 
 /** Sampler names generate() takes: the lib/schedulers names plus "default" (the model's own scheduler). */
 export const SAMPLER_CHOICES: readonly string[] = [...SAMPLER_NAMES, "default"];
@@ -76,6 +78,16 @@ export interface CommonGenerateOptions {
   guidanceRescale?: number;
   /** Use the output of the text encoder's layer L-k (diffusers' clip_skip; as there, only for the prompt, not the negative prompt). Default 0. */
   clipSkip?: number;
+  /** SDXL: the prompt(s) for the second text encoder (diffusers' prompt_2). Default: prompt. */
+  prompt2?: string | readonly string[];
+  /** SDXL: the negative prompt(s) for the second text encoder. Default: negativePrompt. */
+  negativePrompt2?: string | readonly string[];
+  /** SDXL micro-conditioning (diffusers' original_size): the size the model is told the picture had. Default: the output size. */
+  originalSize?: { width: number; height: number };
+  /** SDXL: crops_coords_top_left, in pixels. Default { top: 0, left: 0 }. */
+  cropTopLeft?: { top: number; left: number };
+  /** SDXL: target_size. Default: the output size. */
+  targetSize?: { width: number; height: number };
   onStep?: (info: StepInfo) => void | Promise<void>;
   /** Aborting rejects with an Error named "AbortError" at the next step boundary; every tensor is freed. */
   signal?: AbortSignal;
@@ -123,8 +135,9 @@ export interface DecodeResult {
 
 const COMMON_KEYS = [
   "prompt", "negativePrompt", "steps", "cfg", "sampler", "schedulerConfig", "seed", "numImages", "eta", "guidanceRescale", "clipSkip",
-  "onStep", "signal", "previewEvery", "generator",
+  "onStep", "signal", "previewEvery", "generator", "prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize",
 ];
+const XL_KEYS = ["prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize"];
 export const GENERATE_KEYS: readonly string[] = [...COMMON_KEYS, "width", "height", "latents"];
 
 const MAX_SEED = Number.MAX_SAFE_INTEGER;
@@ -140,6 +153,13 @@ export interface ResolvedRun {
   /** The distinct prompts and negatives, and how many images each gets. */
   uniquePrompts: string[];
   uniqueNegatives: string[];
+  /** Whether a negative prompt was given (SDXL zeroes the negative embeddings when not, if the model says so). */
+  negativeGiven: boolean;
+  /** SDXL: the second encoder's texts, one per unique prompt / negative (defaults: the first's). */
+  uniquePrompts2: string[];
+  uniqueNegatives2: string[];
+  /** SDXL micro-conditioning as given (null: default to the output size / no crop). */
+  xlSizes: { originalSize: { width: number; height: number } | null; cropTopLeft: { top: number; left: number }; targetSize: { width: number; height: number } | null };
   numImages: number;
   total: number;
   steps: number;
@@ -202,6 +222,40 @@ export function makeScheduler(pipe: StableDiffusionPipeline, op: string, name: s
   return { scheduler: createScheduler(name, pipe.scheduler, overrides), display: SAMPLER_DISPLAY[name] ?? name };
 }
 
+/** One text per prompt: a string for all, or a list as long as the prompts. */
+function textsFor(op: string, name: string, v: unknown, n: number, dflt: string[]): string[] {
+  if (v === undefined) return dflt;
+  const xs = textList(op, name, v);
+  if (xs.length === 1) return Array<string>(n).fill(xs[0]);
+  if (xs.length !== n) throw new RangeError(`${op}: ${name} has ${xs.length} entries but prompt has ${n} (give one, or one per prompt)`);
+  return xs;
+}
+
+function sizeOption(op: string, name: string, v: unknown): { width: number; height: number } | null {
+  if (v === undefined) return null;
+  const o = v as { width?: unknown; height?: unknown };
+  if (!o || typeof o !== "object" || !Number.isInteger(o.width) || !Number.isInteger(o.height) || (o.width as number) < 1 || (o.height as number) < 1 || (o.width as number) > MAX_SIZE || (o.height as number) > MAX_SIZE)
+    throw new RangeError(`${op}: ${name} must be { width, height } with positive integers up to ${MAX_SIZE}, got ${JSON.stringify(v)}`);
+  return { width: o.width as number, height: o.height as number };
+}
+
+/** SDXL's options: refused by name on other models; defaults as diffusers' StableDiffusionXLPipeline. */
+function resolveXlOptions(pipe: StableDiffusionPipeline, op: string, opts: CommonGenerateOptions, prompts: string[], negatives: string[]) {
+  if (!pipe.isXL) {
+    const given = XL_KEYS.filter((k) => (opts as unknown as Record<string, unknown>)[k] !== undefined);
+    if (given.length) throw new RangeError(`${op}: ${given.join(", ")} ${given.length > 1 ? "are" : "is"} for SDXL models (two text encoders); this model has one`);
+  }
+  const uniquePrompts2 = textsFor(op, "prompt2", opts.prompt2, prompts.length, prompts);
+  const uniqueNegatives2 = textsFor(op, "negativePrompt2", opts.negativePrompt2, negatives.length, negatives);
+  const crop = opts.cropTopLeft;
+  if (crop !== undefined && (!crop || typeof crop !== "object" || !Number.isInteger(crop.top) || !Number.isInteger(crop.left) || crop.top < 0 || crop.left < 0))
+    throw new RangeError(`${op}: cropTopLeft must be { top, left } with non-negative integers, got ${JSON.stringify(crop)}`);
+  return {
+    uniquePrompts2, uniqueNegatives2,
+    xlSizes: { originalSize: sizeOption(op, "originalSize", opts.originalSize), cropTopLeft: crop ?? { top: 0, left: 0 }, targetSize: sizeOption(op, "targetSize", opts.targetSize) },
+  };
+}
+
 export function resolveCommon(pipe: StableDiffusionPipeline, opts: CommonGenerateOptions, op: string, allowedKeys: readonly string[]): ResolvedRun {
   checkKeys(op, opts, allowedKeys);
   const uniquePrompts = textList(op, "prompt", opts.prompt);
@@ -233,11 +287,14 @@ export function resolveCommon(pipe: StableDiffusionPipeline, opts: CommonGenerat
   if (user !== undefined && (user === null || typeof user !== "object" || typeof user.randn !== "function"))
     throw new TypeError(`${op}: generator must have a randn(shape) method returning a Float32Array`);
 
+  const xl = resolveXlOptions(pipe, op, opts, uniquePrompts, uniqueNegatives);
+
   const { scheduler, display } = makeScheduler(pipe, op, sampler, opts.schedulerConfig);
   const seeds = Array.from({ length: total }, (_, k) => seed + k);
   const rep = (xs: string[]) => xs.flatMap((x) => Array<string>(numImages).fill(x));
   return {
     op, prompts: rep(uniquePrompts), negatives: rep(uniqueNegatives), uniquePrompts, uniqueNegatives, numImages, total,
+    negativeGiven: opts.negativePrompt !== undefined, ...xl,
     steps, cfg, cfgOn: cfg > 1, sampler, samplerDisplay: display, scheduler, seeds,
     generator: user ?? seeds.map((s) => new TorchGenerator(s)),
     eta, guidanceRescale, clipSkip, onStep: opts.onStep, signal, previewEvery,
@@ -266,22 +323,43 @@ const now = (): number => performance.now() / 1000;
 // ---------------------------------------------------------------------------------------------
 // stage 2: prompt encoding
 
+/** What the U-Net is conditioned on, for the whole batch (CFG's negative rows first). */
+export interface Conditioning {
+  /** encoder_hidden_states [rows, 77, D]. */
+  context: Tensor;
+  /** SDXL: pooled text embeddings and size/crop ids per row. */
+  added?: AddedCond;
+}
+
+export function disposeConditioning(c: Conditioning | null): void {
+  c?.context.dispose();
+  c?.added?.textEmbeds.dispose();
+  c?.added?.timeIds.dispose();
+}
+
+/** Each of B distinct rows of `t` repeated n times, in order. */
+export function repeatRows(t: Tensor, B: number, n: number): Tensor[] {
+  return Array.from({ length: B }, (_, b) => Array<Tensor>(n).fill(ops.slice(t, 0, b, b + 1))).flat();
+}
+
+export function catRows(parts: Tensor[]): Tensor {
+  return parts.length === 1 ? ops.contiguous(parts[0]) : ops.concat(parts, 0);
+}
+
 /**
- * The U-Net's encoder_hidden_states for the whole batch: cat([negative, prompt]) rows under CFG
+ * The U-Net's conditioning for the whole batch: cat([negative, prompt]) rows under CFG
  * (diffusers' order), else the prompt rows; each distinct prompt is encoded once and repeated
- * numImages times. Kept: the caller disposes it.
+ * numImages times. SDXL models add pooled text and size ids (sdxl-conditioning.ts). Kept: the
+ * caller disposes it (disposeConditioning).
  */
-export function encodeConditioning(pipe: StableDiffusionPipeline, run: ResolvedRun): Tensor {
+export function encodeConditioning(pipe: StableDiffusionPipeline, run: ResolvedRun, width: number, height: number): Conditioning {
+  if (pipe.isXL) return encodeConditioningXL(pipe, run, width, height);
   const B = run.uniquePrompts.length, N = run.numImages;
   const pos = pipe.encodeTexts(run.uniquePrompts, run.clipSkip);
   // diffusers encodes the negative prompt without clip_skip
   const neg = run.cfgOn ? pipe.encodeTexts(run.uniqueNegatives, 0) : null;
   try {
-    return tidy(() => {
-      const rows = (t: Tensor) => Array.from({ length: B }, (_, b) => Array<Tensor>(N).fill(ops.slice(t, 0, b, b + 1))).flat();
-      const parts = [...(neg ? rows(neg) : []), ...rows(pos)];
-      return parts.length === 1 ? ops.contiguous(parts[0]) : ops.concat(parts, 0);
-    });
+    return { context: tidy(() => catRows([...(neg ? repeatRows(neg, B, N) : []), ...repeatRows(pos, B, N)])) };
   } finally {
     pos.dispose();
     neg?.dispose();
@@ -337,8 +415,8 @@ export interface DenoiseInput {
   scheduler: Scheduler;
   /** The timesteps to run (the whole schedule, or img2img's tail). */
   timesteps: readonly number[];
-  /** Encoder hidden states from stage 2. */
-  context: Tensor;
+  /** The conditioning from stage 2. */
+  cond: Conditioning;
   /**
    * Channels concatenated after the scaled latents for the U-Net (an inpainting U-Net's mask and
    * masked-image latents), already batched as the U-Net input is (doubled under CFG).
@@ -355,7 +433,7 @@ export interface DenoiseInput {
  * step, onStep sees finished values, and an abort is noticed between steps.
  */
 export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, input: DenoiseInput, latents: Tensor): Promise<Tensor> {
-  const { scheduler, timesteps, context, conditioning, afterStep } = input;
+  const { scheduler, timesteps, cond, conditioning, afterStep } = input;
   const unetDtype = pipe.dtype;
   const total = timesteps.length;
   let current = latents;
@@ -369,7 +447,7 @@ export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, i
         let modelIn = scheduler.scaleModelInput(run.cfgOn ? ops.concat([x, x], 0) : x, t);
         if (conditioning) modelIn = ops.concat([modelIn, conditioning], 1);
         const unetIn = modelIn.dtype === unetDtype ? modelIn : modelIn.to(pipe.device, unetDtype);
-        let eps = unetStep(pipe.unet, unetIn, t, context);  // a replayed CUDA graph on CUDA (lib/models/unet-graph.ts)
+        let eps = unetStep(pipe.unet, unetIn, t, cond.context, cond.added);  // a replayed CUDA graph on CUDA (lib/models/unet-graph.ts)
         if (eps.dtype !== "float32") eps = eps.to(pipe.device, "float32");
         if (run.cfgOn) {
           const [uncond, cond] = ops.chunk(eps, 2, 0);
@@ -475,7 +553,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
   const height = checkSize(op, "height", opts.height ?? pipe.defaultSize.height, f);
   const shape = [run.total, pipe.unet.config.inChannels, height / f, width / f];
   const { scheduler } = run;
-  let context: Tensor | null = null;
+  let cond: Conditioning | null = null;
   let latents: Tensor | null = null;
   try {
     if (opts.latents !== undefined) latents = latentsFromOption(op, opts.latents, shape, pipe.device);
@@ -484,7 +562,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
 
     // 2. encode prompt (+ negative prompt under CFG)
     const t0 = now();
-    context = encodeConditioning(pipe, run);
+    cond = encodeConditioning(pipe, run, width, height);
     await synchronize(pipe.device);
     throwIfAborted(run);
     const t1 = now();
@@ -495,7 +573,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     noise.dispose();
 
     // 4. denoising loop with classifier-free guidance
-    const final = await denoise(pipe, run, { scheduler, timesteps: scheduler.timesteps, context }, latents);
+    const final = await denoise(pipe, run, { scheduler, timesteps: scheduler.timesteps, cond }, latents);
     latents = final;
     const t2 = now();
 
@@ -504,7 +582,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     const t3 = now();
     return { images, seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: t3 - t2 } };
   } finally {
-    context?.dispose();
+    disposeConditioning(cond);
     latents?.dispose();
     scheduler.dispose();
   }

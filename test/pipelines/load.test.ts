@@ -82,7 +82,13 @@ describeIfReference("loadPipeline and createRandomPipeline (tiny-sd)", () => {
     await expect(loadPipeline(tiny(), { device: "cpu", tokenizer: "x" })).rejects.toThrow(/for single-file checkpoints/);
     await expect(loadPipeline(path.join(tmp, "missing"), { device: "cpu" })).rejects.toThrow(/does not exist/);
     await expect(loadPipeline(tiny(), { device: "cpu", variant: "fp16" })).rejects.toThrow(/no "fp16" variant weights/);
-    await expect(loadPipeline(referencePath("models", "tiny-sdxl"), { device: "cpu" })).rejects.toThrow(/is a StableDiffusionXLPipeline/);
+    const refiner = path.join(tmp, "refiner");
+    fs.mkdirSync(refiner);
+    const index = readJson(referencePath("models", "tiny-sdxl", "model_index.json"));
+    fs.writeFileSync(path.join(refiner, "model_index.json"), JSON.stringify({ ...index, text_encoder: [null, null], tokenizer: [null, null] }));
+    await expect(loadPipeline(refiner, { device: "cpu" })).rejects.toThrow(/an SDXL refiner, which is not supported/);
+    fs.writeFileSync(path.join(refiner, "model_index.json"), JSON.stringify({ ...index, _class_name: "KandinskyV22Pipeline" }));
+    await expect(loadPipeline(refiner, { device: "cpu" })).rejects.toThrow(/is a KandinskyV22Pipeline; loadPipeline loads Stable Diffusion 1.x\/2.x and SDXL pipelines/);
     (await loadPipeline(referencePath("models", "tiny-sd-inpaint"), { device: "cpu" })).dispose();  // inpainting models load (inpaint())
     expect(await inUse()).toBeLessThanOrEqual(before);
   });

@@ -1,0 +1,44 @@
+/**
+ * SDXL's conditioning (diffusers' StableDiffusionXLPipeline 0.27.2: encode_prompt and
+ * _get_add_time_ids): both text encoders' penultimate hidden states side by side, the second
+ * encoder's pooled projection, and the six micro-conditioning ids
+ * [original_h, original_w, crop_top, crop_left, target_h, target_w] per row. Without a negative
+ * prompt, a model with force_zeros_for_empty_prompt (SDXL base) gets zeros as CFG's negative
+ * embeddings and pooled embeddings; an explicit "" is encoded.
+ */
+import { Tensor, tidy } from "../tensor";
+import type { StableDiffusionPipeline } from "./stable-diffusion";
+import { catRows, repeatRows, type Conditioning, type ResolvedRun } from "./text-to-image";
+
+/** The six ids for an output of width x height with the run's micro-conditioning. */
+export function xlTimeIds(run: Pick<ResolvedRun, "xlSizes">, width: number, height: number): number[] {
+  const { originalSize, cropTopLeft, targetSize } = run.xlSizes;
+  const o = originalSize ?? { width, height }, t = targetSize ?? { width, height };
+  return [o.height, o.width, cropTopLeft.top, cropTopLeft.left, t.height, t.width];
+}
+
+export function encodeConditioningXL(pipe: StableDiffusionPipeline, run: ResolvedRun, width: number, height: number): Conditioning {
+  const B = run.uniquePrompts.length, N = run.numImages;
+  const zeros = run.cfgOn && !run.negativeGiven && pipe.forceZerosForEmptyPrompt;
+  const pos = pipe.encodeTextsXL(run.uniquePrompts, run.uniquePrompts2, run.clipSkip);
+  // diffusers encodes the negative prompt without clip_skip
+  const neg = run.cfgOn && !zeros ? pipe.encodeTextsXL(run.uniqueNegatives, run.uniqueNegatives2, 0) : null;
+  try {
+    return tidy(() => {
+      const zerosLike = (t: Tensor) => Tensor.zeros(t.shape, { dtype: t.dtype, device: t.device });
+      const negRows = (t: Tensor | undefined, like: Tensor) => (!run.cfgOn ? [] : repeatRows(t ?? zerosLike(like), B, N));
+      const context = catRows([...negRows(neg?.embeds, pos.embeds), ...repeatRows(pos.embeds, B, N)]);
+      const textEmbeds = catRows([...negRows(neg?.pooled, pos.pooled), ...repeatRows(pos.pooled, B, N)]);
+      const rows = context.shape[0];
+      const ids = new Float32Array(rows * 6);
+      const one = xlTimeIds(run, width, height);
+      for (let r = 0; r < rows; r++) ids.set(one, r * 6);
+      return { context, added: { textEmbeds, timeIds: Tensor.fromArray(ids, [rows, 6], { device: pipe.device }) } };
+    });
+  } finally {
+    pos.embeds.dispose();
+    pos.pooled.dispose();
+    neg?.embeds.dispose();
+    neg?.pooled.dispose();
+  }
+}

@@ -1,0 +1,145 @@
+// SDXL vs diffusers 0.27.2 on tiny-sdxl (cases/sdxl.safetensors): encode_prompt for every case
+// (two tokenizers, penultimate hidden states side by side, pooled projection, zeroed or encoded
+// negatives), the U-Net conditioning rows the pipeline builds (embeddings, pooled, size ids), and
+// both pipeline cases step by step to the 8-bit image, within the reference README's tolerances.
+import * as fs from "fs";
+import { Tensor } from "../../lib";
+import { SafetensorsFile } from "../../lib/io/safetensors";
+import { loadPipeline, StableDiffusionPipeline } from "../../lib/pipelines";
+import { GENERATE_KEYS, disposeConditioning, encodeConditioning, resolveCommon } from "../../lib/pipelines/text-to-image";
+import { describeIfReference, referencePath } from "../helpers/reference";
+import { ErrorLog, ReplayNoise, absError, readI64, readU8, relError, splitDraws, uint8Diff } from "./pipeline-helpers";
+
+const TOL = 1e-4;
+
+interface EncCase { case: string; prompt: string | string[]; prompt_2?: string; negative_prompt: string | null; negative_prompt_2?: string; force_zeros: boolean; negative_zeroed: boolean }
+interface PipeCase {
+  name: string; prompt: string; negative_prompt: string | null; guidance_scale: number; steps: number; height: number; width: number;
+  scheduler: string; original_size?: [number, number]; crops_coords_top_left?: [number, number]; add_time_ids: number[]; timesteps: number[];
+}
+
+describeIfReference("SDXL vs diffusers (tiny-sdxl, cases/sdxl.safetensors)", () => {
+  const log = new ErrorLog();
+  let pipe: StableDiffusionPipeline;
+  let file: SafetensorsFile;
+  const manifest = JSON.parse(fs.readFileSync(referencePath("cases", "sdxl_manifest.json"), "utf8")) as { encode_prompt: EncCase[]; pipeline: PipeCase[] };
+
+  beforeAll(async () => {
+    pipe = await loadPipeline(referencePath("models", "tiny-sdxl"), { device: "cpu" });
+    file = SafetensorsFile.open(referencePath("cases", "sdxl.safetensors"));
+  });
+  afterAll(() => {
+    pipe?.dispose();
+    file?.close();
+    process.stderr.write(log.report("SDXL vs diffusers: worst max|ours-ref|/max(1,max|ref|) (image_float: absolute; uint8: fraction off by 1)") + "\n");
+  });
+  const check = (what: string, where: string, got: ArrayLike<number>, want: ArrayLike<number>, tol = TOL) => {
+    const err = log.record(what, relError(got, want, `${where} ${what}`), where);
+    expect([where, what, err <= tol ? "ok" : err]).toEqual([where, what, "ok"]);
+  };
+
+  test("the folder loads as SDXL: two tokenizers (the second pads with '!'), a projecting second encoder, zeros for empty negatives", () => {
+    expect(pipe.isXL).toBe(true);
+    expect(pipe.forceZerosForEmptyPrompt).toBe(true);
+    expect(pipe.tokenizer2!.encodePadded("a cat wearing a hat").slice(0, 9)).toEqual([49406, 320, 2368, 3309, 320, 3801, 49407, 0, 0]);
+    expect(pipe.defaultSize).toEqual({ width: 128, height: 128 });
+  });
+
+  for (const c of manifest.encode_prompt) {
+    test(`${c.case}: token ids, prompt embeddings, pooled, and the negative side (${c.negative_zeroed ? "zeros" : "encoded"})`, async () => {
+      const p = c.case;
+      const prompts = typeof c.prompt === "string" ? [c.prompt] : c.prompt;
+      expect(prompts.flatMap((t) => pipe.tokenizer.encodePadded(t))).toEqual(readI64(file, `${p}.input_ids`));
+      expect(prompts.flatMap((t) => pipe.tokenizer2!.encodePadded(c.prompt_2 ?? t))).toEqual(readI64(file, `${p}.input_ids_2`));
+      const { embeds, pooled } = await pipe.encodePromptXL(prompts, { prompt2: c.prompt_2 });
+      try {
+        check("prompt_embeds", p, await embeds.toFloat32Array(), file.readFloat32(`${p}.prompt_embeds`));
+        check("pooled_prompt_embeds", p, await pooled.toFloat32Array(), file.readFloat32(`${p}.pooled_prompt_embeds`));
+      } finally {
+        embeds.dispose();
+        pooled.dispose();
+      }
+      // what the pipeline hands the U-Net: [negative rows; prompt rows]
+      const model = c.force_zeros === pipe.forceZerosForEmptyPrompt ? pipe
+        : new StableDiffusionPipeline({ ...components(pipe), forceZerosForEmptyPrompt: c.force_zeros });
+      const run = resolveCommon(model, {
+        prompt: prompts, cfg: 5,
+        ...(c.negative_prompt === null ? {} : { negativePrompt: c.negative_prompt }),
+        ...(c.prompt_2 === undefined ? {} : { prompt2: c.prompt_2 }),
+        ...(c.negative_prompt_2 === undefined ? {} : { negativePrompt2: c.negative_prompt_2 }),
+      }, "generate", GENERATE_KEYS);
+      const cond = encodeConditioning(model, run, 128, 128);
+      try {
+        const rows = prompts.length;
+        const ctx = await cond.context.toFloat32Array(), te = await cond.added!.textEmbeds.toFloat32Array();
+        const half = ctx.length / 2, halfT = te.length / 2;
+        expect(cond.context.shape).toEqual([2 * rows, 77, 40]);
+        check("negative_prompt_embeds", p, ctx.subarray(0, half), file.readFloat32(`${p}.negative_prompt_embeds`));
+        check("negative_pooled_prompt_embeds", p, te.subarray(0, halfT), file.readFloat32(`${p}.negative_pooled_prompt_embeds`));
+        if (c.negative_zeroed) expect(ctx.subarray(0, half).every((v) => v === 0) && te.subarray(0, halfT).every((v) => v === 0)).toBe(true);
+        check("prompt_embeds (rows)", p, ctx.subarray(half), file.readFloat32(`${p}.prompt_embeds`));
+        expect(Array.from(await cond.added!.timeIds.toFloat32Array())).toEqual(Array(2 * rows).fill([128, 128, 0, 0, 128, 128]).flat());
+      } finally {
+        disposeConditioning(cond);
+        run.scheduler.dispose();
+      }
+    });
+  }
+
+  for (const c of manifest.pipeline) {
+    test(`${c.name}: every step's latents, the final latents, the decode and the 8-bit image`, async () => {
+      const p = c.name;
+      const saved = file.has(`${p}.scheduler_noise`) ? new ReplayNoise(splitDraws(file, `${p}.scheduler_noise`)) : undefined;
+      const steps: Float32Array[] = [];
+      const timesteps: number[] = [];
+      const r = await pipe.generate({
+        prompt: c.prompt, ...(c.negative_prompt === null ? {} : { negativePrompt: c.negative_prompt }), cfg: c.guidance_scale, steps: c.steps,
+        sampler: c.scheduler === "DDIMScheduler" ? "ddim" : "euler", width: c.width, height: c.height,
+        latents: file.readFloat32(`${p}.latents_init`), generator: saved,
+        ...(c.original_size ? { originalSize: { height: c.original_size[0], width: c.original_size[1] } } : {}),
+        ...(c.crops_coords_top_left ? { cropTopLeft: { top: c.crops_coords_top_left[0], left: c.crops_coords_top_left[1] } } : {}),
+        onStep: async ({ latents, timestep }) => {
+          steps.push(await latents.toFloat32Array());
+          timesteps.push(timestep);
+        },
+      });
+      expect(timesteps).toEqual(c.timesteps);
+      const ref = splitDraws(file, `${p}.step_latents`);
+      steps.forEach((s, i) => check("step_latents", `${p} step ${i}`, s, ref[i]));
+      check("final_latents", p, steps[steps.length - 1], file.readFloat32(`${p}.final_latents`));
+      const shape = file.info(`${p}.final_latents`).shape;
+      const z = Tensor.fromArray(file.readFloat32(`${p}.final_latents`), shape);
+      try {
+        const d = await pipe.decodeLatents(z);
+        check("decoded", p, d.decoded, file.readFloat32(`${p}.decoded`));
+        expect(log.record("image_float (abs)", absError(d.imageFloat, file.readFloat32(`${p}.image_float_nhwc`), p), p)).toBeLessThanOrEqual(TOL);
+      } finally {
+        z.dispose();
+      }
+      const u = uint8Diff(r.images[0].data, readU8(file, `${p}.image_uint8_nhwc`));
+      log.record("image_uint8 (frac)", u.fraction, p);
+      expect([u.max <= 1, u.fraction <= 1e-3]).toEqual([true, true]);
+    });
+  }
+
+  test("SDXL-only options are refused on an SD model", async () => {
+    const sd = await loadPipeline(referencePath("models", "tiny-sd"), { device: "cpu" });
+    try {
+      await expect(sd.generate({ prompt: "x", steps: 1, prompt2: "y", originalSize: { width: 8, height: 8 } })).rejects.toThrow(/prompt2, originalSize are for SDXL models/);
+      await expect(sd.encodePromptXL("x")).rejects.toThrow(/not an SDXL model/);
+    } finally {
+      sd.dispose();
+    }
+  });
+
+  test("bad SDXL options are named", async () => {
+    await expect(pipe.generate({ prompt: "x", steps: 1, cropTopLeft: { top: -1, left: 0 } })).rejects.toThrow(/cropTopLeft must be \{ top, left \}/);
+    await expect(pipe.generate({ prompt: "x", steps: 1, targetSize: { width: 0, height: 8 } })).rejects.toThrow(/targetSize must be \{ width, height \}/);
+    await expect(pipe.generate({ prompt: ["a", "b"], steps: 1, prompt2: ["c", "d", "e"] })).rejects.toThrow(/prompt2 has 3 entries but prompt has 2/);
+  });
+});
+
+function components(p: StableDiffusionPipeline) {
+  const { tokenizer, textEncoder, unet, vae, scheduler, device, dtype, vaeDtype, modelName } = p;
+  return { tokenizer, textEncoder, unet, vae, scheduler, device, dtype, vaeDtype, modelName, tokenizer2: p.tokenizer2!, textEncoder2: p.textEncoder2! };
+}

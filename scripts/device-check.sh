@@ -73,6 +73,12 @@ say "## benchmark (diffusekit, float16)"
 timeout 120 node dist/bench/cuda-bench.js --dtype float16 --json "$OUT_DIR/bench.json" 2>&1 | tee -a "$REPORT" || status=1
 fi
 
+if want xl; then  # opt-in (DEVICE_CHECK_PARTS=...,xl): SDXL base at its native size
+say ""
+say "## SDXL base 1024x1024, 30 steps (random weights from configs/sdxl), float16"
+timeout 300 node dist/bench/cuda-bench.js --dtype float16 --e2e-config configs/sdxl --e2e-size 1024 --e2e-steps 30 --json "$OUT_DIR/bench-xl.json" 2>&1 | tee -a "$REPORT" || status=1
+fi
+
 if want torch && python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   say ""
   say "## the same cases through PyTorch $(python3 -c 'import torch; print(torch.__version__)')"

@@ -1,5 +1,6 @@
 // CUDA op benchmark: TFLOP/s (or GB/s) and % of the card's dense fp16/bf16 peak at Stable
 // Diffusion shapes. Plain Node over dist/: node dist/bench/cuda-bench.js [--json out.json] [--dtype float16]
+// [--e2e-config configs/sdxl --e2e-size 1024 --e2e-steps 30] (only the end-to-end rows, for that model)
 import * as fs from "fs";
 import * as path from "path";
 import { devices, memoryStats, resetPeakMemory, synchronize, type CudaDeviceInfo } from "../devices";
@@ -138,23 +139,30 @@ export async function runCudaEndToEnd(device: string, dtype: DType, log = consol
   const pipe = await createRandomPipeline(o.configDir ?? path.join(packageRoot, "configs", "sd15"), { device, dtype: dtype as "float16", seed: 0 });
   let bf16Pipe: StableDiffusionPipeline | null = null;
   try {
-    const f = pipe.vaeScaleFactor, lat = size / f, ctx = pipe.textEncoder.config.hiddenSize;
-    const x = rand([2, pipe.unet.config.inChannels, lat, lat], device, dtype, 11), ehs = rand([2, 77, ctx], device, dtype, 12);
-    const unetMs = await timeIt(device, () => pipe.unet.forward(x, 500, ehs), iters);
+    const f = pipe.vaeScaleFactor, lat = size / f;
+    const ctxDim = pipe.unet.config.crossAttentionDim[0];
+    const x = rand([2, pipe.unet.config.inChannels, lat, lat], device, dtype, 11), ehs = rand([2, 77, ctxDim], device, dtype, 12);
+    // SDXL: pooled text and the six size ids of a size x size picture
+    const added = pipe.isXL ? {
+      textEmbeds: rand([2, pipe.textEncoder2!.config.projectionDim!], device, dtype, 14),
+      timeIds: Tensor.fromArray(new Float32Array(Array(2).fill([size, size, 0, 0, size, size]).flat()), [2, 6], { device }),
+    } : undefined;
+    const forward = () => pipe.unet.forward(x, 500, ehs, added ? { addedCond: added } : {});
+    const unetMs = await timeIt(device, forward, iters);
     rows.push({ name: `U-Net step ${size}x${size} batch 2`, seconds: unetMs / 1e3 });
     // the same step replayed as a captured CUDA graph (what the denoising loop runs)
-    unetStep(pipe.unet, x, 500, ehs).dispose();  // eager warm-up; the next call captures
-    const graphMs = await timeIt(device, () => unetStep(pipe.unet, x, 500, ehs), 2 * iters);
+    unetStep(pipe.unet, x, 500, ehs, added).dispose();  // eager warm-up; the next call captures
+    const graphMs = await timeIt(device, () => unetStep(pipe.unet, x, 500, ehs, added), 2 * iters);
     const graphErr = lastGraphError();
     // replay vs eager on the same inputs: same kernels, so the difference should be 0
-    const replay = unetStep(pipe.unet, x, 500, ehs), eager = pipe.unet.forward(x, 500, ehs);
+    const replay = unetStep(pipe.unet, x, 500, ehs, added), eager = forward();
     const [ra, ea] = [await replay.toFloat32Array(), await eager.toFloat32Array()];
     replay.dispose(); eager.dispose();
     let maxDiff = 0;
     for (let i = 0; i < ea.length; i++) maxDiff = Math.max(maxDiff, Math.abs(ra[i] - ea[i]) || (Number.isNaN(ra[i]) ? Infinity : 0));
     rows.push({ name: `U-Net step ${size}x${size} batch 2, CUDA graph`, seconds: graphMs / 1e3,
       detail: unetGraphCount(pipe.unet) > 0 ? `replayed; max |replay - eager| = ${maxDiff}` : `no graph, eager: ${graphErr ?? "not a CUDA device"}` });
-    x.dispose(); ehs.dispose();
+    x.dispose(); ehs.dispose(); added?.textEmbeds.dispose(); added?.timeIds.dispose();
     const z = rand([1, pipe.vae.config.latentChannels, lat, lat], device, pipe.vaeDtype, 13);
     const vaeMs = await timeIt(device, () => pipe.vae.decode(z), Math.ceil(iters / 2));
     rows.push({ name: `VAE decode ${lat}x${lat} latent -> ${size}x${size}, ${pipe.vaeDtype}`, seconds: vaeMs / 1e3 });
@@ -165,7 +173,10 @@ export async function runCudaEndToEnd(device: string, dtype: DType, log = consol
     if (pipe.vaeDtype !== "bfloat16") {
       pipe.vae.to(device, "bfloat16");
       const { tokenizer, textEncoder, unet, vae, scheduler, modelName } = pipe;
-      bf16Pipe = new StableDiffusionPipeline({ tokenizer, textEncoder, unet, vae, scheduler, modelName, device, dtype: pipe.dtype, vaeDtype: "bfloat16" });
+      bf16Pipe = new StableDiffusionPipeline({
+        tokenizer, textEncoder, unet, vae, scheduler, modelName, device, dtype: pipe.dtype, vaeDtype: "bfloat16",
+        tokenizer2: pipe.tokenizer2 ?? undefined, textEncoder2: pipe.textEncoder2 ?? undefined,
+      });
       const zb = rand([1, pipe.vae.config.latentChannels, lat, lat], device, "bfloat16", 13);
       const vaeBf16Ms = await timeIt(device, () => pipe.vae.decode(zb), Math.ceil(iters / 2));
       rows.push({ name: `VAE decode ${lat}x${lat} latent -> ${size}x${size}, bfloat16`, seconds: vaeBf16Ms / 1e3 });
@@ -184,11 +195,16 @@ if (require.main === module) {
   const cuda = devices().find((d) => d.type === "cuda");
   if (!cuda) { console.log("cuda-bench: no CUDA device answered"); process.exit(0); }
   const dtype = (arg("--dtype") ?? "float16") as DType;
+  // --e2e-config DIR [--e2e-size N --e2e-steps N]: only the end-to-end rows, for that model (e.g. configs/sdxl at 1024)
+  const e2eConfig = arg("--e2e-config");
+  const e2eOpts: EndToEndOptions = e2eConfig
+    ? { configDir: path.resolve(e2eConfig), size: Number(arg("--e2e-size") ?? 512), steps: Number(arg("--e2e-steps") ?? 50), iters: 4 }
+    : {};
   (async () => {
-    const rows = await runCudaBench("cuda:0", dtype);
+    const rows = e2eConfig ? [] : await runCudaBench("cuda:0", dtype);
     let e2e: EndToEndRow[] = [];
     try {
-      e2e = await runCudaEndToEnd("cuda:0", dtype);
+      e2e = await runCudaEndToEnd("cuda:0", dtype, console.log, e2eOpts);
     } catch (e) {
       console.error(`e2e failed: ${(e as Error).stack}`);
       process.exitCode = 1;

@@ -28,8 +28,8 @@ export interface AppliedLora {
   name: string;
   file: string;
   scale: number;
-  /** Patched layers per component. */
-  layers: { unet: number; textEncoder: number };
+  /** Patched layers per component (textEncoder2: SDXL's second encoder). */
+  layers: { unet: number; textEncoder: number; textEncoder2?: number };
   /** LoRA layers that match no layer of this model (only with strict: false). */
   unmatched: string[];
   /** Tensors of the file that are not LoRA weights (left alone). */
@@ -39,6 +39,8 @@ export interface AppliedLora {
 export interface LoraTargets {
   unet: UNet2DConditionModel;
   textEncoder: Module;
+  /** SDXL's second text encoder. */
+  textEncoder2?: Module | null;
 }
 
 interface Resolved {
@@ -117,11 +119,10 @@ export class LoraPatches {
         throw e;
       }
       for (let i = 0; i < resolved.length; i++) this.merge(resolved[i], deltas[i]);
-      const info: AppliedLora = {
-        name, file: path.resolve(file), scale,
-        layers: { unet: resolved.filter((r) => r.keys.component === "unet").length, textEncoder: resolved.filter((r) => r.keys.component === "textEncoder").length },
-        unmatched, ignored,
-      };
+      const count = (c: LoraComponent) => resolved.filter((r) => r.keys.component === c).length;
+      const perComponent: AppliedLora["layers"] = { unet: count("unet"), textEncoder: count("textEncoder") };
+      if (this.targets.textEncoder2) perComponent.textEncoder2 = count("textEncoder2");
+      const info: AppliedLora = { name, file: path.resolve(file), scale, layers: perComponent, unmatched, ignored };
       this.applied.push(info);
       return info;
     } finally {
@@ -144,18 +145,22 @@ export class LoraPatches {
   }
 
   private resolve(layers: LoraLayerKeys[]): { resolved: Resolved[]; unmatched: string[] } {
-    const index: Record<LoraComponent, ReturnType<typeof targetIndex>> = {
-      unet: targetIndex(this.targets.unet, this.targets.unet.configJson as Record<string, unknown>),
-      textEncoder: targetIndex(this.targets.textEncoder),
+    const modules: Record<LoraComponent, Module | null> = { unet: this.targets.unet, textEncoder: this.targets.textEncoder, textEncoder2: this.targets.textEncoder2 ?? null };
+    const indexes = new Map<LoraComponent, ReturnType<typeof targetIndex>>();
+    const indexOf = (c: LoraComponent, m: Module) => {
+      let idx = indexes.get(c);
+      if (!idx) indexes.set(c, (idx = targetIndex(m, c === "unet" ? (this.targets.unet.configJson as Record<string, unknown>) : undefined)));
+      return idx;
     };
+    const label: Record<LoraComponent, string> = { unet: "unet", textEncoder: "text encoder", textEncoder2: "text encoder 2" };
     const resolved: Resolved[] = [], unmatched: string[] = [];
     for (const keys of layers) {
-      const idx = index[keys.component];
-      const param = keys.dotted ? idx.dotted.get(keys.name) : idx.underscored.get(keys.name);
-      const module = keys.component === "unet" ? this.targets.unet : this.targets.textEncoder;
-      const found = param === undefined ? null : module.parameter(param);
-      if (!found) {
-        unmatched.push(`${keys.component === "unet" ? "unet" : "text encoder"}: ${keys.name}`);
+      const module = modules[keys.component];
+      const idx = module ? indexOf(keys.component, module) : null;
+      const param = !idx ? undefined : keys.dotted ? idx.dotted.get(keys.name) : idx.underscored.get(keys.name);
+      const found = param === undefined || !module ? null : module.parameter(param);
+      if (!found || !module) {
+        unmatched.push(`${label[keys.component]}: ${keys.name}`);
         continue;
       }
       resolved.push({ keys, module, param: param!, spec: found.spec });

@@ -5,15 +5,15 @@
  *
  * Key styles read:
  *  - kohya / A1111 (sd-scripts): `lora_unet_<layer>.lora_down.weight`, `.lora_up.weight`, `.alpha`,
- *    and `lora_te_<layer>` for the text encoder; <layer> is the module path with "." written "_",
+ *    and `lora_te_<layer>` for the text encoder (SDXL: `lora_te1_` / `lora_te2_`); <layer> is the module path with "." written "_",
  *    in diffusers names or in the original (LDM) U-Net names;
  *  - diffusers / PEFT: `unet.<layer>.lora_A.weight` / `.lora_B.weight` (also `.lora.down/.up`,
  *    and the older attention-processor `...processor.to_q_lora.down.weight` form), and
- *    `text_encoder.<layer>...`, with an optional `<layer>.alpha`.
+ *    `text_encoder.<layer>...` (SDXL: `text_encoder_2.`), with an optional `<layer>.alpha`.
  * LyCORIS variants (LoHa, LoKr, Tucker mid weights, DoRA scales) are refused by name.
  */
 
-export type LoraComponent = "unet" | "textEncoder";
+export type LoraComponent = "unet" | "textEncoder" | "textEncoder2";
 
 /** One patched layer: a component's module name as the file spells it, and its tensors' keys. */
 export interface LoraLayerKeys {
@@ -27,12 +27,12 @@ export interface LoraLayerKeys {
   alpha?: string;
 }
 
-const KOHYA = /^lora_(unet|te1?)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
-const PEFT = /^(unet|text_encoder)\.(.+?)\.(lora_A|lora_B)(?:\.default)?\.weight$/;
-const DIFFUSERS = /^(unet|text_encoder)\.(.+?)\.lora\.(down|up)\.weight$/;
+const KOHYA = /^lora_(unet|te|te1|te2)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
+const PEFT = /^(unet|text_encoder|text_encoder_2)\.(.+?)\.(lora_A|lora_B)(?:\.default)?\.weight$/;
+const DIFFUSERS = /^(unet|text_encoder|text_encoder_2)\.(.+?)\.lora\.(down|up)\.weight$/;
 const PROCESSOR = /^unet\.(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$/;
-const TEXT_LINEAR_LAYER = /^text_encoder\.(.+)\.(q_proj|k_proj|v_proj|out_proj)\.lora_linear_layer\.(down|up)\.weight$/;
-const DOTTED_ALPHA = /^(unet|text_encoder)\.(.+)\.alpha$/;
+const TEXT_LINEAR_LAYER = /^(text_encoder|text_encoder_2)\.(.+)\.(q_proj|k_proj|v_proj|out_proj)\.lora_linear_layer\.(down|up)\.weight$/;
+const DOTTED_ALPHA = /^(unet|text_encoder|text_encoder_2)\.(.+)\.alpha$/;
 const LYCORIS = /\.(hada_w[12]_[ab]|hada_t[12]|lokr_w[12](_[ab])?|lokr_t2|lora_mid\.weight|dora_scale)$|^lora_unet_.*\.(on_input|diff|diff_b)$/;
 
 export class UnsupportedLoraError extends Error {
@@ -55,7 +55,7 @@ export function parseLoraKeys(keys: readonly string[]): { layers: LoraLayerKeys[
     if (!l) layers.set(id, (l = { component, name, dotted }));
     return l;
   };
-  const component = (s: string): LoraComponent => (s === "unet" ? "unet" : "textEncoder");
+  const component = (s: string): LoraComponent => (s === "unet" ? "unet" : s === "text_encoder_2" || s === "te2" ? "textEncoder2" : "textEncoder");
   const set = (l: LoraLayerKeys, part: "down" | "up" | "alpha", key: string) => {
     if (l[part] !== undefined) throw new UnsupportedLoraError(`LoRA: two ${part} tensors for ${l.name} (${l[part]} and ${key})`);
     l[part] = key;
@@ -66,7 +66,7 @@ export function parseLoraKeys(keys: readonly string[]): { layers: LoraLayerKeys[
   for (const k of keys) {
     let m: RegExpExecArray | null;
     if ((m = KOHYA.exec(k))) {
-      const l = layer(m[1] === "unet" ? "unet" : "textEncoder", m[2], false);
+      const l = layer(component(m[1]), m[2], false);
       set(l, m[3] === "alpha" ? "alpha" : m[3].startsWith("lora_down") ? "down" : "up", k);
     } else if ((m = PEFT.exec(k))) {
       set(layer(component(m[1]), m[2], true), m[3] === "lora_A" ? "down" : "up", k);
@@ -75,7 +75,7 @@ export function parseLoraKeys(keys: readonly string[]): { layers: LoraLayerKeys[
     } else if ((m = PROCESSOR.exec(k))) {
       set(layer("unet", `${m[1]}.${m[2] === "to_out" ? "to_out.0" : m[2]}`, true), m[3] as "down" | "up", k);
     } else if ((m = TEXT_LINEAR_LAYER.exec(k))) {
-      set(layer("textEncoder", `${m[1]}.${m[2]}`, true), m[3] as "down" | "up", k);
+      set(layer(component(m[1]), `${m[2]}.${m[3]}`, true), m[4] as "down" | "up", k);
     } else if ((m = DOTTED_ALPHA.exec(k))) {
       set(layer(component(m[1]), m[2], true), "alpha", k);
     } else {

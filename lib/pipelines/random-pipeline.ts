@@ -111,13 +111,20 @@ export async function createRandomPipeline(configDir: string, opts: RandomPipeli
     };
     const textEncoder = CLIPTextModel.fromConfig(read("text_encoder", "config.json"));
     fill(textEncoder, dtype);
+    // SDXL: a second, projecting text encoder (and its tokenizer, else the byte-level one)
+    let textEncoder2: CLIPTextModel | undefined, tokenizer2: CLIPTokenizer | undefined;
+    if (fs.existsSync(path.join(dir, "text_encoder_2", "config.json"))) {
+      textEncoder2 = CLIPTextModel.fromConfig(read("text_encoder_2", "config.json"), { withProjection: true });
+      fill(textEncoder2, dtype);
+      tokenizer2 = fs.existsSync(path.join(dir, "tokenizer_2", "vocab.json")) ? CLIPTokenizer.fromDirectory(path.join(dir, "tokenizer_2")) : byteLevelTokenizer();
+    }
     const unet = new UNet2DConditionModel(read("unet", "config.json"));
     fill(unet, dtype);
     const vae = new AutoencoderKL(read("vae", "config.json"));
     const vaeDtype = vaeDTypeFor(vae, dtype, device, vaeRequest);
     fill(vae, vaeDtype);
     return new StableDiffusionPipeline({
-      tokenizer, textEncoder, unet, vae, scheduler, device, dtype, vaeDtype, modelName: `random-${path.basename(dir)}`,
+      tokenizer, textEncoder, unet, vae, scheduler, device, dtype, vaeDtype, modelName: `random-${path.basename(dir)}`, tokenizer2, textEncoder2,
     });
   } catch (e) {
     for (const m of built) m.dispose();

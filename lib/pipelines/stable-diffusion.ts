@@ -79,7 +79,7 @@ export class StableDiffusionPipeline {
     this.dtype = c.dtype;
     this.vaeDtype = c.vaeDtype ?? c.dtype;
     this.modelName = c.modelName ?? "";
-    this.patches = new LoraPatches({ unet: this.unet, textEncoder: this.textEncoder });
+    this.patches = new LoraPatches({ unet: this.unet, textEncoder: this.textEncoder, textEncoder2: this.textEncoder2 });
     const latentChannels = this.vae.config.latentChannels;
     const inChannels = this.unet.config.inChannels;
     if ((inChannels !== latentChannels && inChannels !== 2 * latentChannels + 1) || this.unet.config.outChannels !== latentChannels)

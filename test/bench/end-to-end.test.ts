@@ -3,6 +3,7 @@
 import * as path from "path";
 import { runCudaEndToEnd } from "../../lib/bench/cuda-bench";
 import { memoryStats } from "../../lib/devices";
+import { referenceDir } from "../helpers/reference";
 
 const configDir = path.join(__dirname, "..", "..", "models", "builtin");
 
@@ -30,3 +31,16 @@ describe("end-to-end benchmark rows", () => {
     expect(memoryStats("cpu").bytesInUse).toBeLessThanOrEqual(before);  // both pipelines' weights freed
   }, 120_000);
 });
+
+(referenceDir() ? test : test.skip)("the same rows for an SDXL model (tiny-sdxl's configs: two text encoders, added conditioning)", async () => {
+  const rows = await runCudaEndToEnd("cpu", "float32", () => undefined, { configDir: path.join(referenceDir()!, "models", "tiny-sdxl"), size: 64, steps: 2, iters: 1 });
+  expect(rows.map((r) => r.name)).toEqual([
+    "U-Net step 64x64 batch 2",
+    "U-Net step 64x64 batch 2, CUDA graph",
+    "VAE decode 8x8 latent -> 64x64, float32",
+    "tiny-sdxl 64x64, 2 steps, CFG 7.5, end to end (VAE float32)",
+    "VAE decode 8x8 latent -> 64x64, bfloat16",
+    "tiny-sdxl 64x64, 2 steps, CFG 7.5, end to end (VAE bfloat16: vaeDtype option)",
+  ]);
+  for (const r of rows) expect(r.seconds).toBeGreaterThan(0);
+}, 120_000);

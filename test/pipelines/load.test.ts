@@ -7,6 +7,7 @@ import * as path from "path";
 import { memoryStats, synchronize } from "../../lib";
 import { UNet2DConditionModel } from "../../lib/models/unet-2d-condition";
 import { CLIPTextModel } from "../../lib/models/clip-text";
+import { AutoencoderKL } from "../../lib/models/autoencoder-kl";
 import { loadPipeline, createRandomPipeline, builtinConfigDir, byteLevelTokenizer, type StableDiffusionPipeline } from "../../lib/pipelines";
 import { describeIfReference, referencePath } from "../helpers/reference";
 import { writeSingleFile } from "./pipeline-helpers";
@@ -22,6 +23,17 @@ test("the built-in SD1.5 / SD2.1 configs ship at the package root and build the 
     expect(new UNet2DConditionModel(readJson(path.join(dir, "unet/config.json"))).parameterCount()).toBe(unetParams);
     expect(CLIPTextModel.fromConfig(readJson(path.join(dir, "text_encoder/config.json"))).parameterCount()).toBe(textParams);
   }
+});
+
+test("configs/sdxl builds SDXL base 1.0: U-Net, both text encoders and the VAE have its parameter counts", () => {
+  const dir = path.join(__dirname, "..", "..", "configs", "sdxl");
+  const cfg = (f: string) => readJson(path.join(dir, f));
+  expect(new UNet2DConditionModel(cfg("unet/config.json")).parameterCount()).toBe(2_567_463_684);
+  expect(CLIPTextModel.fromConfig(cfg("text_encoder/config.json")).parameterCount()).toBe(123_060_480);
+  const te2 = CLIPTextModel.fromConfig(cfg("text_encoder_2/config.json"));
+  expect([te2.parameterCount(), te2.config.projectionDim]).toEqual([694_659_840, 1280]);
+  expect(new AutoencoderKL(cfg("vae/config.json")).parameterCount()).toBe(83_653_863);
+  expect(cfg("model_index.json")._class_name).toBe("StableDiffusionXLPipeline");
 });
 
 test("the byte-level fallback tokenizer pads to 77 with CLIP's special ids", () => {

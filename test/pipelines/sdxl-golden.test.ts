@@ -3,6 +3,9 @@
 // negatives), the U-Net conditioning rows the pipeline builds (embeddings, pooled, size ids), and
 // both pipeline cases step by step to the 8-bit image, within the reference README's tolerances.
 import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+import { writeSafetensors } from "../../lib/io/safetensors";
 import { Tensor } from "../../lib";
 import { SafetensorsFile } from "../../lib/io/safetensors";
 import { loadPipeline, StableDiffusionPipeline } from "../../lib/pipelines";
@@ -121,6 +124,49 @@ describeIfReference("SDXL vs diffusers (tiny-sdxl, cases/sdxl.safetensors)", () 
       expect([u.max <= 1, u.fraction <= 1e-3]).toEqual([true, true]);
     });
   }
+
+  test("img2img and inpaint run on SDXL; CFG off and several images per prompt make one row each", async () => {
+    const image = { width: 64, height: 64, data: new Uint8Array(64 * 64 * 3).map((_, i) => (i * 37) % 256) };
+    const mask = { width: 64, height: 64, data: new Uint8Array(64 * 64).map((_, i) => (i % 64 < 32 ? 0 : 255)) };
+    const a = await pipe.img2img({ image, prompt: "a cat", steps: 2, strength: 0.5, seed: 1 });
+    const b = await pipe.inpaint({ image, mask, prompt: "a cat", steps: 2, seed: 1, keepUnmasked: true });
+    expect([a.images[0].width, b.images[0].width]).toEqual([64, 64]);
+    const run = resolveCommon(pipe, { prompt: ["a", "b"], numImages: 2, cfg: 1, cropTopLeft: { top: 8, left: 4 } }, "generate", GENERATE_KEYS);
+    const cond = encodeConditioning(pipe, run, 64, 96);
+    try {
+      expect([cond.context.shape, cond.added!.textEmbeds.shape, cond.added!.timeIds.shape]).toEqual([[4, 77, 40], [4, 32], [4, 6]]);
+      expect(Array.from((await cond.added!.timeIds.toFloat32Array()).slice(0, 6))).toEqual([96, 64, 8, 4, 96, 64]);
+    } finally {
+      disposeConditioning(cond);
+      run.scheduler.dispose();
+    }
+  });
+
+  test("LoRA on SDXL: kohya lora_te1_/lora_te2_ and PEFT text_encoder_2 keys reach the second encoder; undo is exact", async () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "dk-sdxl-lora-"));
+    try {
+      const t = (shape: number[], v: number) => ({ dtype: "F32" as const, shape, data: new Float32Array(shape.reduce((x, y) => x * y, 1)).fill(v) });
+      const te2q = "text_model.encoder.layers.1.self_attn.q_proj";
+      const before = await pipe.textEncoder2!.parameter(`${te2q}.weight`)!.tensor.toFloat32Array();
+      for (const [name, rec] of [
+        ["kohya", { "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": t([2, 16], 0.1), "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": t([16, 2], 0.1),
+          "lora_te2_text_model_encoder_layers_1_self_attn_q_proj.lora_down.weight": t([2, 24], 0.1), "lora_te2_text_model_encoder_layers_1_self_attn_q_proj.lora_up.weight": t([24, 2], 0.1),
+          "lora_unet_down_blocks_1_attentions_0_transformer_blocks_1_attn2_to_k.lora_down.weight": t([2, 40], 0.1), "lora_unet_down_blocks_1_attentions_0_transformer_blocks_1_attn2_to_k.lora_up.weight": t([32, 2], 0.1) }],
+        ["peft", { [`text_encoder_2.${te2q}.lora_A.weight`]: t([2, 24], 0.1), [`text_encoder_2.${te2q}.lora_B.weight`]: t([24, 2], 0.1) }],
+      ] as const) {
+        const f = path.join(tmp, `${name}.safetensors`);
+        writeSafetensors(f, rec);
+        const info = pipe.loadLora(f);
+        expect(info.layers).toEqual(name === "kohya" ? { unet: 1, textEncoder: 1, textEncoder2: 1 } : { unet: 0, textEncoder: 0, textEncoder2: 1 });
+        const w = await pipe.textEncoder2!.parameter(`${te2q}.weight`)!.tensor.toFloat32Array();
+        expect(w[0]).toBeCloseTo(before[0] + 2 * 0.1 * 0.1, 6);  // rank 2, alpha = rank
+        pipe.unloadLoras();
+        expect(await pipe.textEncoder2!.parameter(`${te2q}.weight`)!.tensor.toFloat32Array()).toEqual(before);
+      }
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  });
 
   test("SDXL-only options are refused on an SD model", async () => {
     const sd = await loadPipeline(referencePath("models", "tiny-sd"), { device: "cpu" });

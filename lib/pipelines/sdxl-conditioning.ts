@@ -6,7 +6,9 @@
  * prompt, a model with force_zeros_for_empty_prompt (SDXL base) gets zeros as CFG's negative
  * embeddings and pooled embeddings; an explicit "" is encoded.
  */
-import { Tensor, tidy } from "../tensor";
+import * as ops from "../ops";
+import { Tensor, keep, tidy } from "../tensor";
+import { encodeWeightedTextsXL } from "./weighted-encoding";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
 import { catRows, repeatRows, type Conditioning, type ResolvedRun } from "./text-to-image";
 
@@ -20,9 +22,11 @@ export function xlTimeIds(run: Pick<ResolvedRun, "xlSizes">, width: number, heig
 export function encodeConditioningXL(pipe: StableDiffusionPipeline, run: ResolvedRun, width: number, height: number): Conditioning {
   const B = run.uniquePrompts.length, N = run.numImages;
   const zeros = run.cfgOn && !run.negativeGiven && pipe.forceZerosForEmptyPrompt;
-  const pos = pipe.encodeTextsXL(run.uniquePrompts, run.uniquePrompts2, run.clipSkip);
-  // diffusers encodes the negative prompt without clip_skip
-  const neg = run.cfgOn && !zeros ? pipe.encodeTextsXL(run.uniqueNegatives, run.uniqueNegatives2, 0) : null;
+  const { pos, neg } = run.promptWeighting ? weightedXL(pipe, run, zeros) : {
+    pos: pipe.encodeTextsXL(run.uniquePrompts, run.uniquePrompts2, run.clipSkip),
+    // diffusers encodes the negative prompt without clip_skip
+    neg: run.cfgOn && !zeros ? pipe.encodeTextsXL(run.uniqueNegatives, run.uniqueNegatives2, 0) : null,
+  };
   try {
     return tidy(() => {
       const zerosLike = (t: Tensor) => Tensor.zeros(t.shape, { dtype: t.dtype, device: t.device });
@@ -40,5 +44,26 @@ export function encodeConditioningXL(pipe: StableDiffusionPipeline, run: Resolve
     pos.pooled.dispose();
     neg?.embeds.dispose();
     neg?.pooled.dispose();
+  }
+}
+
+/** The weighted path (weighted-encoding.ts): prompts and negatives chunked to one length, stacked as encodeTextsXL's rows. */
+function weightedXL(pipe: StableDiffusionPipeline, run: ResolvedRun, zeros: boolean) {
+  const B = run.uniquePrompts.length;
+  const withNeg = run.cfgOn && !zeros;
+  const t1 = [...run.uniquePrompts, ...(withNeg ? run.uniqueNegatives : [])], t2 = [...run.uniquePrompts2, ...(withNeg ? run.uniqueNegatives2 : [])];
+  const withSkip = encodeWeightedTextsXL(pipe, t1, t2, run.clipSkip);
+  const noSkip = withNeg && run.clipSkip > 0 ? encodeWeightedTextsXL(pipe, t1, t2, 0) : withSkip;
+  const stack = (rs: { embeds: Tensor; pooled: Tensor }[]) => ({
+    embeds: keep(tidy(() => ops.concat(rs.map((r) => r.embeds), 0))),
+    pooled: keep(tidy(() => ops.concat(rs.map((r) => r.pooled), 0))),
+  });
+  try {
+    return { pos: stack(withSkip.slice(0, B)), neg: withNeg ? stack(noSkip.slice(B)) : null };
+  } finally {
+    for (const r of new Set([...withSkip, ...noSkip])) {
+      r.embeds.dispose();
+      r.pooled.dispose();
+    }
   }
 }

@@ -18,6 +18,7 @@ import type { StableDiffusionPipeline } from "./stable-diffusion";
 import { unetStep } from "../models/unet-graph";
 import type { AddedCond } from "../models/unet-2d-condition";
 import { encodeConditioningXL } from "./sdxl-conditioning";
+import { encodeWeightedTexts } from "./weighted-encoding";
 
 /** Sampler names generate() takes: the lib/schedulers names plus "default" (the model's own scheduler). */
 export const SAMPLER_CHOICES: readonly string[] = [...SAMPLER_NAMES, "default"];
@@ -78,6 +79,12 @@ export interface CommonGenerateOptions {
   guidanceRescale?: number;
   /** Use the output of the text encoder's layer L-k (diffusers' clip_skip; as there, only for the prompt, not the negative prompt). Default 0. */
   clipSkip?: number;
+  /**
+   * A1111-style emphasis and long prompts: (word), (word:1.3), [word], BREAK, and prompts beyond 75
+   * tokens in 75-token chunks (prompt-weighting.ts). Default false: diffusers' plain encoding,
+   * where brackets are ordinary text and the prompt is cut at 75 tokens.
+   */
+  promptWeighting?: boolean;
   /** SDXL: the prompt(s) for the second text encoder (diffusers' prompt_2). Default: prompt. */
   prompt2?: string | readonly string[];
   /** SDXL: the negative prompt(s) for the second text encoder. Default: negativePrompt. */
@@ -135,7 +142,7 @@ export interface DecodeResult {
 
 const COMMON_KEYS = [
   "prompt", "negativePrompt", "steps", "cfg", "sampler", "schedulerConfig", "seed", "numImages", "eta", "guidanceRescale", "clipSkip",
-  "onStep", "signal", "previewEvery", "generator", "prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize",
+  "onStep", "signal", "previewEvery", "generator", "promptWeighting", "prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize",
 ];
 const XL_KEYS = ["prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize"];
 export const GENERATE_KEYS: readonly string[] = [...COMMON_KEYS, "width", "height", "latents"];
@@ -153,6 +160,7 @@ export interface ResolvedRun {
   /** The distinct prompts and negatives, and how many images each gets. */
   uniquePrompts: string[];
   uniqueNegatives: string[];
+  promptWeighting: boolean;
   /** Whether a negative prompt was given (SDXL zeroes the negative embeddings when not, if the model says so). */
   negativeGiven: boolean;
   /** SDXL: the second encoder's texts, one per unique prompt / negative (defaults: the first's). */
@@ -288,13 +296,15 @@ export function resolveCommon(pipe: StableDiffusionPipeline, opts: CommonGenerat
     throw new TypeError(`${op}: generator must have a randn(shape) method returning a Float32Array`);
 
   const xl = resolveXlOptions(pipe, op, opts, uniquePrompts, uniqueNegatives);
+  if (opts.promptWeighting !== undefined && typeof opts.promptWeighting !== "boolean") throw new TypeError(`${op}: promptWeighting must be a boolean`);
+  const promptWeighting = opts.promptWeighting ?? false;
 
   const { scheduler, display } = makeScheduler(pipe, op, sampler, opts.schedulerConfig);
   const seeds = Array.from({ length: total }, (_, k) => seed + k);
   const rep = (xs: string[]) => xs.flatMap((x) => Array<string>(numImages).fill(x));
   return {
     op, prompts: rep(uniquePrompts), negatives: rep(uniqueNegatives), uniquePrompts, uniqueNegatives, numImages, total,
-    negativeGiven: opts.negativePrompt !== undefined, ...xl,
+    negativeGiven: opts.negativePrompt !== undefined, promptWeighting, ...xl,
     steps, cfg, cfgOn: cfg > 1, sampler, samplerDisplay: display, scheduler, seeds,
     generator: user ?? seeds.map((s) => new TorchGenerator(s)),
     eta, guidanceRescale, clipSkip, onStep: opts.onStep, signal, previewEvery,
@@ -355,6 +365,7 @@ export function catRows(parts: Tensor[]): Tensor {
 export function encodeConditioning(pipe: StableDiffusionPipeline, run: ResolvedRun, width: number, height: number): Conditioning {
   if (pipe.isXL) return encodeConditioningXL(pipe, run, width, height);
   const B = run.uniquePrompts.length, N = run.numImages;
+  if (run.promptWeighting) return { context: encodeWeightedRows(pipe, run) };
   const pos = pipe.encodeTexts(run.uniquePrompts, run.clipSkip);
   // diffusers encodes the negative prompt without clip_skip
   const neg = run.cfgOn ? pipe.encodeTexts(run.uniqueNegatives, 0) : null;
@@ -363,6 +374,21 @@ export function encodeConditioning(pipe: StableDiffusionPipeline, run: ResolvedR
   } finally {
     pos.dispose();
     neg?.dispose();
+  }
+}
+
+/** The weighted path: prompts and negatives chunked to one length; the negatives without clip_skip, as above. */
+function encodeWeightedRows(pipe: StableDiffusionPipeline, run: ResolvedRun): Tensor {
+  const B = run.uniquePrompts.length, N = run.numImages;
+  const texts = [...run.uniquePrompts, ...(run.cfgOn ? run.uniqueNegatives : [])];
+  // one chunk count for all rows: encode together, with the prompt's clip_skip, then the negatives again without it
+  const withSkip = encodeWeightedTexts(pipe, texts, run.clipSkip);
+  const noSkip = run.cfgOn && run.clipSkip > 0 ? encodeWeightedTexts(pipe, texts, 0) : withSkip;
+  const rows = (ts: Tensor[]) => ts.flatMap((t) => Array<Tensor>(N).fill(t));
+  try {
+    return tidy(() => catRows([...rows(noSkip.slice(B)), ...rows(withSkip.slice(0, B))]));
+  } finally {
+    for (const t of new Set([...withSkip, ...noSkip])) t.dispose();
   }
 }
 

@@ -107,6 +107,14 @@ export class Tensor {
       t.dispose();
     }
   }
+  /**
+   * Raw little-endian element bytes of `dtype` (e.g. a safetensors F16 tensor) as a tensor on
+   * `device`, copied without conversion (float16/bfloat16 too, which fromArray cannot take).
+   */
+  static fromBytes(bytes: Uint8Array, shape: readonly number[], dtype: DType, device: DeviceName = "cpu"): Tensor {
+    if (!(bytes instanceof Uint8Array)) throw new TypeError("Tensor.fromBytes: bytes must be a Uint8Array (or Buffer)");
+    return new Tensor(native().fromBuffer(bytes, [...shape], dtype, device));
+  }
   static zeros(shape: readonly number[], opts: TensorOptions = {}): Tensor {
     return Tensor.full(shape, 0, opts);
   }

@@ -37,6 +37,10 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
 }
 
 /** Builds a tensor from host float32 values: copies on the CPU, then moves/casts once. */
+/** safetensors float dtypes the native side stores as they are. */
+const RAW_FLOAT: Partial<Record<SafetensorsDType, DType>> = { F32: "float32", F16: "float16", BF16: "bfloat16" };
+const FLOAT_TARGETS = new Set<DType>(["float32", "float16", "bfloat16"]);
+
 export function tensorFromHost(data: Float32Array, shape: readonly number[], opts: { dtype: DType; device: DeviceName }): Tensor {
   return Tensor.fromArray(data, shape, { dtype: opts.dtype, device: opts.device });
 }
@@ -172,6 +176,18 @@ export class SafetensorsStateDict implements HostStateDictSource {
     const info = e.file.info(e.fileKey);
     if (!FLOAT_DTYPES.has(info.dtype) && (opts.dtype === "float32" || opts.dtype === "float16" || opts.dtype === "bfloat16")) {
       throw new TypeError(`state dict ${e.file.path}: tensor ${JSON.stringify(e.fileKey)} is ${info.dtype}, not a float parameter`);
+    }
+    const raw = RAW_FLOAT[info.dtype];
+    if (raw && FLOAT_TARGETS.has(opts.dtype)) {
+      // the file's own bytes go to the device as they are, and any cast runs natively there
+      // (float16 -> float32 is exact; other casts round once, as from the float32 path)
+      const t = Tensor.fromBytes(e.file.read(e.fileKey), info.shape, raw, opts.device);
+      if (raw === opts.dtype) return t;
+      try {
+        return t.to(opts.device, opts.dtype);
+      } finally {
+        t.dispose();
+      }
     }
     return tensorFromHost(e.file.readFloat32(e.fileKey), info.shape, opts);
   }

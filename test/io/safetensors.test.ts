@@ -331,3 +331,37 @@ describe("float16 / bfloat16 conversion", () => {
     expect(bits32(bfloat16ToFloat32(float32ToBfloat16(Float32Array.of(Math.PI)))[0])).toBe(0x40490000);
   });
 });
+
+describe("loading float tensors as parameters (file bytes straight to the tensor, casts native)", () => {
+  test("F16/BF16/F32 files load into float16/bfloat16/float32 tensors with the bits the float32 path gives", async () => {
+    const { openWeightsFile } = await import("../../lib/io/model-folder");
+    const { Tensor } = await import("../../lib/tensor");
+    const n = 4099;
+    const vals = Float32Array.from({ length: n }, (_, i) => (i % 2 ? -1 : 1) * Math.exp((i % 97) / 7 - 9) * (1 + i / n));
+    vals[5] = 0; vals[6] = -0; vals[7] = 65504; vals[8] = 1e-7;
+    const f = path.join(tmpDir, "params.safetensors");
+    const f16 = float32ToFloat16(vals), bf16 = float32ToBfloat16(vals);
+    writeSafetensors(f, {
+      h: { dtype: "F16", shape: [n], data: new Uint8Array(f16.buffer) },
+      b: { dtype: "BF16", shape: [n], data: new Uint8Array(bf16.buffer) },
+      s: { dtype: "F32", shape: [n], data: vals },
+    });
+    const src = openWeightsFile(f);
+    try {
+      for (const key of ["h", "b", "s"])
+        for (const dtype of ["float32", "float16", "bfloat16"] as const) {
+          const got = src.load(key, { dtype, device: "cpu" });
+          const want = Tensor.fromArray(src.readFloat32(key), [n], { dtype });  // the float32 route
+          try {
+            expect([key, dtype, got.dtype, got.shape]).toEqual([key, dtype, dtype, [n]]);
+            expect([key, dtype, Array.from(await got.toFloat32Array())]).toEqual([key, dtype, Array.from(await want.toFloat32Array())]);
+          } finally {
+            got.dispose();
+            want.dispose();
+          }
+        }
+    } finally {
+      src.close();
+    }
+  });
+});

@@ -37,13 +37,15 @@ export interface ModelOptions {
    * loadPipeline() with loadLora()/unloadLoras().
    */
   loras?: readonly (string | { file: string; scale?: number })[];
+  /** Textual-inversion embeddings loaded after the LoRAs (pipe.loadTextualInversion): paths, or { file, token }. Part of the cache key too. */
+  embeddings?: readonly (string | { file: string; token?: string })[];
 }
 
 export type TopLevelGenerateOptions = GenerateOptions & ModelOptions;
 export type TopLevelImg2ImgOptions = Img2ImgOptions & ModelOptions;
 export type TopLevelInpaintOptions = InpaintOptions & ModelOptions;
 
-const MODEL_KEYS: readonly (keyof ModelOptions)[] = ["model", "device", "dtype", "variant", "configs", "tokenizer", "vaeDtype", "loras"];
+const MODEL_KEYS: readonly (keyof ModelOptions)[] = ["model", "device", "dtype", "variant", "configs", "tokenizer", "vaeDtype", "loras", "embeddings"];
 
 /** Where the built-in model lives: `models/builtin` (a diffusers folder) under the package root. */
 export const BUILTIN_MODEL_DIR = path.join(packageRoot, "models", "builtin");
@@ -88,9 +90,22 @@ function loraList(op: string, v: unknown): [string, number][] {
   });
 }
 
-function cacheKey(modelPath: string, device: string, dtype: string, o: ModelOptions, loras: [string, number][]): string {
+/** The embeddings option as [file, token | null] pairs, checked. */
+function embeddingList(op: string, v: unknown): [string, string | null][] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) throw new TypeError(`${op}: embeddings must be an array of embedding file paths or { file, token } objects`);
+  return v.map((x: unknown): [string, string | null] => {
+    if (typeof x === "string" && x !== "") return [x, null];
+    const o = x as { file?: unknown; token?: unknown };
+    if (o && typeof o === "object" && typeof o.file === "string" && o.file !== "" && (o.token === undefined || typeof o.token === "string"))
+      return [o.file, (o.token as string | undefined) ?? null];
+    throw new TypeError(`${op}: each embedding must be a file path or { file: string, token?: string }, got ${JSON.stringify(x)}`);
+  });
+}
+
+function cacheKey(modelPath: string, device: string, dtype: string, o: ModelOptions, loras: [string, number][], embeddings: [string, string | null][]): string {
   return JSON.stringify([realPath(modelPath), device, dtype, o.vaeDtype ?? "auto", o.variant ?? null, o.configs ?? null, o.tokenizer ?? null,
-    loras.map(([f, s]) => [realPath(f), s])]);
+    loras.map(([f, s]) => [realPath(f), s]), embeddings.map(([f, t]) => [realPath(f), t])]);
 }
 
 /**
@@ -105,7 +120,8 @@ export async function getPipeline(opts: ModelOptions = {}, op = "getPipeline"): 
   const device = resolvePipelineDevice(op, opts.device);
   const dtype = resolvePipelineDType(op, opts.dtype, device);
   const loras = loraList(op, opts.loras);
-  const key = cacheKey(path.resolve(modelPath), device, dtype, opts, loras);
+  const embeddings = embeddingList(op, opts.embeddings);
+  const key = cacheKey(path.resolve(modelPath), device, dtype, opts, loras, embeddings);
   const hit = cache.get(key);
   if (hit) {
     const pipe = await hit.catch(() => null);
@@ -120,6 +136,7 @@ export async function getPipeline(opts: ModelOptions = {}, op = "getPipeline"): 
   const pending = loadPipeline(modelPath, load).then((pipe) => {
     try {
       for (const [file, scale] of loras) pipe.loadLora(file, { scale });
+      for (const [file, token] of embeddings) pipe.loadTextualInversion(file, token === null ? {} : { token });
       return pipe;
     } catch (e) {
       pipe.dispose();

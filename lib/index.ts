@@ -28,4 +28,5 @@ export { generate, img2img, inpaint, getPipeline, releasePipelines, builtinModel
 export type { ModelOptions, TopLevelGenerateOptions, TopLevelImg2ImgOptions } from "./generate";
 export { train, trainVae } from "./train";
 export type { AppliedLora, LoraOptions } from "./lora/apply";
+export type { LoadedEmbedding, TextualInversionOptions } from "./pipelines/textual-inversion";
 export type { TrainOptions, TrainResult, TrainVaeOptions, TrainVaeResult } from "./train";

@@ -56,6 +56,7 @@ export async function runImageCommand(kind: "generate" | "img2img" | "inpaint", 
   if (extra && !fs.existsSync(extra.input)) throw new UsageError(`${extra.input}: no such image file`);
   if (extra?.mask !== undefined && !fs.existsSync(extra.mask)) throw new UsageError(`${extra.mask}: no such mask file`);
   for (const l of opts.lora ?? []) if (!fs.existsSync(l.file)) throw new UsageError(`--lora ${l.file}: no such file`);
+  for (const e of opts.embedding ?? []) if (!fs.existsSync(e)) throw new UsageError(`--embedding ${e}: no such file`);
 
   if (modelPath === builtinModelPath()) {
     const note = builtinPromptHint(prompt, modelPath);
@@ -64,7 +65,7 @@ export async function runImageCommand(kind: "generate" | "img2img" | "inpaint", 
   status(`loading ${modelPath}`);
   const pipe = await getPipeline({
     model: modelPath, device: opts.device, dtype: opts.dtype as PipelineDType | undefined, tokenizer: opts.tokenizer,
-    vaeDtype: opts.vaeDtype as VaeDTypeOption | undefined, loras: opts.lora,
+    vaeDtype: opts.vaeDtype as VaeDTypeOption | undefined, loras: opts.lora, embeddings: opts.embedding,
   }, kind);
   const loaded = performance.now();
   if (opts.size) checkSizeMultiple(opts.size, pipe.vaeScaleFactor);

@@ -1,7 +1,7 @@
 // Basic layers over lib/ops. Activations are channels-last: Conv2d takes NHWC and stores its
 // weight as OHWI (converted once from PyTorch's OIHW at load).
 import * as ops from "../ops";
-import { Tensor } from "../tensor";
+import { Tensor, tidy } from "../tensor";
 import { Module } from "./module";
 
 export class Linear extends Module {
@@ -77,9 +77,25 @@ export class LayerNorm extends Module {
 }
 
 export class Embedding extends Module {
-  constructor(readonly count: number, readonly dim: number) {
+  private rows: number;
+  constructor(count: number, readonly dim: number) {
     super();
+    this.rows = count;
     this.param("weight", { shape: [count, dim] });
+  }
+  /** Number of rows (ids). */
+  get count(): number {
+    return this.rows;
+  }
+  /** Appends rows [n, dim] (cast to the table's dtype and device); returns the id of the first. */
+  append(rows: Tensor): number {
+    if (rows.ndim !== 2 || rows.shape[1] !== this.dim) throw new RangeError(`Embedding.append: rows must be [n, ${this.dim}], got [${rows.shape.join(",")}]`);
+    const w = this.p("weight");
+    const grown = tidy(() => ops.concat([w, rows.dtype === w.dtype && rows.device === w.device ? rows : rows.to(w.device, w.dtype)], 0));
+    const first = this.rows;
+    this.rows += rows.shape[0];
+    this.resizeParameter("weight", { shape: [this.rows, this.dim] }, grown).dispose();
+    return first;
   }
   /** ids int32/int64 [...] (on the CPU) -> [..., dim] */
   forward(ids: Tensor): Tensor {

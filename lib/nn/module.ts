@@ -54,6 +54,15 @@ export abstract class Module {
     if (!t) throw new Error(`${this.constructor.name}: parameter "${name}" is not loaded`);
     return t;
   }
+  /** Redeclares a loaded parameter with a new shape and value (a grown embedding table); returns the old tensor. */
+  protected resizeParameter(name: string, spec: ParamSpec, t: Tensor): Tensor {
+    const old = this.p(name);
+    if (spec.shape.length !== t.shape.length || spec.shape.some((d, i) => d !== t.shape[i]))
+      throw new RangeError(`${this.constructor.name}.resizeParameter: ${name} declared [${spec.shape.join(",")}] but given [${t.shape.join(",")}]`);
+    this.specs.set(name, spec);
+    this.values.set(name, t);
+    return old;
+  }
   protected hasParam(name: string): boolean {
     return this.specs.has(name);
   }

@@ -18,6 +18,7 @@ import { textToImage, decodeLatents, type GenerateOptions, type GenerateResult, 
 import { imageToImage, type Img2ImgOptions } from "./image-to-image";
 import { inpaint, type InpaintOptions } from "./inpaint";
 import { LoraPatches, type AppliedLora, type LoraOptions } from "../lora/apply";
+import { loadTextualInversion, type LoadedEmbedding, type TextualInversionOptions } from "./textual-inversion";
 
 export type PipelineDevice = "cpu" | "cuda" | "auto";
 export type PipelineDType = "float32" | "float16" | "bfloat16";
@@ -236,6 +237,15 @@ export class StableDiffusionPipeline {
   loadLora(file: string, opts: LoraOptions = {}): AppliedLora {
     this.assertLive("loadLora");
     return this.patches.apply(file, opts);
+  }
+
+  /**
+   * Loads a textual-inversion embedding (.safetensors: A1111 emb_params / clip_l + clip_g, or
+   * diffusers learned_embeds) under a new word, by default the file's (see textual-inversion.ts).
+   */
+  loadTextualInversion(file: string, opts: TextualInversionOptions = {}): LoadedEmbedding {
+    this.assertLive("loadTextualInversion");
+    return loadTextualInversion(this, file, opts);
   }
 
   /** Restores the weights as loaded (every LoRA off). */

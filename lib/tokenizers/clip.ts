@@ -165,7 +165,6 @@ export class CLIPTokenizer {
   readonly padTokenId: number;
   readonly unkTokenId: number;
   readonly maxLength: number;
-  readonly vocabSize: number;
   readonly bosToken: string;
   readonly eosToken: string;
   readonly padToken: string;
@@ -176,6 +175,48 @@ export class CLIPTokenizer {
   private readonly cache = new Map<string, string[]>();
   /** Strings split out of the prompt before any normalisation (transformers' added-tokens trie). */
   private readonly specialTokens: string[];
+  /** Words added after loading (textual inversion), matched case-insensitively, each standing for its ids. */
+  private readonly added: { lower: string; ids: number[] }[] = [];
+
+  /** Number of token ids (the vocabulary plus added tokens). */
+  get vocabSize(): number {
+    return this.encoder.size;
+  }
+
+  /** Whether `word` is already one token (of the vocabulary, in any case, or added). */
+  hasWord(word: string): boolean {
+    const lower = word.toLowerCase();
+    return this.added.some((a) => a.lower === lower) || this.encoder.has(word) || this.encoder.has(`${lower}</w>`);
+  }
+
+  /** The id addToken gives next: one past the largest id. */
+  get nextId(): number {
+    let max = -1;
+    for (const id of this.decoder.keys()) if (id > max) max = id;
+    return max + 1;
+  }
+
+  /**
+   * Adds a word that stands for `count` new ids (a textual-inversion embedding of `count` vectors):
+   * wherever it appears in a prompt (any case) it becomes those ids, as diffusers' multi-vector
+   * tokens "<w>", "<w>_1", ... do. Returns the first id; the ids follow the vocabulary.
+   */
+  addToken(word: string, count = 1): number {
+    if (typeof word !== "string" || word.trim() === "" || /\s/.test(word)) throw new TypeError(`CLIPTokenizer.addToken: the word must be one non-empty word without spaces, got ${JSON.stringify(word)}`);
+    if (!Number.isInteger(count) || count < 1) throw new RangeError(`CLIPTokenizer.addToken: count must be a positive integer, got ${count}`);
+    if (this.hasWord(word)) throw new Error(`CLIPTokenizer.addToken: ${JSON.stringify(word)} is already a token; choose another word`);
+    const lower = word.toLowerCase();
+    const first = this.nextId;
+    const ids = Array.from({ length: count }, (_, i) => first + i);
+    ids.forEach((id, i) => {
+      const name = i === 0 ? word : `${word}_${i}`;
+      this.encoder.set(name, id);
+      this.decoder.set(id, name);
+    });
+    this.added.push({ lower, ids });
+    this.added.sort((a, b) => b.lower.length - a.lower.length);  // longest first, as the specials
+    return first;
+  }
 
   private constructor(
     encoder: Map<string, number>,
@@ -186,7 +227,6 @@ export class CLIPTokenizer {
     this.encoder = encoder;
     this.decoder = new Map();
     for (const [tok, id] of encoder) this.decoder.set(id, tok);
-    this.vocabSize = encoder.size;
     this.bpeRanks = new Map();
     merges.forEach(([a, b], rank) => {
       const key = a + " " + b;
@@ -329,26 +369,29 @@ export class CLIPTokenizer {
   private tokenize(text: string): string[] {
     const out: string[] = [];
     for (const piece of this.splitSpecial(text)) {
-      if (piece.special) out.push(piece.text);
+      if (piece.ids) for (const id of piece.ids) out.push(this.decoder.get(id)!);
+      else if (piece.special) out.push(piece.text);
       else for (const t of this.tokenizePlain(piece.text)) out.push(t);
     }
     return out;
   }
 
-  /** Leftmost-longest split on the special strings (no lstrip/rstrip, as CLIP's AddedTokens). */
-  private splitSpecial(text: string): { text: string; special: boolean }[] {
-    const pieces: { text: string; special: boolean }[] = [];
+  /** Leftmost-longest split on the special strings (no lstrip/rstrip, as CLIP's AddedTokens) and the added words. */
+  private splitSpecial(text: string): { text: string; special: boolean; ids?: number[] }[] {
+    const pieces: { text: string; special: boolean; ids?: number[] }[] = [];
     let start = 0;
     let i = 0;
     while (i < text.length) {
       const hit = this.specialTokens.find((s) => text.startsWith(s, i));
-      if (hit === undefined) {
+      const word = hit === undefined ? this.added.find((a) => text.slice(i, i + a.lower.length).toLowerCase() === a.lower) : undefined;
+      if (hit === undefined && word === undefined) {
         i++;
         continue;
       }
       if (i > start) pieces.push({ text: text.slice(start, i), special: false });
-      pieces.push({ text: hit, special: true });
-      i += hit.length;
+      const len = hit?.length ?? word!.lower.length;
+      pieces.push({ text: text.slice(i, i + len), special: true, ids: word?.ids });
+      i += len;
       start = i;
     }
     if (start < text.length) pieces.push({ text: text.slice(start), special: false });

@@ -7,10 +7,10 @@ import * as ops from "../ops";
 import { Tensor, tidy } from "../tensor";
 import { synchronize } from "../devices";
 import { TorchGenerator } from "../random/torch-generator";
-import type { NoiseSource } from "../schedulers";
+import type { NoiseSource, Scheduler } from "../schedulers";
 import { centerCrop, imageToNchw, loadImage, resizeImage, type ImageInput, type RGBImage } from "./images";
 import {
-  GENERATE_KEYS, checkSize, decodeLatents, denoise, disposeConditioning, drawNoise, encodeConditioning, imageParameters, resolveCommon, throwIfAborted,
+  GENERATE_KEYS, checkSize, decodeLatents, denoise, disposeConditioning, drawNoise, encodeStage, imageParameters, resolveCommon, throwIfAborted,
   type CommonGenerateOptions, type Conditioning, type GenerateResult,
 } from "./text-to-image";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
@@ -44,6 +44,24 @@ export function fitImage(op: string, img: RGBImage, f: number, width?: number, h
   return resizeImage(img, W, H);
 }
 
+/** A strength option: a number in (0, 1], or `dflt` when absent. */
+export function checkStrength(op: string, v: unknown, dflt: number): number {
+  const strength = v ?? dflt;
+  if (typeof strength !== "number" || !(strength > 0 && strength <= 1))
+    throw new RangeError(`${op}: strength must be a number in (0, 1], got ${String(strength)}`);
+  return strength;
+}
+
+/** Sets the scheduler's timesteps and begins it where `strength` says; the timesteps to run. */
+export function startAtStrength(op: string, scheduler: Scheduler, steps: number, strength: number): { timesteps: number[]; beginIndex: number } {
+  scheduler.setTimesteps(steps);
+  const tail = img2imgTimesteps(scheduler.timesteps, steps, strength, scheduler.order);
+  if (tail.timesteps.length === 0)
+    throw new RangeError(`${op}: strength ${strength} with ${steps} steps leaves no step to run (strength·steps must be at least 1)`);
+  scheduler.setBeginIndex(tail.beginIndex);
+  return tail;
+}
+
 /** diffusers' get_timesteps: the tail of the schedule that strength keeps, and where it starts. */
 export function img2imgTimesteps(timesteps: readonly number[], steps: number, strength: number, order: number): { timesteps: number[]; beginIndex: number } {
   const initTimestep = Math.min(Math.trunc(steps * strength), steps);
@@ -62,25 +80,17 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
   let cond: Conditioning | null = null;
   let latents: Tensor | null = null;
   try {
-    const strength = opts.strength ?? 0.8;
-    if (typeof strength !== "number" || !(strength > 0 && strength <= 1))
-      throw new RangeError(`${op}: strength must be a number in (0, 1], got ${String(strength)}`);
+    const strength = checkStrength(op, opts.strength, 0.8);
     if (opts.image === undefined) throw new TypeError(`${op}: image is required (a PNG/JPEG path, a Buffer, or { width, height, data })`);
     const f = pipe.vaeScaleFactor;
     const img = fitImage(op, await loadImage(opts.image, `${op}: image`), f, opts.width, opts.height);
     const { width, height } = img;
-    scheduler.setTimesteps(run.steps);
-    const tail = img2imgTimesteps(scheduler.timesteps, run.steps, strength, scheduler.order);
-    if (tail.timesteps.length === 0)
-      throw new RangeError(`${op}: strength ${strength} with ${run.steps} steps leaves no step to run (strength·steps must be at least 1)`);
-    scheduler.setBeginIndex(tail.beginIndex);
+    const tail = startAtStrength(op, scheduler, run.steps, strength);
     throwIfAborted(run);
 
     // 2. encode prompt (+ negative prompt under CFG)
     const t0 = now();
-    cond = encodeConditioning(pipe, run, width, height);
-    await synchronize(pipe.device);
-    throwIfAborted(run);
+    cond = await encodeStage(pipe, run, width, height);
     const t1 = now();
 
     // 3. prepare latents: encode, sample the posterior, scale, noise to the first kept timestep

@@ -19,9 +19,9 @@ import { TorchGenerator } from "../random/torch-generator";
 import type { NoiseSource } from "../schedulers";
 import { GeneratedImage, imageToNchw, loadImage, type ImageInput } from "./images";
 import { fitMask, latentMask, loadMask, maskCondition, maskedImage, pasteUnmasked, type MaskInput } from "./mask";
-import { encodePosteriorSamples, fitImage, img2imgTimesteps, posteriorShape } from "./image-to-image";
+import { checkStrength, encodePosteriorSamples, fitImage, posteriorShape, startAtStrength } from "./image-to-image";
 import {
-  GENERATE_KEYS, decodeLatents, denoise, disposeConditioning, drawNoise, encodeConditioning, imageParameters, latentsFromOption, resolveCommon, throwIfAborted,
+  GENERATE_KEYS, decodeLatents, denoise, disposeConditioning, drawNoise, encodeStage, imageParameters, latentsFromOption, resolveCommon, throwIfAborted,
   type CommonGenerateOptions, type Conditioning, type GenerateResult,
 } from "./text-to-image";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
@@ -82,9 +82,7 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
   let latents: Tensor | null = null;
   try {
     const kind = inpaintKind(pipe);
-    const strength = opts.strength ?? 1;
-    if (typeof strength !== "number" || !(strength > 0 && strength <= 1))
-      throw new RangeError(`${op}: strength must be a number in (0, 1], got ${String(strength)}`);
+    const strength = checkStrength(op, opts.strength, 1);
     if (opts.keepUnmasked !== undefined && typeof opts.keepUnmasked !== "boolean") throw new TypeError(`${op}: keepUnmasked must be a boolean`);
     if (opts.image === undefined) throw new TypeError(`${op}: image is required (a PNG/JPEG path, a Buffer, or { width, height, data })`);
     if (opts.mask === undefined) throw new TypeError(`${op}: mask is required (white = repaint): an image, or { width, height, data } with one byte per pixel`);
@@ -97,18 +95,12 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
     const h = height / f, w = width / f;
     const shape = [run.total, pipe.vae.config.latentChannels, h, w];
     const given = opts.latents === undefined ? null : hold(latentsFromOption(op, opts.latents, shape, pipe.device));
-    scheduler.setTimesteps(run.steps);
-    const tail = img2imgTimesteps(scheduler.timesteps, run.steps, strength, scheduler.order);
-    if (tail.timesteps.length === 0)
-      throw new RangeError(`${op}: strength ${strength} with ${run.steps} steps leaves no step to run (strength·steps must be at least 1)`);
-    scheduler.setBeginIndex(tail.beginIndex);
+    const tail = startAtStrength(op, scheduler, run.steps, strength);
     throwIfAborted(run);
 
     // 2. encode prompt (+ negative prompt under CFG)
     const t0 = now();
-    cond = encodeConditioning(pipe, run, width, height);
-    await synchronize(pipe.device);
-    throwIfAborted(run);
+    cond = await encodeStage(pipe, run, width, height);
     const t1 = now();
 
     // 3. prepare latents (diffusers' prepare_latents, then prepare_mask_latents)

@@ -377,6 +377,19 @@ export function encodeConditioning(pipe: StableDiffusionPipeline, run: ResolvedR
   }
 }
 
+/** Stage 2 of every pipeline: the conditioning, finished on the device; an abort noticed here frees it. */
+export async function encodeStage(pipe: StableDiffusionPipeline, run: ResolvedRun, width: number, height: number): Promise<Conditioning> {
+  const cond = encodeConditioning(pipe, run, width, height);
+  try {
+    await synchronize(pipe.device);
+    throwIfAborted(run);
+    return cond;
+  } catch (e) {
+    disposeConditioning(cond);
+    throw e;
+  }
+}
+
 /** The weighted path: prompts and negatives chunked to one length; the negatives without clip_skip, as above. */
 function encodeWeightedRows(pipe: StableDiffusionPipeline, run: ResolvedRun): Tensor {
   const B = run.uniquePrompts.length, N = run.numImages;
@@ -588,9 +601,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
 
     // 2. encode prompt (+ negative prompt under CFG)
     const t0 = now();
-    cond = encodeConditioning(pipe, run, width, height);
-    await synchronize(pipe.device);
-    throwIfAborted(run);
+    cond = await encodeStage(pipe, run, width, height);
     const t1 = now();
 
     // 3. prepare latents: seeded CPU noise (unless given) x init_noise_sigma

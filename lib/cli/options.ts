@@ -121,6 +121,7 @@ export interface ImageCommandOptions {
   lora?: { file: string; scale: number }[];
   promptWeighting?: boolean;
   embedding?: string[];
+  vaeTiling?: boolean;
   output: string;
   json?: boolean;
   quiet?: boolean;
@@ -141,6 +142,7 @@ export function addImageOptions(cmd: Command): Command {
     .option("--device <device>", "cpu, cuda, cuda:N or auto (default: auto)", parseDevice)
     .addOption(new Option("--dtype <type>", "weights and activations precision (default: float16 on CUDA, float32 on CPU)").choices(PIPELINE_DTYPES))
     .addOption(new Option("--vae-dtype <type>", "VAE precision; auto follows diffusers (float32 for an fp16 VAE marked force_upcast); bfloat16 is the fast choice on a GPU (default: auto)").choices(["auto", ...PIPELINE_DTYPES]))
+    .option("--vae-tiling", "decode in overlapping tiles: the VAE's memory stays that of one tile at any image size")
     .option("--prompt-weighting", "A1111-style (word:1.3), (word), [word], BREAK, and prompts longer than 75 tokens")
     .option("--embedding <file>", "load a textual-inversion embedding (.safetensors); its word is the file name (A1111) or the one in the file; repeatable", (v: string, prev: string[] = []) => [...prev, v])
     .option("--lora <file[:scale]>", "merge a LoRA (.safetensors, kohya or diffusers keys) at this scale (default 1); repeatable", collectLora)

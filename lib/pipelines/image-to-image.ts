@@ -110,7 +110,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
     const t2 = now();
 
     // 5. decode
-    const { images } = await decodeLatents(pipe, final, imageParameters(pipe, run, width, height, { "Denoising strength": strength }));
+    const { images } = await decodeLatents(pipe, final, imageParameters(pipe, run, width, height, { "Denoising strength": strength }), run.vaeTiling);
     const t3 = now();
     return { images, seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: t3 - t2 } };
   } finally {

@@ -147,7 +147,7 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
 
     // 5. decode (and paste the kept pixels back when asked)
     const params = imageParameters(pipe, run, width, height, fullStrength ? {} : { "Denoising strength": strength });
-    let { images } = await decodeLatents(pipe, final, params);
+    let { images } = await decodeLatents(pipe, final, params, run.vaeTiling);
     if (opts.keepUnmasked) images = images.map((g) => new GeneratedImage(g.width, g.height, pasteUnmasked(g.data, img, mask), g.parameters));
     const t3 = now();
     return { images, seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: t3 - t2 } };

@@ -17,6 +17,7 @@ import type { SchedulerClassName } from "../schedulers/schedule";
 import { textToImage, decodeLatents, type GenerateOptions, type GenerateResult, type DecodeResult } from "./text-to-image";
 import { imageToImage, type Img2ImgOptions } from "./image-to-image";
 import { inpaint, type InpaintOptions } from "./inpaint";
+import type { VaeTilingOptions } from "../models/vae-tiling";
 import { LoraPatches, type AppliedLora, type LoraOptions } from "../lora/apply";
 import { loadTextualInversion, type LoadedEmbedding, type TextualInversionOptions } from "./textual-inversion";
 
@@ -224,9 +225,9 @@ export class StableDiffusionPipeline {
    * Latents [B, 4, h, w] (float32 NCHW, as the denoising loop leaves them) -> the VAE's decoded
    * images, the float images and the 8-bit images, one image at a time.
    */
-  decodeLatents(latents: Tensor): Promise<DecodeResult> {
+  decodeLatents(latents: Tensor, opts: { vaeTiling?: VaeTilingOptions } = {}): Promise<DecodeResult> {
     this.assertLive("decodeLatents");
-    return decodeLatents(this, latents);
+    return decodeLatents(this, latents, undefined, opts.vaeTiling ?? null);
   }
 
   /**

@@ -16,6 +16,7 @@ import { SAMPLER_NAMES, createScheduler, schedulerFromConfig, type Scheduler, ty
 import { GeneratedImage, latentPreviews, postprocessDecoded, type ImageParameters } from "./images";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
 import { unetStep } from "../models/unet-graph";
+import { tiledDecode, tileGeometry, type VaeTilingOptions } from "../models/vae-tiling";
 import type { AddedCond } from "../models/unet-2d-condition";
 import { encodeConditioningXL } from "./sdxl-conditioning";
 import { encodeWeightedTexts } from "./weighted-encoding";
@@ -80,6 +81,12 @@ export interface CommonGenerateOptions {
   /** Use the output of the text encoder's layer L-k (diffusers' clip_skip; as there, only for the prompt, not the negative prompt). Default 0. */
   clipSkip?: number;
   /**
+   * Decode in overlapping tiles (diffusers' enable_vae_tiling): the VAE's memory stays that of one
+   * tile at any size, with soft seams. true: tiles of the VAE's sample_size (512 px for SD 1.5),
+   * overlap 0.25; or { tileSize, overlap }. Default false.
+   */
+  vaeTiling?: boolean | VaeTilingOptions;
+  /**
    * A1111-style emphasis and long prompts: (word), (word:1.3), [word], BREAK, and prompts beyond 75
    * tokens in 75-token chunks (prompt-weighting.ts). Default false: diffusers' plain encoding,
    * where brackets are ordinary text and the prompt is cut at 75 tokens.
@@ -142,7 +149,7 @@ export interface DecodeResult {
 
 const COMMON_KEYS = [
   "prompt", "negativePrompt", "steps", "cfg", "sampler", "schedulerConfig", "seed", "numImages", "eta", "guidanceRescale", "clipSkip",
-  "onStep", "signal", "previewEvery", "generator", "promptWeighting", "prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize",
+  "onStep", "signal", "previewEvery", "generator", "promptWeighting", "vaeTiling", "prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize",
 ];
 const XL_KEYS = ["prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize"];
 export const GENERATE_KEYS: readonly string[] = [...COMMON_KEYS, "width", "height", "latents"];
@@ -161,6 +168,8 @@ export interface ResolvedRun {
   uniquePrompts: string[];
   uniqueNegatives: string[];
   promptWeighting: boolean;
+  /** Tiled VAE decoding, checked (null: decode whole). */
+  vaeTiling: VaeTilingOptions | null;
   /** Whether a negative prompt was given (SDXL zeroes the negative embeddings when not, if the model says so). */
   negativeGiven: boolean;
   /** SDXL: the second encoder's texts, one per unique prompt / negative (defaults: the first's). */
@@ -298,13 +307,18 @@ export function resolveCommon(pipe: StableDiffusionPipeline, opts: CommonGenerat
   const xl = resolveXlOptions(pipe, op, opts, uniquePrompts, uniqueNegatives);
   if (opts.promptWeighting !== undefined && typeof opts.promptWeighting !== "boolean") throw new TypeError(`${op}: promptWeighting must be a boolean`);
   const promptWeighting = opts.promptWeighting ?? false;
+  const vt = opts.vaeTiling;
+  if (vt !== undefined && typeof vt !== "boolean" && (vt === null || typeof vt !== "object"))
+    throw new TypeError(`${op}: vaeTiling must be true, false or { tileSize, overlap }`);
+  const vaeTiling = vt === true ? {} : vt ? { ...vt } : null;
+  if (vaeTiling) tileGeometry(pipe.vae, vaeTiling);  // checks tileSize and overlap now
 
   const { scheduler, display } = makeScheduler(pipe, op, sampler, opts.schedulerConfig);
   const seeds = Array.from({ length: total }, (_, k) => seed + k);
   const rep = (xs: string[]) => xs.flatMap((x) => Array<string>(numImages).fill(x));
   return {
     op, prompts: rep(uniquePrompts), negatives: rep(uniqueNegatives), uniquePrompts, uniqueNegatives, numImages, total,
-    negativeGiven: opts.negativePrompt !== undefined, promptWeighting, ...xl,
+    negativeGiven: opts.negativePrompt !== undefined, promptWeighting, vaeTiling, ...xl,
     steps, cfg, cfgOn: cfg > 1, sampler, samplerDisplay: display, scheduler, seeds,
     generator: user ?? seeds.map((s) => new TorchGenerator(s)),
     eta, guidanceRescale, clipSkip, onStep: opts.onStep, signal, previewEvery,
@@ -536,7 +550,7 @@ export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, i
  * latents / scaling_factor -> VAE decoder -> images, one image at a time (bounded memory). The
  * latents stay owned by the caller.
  */
-export async function decodeLatents(pipe: StableDiffusionPipeline, latents: Tensor, params?: (k: number) => ImageParameters): Promise<DecodeResult> {
+export async function decodeLatents(pipe: StableDiffusionPipeline, latents: Tensor, params?: (k: number) => ImageParameters, tiling?: VaeTilingOptions | null): Promise<DecodeResult> {
   const cfg = pipe.vae.config;
   if (latents.ndim !== 4 || latents.shape[1] !== cfg.latentChannels)
     throw new RangeError(`decodeLatents: latents must be [B, ${cfg.latentChannels}, h, w], got [${latents.shape.join(",")}]`);
@@ -544,22 +558,32 @@ export async function decodeLatents(pipe: StableDiffusionPipeline, latents: Tens
   const f = cfg.scaleFactor, H = h * f, W = w * f;
   const decoded = new Float32Array(B * 3 * H * W);
   for (let b = 0; b < B; b++) {
-    const img = tidy(() => {
-      let z = ops.div(ops.slice(latents, 0, b, b + 1), cfg.scalingFactor);
-      if (z.dtype !== pipe.vaeDtype || z.device !== pipe.device) z = z.to(pipe.device, pipe.vaeDtype);
-      const x = pipe.vae.decode(z);
-      return x.dtype === "float32" && x.device === "cpu" ? x : x.to("cpu", "float32");
+    const z = tidy(() => {
+      const zb = ops.div(ops.slice(latents, 0, b, b + 1), cfg.scalingFactor);
+      return zb.dtype !== pipe.vaeDtype || zb.device !== pipe.device ? zb.to(pipe.device, pipe.vaeDtype) : zb;
     });
     try {
-      decoded.set(await img.toFloat32Array(), b * 3 * H * W);
+      decoded.set(tiling ? await tiledDecode(pipe.vae, z, tiling) : await decodeWhole(pipe, z), b * 3 * H * W);
     } finally {
-      img.dispose();
+      z.dispose();
     }
   }
   const shape = [B, 3, H, W];
   const { imageFloat, rgb } = postprocessDecoded(decoded, shape);
   const images = rgb.map((data, k) => new GeneratedImage(W, H, data, params?.(k)));
   return { images, decoded, imageFloat, shape };
+}
+
+async function decodeWhole(pipe: StableDiffusionPipeline, z: Tensor): Promise<Float32Array> {
+  const img = tidy(() => {
+    const x = pipe.vae.decode(z);
+    return x.dtype === "float32" && x.device === "cpu" ? x : x.to("cpu", "float32");
+  });
+  try {
+    return await img.toFloat32Array();
+  } finally {
+    img.dispose();
+  }
 }
 
 /** The PNG parameters of image k of a run. */
@@ -615,7 +639,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     const t2 = now();
 
     // 5. decode
-    const { images } = await decodeLatents(pipe, final, imageParameters(pipe, run, width, height));
+    const { images } = await decodeLatents(pipe, final, imageParameters(pipe, run, width, height), run.vaeTiling);
     const t3 = now();
     return { images, seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: t3 - t2 } };
   } finally {

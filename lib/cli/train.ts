@@ -62,6 +62,9 @@ export const TRAIN_FLAGS: readonly FlagSpec[] = [
   { flag: "--prediction-type", key: "predictionType", type: "string", choices: ["epsilon", "v_prediction"], help: "training target (default epsilon; with --init, init's)" },
   { flag: "--snr-gamma", key: "snrGamma", type: "number", help: "Min-SNR-γ loss weighting, e.g. 5 (default off)" },
   { flag: "--ema", key: "ema", type: "number", help: "keep an EMA of the weights with this decay (e.g. 0.999) and export it" },
+  { flag: "--lora", key: "lora", type: "boolean", help: "with --init: train LoRA adapters on the U-Net's attention (rank 4) and write OUT/lora.safetensors" },
+  { flag: "--lora-rank", key: "loraRank", type: "int", help: "LoRA rank (implies --lora; default 4)" },
+  { flag: "--lora-alpha", key: "loraAlpha", type: "number", help: "LoRA alpha: the branch is scaled by alpha/rank (default: the rank)" },
 ];
 
 export const TRAIN_VAE_FLAGS: readonly FlagSpec[] = [
@@ -129,7 +132,14 @@ export function usageText(command: string, table: readonly FlagSpec[]): string {
 }
 
 export function parseTrainArgs(argv: readonly string[]): TrainOptions {
-  return parseFlags(argv, TRAIN_FLAGS, "train") as unknown as TrainOptions;
+  const o = parseFlags(argv, TRAIN_FLAGS, "train") as Record<string, unknown>;
+  // --lora-rank / --lora-alpha make the lora option's object
+  if (o.loraRank !== undefined || o.loraAlpha !== undefined) {
+    o.lora = { ...(o.loraRank !== undefined ? { rank: o.loraRank } : {}), ...(o.loraAlpha !== undefined ? { alpha: o.loraAlpha } : {}) };
+    delete o.loraRank;
+    delete o.loraAlpha;
+  }
+  return o as unknown as TrainOptions;
 }
 
 export function parseTrainVaeArgs(argv: readonly string[]): TrainVaeOptions {
@@ -187,6 +197,11 @@ export async function runTrain(opts: TrainOptions, stream: ProgressSink = proces
     return 130;
   }
   if (r.losses.length === 0) stream.write(`the checkpoint is already at step ${r.step} (--steps ${r.steps}): nothing to train; model re-exported\n`);
+  if (r.loraFile) {
+    stream.write(`wrote ${r.loraFile} in ${formatDuration((Date.now() - t0) / 1000)}: LoRA ${((p.lora ?? 0) / 1e6).toFixed(3)} M parameters over a ` +
+      `${(p.unet / 1e6).toFixed(2)} M-parameter U-Net; ${r.imagesPerSec.toFixed(1)} img/s (use it with --lora ${r.loraFile})\n`);
+    return 0;
+  }
   stream.write(`wrote ${r.out} in ${formatDuration((Date.now() - t0) / 1000)}: UNet ${(p.unet / 1e6).toFixed(2)} M, text encoder ${(p.textEncoder / 1e6).toFixed(2)} M, ` +
     `VAE ${(p.vae / 1e6).toFixed(2)} M parameters; ${r.imagesPerSec.toFixed(1)} img/s` +
     (r.skippedImages ? `; ${r.skippedImages} unreadable file(s) skipped` : "") + "\n");

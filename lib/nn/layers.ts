@@ -4,7 +4,18 @@ import * as ops from "../ops";
 import { Tensor, tidy } from "../tensor";
 import { Module } from "./module";
 
+/** A low-rank side branch on a Linear (LoRA, Hu et al. 2021): y += scale · (x downᵀ) upᵀ. Not a parameter of the module. */
+export interface LinearAdapter {
+  /** [rank, in] */
+  down: Tensor;
+  /** [out, rank] */
+  up: Tensor;
+  scale: number;
+}
+
 export class Linear extends Module {
+  /** A trained low-rank branch over the frozen weight (lib/train/lora-adapters.ts); null: none. */
+  adapter: LinearAdapter | null = null;
   constructor(readonly inFeatures: number, readonly outFeatures: number, readonly hasBias = true) {
     super();
     this.param("weight", { shape: [outFeatures, inFeatures] });
@@ -12,7 +23,12 @@ export class Linear extends Module {
   }
   /** x [..., in] -> [..., out]; `residual` is added in the GEMM epilogue. */
   forward(x: Tensor, residual?: Tensor): Tensor {
-    return ops.linear(x, this.p("weight"), this.hasBias ? this.p("bias") : null, residual ?? null);
+    const base = ops.linear(x, this.p("weight"), this.hasBias ? this.p("bias") : null, residual ?? null);
+    const a = this.adapter;
+    if (!a) return base;
+    // the branch in x's dtype (a recorded cast under mixed precision), added in the second GEMM's epilogue
+    const cast = (t: Tensor) => (t.dtype === x.dtype ? t : t.to(x.device, x.dtype));
+    return ops.linear(ops.mul(ops.linear(x, cast(a.down)), a.scale), cast(a.up), null, base);
   }
 }
 

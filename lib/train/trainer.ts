@@ -39,6 +39,7 @@ import {
   byteLevelTokenizerFiles, defaultTokenizerDir, readTokenizerFiles, tokenizerFromFiles, tokenizerIds, trimTokenizer,
   writeFileAtomic, writeTokenizerFiles,
 } from "./tokenizer";
+import { LoraAdapters, type LoraTrainOptions } from "./lora-adapters";
 import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
 import { isFinishedVae, loadVaeWeights, readVaeFolder, trainVae, type TrainVaeOptions, type TrainVaeResult } from "./vae-trainer";
 import {
@@ -88,6 +89,12 @@ export interface TrainOptions extends LoopOptions {
   snrGamma?: number | null;
   /** Probability of training a sample with the empty prompt (default 0.1). */
   condDropout?: number;
+  /**
+   * Train LoRA adapters instead of the whole U-Net (needs `init`; the text encoder stays frozen):
+   * true (rank 4, alpha = rank) or { rank, alpha }. The result is out/lora.safetensors (kohya
+   * format, for loadLora / A1111 / stable-diffusion.cpp) instead of a model folder.
+   */
+  lora?: boolean | LoraTrainOptions;
   /** Sees every micro-batch as fed (captions after dropout); for inspection and tests. */
   onBatch?: (info: { step: number; indices: number[]; flips: boolean[]; captions: string[]; timesteps: number[] }) => void;
 }
@@ -104,12 +111,14 @@ export interface TrainResult {
   emptyPrompts: number;
   prompts: number;
   vae: TrainVaeResult | null;
-  parameters: { unet: number; textEncoder: number; vae: number };
+  parameters: { unet: number; textEncoder: number; vae: number; lora?: number };
+  /** With `lora`: the written LoRA file. */
+  loraFile?: string;
 }
 
 const KEYS = [
   "data", "out", "init", "model", "textEncoder", "textEncoderSize", "tokenizer", "trimVocab", "vae", "vaeSteps", "vaeOptions",
-  "ema", "predictionType", "snrGamma", "condDropout", "onBatch", ...LOOP_KEYS,
+  "ema", "predictionType", "snrGamma", "condDropout", "onBatch", "lora", ...LOOP_KEYS,
 ];
 
 function loadVae(dir: string): { vae: AutoencoderKL; dir: string } {
@@ -122,6 +131,20 @@ function loadVae(dir: string): { vae: AutoencoderKL; dir: string } {
     throw e;
   }
   return { vae, dir: comp };
+}
+
+/** The lora option, checked: null when off. */
+function resolveLora(op: string, v: unknown, hasInit: boolean, textEncoder: unknown): { rank: number; alpha: number } | null {
+  if (v === undefined || v === false) return null;
+  if (v !== true && (v === null || typeof v !== "object")) throw new TypeError(`${op}: lora must be true, false or { rank, alpha }`);
+  if (!hasInit) throw new RangeError(`${op}: lora trains adapters on a trained model: pass init (a diffusers model folder)`);
+  if (textEncoder === "train") throw new RangeError(`${op}: lora trains the U-Net's adapters only; the text encoder stays frozen (leave textEncoder unset)`);
+  const o = v === true ? {} : (v as LoraTrainOptions);
+  const rank = o.rank ?? 4;
+  if (!Number.isInteger(rank) || rank < 1 || rank > 1024) throw new RangeError(`${op}: lora.rank must be an integer in [1, 1024], got ${String(rank)}`);
+  const alpha = o.alpha ?? rank;
+  if (typeof alpha !== "number" || !Number.isFinite(alpha) || alpha <= 0) throw new RangeError(`${op}: lora.alpha must be a positive number, got ${String(alpha)}`);
+  return { rank, alpha };
 }
 
 /** The options that make no sense with init (its architecture, text encoder and tokenizer are used as they are; no VAE is trained). */
@@ -269,6 +292,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     if (given.length)
       throw new RangeError(`${op}: ${given.join(", ")} cannot be set with init (the UNet, text encoder and tokenizer are init's, and its VAE or the vae option is used)`);
   }
+  const lora = resolveLora(op, opts.lora, init !== null, opts.textEncoder);
   const model = opts.model ?? "small";
   const textEncoderMode = opts.textEncoder ?? (init ? init.dir : "train");
   if (typeof textEncoderMode !== "string" || textEncoderMode === "") throw new TypeError(`${op}: textEncoder must be "train" or a model folder path`);
@@ -423,8 +447,11 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       initParameters(unet, seed, "unet");
     }
     onDevice(unet);
-    unet.setRequiresGrad();
-    const trained: [string, Tensor][] = [
+    // LoRA: the U-Net stays frozen and only the adapters beside its attention projections train
+    const adapters = lora ? new LoraAdapters(unet, { ...lora, seed, device }) : null;
+    if (adapters) owned.push(adapters);
+    else unet.setRequiresGrad();
+    const trained: [string, Tensor][] = adapters ? adapters.params() : [
       ...unet.namedParameters().map(([n, t]) => [`unet.${n}`, t] as [string, Tensor]),
       ...(trainText ? te.namedParameters().map(([n, t]) => [`text_encoder.${n}`, t] as [string, Tensor]) : []),
     ];
@@ -436,7 +463,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     const fixed = { resolution, unet: unetCfg, textEncoder: trainText ? teConfig : path.resolve(textEncoderMode), vaeScalingFactor: sf,
       vaeConfig: vae.config.blockOutChannels, batchSize, gradAccum, seed, randomFlip, predictionType, snrGamma, condDropout, ema: emaDecay,
       // only with init (a checkpoint written without it has no such keys)
-      ...(init ? { init: init.dir, scheduler: schedCfg } : {}) };
+      ...(init ? { init: init.dir, scheduler: schedCfg } : {}), ...(lora ? { lora } : {}) };
     const modelIndex = init ? { ...MODEL_INDEX, scheduler: ["diffusers", init.schedulerClass] } : MODEL_INDEX;
     let rng = new Rng(seed, "unet-train");
     const sampler = new EpochSampler(ds.size, mixSeed(seed, "unet-order"), randomFlip);
@@ -452,8 +479,16 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     }
 
     // 8. export (used by every save): the model folder, then the checkpoint
+    const loraFile = path.join(out, "lora.safetensors");
     const save = async (done: boolean) => {
       const replace = ema ? new Map(params.map((p, i) => [p, ema.shadow[i]] as [Tensor, Tensor])) : undefined;
+      const state = { kind: "unet" as const, step, done, paramNames: names, rng: rng.state(), sampler: sampler.state(),
+        counters: { emptyPrompts, prompts }, fixed, info: { steps, lr, skippedImages: ds.skipped } };
+      if (adapters) {
+        await adapters.save(loraFile, replace);
+        await saveCheckpoint(out, state, params, opt, ema);
+        return;
+      }
       writeFileAtomic(path.join(out, "model_index.json"), JSON.stringify(modelIndex, null, 2) + "\n");
       fs.mkdirSync(path.join(out, "scheduler"), { recursive: true });
       writeFileAtomic(path.join(out, "scheduler", "scheduler_config.json"), JSON.stringify(schedCfg, null, 2) + "\n");
@@ -461,8 +496,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       if (trainText) await writeComponent(path.join(out, "text_encoder"), teConfig!, "model.safetensors", te, replace);
       else if (!fs.existsSync(path.join(out, "text_encoder", "config.json"))) copyDir(frozenTe!.teDir, path.join(out, "text_encoder"));
       if (path.resolve(vaeDir) !== path.join(out, "vae")) copyDir(vaeDir, path.join(out, "vae"));
-      await saveCheckpoint(out, { kind: "unet", step, done, paramNames: names, rng: rng.state(), sampler: sampler.state(),
-        counters: { emptyPrompts, prompts }, fixed, info: { steps, lr, skippedImages: ds.skipped } }, params, opt, ema);
+      await saveCheckpoint(out, state, params, opt, ema);
     };
 
     // 7. the loop. Each step's graph is queued before the previous step's loss and gradient norm
@@ -552,7 +586,8 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     await save(!interrupted);
     return {
       out, step, steps, interrupted, losses, imagesPerSec: meter.imagesPerSec, skippedImages: ds.skipped, emptyPrompts, prompts, vae: vaeResult,
-      parameters: { unet: unet.parameterCount(), textEncoder: te.parameterCount(), vae: vae.parameterCount() },
+      parameters: { unet: unet.parameterCount(), textEncoder: te.parameterCount(), vae: vae.parameterCount(), ...(adapters ? { lora: adapters.parameterCount() } : {}) },
+      ...(adapters ? { loraFile } : {}),
     };
   } finally {
     stop.dispose();

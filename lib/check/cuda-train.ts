@@ -1,6 +1,7 @@
 // A short training run on a GPU: trainVae, then train() (UNet "small" + a text encoder trained
 // jointly) on the built-in shapes set at 64x64, with images/s on CUDA and the loss going down;
-// a bf16 mixed-precision UNet run, then the first steps of both float32 runs again on the CPU,
+// a bf16 mixed-precision UNet run, LoRA adapters on the built-in model, then the first steps of
+// the float32 runs again on the CPU,
 // whose losses must agree with the GPU's (step 1 closely: same initial weights, data and Philox
 // noise; later steps drift slowly).
 // A plain Node script over dist/:
@@ -10,6 +11,7 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { devices } from "../devices";
+import { packageRoot } from "../native";
 import { trainVae } from "../train/vae-trainer";
 import { train } from "../train/trainer";
 
@@ -48,7 +50,12 @@ export async function runTrainCheck(device: string, steps: number, log: (line: s
     // the same first steps on the CPU (the UNet run uses the GPU-trained VAE, as above)
     const vaeCpu = await trainVae({ ...common, out: path.join(tmp, "vae-cpu"), steps: cmpSteps, lr: 2e-3, device: "cpu" });
     const unetCpu = await train({ ...common, out: path.join(tmp, "sd-cpu"), vae: vaeOut, steps: cmpSteps, lr: 1e-3, model: "small", device: "cpu" });
-    for (const [what, gpu, cpu] of [["trainVae", vae.losses, vaeCpu.losses], ["train", unet.losses, unetCpu.losses]] as const) {
+    // LoRA adapters on the built-in model (frozen base, float32 adapters on the device)
+    const builtin = path.join(packageRoot, "models", "builtin");
+    const loraGpu = await train({ ...common, out: path.join(tmp, "lora-gpu"), init: builtin, lora: { rank: 4 }, steps: cmpSteps, lr: 1e-3, device });
+    const loraCpu = await train({ ...common, out: path.join(tmp, "lora-cpu"), init: builtin, lora: { rank: 4 }, steps: cmpSteps, lr: 1e-3, device: "cpu" });
+    log(`train --lora (built-in model) on ${device}: ${loraGpu.imagesPerSec.toFixed(1)} images/s`);
+    for (const [what, gpu, cpu] of [["trainVae", vae.losses, vaeCpu.losses], ["train", unet.losses, unetCpu.losses], ["train lora", loraGpu.losses, loraCpu.losses]] as const) {
       // steps counts change the cosine/constant schedule only after warm-up; warmupSteps is fixed
       row(`${what} step 1 loss, GPU vs CPU`, close(gpu[0], cpu[0], 1e-3), `${gpu[0]} vs ${cpu[0]}`);
       const s = Math.min(cmpSteps, gpu.length) - 1;

@@ -15,7 +15,7 @@
  * transformed on the host when a model loads them.
  */
 import type { HostStateDictSource } from "../io/state-dict";
-import { LazyStateDict, type LazyEntry } from "../io/state-dict";
+import { LazyStateDict, renameStateDict, type LazyEntry } from "../io/state-dict";
 import { clipTextParamShapes, unetParamShapes, unetStructure, vaeParamShapes, vaeStructure, type ParamShapes } from "./param-shapes";
 
 type Json = Record<string, unknown>;
@@ -36,6 +36,25 @@ export const UNET_PREFIX = "model.diffusion_model.";
 export const VAE_PREFIX = "first_stage_model.";
 export const TEXT_PREFIX_TRANSFORMERS = "cond_stage_model.transformer.";
 export const TEXT_PREFIX_OPENCLIP = "cond_stage_model.model.";
+/** SDXL single files: CLIP-L in transformers names, OpenCLIP bigG in OpenCLIP names. */
+export const SDXL_TEXT_PREFIX_1 = "conditioner.embedders.0.transformer.";
+export const SDXL_TEXT_PREFIX_2 = "conditioner.embedders.1.model.";
+
+/** Whether a single file is SDXL's (a second, OpenCLIP text encoder under conditioner.embedders.1). */
+export function isSdxlSingleFile(keys: readonly string[]): boolean {
+  return keys.some((k) => k.startsWith(SDXL_TEXT_PREFIX_2));
+}
+
+/**
+ * An SDXL single file seen as two SD-style ones the converter reads: `main` holds the U-Net, the
+ * VAE and the first text encoder (under cond_stage_model.transformer.), `second` the second text
+ * encoder (under cond_stage_model.model.); other conditioner keys are left out.
+ */
+export function sdxlSingleFileSources(source: HostStateDictSource): { main: HostStateDictSource; second: HostStateDictSource } {
+  const main = renameStateDict(source, (k) => (k.startsWith(SDXL_TEXT_PREFIX_1) ? TEXT_PREFIX_TRANSFORMERS + k.slice(SDXL_TEXT_PREFIX_1.length) : k.startsWith("conditioner.") ? null : k));
+  const second = renameStateDict(source, (k) => (k.startsWith(SDXL_TEXT_PREFIX_2) ? TEXT_PREFIX_OPENCLIP + k.slice(SDXL_TEXT_PREFIX_2.length) : null));
+  return { main, second };
+}
 
 /** How a diffusers parameter is made from single-file tensors. */
 export type LinkKind =

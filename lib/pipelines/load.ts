@@ -1,7 +1,7 @@
 /**
  * loadPipeline: a Stable Diffusion 1.x / 2.x pipeline from a diffusers folder or from a
- * single-file `.safetensors` checkpoint (original LDM key names), or an SDXL base pipeline from a
- * diffusers folder.
+ * single-file `.safetensors` checkpoint (original LDM key names), or an SDXL base pipeline from
+ * either (SDXL single files keep the two text encoders under conditioner.embedders.0 / .1).
  *
  * Single files carry weights only. Their configs come from the `configs` option or from the
  * copies of the SD1.5 / SD2.1 (768-v) configs in the package's `configs/` folder, chosen by what
@@ -19,7 +19,7 @@ import { CLIPTokenizer } from "../tokenizers/clip";
 import { CLIPTextModel } from "../models/clip-text";
 import { UNet2DConditionModel } from "../models/unet-2d-condition";
 import { AutoencoderKL, renameLegacyVaeKey } from "../models/autoencoder-kl";
-import { convertSingleFileToDiffusers, inspectSingleFile } from "../models/single-file";
+import { convertSingleFileToDiffusers, inspectSingleFile, isSdxlSingleFile, sdxlSingleFileSources } from "../models/single-file";
 import { PIPELINE_DTYPES, StableDiffusionPipeline, type PipelineDType } from "./stable-diffusion";
 import { checkKeys } from "./text-to-image";
 
@@ -28,6 +28,8 @@ export interface PipelineConfigs {
   unet?: JsonObject;
   vae?: JsonObject;
   textEncoder?: JsonObject;
+  /** SDXL: the second (projecting) text encoder's config. */
+  textEncoder2?: JsonObject;
   scheduler?: JsonObject;
 }
 
@@ -204,19 +206,23 @@ async function loadFolder(dir: string, device: string, dtype: PipelineDType, vae
   }
 }
 
-function readConfigFolder(dir: string): Required<PipelineConfigs> {
+type SdConfigs = Required<Omit<PipelineConfigs, "textEncoder2">> & { textEncoder2?: JsonObject };
+
+function readConfigFolder(dir: string): SdConfigs {
   const read = (sub: string, file: string) => readJsonObject(path.join(dir, sub, file), `${sub} config`);
+  const te2 = path.join(dir, "text_encoder_2", "config.json");
   return {
     unet: read("unet", "config.json"),
     vae: read("vae", "config.json"),
     textEncoder: read("text_encoder", "config.json"),
+    ...(fs.existsSync(te2) ? { textEncoder2: read("text_encoder_2", "config.json") } : {}),
     scheduler: read("scheduler", "scheduler_config.json"),
   };
 }
 
-/** The package's copy of the SD1.5 or SD2.1 configs. */
-export function builtinConfigDir(family: "sd1" | "sd2"): string {
-  return path.join(packageRoot, "configs", family === "sd1" ? "sd15" : "sd21");
+/** The package's copy of the SD1.5, SD2.1 or SDXL base configs. */
+export function builtinConfigDir(family: "sd1" | "sd2" | "sdxl"): string {
+  return path.join(packageRoot, "configs", family === "sd1" ? "sd15" : family === "sd2" ? "sd21" : "sdxl");
 }
 
 async function loadSingleFile(file: string, device: string, dtype: PipelineDType, vaeRequest: VaeDTypeOption, opts: LoadPipelineOptions): Promise<StableDiffusionPipeline> {
@@ -233,34 +239,45 @@ async function loadSingleFile(file: string, device: string, dtype: PipelineDType
   const source = openWeightsFile(file);
   const built = new Built();
   try {
-    if (source.keys().some((k) => k.startsWith("conditioner.embedders.")))
-      throw new Error(`${op}: ${path.basename(file)} is an SDXL single-file checkpoint, which loadPipeline does not convert; load the model's diffusers folder (unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/)`);
-    const info = inspectSingleFile(source);
-    let configs: Required<PipelineConfigs>;
+    // SDXL: the U-Net, VAE and first text encoder read as an SD file; the second encoder on its own
+    const xl = isSdxlSingleFile(source.keys());
+    const { main, second } = xl ? sdxlSingleFileSources(source) : { main: source, second: null };
+    const info = inspectSingleFile(main);
+    const family = xl ? "sdxl" : info.family;
+    let configs: SdConfigs;
     if (typeof opts.configs === "string") {
       configs = readConfigFolder(path.resolve(opts.configs));
     } else {
       if (opts.configs !== undefined && (opts.configs === null || typeof opts.configs !== "object"))
-        throw new TypeError(`${op}: configs must be a folder path or { unet, vae, textEncoder, scheduler } config objects`);
+        throw new TypeError(`${op}: configs must be a folder path or { unet, vae, textEncoder, textEncoder2, scheduler } config objects`);
       const given = opts.configs ?? {};
-      const complete = given.unet && given.vae && given.textEncoder && given.scheduler;
-      if (!complete && info.family === null)
+      const complete = given.unet && given.vae && given.textEncoder && given.scheduler && (!xl || given.textEncoder2);
+      if (!complete && family === null)
         throw new Error(
           `${op}: ${path.basename(file)} is not recognised as SD 1.x or 2.x (text encoder: ${info.textEncoder ?? "none"}, ` +
             `cross-attention width: ${info.crossAttentionDim ?? "unknown"}); pass { configs: "<folder with unet/, vae/, text_encoder/, scheduler/ configs>" }`,
         );
-      const base = complete ? ({} as Required<PipelineConfigs>) : readConfigFolder(builtinConfigDir(info.family!));
-      configs = { ...base, ...Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) } as Required<PipelineConfigs>;
+      const base = complete ? ({} as SdConfigs) : readConfigFolder(builtinConfigDir(family!));
+      configs = { ...base, ...Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) } as SdConfigs;
     }
+    if (xl && !configs.textEncoder2) throw new Error(`${op}: ${path.basename(file)} is SDXL: its configs need text_encoder_2/config.json`);
     // An inpainting checkpoint's conv_in reads latents + mask + masked-image latents (9 channels):
     // unless a U-Net config object was given, the checkpoint says how many.
     const unetGiven = typeof opts.configs === "object" && opts.configs.unet !== undefined;
     if (!unetGiven && info.unetInChannels !== null && (configs.unet.in_channels ?? 4) !== info.unetInChannels)
       configs = { ...configs, unet: { ...configs.unet, in_channels: info.unetInChannels } };
-    const conv = convertSingleFileToDiffusers(source, { unet: configs.unet, vae: configs.vae, textEncoder: configs.textEncoder });
+    const conv = convertSingleFileToDiffusers(main, { unet: configs.unet, vae: configs.vae, textEncoder: configs.textEncoder }, xl ? { textEncoderFormat: "transformers" } : {});
     const textEncoder = built.add(CLIPTextModel.fromConfig(configs.textEncoder));
     loadInto(textEncoder, conv.textEncoder!, dtype, device);
     await yieldToLoop();
+    let textEncoder2: CLIPTextModel | undefined, tokenizer2: CLIPTokenizer | undefined;
+    if (second) {
+      const conv2 = convertSingleFileToDiffusers(second, { textEncoder: configs.textEncoder2 }, { textEncoderFormat: "openclip" });
+      textEncoder2 = built.add(CLIPTextModel.fromConfig(configs.textEncoder2!, { withProjection: true }));
+      loadInto(textEncoder2, conv2.textEncoder!, dtype, device);
+      await yieldToLoop();
+      tokenizer2 = secondTokenizer(tokenizerDir, opts.configs);
+    }
     const unet = built.add(new UNet2DConditionModel(configs.unet));
     loadInto(unet, conv.unet!, dtype, device);
     await yieldToLoop();
@@ -269,7 +286,7 @@ async function loadSingleFile(file: string, device: string, dtype: PipelineDType
     loadInto(vae, conv.vae!, vaeDtype, device);
     return new StableDiffusionPipeline({
       tokenizer, textEncoder, unet, vae, scheduler: configs.scheduler, device, dtype, vaeDtype,
-      modelName: path.basename(file).replace(/\.safetensors$/i, ""),
+      modelName: path.basename(file).replace(/\.safetensors$/i, ""), tokenizer2, textEncoder2,
     });
   } catch (e) {
     built.disposeAll();
@@ -277,6 +294,16 @@ async function loadSingleFile(file: string, device: string, dtype: PipelineDType
   } finally {
     source.close();
   }
+}
+
+/**
+ * SDXL's second tokenizer: the configs folder's tokenizer_2/ when there is one, else the first
+ * tokenizer's vocabulary padded with "!" (id 0), as SDXL's tokenizer_2 is.
+ */
+function secondTokenizer(tokenizerDir: string, configs: LoadPipelineOptions["configs"]): CLIPTokenizer {
+  const own = typeof configs === "string" ? path.join(configs, "tokenizer_2") : null;
+  if (own && fs.existsSync(path.join(own, "vocab.json"))) return CLIPTokenizer.fromDirectory(own);
+  return CLIPTokenizer.fromFiles(path.join(tokenizerDir, "vocab.json"), path.join(tokenizerDir, "merges.txt"), { padToken: "!" });
 }
 
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));

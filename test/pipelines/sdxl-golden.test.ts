@@ -5,7 +5,11 @@
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { writeSafetensors } from "../../lib/io/safetensors";
+import { writeSafetensors, type SafetensorsTensorInput } from "../../lib/io/safetensors";
+import { ModelFolder, openWeightsFile } from "../../lib/io/model-folder";
+import { readAllFloat32 } from "../../lib/io/state-dict";
+import { convertDiffusersToSingleFile } from "../../lib/models/single-file";
+import { renameLegacyVaeKey } from "../../lib/models/autoencoder-kl";
 import { Tensor } from "../../lib";
 import { SafetensorsFile } from "../../lib/io/safetensors";
 import { loadPipeline, StableDiffusionPipeline } from "../../lib/pipelines";
@@ -162,6 +166,46 @@ describeIfReference("SDXL vs diffusers (tiny-sdxl, cases/sdxl.safetensors)", () 
         expect(w[0]).toBeCloseTo(before[0] + 2 * 0.1 * 0.1, 6);  // rank 2, alpha = rank
         pipe.unloadLoras();
         expect(await pipe.textEncoder2!.parameter(`${te2q}.weight`)!.tensor.toFloat32Array()).toEqual(before);
+      }
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+
+  test("an SDXL single-file checkpoint (conditioner.embedders.0/1) loads and generates as the folder does", async () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "dk-sdxl-single-"));
+    try {
+      const dir = referencePath("models", "tiny-sdxl");
+      const f = ModelFolder.open(dir);
+      const srcs: { close(): void }[] = [];
+      const open = (n: string, mapKey?: (k: string) => string | null) => { const x = openWeightsFile(f.weightsLocation(n).file, { mapKey }); srcs.push(x); return x; };
+      const noIds = (k: string) => (k.endsWith("position_ids") ? null : k);
+      const main = convertDiffusersToSingleFile({ unet: open("unet"), vae: open("vae", renameLegacyVaeKey), textEncoder: open("text_encoder", noIds) },
+        { unet: f.config("unet"), vae: f.config("vae"), textEncoder: f.config("text_encoder") });
+      const second = convertDiffusersToSingleFile({ textEncoder: open("text_encoder_2", noIds) }, { textEncoder: f.config("text_encoder_2") }, { textEncoderFormat: "openclip" });
+      const rec: Record<string, SafetensorsTensorInput> = {};
+      const put = (sd: typeof main, from: string, to: string) => {
+        for (const [k, t] of readAllFloat32(sd)) rec[k.startsWith(from) ? to + k.slice(from.length) : k] = { dtype: "F32", shape: [...t.shape], data: t.data };
+      };
+      put(main, "cond_stage_model.transformer.", "conditioner.embedders.0.transformer.");
+      put(second, "cond_stage_model.model.", "conditioner.embedders.1.model.");
+      for (const x of srcs) x.close();
+      const file = path.join(tmp, "tiny-sdxl.safetensors");
+      writeSafetensors(file, rec);
+      const single = await loadPipeline(file, { device: "cpu", configs: dir });
+      try {
+        expect([single.isXL, single.modelName]).toEqual([true, "tiny-sdxl"]);
+        const opts = { prompt: "a cat wearing a hat", negativePrompt: "ugly", steps: 2, seed: 5 };
+        expect((await single.generate(opts)).images[0].data).toEqual((await pipe.generate(opts)).images[0].data);
+      } finally {
+        single.dispose();
+      }
+      // without a tokenizer_2 folder the second tokenizer is the first's vocabulary padded with "!"
+      const only = await loadPipeline(file, { device: "cpu", configs: dir, tokenizer: path.join(dir, "tokenizer") });
+      try {
+        expect(only.tokenizer2!.encodePadded("a cat").slice(0, 5)).toEqual(pipe.tokenizer2!.encodePadded("a cat").slice(0, 5));
+      } finally {
+        only.dispose();
       }
     } finally {
       fs.rmSync(tmp, { recursive: true, force: true });

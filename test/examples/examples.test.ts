@@ -16,7 +16,7 @@ describe("examples/", () => {
   test("every example starts with a README-style comment showing how to run it", () => {
     const files = fs.readdirSync(path.join(ROOT, "examples")).filter((f) => f.endsWith(".js"));
     expect(files.sort()).toEqual(
-      ["http-server.js", "image-to-image.js", "inpainting.js", "progress-and-preview.js", "sampler-and-seed-sweep.js", "text-to-image.js", "train-on-folder.js"],
+      ["http-server.js", "image-to-image.js", "inpainting.js", "progress-and-preview.js", "sampler-and-seed-sweep.js", "text-to-image.js", "train-lora.js", "train-on-folder.js"],
     );
     for (const f of files) {
       const text = fs.readFileSync(example(f), "utf8");
@@ -111,6 +111,12 @@ describeIfReference("examples on tiny-sd", () => {
     expect(fs.readFileSync(path.join(tmp, "tm-data", "shape-001.txt"), "utf8")).toBe("a red square\n");
     expect(fs.existsSync(path.join(tmp, "tm", "model_index.json"))).toBe(true);
     expect(readPNGText(fs.readFileSync(path.join(tmp, "tm", "sample.png"))).parameters).toMatch(/^a blue circle\nSteps: 2, /);
+  });
+  (hasTrainer ? test : test.skip)("train-lora.js trains a LoRA on the built-in model and draws with and without it", () => {
+    const r = runNode(example("train-lora.js"), ["--out", "lo", "--steps", "2", "--batch-size", "2", "--sample-steps", "2"], { cwd: tmp, timeoutMs: 120_000 });
+    if (r.code !== 0) throw new Error(`train-lora.js exited with ${r.code}:\n${r.stderr}`);
+    expect(r.stdout).toMatch(/wrote \S+lo\/lora\.safetensors: \d+ trained parameters/);
+    for (const f of ["lora.safetensors", "without-lora.png", "with-lora.png"]) expect(fs.existsSync(path.join(tmp, "lo", f))).toBe(true);
   });
   (hasTrainer ? test.skip : test)("train-on-folder.js writes a captioned folder, then reports that this build has no trainer (exit 2)", () => {
     const r = runNode(example("train-on-folder.js"), ["--out", "tm", "--count", "4"], { cwd: tmp, env });

@@ -32,8 +32,11 @@ export function buildProgram(): Command {
       .description("text to image")
       .argument("<prompt...>", "what to draw (quote it, or give several words)"),
   )
+    .option("--hires <scale>", "hires fix: redraw at this scale (e.g. 2) after the first pass", number(1, 4, { exclusiveMin: true }))
+    .option("--hires-strength <s>", "how much the hires pass redraws, in (0, 1] (default 0.5)", number(0, 1, { exclusiveMin: true }))
     .addHelpText("after", `\nExample:\n  diffusekit generate "a cat wearing a hat" --steps 30 --cfg 7.5 --seed 42 -o cat.png`)
-    .action((prompt: string[], opts: ImageCommandOptions) => runImageCommand("generate", prompt, opts));
+    .action((prompt: string[], opts: ImageCommandOptions & { hires?: number; hiresStrength?: number }) =>
+      runImageCommand("generate", prompt, opts, undefined, opts.hires === undefined ? undefined : { scale: opts.hires, strength: opts.hiresStrength }));
 
   addImageOptions(
     program

@@ -19,7 +19,8 @@ import { TorchGenerator } from "../random/torch-generator";
 import type { NoiseSource } from "../schedulers";
 import { GeneratedImage, imageToNchw, loadImage, type ImageInput } from "./images";
 import { fitMask, latentMask, loadMask, maskCondition, maskedImage, pasteUnmasked, type MaskInput } from "./mask";
-import { checkStrength, encodePosteriorSamples, fitImage, posteriorShape, startAtStrength } from "./image-to-image";
+import { fitImage } from "./image-to-image";
+import { checkStrength, encodePosteriorSamples, posteriorShape, startAtStrength } from "./partial-schedule";
 import {
   GENERATE_KEYS, decodeLatents, denoise, disposeConditioning, drawNoise, encodeStage, imageParameters, latentsFromOption, resolveCommon, throwIfAborted,
   type CommonGenerateOptions, type Conditioning, type GenerateResult,
@@ -54,7 +55,7 @@ export interface InpaintOptions extends CommonGenerateOptions {
   keepUnmasked?: boolean;
 }
 
-const INPAINT_KEYS: readonly string[] = [...GENERATE_KEYS, "image", "mask", "strength", "keepUnmasked"];
+const INPAINT_KEYS: readonly string[] = [...GENERATE_KEYS.filter((k) => k !== "hires"), "image", "mask", "strength", "keepUnmasked"];
 
 const now = (): number => performance.now() / 1000;
 

@@ -20,6 +20,7 @@ import { tiledDecode, tileGeometry, type VaeTilingOptions } from "../models/vae-
 import type { AddedCond } from "../models/unet-2d-condition";
 import { encodeConditioningXL } from "./sdxl-conditioning";
 import { encodeWeightedTexts } from "./weighted-encoding";
+import { hiresSize, hiresStart, resolveHires, type HiresOptions } from "./hires-fix";
 
 /** Sampler names generate() takes: the lib/schedulers names plus "default" (the model's own scheduler). */
 export const SAMPLER_CHOICES: readonly string[] = [...SAMPLER_NAMES, "default"];
@@ -116,6 +117,12 @@ export interface CommonGenerateOptions {
 }
 
 export interface GenerateOptions extends CommonGenerateOptions {
+  /**
+   * Hires fix: after the first pass, upscale (latents or image) and redraw with img2img's partial
+   * schedule: true (2x, strength 0.5, latent upscale) or { scale, strength, steps, upscale }.
+   * onStep then reports the second pass as a second run of steps. Default off.
+   */
+  hires?: boolean | HiresOptions;
   /** Pixels; a multiple of the VAE scale factor. Default: the U-Net's sample_size x the scale factor. */
   width?: number;
   height?: number;
@@ -152,7 +159,7 @@ const COMMON_KEYS = [
   "onStep", "signal", "previewEvery", "generator", "promptWeighting", "vaeTiling", "prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize",
 ];
 const XL_KEYS = ["prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize"];
-export const GENERATE_KEYS: readonly string[] = [...COMMON_KEYS, "width", "height", "latents"];
+export const GENERATE_KEYS: readonly string[] = [...COMMON_KEYS, "width", "height", "latents", "hires"];
 
 const MAX_SEED = Number.MAX_SAFE_INTEGER;
 const MAX_SIZE = 16384;
@@ -184,6 +191,8 @@ export interface ResolvedRun {
   cfgOn: boolean;
   sampler: string;
   samplerDisplay: string;
+  /** The run's scheduler_config overrides (a second scheduler, for hires fix, is built with them too). */
+  schedulerConfig?: Readonly<Record<string, unknown>>;
   scheduler: Scheduler;
   seeds: number[];
   /** Per-image generators, or the caller's single noise source. */
@@ -319,7 +328,7 @@ export function resolveCommon(pipe: StableDiffusionPipeline, opts: CommonGenerat
   return {
     op, prompts: rep(uniquePrompts), negatives: rep(uniqueNegatives), uniquePrompts, uniqueNegatives, numImages, total,
     negativeGiven: opts.negativePrompt !== undefined, promptWeighting, vaeTiling, ...xl,
-    steps, cfg, cfgOn: cfg > 1, sampler, samplerDisplay: display, scheduler, seeds,
+    steps, cfg, cfgOn: cfg > 1, sampler, samplerDisplay: display, schedulerConfig: opts.schedulerConfig, scheduler, seeds,
     generator: user ?? seeds.map((s) => new TorchGenerator(s)),
     eta, guidanceRescale, clipSkip, onStep: opts.onStep, signal, previewEvery,
   };
@@ -610,15 +619,16 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
   pipe.assertPlainUnet(op);
 
   // 1. defaults and validation
-  const run = resolveCommon(pipe, opts, op, GENERATE_KEYS);
   const f = pipe.vaeScaleFactor;
   const width = checkSize(op, "width", opts.width ?? pipe.defaultSize.width, f);
   const height = checkSize(op, "height", opts.height ?? pipe.defaultSize.height, f);
+  const run = resolveCommon(pipe, opts, op, GENERATE_KEYS);  // from here on the run's scheduler is freed in the finally below
   const shape = [run.total, pipe.unet.config.inChannels, height / f, width / f];
   const { scheduler } = run;
   let cond: Conditioning | null = null;
   let latents: Tensor | null = null;
   try {
+    const hires = resolveHires(op, opts.hires, run.steps);
     if (opts.latents !== undefined) latents = latentsFromOption(op, opts.latents, shape, pipe.device);
     scheduler.setTimesteps(run.steps);
     throwIfAborted(run);
@@ -634,12 +644,32 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     noise.dispose();
 
     // 4. denoising loop with classifier-free guidance
-    const final = await denoise(pipe, run, { scheduler, timesteps: scheduler.timesteps, cond }, latents);
-    latents = final;
+    const first = latents;
+    latents = null;
+    latents = await denoise(pipe, run, { scheduler, timesteps: scheduler.timesteps, cond }, first);
+    let extra: Record<string, string | number> = {};
+    if (hires) {
+      // 4b. hires fix: upscale, then the second pass on the larger latents (hires-fix.ts)
+      const size = hiresSize(width, height, hires.scale, f);
+      const images = hires.upscale === "image" ? (await decodeLatents(pipe, latents, undefined, run.vaeTiling)).images : null;
+      const start = await hiresStart(pipe, run, hires, latents, images, size.width, size.height);
+      latents.dispose();
+      latents = null;
+      try {
+        disposeConditioning(cond);
+        cond = null;
+        cond = await encodeStage(pipe, run, size.width, size.height);
+        latents = await denoise(pipe, run, { scheduler: start.scheduler, timesteps: start.timesteps, cond }, start.latents);
+      } finally {
+        start.scheduler.dispose();
+      }
+      extra = { "Denoising strength": hires.strength, "Hires upscale": hires.scale, "Hires steps": hires.steps, "Hires upscaler": hires.upscale === "latent" ? "Latent" : "Image" };
+    }
+    const final = latents;
     const t2 = now();
 
     // 5. decode
-    const { images } = await decodeLatents(pipe, final, imageParameters(pipe, run, width, height), run.vaeTiling);
+    const { images } = await decodeLatents(pipe, final, imageParameters(pipe, run, width, height, extra), run.vaeTiling);
     const t3 = now();
     return { images, seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: t3 - t2 } };
   } finally {

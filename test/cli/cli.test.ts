@@ -124,6 +124,10 @@ describe("diffusekit CLI", () => {
     const bf16 = runCli(["generate", "a red apple", ...base, "--vae-dtype", "bfloat16", "--json", "-o", path.join(tmp, "c.png")]);
     expect(bf16.code).toBe(0);
     expect(JSON.parse(bf16.stdout)).toMatchObject({ dtype: "float32", vaeDtype: "bfloat16" });
+    const hires = runCli(["generate", "a red apple", ...base, "--size", "32", "--hires", "2", "--hires-strength", "0.6", "--json", "-o", path.join(tmp, "h.png")]);
+    expect(hires.code).toBe(0);
+    expect(JSON.parse(hires.stdout).images[0]).toMatchObject({ width: 64, height: 64, parameters: { width: 32, extra: { "Hires upscale": 2, "Denoising strength": 0.6 } } });
+    expectUsageError(runCli(["generate", "x", "--hires", "1"]), /--hires/);
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }

@@ -1,0 +1,69 @@
+/**
+ * Starting a partial schedule from an image (img2img's get_timesteps and prepare_latents pieces),
+ * shared by image-to-image, inpainting and the hires fix: the strength check, where the schedule
+ * starts, and the VAE posterior samples of an image.
+ */
+import * as ops from "../ops";
+import { Tensor, tidy } from "../tensor";
+import type { Scheduler } from "../schedulers";
+import type { StableDiffusionPipeline } from "./stable-diffusion";
+
+/** A strength option: a number in (0, 1], or `dflt` when absent. */
+export function checkStrength(op: string, v: unknown, dflt: number): number {
+  const strength = v ?? dflt;
+  if (typeof strength !== "number" || !(strength > 0 && strength <= 1))
+    throw new RangeError(`${op}: strength must be a number in (0, 1], got ${String(strength)}`);
+  return strength;
+}
+
+/** Sets the scheduler's timesteps and begins it where `strength` says; the timesteps to run. */
+export function startAtStrength(op: string, scheduler: Scheduler, steps: number, strength: number): { timesteps: number[]; beginIndex: number } {
+  scheduler.setTimesteps(steps);
+  const tail = img2imgTimesteps(scheduler.timesteps, steps, strength, scheduler.order);
+  if (tail.timesteps.length === 0)
+    throw new RangeError(`${op}: strength ${strength} with ${steps} steps leaves no step to run (strength·steps must be at least 1)`);
+  scheduler.setBeginIndex(tail.beginIndex);
+  return tail;
+}
+
+/** diffusers' get_timesteps: the tail of the schedule that strength keeps, and where it starts. */
+export function img2imgTimesteps(timesteps: readonly number[], steps: number, strength: number, order: number): { timesteps: number[]; beginIndex: number } {
+  const initTimestep = Math.min(Math.trunc(steps * strength), steps);
+  const tStart = Math.max(steps - initTimestep, 0);
+  return { timesteps: timesteps.slice(tStart * order), beginIndex: tStart * order };
+}
+
+/** [1, latent channels, H/f, W/f]: one posterior sample of a W x H image. */
+export function posteriorShape(pipe: StableDiffusionPipeline, W: number, H: number): number[] {
+  const f = pipe.vaeScaleFactor;
+  return [1, pipe.vae.config.latentChannels, H / f, W / f];
+}
+
+/**
+ * Encodes NCHW pixels [1,3,H,W] in [-1, 1] once and returns scaling_factor · (mean + std·draw) for
+ * each draw, concatenated on the batch axis (float32 on the pipeline's device). A draw repeated
+ * (the same array) is computed once.
+ */
+export function encodePosteriorSamples(pipe: StableDiffusionPipeline, nchw: Float32Array, W: number, H: number, draws: Float32Array[]): Tensor {
+  const pixels = Tensor.fromArray(nchw, [1, 3, H, W], { device: pipe.device });
+  try {
+    return tidy(() => {
+      const x = pixels.dtype === pipe.vaeDtype ? pixels : pixels.to(pipe.device, pipe.vaeDtype);
+      const post = pipe.vae.encode(x);
+      const mean = post.mean.dtype === "float32" ? post.mean : post.mean.to(pipe.device, "float32");
+      const logvar = post.logvar.dtype === "float32" ? post.logvar : post.logvar.to(pipe.device, "float32");
+      const std = ops.exp(ops.mul(logvar, 0.5));
+      const one = [1, ...mean.shape.slice(1)];
+      const made = new Map<Float32Array, Tensor>();
+      const sample = (data: Float32Array) => {
+        let t = made.get(data);
+        if (!t) made.set(data, (t = ops.mul(ops.add(mean, ops.mul(std, Tensor.fromArray(data, one, { device: pipe.device }))), pipe.vae.config.scalingFactor)));
+        return t;
+      };
+      const items = draws.map(sample);
+      return items.length === 1 ? items[0] : ops.concat(items, 0);
+    });
+  } finally {
+    pixels.dispose();
+  }
+}

@@ -16,7 +16,9 @@ export { ModelFolder } from "./io/model-folder";
 export { TorchGenerator } from "./random/torch-generator";
 export { createScheduler, SAMPLER_NAMES } from "./schedulers";
 export type { Scheduler } from "./schedulers/scheduler";
-export { loadPipeline, createRandomPipeline, StableDiffusionPipeline, SAMPLER_CHOICES, GeneratedImage, readPNGText } from "./pipelines";
+export { loadPipeline, createRandomPipeline, StableDiffusionPipeline, SAMPLER_CHOICES, GeneratedImage, readPNGText, loadControlNet } from "./pipelines";
+export type { ControlOptions, LoadControlNetOptions, HiresOptions } from "./pipelines";
+export { ControlNetModel } from "./models/controlnet";
 export type {
   LoadPipelineOptions, PipelineConfigs, VaeDTypeOption, RandomPipelineOptions, PipelineDType, PipelineDevice, GenerateOptions, CommonGenerateOptions,
   GenerateResult, StepInfo, DecodeResult, Img2ImgOptions, InpaintOptions, MaskInput, GrayImage, ImageParameters, RGBImage, ImageInput,

@@ -11,6 +11,7 @@ import type { GenerateResult } from "../pipelines/text-to-image";
 import type { PipelineDType } from "../pipelines/stable-diffusion";
 import type { VaeDTypeOption } from "../pipelines/load";
 import type { HiresOptions } from "../pipelines/hires-fix";
+import { loadControlNet } from "../pipelines/load-controlnet";
 import { ProgressBar, formatSeconds } from "./progress";
 import { UsageError, checkSizeMultiple, resolveModel, scaleFactorOf, type ImageCommandOptions } from "./options";
 
@@ -59,6 +60,8 @@ export async function runImageCommand(kind: "generate" | "img2img" | "inpaint", 
   if (extra?.mask !== undefined && !fs.existsSync(extra.mask)) throw new UsageError(`${extra.mask}: no such mask file`);
   for (const l of opts.lora ?? []) if (!fs.existsSync(l.file)) throw new UsageError(`--lora ${l.file}: no such file`);
   for (const e of opts.embedding ?? []) if (!fs.existsSync(e)) throw new UsageError(`--embedding ${e}: no such file`);
+  if ((opts.controlnet === undefined) !== (opts.controlImage === undefined)) throw new UsageError("--controlnet and --control-image go together");
+  if (opts.controlImage !== undefined && !fs.existsSync(opts.controlImage)) throw new UsageError(`--control-image ${opts.controlImage}: no such file`);
 
   if (modelPath === builtinModelPath()) {
     const note = builtinPromptHint(prompt, modelPath);
@@ -69,6 +72,7 @@ export async function runImageCommand(kind: "generate" | "img2img" | "inpaint", 
     model: modelPath, device: opts.device, dtype: opts.dtype as PipelineDType | undefined, tokenizer: opts.tokenizer,
     vaeDtype: opts.vaeDtype as VaeDTypeOption | undefined, loras: opts.lora, embeddings: opts.embedding,
   }, kind);
+  const controlModel = opts.controlnet === undefined ? null : await loadControlNet(opts.controlnet, { device: pipe.device, dtype: pipe.dtype });
   const loaded = performance.now();
   if (opts.size) checkSizeMultiple(opts.size, pipe.vaeScaleFactor);
 
@@ -85,6 +89,7 @@ export async function runImageCommand(kind: "generate" | "img2img" | "inpaint", 
   const common = {
     prompt, negativePrompt: opts.negative, steps: opts.steps, cfg: opts.cfg, sampler: opts.sampler, seed: opts.seed, numImages: opts.num,
     width: opts.size?.width, height: opts.size?.height, promptWeighting: opts.promptWeighting, vaeTiling: opts.vaeTiling,
+    controlnet: controlModel ? { model: controlModel, image: opts.controlImage!, scale: opts.controlScale } : undefined,
     signal: controller.signal,
     onStep: ({ step, total }: { step: number; total: number }) => bar.update(step, total),
   };
@@ -101,6 +106,7 @@ export async function runImageCommand(kind: "generate" | "img2img" | "inpaint", 
     throw e;
   } finally {
     process.off("SIGINT", onSigint);
+    controlModel?.dispose();
   }
   bar.done();
 

@@ -122,6 +122,9 @@ export interface ImageCommandOptions {
   promptWeighting?: boolean;
   embedding?: string[];
   vaeTiling?: boolean;
+  controlnet?: string;
+  controlImage?: string;
+  controlScale?: number;
   output: string;
   json?: boolean;
   quiet?: boolean;
@@ -142,6 +145,9 @@ export function addImageOptions(cmd: Command): Command {
     .option("--device <device>", "cpu, cuda, cuda:N or auto (default: auto)", parseDevice)
     .addOption(new Option("--dtype <type>", "weights and activations precision (default: float16 on CUDA, float32 on CPU)").choices(PIPELINE_DTYPES))
     .addOption(new Option("--vae-dtype <type>", "VAE precision; auto follows diffusers (float32 for an fp16 VAE marked force_upcast); bfloat16 is the fast choice on a GPU (default: auto)").choices(["auto", ...PIPELINE_DTYPES]))
+    .option("--controlnet <dir>", "a diffusers ControlNet folder (with --control-image)")
+    .option("--control-image <file>", "the ControlNet's input image (edges, depth, pose...)")
+    .option("--control-scale <s>", "ControlNet conditioning scale (default 1)", number(0))
     .option("--vae-tiling", "decode in overlapping tiles: the VAE's memory stays that of one tile at any image size")
     .option("--prompt-weighting", "A1111-style (word:1.3), (word), [word], BREAK, and prompts longer than 75 tokens")
     .option("--embedding <file>", "load a textual-inversion embedding (.safetensors); its word is the file name (A1111) or the one in the file; repeatable", (v: string, prev: string[] = []) => [...prev, v])

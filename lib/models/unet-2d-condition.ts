@@ -221,6 +221,14 @@ export interface UNetForwardOptions {
   hooks?: ActivationHook;
   /** SDXL (addition_embed_type "text_time"): diffusers' added_cond_kwargs. */
   addedCond?: AddedCond;
+  /** ControlNet's output (ControlNetModel.forward): added to every skip and to the mid block's output. */
+  controlResiduals?: ControlResiduals;
+}
+
+/** What a ControlNet hands the U-Net: one tensor per skip (NHWC, as the U-Net's own) and one for the mid block. */
+export interface ControlResiduals {
+  down: Tensor[];
+  mid: Tensor;
 }
 
 /** SDXL's extra conditioning: the pooled text embedding [B, P] and the six size/crop ids [B, 6]. */
@@ -236,7 +244,12 @@ export interface AddedCond {
  * down_blocks.i.downsamplers.0, mid_block(.resnets.j/.attentions.j...), up_blocks.i(...),
  * conv_norm_out (before SiLU), conv_act.
  */
-export class UNet2DConditionModel extends Module {
+/**
+ * The half of the U-Net that ControlNet copies (diffusers' names, registered in the U-Net's
+ * order): conv_in, the time embedding (and SDXL's add_embedding), the down blocks and the mid
+ * block, with the time-embedding and down-path steps both forwards share.
+ */
+export abstract class UNetEncoderBase extends Module {
   readonly config: UNet2DConditionConfig;
   readonly convIn: Conv2d;
   readonly timeEmbedding: TimestepEmbedding;
@@ -244,24 +257,16 @@ export class UNet2DConditionModel extends Module {
   readonly addEmbedding: TimestepEmbedding | null;
   readonly downBlocks: DownBlock2D[] = [];
   readonly midBlock: UNetMidBlock2DCrossAttn | null;
-  readonly upBlocks: UpBlock2D[] = [];
-  readonly convNormOut: GroupNorm;
-  readonly convOut: Conv2d;
-
   /** The config.json this model was built from (as given). */
   readonly configJson: Readonly<UNet2DConditionConfigJson>;
+  protected readonly blockCommon: UNetBlockCommon;
 
   constructor(configJson: UNet2DConditionConfigJson) {
     super();
     const cfg = this.config = resolveUNetConfig(configJson);
     this.configJson = Object.freeze({ ...configJson });
     const boc = cfg.blockOutChannels, n = boc.length;
-    const common: UNetBlockCommon = { tembChannels: cfg.timeEmbedDim, groups: cfg.normNumGroups, eps: cfg.normEps, outputScaleFactor: cfg.resnetOutScaleFactor };
-    const attention = (level: number): UNetAttentionSettings => ({
-      heads: cfg.numAttentionHeads[level], crossAttentionDim: cfg.crossAttentionDim[level],
-      transformerLayers: Array(cfg.layersPerBlock[level]).fill(cfg.transformerLayersPerBlock[level]),
-      useLinearProjection: cfg.useLinearProjection, upcastAttention: cfg.upcastAttention,
-    });
+    const common: UNetBlockCommon = this.blockCommon = { tembChannels: cfg.timeEmbedDim, groups: cfg.normNumGroups, eps: cfg.normEps, outputScaleFactor: cfg.resnetOutScaleFactor };
 
     this.convIn = this.child("conv_in", new Conv2d(cfg.inChannels, boc[0], { kernel: cfg.convInKernel, padding: (cfg.convInKernel - 1) / 2 }));
     this.addEmbedding = cfg.addition ? this.child("add_embedding", new TimestepEmbedding(cfg.addition.inputDim, cfg.timeEmbedDim)) : null;
@@ -273,20 +278,106 @@ export class UNet2DConditionModel extends Module {
       out = boc[i];
       const blockCfg = { inChannels: cin, outChannels: out, numLayers: cfg.layersPerBlock[i], addDownsample: i < n - 1, downsamplePadding: cfg.downsamplePadding, common };
       this.downBlocks.push(this.child(`down_blocks.${i}`, type === "CrossAttnDownBlock2D"
-        ? new CrossAttnDownBlock2D({ ...blockCfg, attention: attention(i) })
+        ? new CrossAttnDownBlock2D({ ...blockCfg, attention: this.attentionAt(i) })
         : new DownBlock2D(blockCfg)));
     });
 
     this.midBlock = cfg.midBlockType === null ? null : this.child("mid_block", new UNetMidBlock2DCrossAttn({
       channels: boc[n - 1], common: { ...common, outputScaleFactor: cfg.midBlockScaleFactor },
-      attention: { ...attention(n - 1), transformerLayers: [cfg.transformerLayersPerBlock[n - 1]] },
+      attention: { ...this.attentionAt(n - 1), transformerLayers: [cfg.transformerLayersPerBlock[n - 1]] },
     }));
+  }
+
+  /** The attention settings of down level `level`. */
+  protected attentionAt(level: number): UNetAttentionSettings {
+    const cfg = this.config;
+    return {
+      heads: cfg.numAttentionHeads[level], crossAttentionDim: cfg.crossAttentionDim[level],
+      transformerLayers: Array(cfg.layersPerBlock[level]).fill(cfg.transformerLayersPerBlock[level]),
+      useLinearProjection: cfg.useLinearProjection, upcastAttention: cfg.upcastAttention,
+    };
+  }
+
+  /** Checks the forward's inputs; the batch size. */
+  protected checkInputs(what: string, sample: Tensor, encoderHiddenStates: Tensor): number {
+    const cfg = this.config;
+    if (sample.ndim !== 4 || sample.shape[1] !== cfg.inChannels)
+      throw new RangeError(`${what}.forward: sample must be [B, ${cfg.inChannels}, H, W], got [${sample.shape.join(",")}]`);
+    const B = sample.shape[0];
+    if (encoderHiddenStates.ndim !== 3 || encoderHiddenStates.shape[0] !== B)
+      throw new RangeError(`${what}.forward: encoderHiddenStates must be [${B}, M, D], got [${encoderHiddenStates.shape.join(",")}]`);
+    return B;
+  }
+
+  /** silu(emb): the sinusoid of the timestep (float32) through the MLP, plus SDXL's text_time term. */
+  protected embedding(sample: Tensor, timestep: number | Tensor, B: number, added: AddedCond | undefined, hook?: ActivationHook): Tensor {
+    const cfg = this.config;
+    const t = timestepVector(timestep, B, sample.device);
+    let tProj = ops.timestepEmbedding(t, cfg.blockOutChannels[0], { flipSinToCos: cfg.flipSinToCos, downscaleFreqShift: cfg.freqShift });
+    if (tProj.dtype !== sample.dtype) tProj = tProj.to(sample.device, sample.dtype);
+    emitPlain(hook, "time_proj", tProj);
+    let emb = this.timeEmbedding.forward(tProj);
+    emitPlain(hook, "time_embedding", emb);
+    if (this.addEmbedding) emb = this.addTextTime(emb, B, added, sample, hook);
+    return ops.silu(emb);
+  }
+
+  /** The down blocks from h (conv_in's output, a skip itself): the last hidden state and every skip, in order. */
+  protected downPath(h: Tensor, embAct: Tensor, ctx: Tensor, hook?: ActivationHook): { hidden: Tensor; skips: Tensor[] } {
+    const skips: Tensor[] = [h];
+    this.downBlocks.forEach((block, i) => {
+      const r = block.forward(h, embAct, ctx, scopeHook(hook, `down_blocks.${i}.`));
+      h = r.hidden;
+      skips.push(...r.skips);
+      emitNhwc(hook, `down_blocks.${i}.0`, h);
+      r.skips.forEach((s, j) => emitNhwc(hook, `down_blocks.${i}.1.${j}`, s));
+    });
+    return { hidden: h, skips };
+  }
+
+  /**
+   * SDXL's text_time conditioning: emb + add_embedding(cat(text_embeds, sinusoids of the six ids)),
+   * each id's sinusoid in float32 as the timestep's (diffusers' add_time_proj), then the model dtype.
+   */
+  protected addTextTime(emb: Tensor, B: number, added: AddedCond | undefined, sample: Tensor, hook?: ActivationHook): Tensor {
+    const a = this.config.addition!;
+    if (!added) throw new TypeError("UNet2DConditionModel.forward: this U-Net (addition_embed_type \"text_time\", SDXL) needs addedCond { textEmbeds, timeIds }");
+    const { textEmbeds, timeIds } = added;
+    const textDim = a.inputDim - 6 * a.timeEmbedDim;
+    if (timeIds.ndim !== 2 || timeIds.shape[0] !== B || timeIds.shape[1] !== 6)
+      throw new RangeError(`UNet2DConditionModel.forward: addedCond.timeIds must be [${B}, 6], got [${timeIds.shape.join(",")}]`);
+    if (textEmbeds.ndim !== 2 || textEmbeds.shape[0] !== B || textEmbeds.shape[1] !== textDim)
+      throw new RangeError(`UNet2DConditionModel.forward: addedCond.textEmbeds must be [${B}, ${textDim}] (projection_class_embeddings_input_dim ${a.inputDim} - 6 x ${a.timeEmbedDim}), got [${textEmbeds.shape.join(",")}]`);
+    const cfg = this.config;
+    const ids = timeIds.dtype === "float32" && timeIds.device === sample.device ? timeIds : timeIds.to(sample.device, "float32");
+    const proj = ops.timestepEmbedding(ids.reshape([B * 6]), a.timeEmbedDim, { flipSinToCos: cfg.flipSinToCos, downscaleFreqShift: cfg.freqShift });
+    emitPlain(hook, "add_time_proj", proj);
+    const text = textEmbeds.dtype === "float32" && textEmbeds.device === sample.device ? textEmbeds : textEmbeds.to(sample.device, "float32");
+    let addIn = ops.concat([text, proj.reshape([B, 6 * a.timeEmbedDim])], 1);
+    if (addIn.dtype !== sample.dtype) addIn = addIn.to(sample.device, sample.dtype);
+    const aug = this.addEmbedding!.forward(addIn);
+    emitPlain(hook, "add_embedding", aug);
+    const sum = ops.add(emb, aug);
+    emitPlain(hook, "emb", sum);
+    return sum;
+  }
+}
+
+export class UNet2DConditionModel extends UNetEncoderBase {
+  readonly upBlocks: UpBlock2D[] = [];
+  readonly convNormOut: GroupNorm;
+  readonly convOut: Conv2d;
+
+  constructor(configJson: UNet2DConditionConfigJson) {
+    super(configJson);
+    const cfg = this.config, common = this.blockCommon;
+    const boc = cfg.blockOutChannels, n = boc.length;
 
     // the up path reads every per-level list reversed
     const rev = <T>(xs: T[]): T[] => [...xs].reverse();
     const rboc = rev(boc), rLayers = rev(cfg.layersPerBlock), rHeads = rev(cfg.numAttentionHeads);
     const rCross = rev(cfg.crossAttentionDim), rTlpb = rev(cfg.transformerLayersPerBlock);
-    out = rboc[0];
+    let out = rboc[0];
     cfg.upBlockTypes.forEach((type, i) => {
       const prev = out;
       out = rboc[i];
@@ -334,45 +425,37 @@ export class UNet2DConditionModel extends Module {
    */
   forward(sample: Tensor, timestep: number | Tensor, encoderHiddenStates: Tensor, opts: UNetForwardOptions = {}): Tensor {
     const cfg = this.config;
-    if (sample.ndim !== 4 || sample.shape[1] !== cfg.inChannels)
-      throw new RangeError(`UNet2DConditionModel.forward: sample must be [B, ${cfg.inChannels}, H, W], got [${sample.shape.join(",")}]`);
-    const B = sample.shape[0];
-    if (encoderHiddenStates.ndim !== 3 || encoderHiddenStates.shape[0] !== B)
-      throw new RangeError(`UNet2DConditionModel.forward: encoderHiddenStates must be [${B}, M, D], got [${encoderHiddenStates.shape.join(",")}]`);
+    const B = this.checkInputs("UNet2DConditionModel", sample, encoderHiddenStates);
     const hook = opts.hooks;
+    const control = opts.controlResiduals;
     return tidy(() => {
       const ctx = encoderHiddenStates.dtype === sample.dtype && encoderHiddenStates.device === sample.device ? encoderHiddenStates : encoderHiddenStates.to(sample.device, sample.dtype);
       let x = ops.nchwToNhwc(sample);
       if (cfg.centerInputSample) x = ops.sub(ops.mul(x, 2), 1);
 
       // 1. time: sinusoid (float32) -> MLP; every resnet takes silu(emb)
-      const t = timestepVector(timestep, B, sample.device);
-      let tProj = ops.timestepEmbedding(t, cfg.blockOutChannels[0], { flipSinToCos: cfg.flipSinToCos, downscaleFreqShift: cfg.freqShift });
-      if (tProj.dtype !== sample.dtype) tProj = tProj.to(sample.device, sample.dtype);
-      emitPlain(hook, "time_proj", tProj);
-      let emb = this.timeEmbedding.forward(tProj);
-      emitPlain(hook, "time_embedding", emb);
-      if (this.addEmbedding) emb = this.addTextTime(emb, B, opts.addedCond, sample, hook);
-      const embAct = ops.silu(emb);
+      const embAct = this.embedding(sample, timestep, B, opts.addedCond, hook);
 
       // 2. down path: conv_in and every block output are skips
       let h = this.convIn.forward(x);
       x.dispose();
       emitNhwc(hook, "conv_in", h);
-      const skips: Tensor[] = [h];
-      this.downBlocks.forEach((block, i) => {
-        const r = block.forward(h, embAct, ctx, scopeHook(hook, `down_blocks.${i}.`));
-        h = r.hidden;
-        skips.push(...r.skips);
-        emitNhwc(hook, `down_blocks.${i}.0`, h);
-        r.skips.forEach((s, j) => emitNhwc(hook, `down_blocks.${i}.1.${j}`, s));
-      });
+      const down = this.downPath(h, embAct, ctx, hook);
+      h = down.hidden;
+      let skips = down.skips;
+      // ControlNet: its residuals are added to the skips and to the mid block's output
+      if (control) {
+        if (control.down.length !== skips.length)
+          throw new RangeError(`UNet2DConditionModel.forward: controlResiduals.down has ${control.down.length} tensors, the U-Net has ${skips.length} skips`);
+        skips = skips.map((s, i) => ops.add(s, control.down[i].dtype === s.dtype ? control.down[i] : control.down[i].to(s.device, s.dtype)));
+      }
 
       // 3. mid
       if (this.midBlock) {
         h = this.midBlock.forward(h, embAct, ctx, scopeHook(hook, "mid_block."));
         emitNhwc(hook, "mid_block", h);
       }
+      if (control) h = ops.add(h, control.mid.dtype === h.dtype ? control.mid : control.mid.to(h.device, h.dtype));
 
       // 4. up path: each block eats its skips (last first); the upsampler targets the next skips' size
       this.upBlocks.forEach((block, i) => {
@@ -396,32 +479,7 @@ export class UNet2DConditionModel extends Module {
     });
   }
 
-  /**
-   * SDXL's text_time conditioning: emb + add_embedding(cat(text_embeds, sinusoids of the six ids)),
-   * each id's sinusoid in float32 as the timestep's (diffusers' add_time_proj), then the model dtype.
-   */
-  private addTextTime(emb: Tensor, B: number, added: AddedCond | undefined, sample: Tensor, hook?: ActivationHook): Tensor {
-    const a = this.config.addition!;
-    if (!added) throw new TypeError("UNet2DConditionModel.forward: this U-Net (addition_embed_type \"text_time\", SDXL) needs addedCond { textEmbeds, timeIds }");
-    const { textEmbeds, timeIds } = added;
-    const textDim = a.inputDim - 6 * a.timeEmbedDim;
-    if (timeIds.ndim !== 2 || timeIds.shape[0] !== B || timeIds.shape[1] !== 6)
-      throw new RangeError(`UNet2DConditionModel.forward: addedCond.timeIds must be [${B}, 6], got [${timeIds.shape.join(",")}]`);
-    if (textEmbeds.ndim !== 2 || textEmbeds.shape[0] !== B || textEmbeds.shape[1] !== textDim)
-      throw new RangeError(`UNet2DConditionModel.forward: addedCond.textEmbeds must be [${B}, ${textDim}] (projection_class_embeddings_input_dim ${a.inputDim} - 6 x ${a.timeEmbedDim}), got [${textEmbeds.shape.join(",")}]`);
-    const cfg = this.config;
-    const ids = timeIds.dtype === "float32" && timeIds.device === sample.device ? timeIds : timeIds.to(sample.device, "float32");
-    const proj = ops.timestepEmbedding(ids.reshape([B * 6]), a.timeEmbedDim, { flipSinToCos: cfg.flipSinToCos, downscaleFreqShift: cfg.freqShift });
-    emitPlain(hook, "add_time_proj", proj);
-    const text = textEmbeds.dtype === "float32" && textEmbeds.device === sample.device ? textEmbeds : textEmbeds.to(sample.device, "float32");
-    let addIn = ops.concat([text, proj.reshape([B, 6 * a.timeEmbedDim])], 1);
-    if (addIn.dtype !== sample.dtype) addIn = addIn.to(sample.device, sample.dtype);
-    const aug = this.addEmbedding!.forward(addIn);
-    emitPlain(hook, "add_embedding", aug);
-    const sum = ops.add(emb, aug);
-    emitPlain(hook, "emb", sum);
-    return sum;
-  }
+
 }
 
 /** The timestep(s) as float32 [B] on `device` (one value is broadcast, as diffusers' expand). */

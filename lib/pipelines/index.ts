@@ -12,3 +12,7 @@ export type { InpaintOptions } from "./inpaint";
 export type { MaskInput, GrayImage } from "./mask";
 export { GeneratedImage, formatParameters, readPNGText, encodePNG, decodeImageBytes, loadImage } from "./images";
 export type { ImageParameters, RGBImage, ImageInput } from "./images";
+export { loadControlNet } from "./load-controlnet";
+export type { LoadControlNetOptions } from "./load-controlnet";
+export type { ControlOptions } from "./controlnet";
+export type { HiresOptions } from "./hires-fix";

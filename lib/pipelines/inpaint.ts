@@ -55,7 +55,7 @@ export interface InpaintOptions extends CommonGenerateOptions {
   keepUnmasked?: boolean;
 }
 
-const INPAINT_KEYS: readonly string[] = [...GENERATE_KEYS.filter((k) => k !== "hires"), "image", "mask", "strength", "keepUnmasked"];
+const INPAINT_KEYS: readonly string[] = [...GENERATE_KEYS.filter((k) => k !== "hires" && k !== "controlnet"), "image", "mask", "strength", "keepUnmasked"];
 
 const now = (): number => performance.now() / 1000;
 

@@ -21,6 +21,7 @@ import type { AddedCond } from "../models/unet-2d-condition";
 import { encodeConditioningXL } from "./sdxl-conditioning";
 import { encodeWeightedTexts } from "./weighted-encoding";
 import { hiresSize, hiresStart, resolveHires, type HiresOptions } from "./hires-fix";
+import { controlActive, resolveControl, type ControlOptions, type ResolvedControl } from "./controlnet";
 
 /** Sampler names generate() takes: the lib/schedulers names plus "default" (the model's own scheduler). */
 export const SAMPLER_CHOICES: readonly string[] = [...SAMPLER_NAMES, "default"];
@@ -81,6 +82,8 @@ export interface CommonGenerateOptions {
   guidanceRescale?: number;
   /** Use the output of the text encoder's layer L-k (diffusers' clip_skip; as there, only for the prompt, not the negative prompt). Default 0. */
   clipSkip?: number;
+  /** ControlNet guidance (controlnet.ts): { model: await loadControlNet(dir), image, scale, start, end }. generate() and img2img(). */
+  controlnet?: ControlOptions;
   /**
    * Decode in overlapping tiles (diffusers' enable_vae_tiling): the VAE's memory stays that of one
    * tile at any size, with soft seams. true: tiles of the VAE's sample_size (512 px for SD 1.5),
@@ -156,7 +159,7 @@ export interface DecodeResult {
 
 const COMMON_KEYS = [
   "prompt", "negativePrompt", "steps", "cfg", "sampler", "schedulerConfig", "seed", "numImages", "eta", "guidanceRescale", "clipSkip",
-  "onStep", "signal", "previewEvery", "generator", "promptWeighting", "vaeTiling", "prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize",
+  "onStep", "signal", "previewEvery", "generator", "promptWeighting", "vaeTiling", "controlnet", "prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize",
 ];
 const XL_KEYS = ["prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize"];
 export const GENERATE_KEYS: readonly string[] = [...COMMON_KEYS, "width", "height", "latents", "hires"];
@@ -486,6 +489,8 @@ export interface DenoiseInput {
   conditioning?: Tensor;
   /** Runs after step i on its result and returns the latents to go on with (4-channel inpainting's blend). */
   afterStep?: (latents: Tensor, i: number) => Tensor;
+  /** ControlNet guidance (controlnet.ts). */
+  control?: ResolvedControl | null;
 }
 
 /**
@@ -495,7 +500,7 @@ export interface DenoiseInput {
  * step, onStep sees finished values, and an abort is noticed between steps.
  */
 export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, input: DenoiseInput, latents: Tensor): Promise<Tensor> {
-  const { scheduler, timesteps, cond, conditioning, afterStep } = input;
+  const { scheduler, timesteps, cond, conditioning, afterStep, control } = input;
   const unetDtype = pipe.dtype;
   const total = timesteps.length;
   let current = latents;
@@ -509,7 +514,12 @@ export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, i
         let modelIn = scheduler.scaleModelInput(run.cfgOn ? ops.concat([x, x], 0) : x, t);
         if (conditioning) modelIn = ops.concat([modelIn, conditioning], 1);
         const unetIn = modelIn.dtype === unetDtype ? modelIn : modelIn.to(pipe.device, unetDtype);
-        let eps = unetStep(pipe.unet, unetIn, t, cond.context, cond.added);  // a replayed CUDA graph on CUDA (lib/models/unet-graph.ts)
+        // ControlNet: its residuals go into an eager U-Net call; otherwise a replayed CUDA graph on CUDA (lib/models/unet-graph.ts)
+        const residuals = control && controlActive(control, i, total)
+          ? control.net.forward(unetIn, t, cond.context, control.image, { scale: control.scale, addedCond: cond.added }) : null;
+        let eps = residuals
+          ? pipe.unet.forward(unetIn, t, cond.context, { addedCond: cond.added, controlResiduals: residuals })
+          : unetStep(pipe.unet, unetIn, t, cond.context, cond.added);
         if (eps.dtype !== "float32") eps = eps.to(pipe.device, "float32");
         if (run.cfgOn) {
           const [uncond, cond] = ops.chunk(eps, 2, 0);
@@ -627,8 +637,10 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
   const { scheduler } = run;
   let cond: Conditioning | null = null;
   let latents: Tensor | null = null;
+  let control: ResolvedControl | null = null;
   try {
     const hires = resolveHires(op, opts.hires, run.steps);
+    if (hires && opts.controlnet) throw new RangeError(`${op}: hires and controlnet together are not supported (the control image would need a second size)`);
     if (opts.latents !== undefined) latents = latentsFromOption(op, opts.latents, shape, pipe.device);
     scheduler.setTimesteps(run.steps);
     throwIfAborted(run);
@@ -638,6 +650,8 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     cond = await encodeStage(pipe, run, width, height);
     const t1 = now();
 
+    control = await resolveControl(pipe, op, opts.controlnet, width, height, run.cfgOn ? 2 * run.total : run.total);
+
     // 3. prepare latents: seeded CPU noise (unless given) x init_noise_sigma
     const noise: Tensor = latents ?? Tensor.fromArray(drawNoise(shape, run.generator), shape, { device: pipe.device });
     latents = ops.mul(noise, scheduler.initNoiseSigma);
@@ -646,7 +660,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     // 4. denoising loop with classifier-free guidance
     const first = latents;
     latents = null;
-    latents = await denoise(pipe, run, { scheduler, timesteps: scheduler.timesteps, cond }, first);
+    latents = await denoise(pipe, run, { scheduler, timesteps: scheduler.timesteps, cond, control }, first);
     let extra: Record<string, string | number> = {};
     if (hires) {
       // 4b. hires fix: upscale, then the second pass on the larger latents (hires-fix.ts)
@@ -675,6 +689,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
   } finally {
     disposeConditioning(cond);
     latents?.dispose();
+    control?.image.dispose();
     scheduler.dispose();
   }
 }

@@ -10,6 +10,8 @@ import { ModelFolder, openWeightsFile } from "../../lib/io/model-folder";
 import { readAllFloat32 } from "../../lib/io/state-dict";
 import { convertDiffusersToSingleFile } from "../../lib/models/single-file";
 import { renameLegacyVaeKey } from "../../lib/models/autoencoder-kl";
+import { ControlNetModel } from "../../lib/models/controlnet";
+import { TensorMapSource } from "../../lib/nn/module";
 import { Tensor } from "../../lib";
 import { SafetensorsFile } from "../../lib/io/safetensors";
 import { loadPipeline, StableDiffusionPipeline } from "../../lib/pipelines";
@@ -209,6 +211,21 @@ describeIfReference("SDXL vs diffusers (tiny-sdxl, cases/sdxl.safetensors)", () 
       }
     } finally {
       fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+
+  test("a ControlNet over the SDXL U-Net gets the added conditioning; zero convs change nothing", async () => {
+    const net = new ControlNetModel({ ...(pipe.unet.configJson as Record<string, unknown>) });
+    const sd = pipe.unet.stateDict();
+    const map = new Map(net.namedParameterSpecs().map(([n, spec]) => [n, sd.get(n) ?? Tensor.zeros(spec.shape)] as [string, Tensor]));
+    net.loadStateDict(new TensorMapSource(map));
+    for (const t of new Set([...map.values(), ...sd.values()])) t.dispose();
+    try {
+      const image = { width: 64, height: 64, data: new Uint8Array(64 * 64 * 3).fill(200) };
+      const opts = { prompt: "a cat", steps: 2, seed: 3, width: 64, height: 64 };
+      expect((await pipe.generate({ ...opts, controlnet: { model: net, image } })).images[0].data).toEqual((await pipe.generate(opts)).images[0].data);
+    } finally {
+      net.dispose();
     }
   });
 

@@ -9,6 +9,7 @@ import { Tensor, tidy, keep } from "../../lib";
 import * as ops from "../../lib/ops";
 import { TensorMapSource } from "../../lib/nn/module";
 import { ControlNetModel } from "../../lib/models/controlnet";
+import { controlNetKeyMap } from "../../lib/models/controlnet-single-file";
 import { loadPipeline, loadControlNet, type StableDiffusionPipeline } from "../../lib/pipelines";
 import { writeSafetensors, type SafetensorsTensorInput } from "../../lib/io/safetensors";
 import { encodePNG } from "../../lib/pipelines/images";
@@ -31,6 +32,16 @@ test("SD1.5's ControlNet: diffusers' names and shapes, 361,279,120 parameters", 
   expect(shapes.get("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight")).toBe("640x768");
   expect([...shapes.keys()].some((k) => k.startsWith("up_blocks") || k.startsWith("conv_out"))).toBe(false);
   expect(() => new ControlNetModel({ ...sd15, global_pool_conditions: true })).toThrow(/global_pool_conditions/);
+  // the original checkpoints' names (lllyasviel's ControlNet / A1111's extension)
+  const names = controlNetKeyMap(net);
+  expect(names.size).toBe(shapes.size);
+  for (const [d, o] of [["controlnet_cond_embedding.conv_in.weight", "input_hint_block.0.weight"], ["controlnet_cond_embedding.blocks.5.bias", "input_hint_block.12.bias"],
+    ["controlnet_cond_embedding.conv_out.weight", "input_hint_block.14.weight"], ["controlnet_down_blocks.11.weight", "zero_convs.11.0.weight"],
+    ["controlnet_mid_block.bias", "middle_block_out.0.bias"], ["conv_in.weight", "input_blocks.0.0.weight"], ["time_embedding.linear_2.weight", "time_embed.2.weight"],
+    ["down_blocks.0.attentions.1.proj_in.weight", "input_blocks.2.1.proj_in.weight"], ["down_blocks.3.resnets.1.conv2.weight", "input_blocks.11.0.out_layers.3.weight"],
+    ["mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight", "middle_block.1.transformer_blocks.0.attn1.to_q.weight"]])
+    expect([d, names.get(d)]).toEqual([d, o]);
+  net.dispose();
 });
 
 describe("a ControlNet over the built-in U-Net", () => {
@@ -146,13 +157,26 @@ describe("a ControlNet over the built-in U-Net", () => {
       await expect(pipe.generate({ ...opts, controlnet: { model: {} as never, image } })).rejects.toThrow(/controlnet must be \{ model/);
       await expect(pipe.generate({ ...opts, hires: true, controlnet: { model, image } })).rejects.toThrow(/hires and controlnet together are not supported/);
       await expect(pipe.inpaint({ ...opts, image, mask: image, controlnet: { model, image } } as never)).rejects.toThrow(/unknown option "controlnet"/);
-      await expect(loadControlNet(path.join(tmp, "none"))).rejects.toThrow(/is not a folder/);
+      await expect(loadControlNet(path.join(tmp, "none"))).rejects.toThrow(/none does not exist/);
       // the CLI
       const png = path.join(tmp, "edges.png");
       fs.writeFileSync(png, encodePNG(image));
       const r = runCli(["generate", "a red apple", "--steps", "2", "--seed", "1", "--device", "cpu", "--controlnet", dir, "--control-image", png, "--control-scale", "0.8", "-q", "-o", path.join(tmp, "o.png")]);
       expect([r.code, r.stderr]).toEqual([0, ""]);
       expect(runCli(["generate", "x", "--controlnet", dir]).stderr).toMatch(/--controlnet and --control-image go together/);
+      // the same weights as one original-layout .safetensors, with and without the control_model. prefix
+      const original = controlNetKeyMap(model);
+      for (const prefix of ["control_model.", ""]) {
+        const single = path.join(tmp, `cn${prefix ? "-prefixed" : ""}.safetensors`);
+        writeSafetensors(single, Object.fromEntries(Object.entries(rec).map(([k, v]) => [prefix + original.get(k)!, v])));
+        const fromFile = await loadControlNet(single, { device: "cpu", config: JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")) });
+        try {
+          expect((await pipe.generate({ ...opts, controlnet: { model: fromFile, image } })).images[0].data).toEqual(steered);
+        } finally {
+          fromFile.dispose();
+        }
+      }
+      await expect(loadControlNet(path.join(dir, "diffusion_pytorch_model.safetensors"))).rejects.toThrow(/is not a ControlNet checkpoint/);
     } finally {
       model.dispose();
     }

@@ -5,8 +5,10 @@
  * CFG's negative rows; at step i the ControlNet runs when start <= i/N and (i+1)/N <= end, and its
  * residuals, times `scale`, go into the U-Net's skips and mid block.
  */
+import * as ops from "../ops";
 import { Tensor } from "../tensor";
 import { ControlNetModel } from "../models/controlnet";
+import type { ControlResiduals } from "../models/unet-2d-condition";
 import { loadImage, resizeImage, type ImageInput } from "./images";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
 
@@ -37,9 +39,38 @@ export function controlActive(c: Pick<ResolvedControl, "start" | "end">, i: numb
   return !(i / n < c.start || (i + 1) / n > c.end);
 }
 
-/** Checks the option and prepares the control batch for `rows` U-Net rows (kept; the caller disposes image). */
-export async function resolveControl(pipe: StableDiffusionPipeline, op: string, v: unknown, width: number, height: number, rows: number): Promise<ResolvedControl | null> {
-  if (v === undefined) return null;
+/**
+ * Checks the option (one ControlOptions, or several: diffusers' MultiControlNetModel, whose
+ * residuals add up) and prepares each control batch for `rows` U-Net rows. The caller frees them
+ * with disposeControls.
+ */
+export async function resolveControls(pipe: StableDiffusionPipeline, op: string, v: unknown, width: number, height: number, rows: number): Promise<ResolvedControl[]> {
+  if (v === undefined) return [];
+  const list = Array.isArray(v) ? v : [v];
+  if (list.length === 0) throw new TypeError(`${op}: controlnet must be one { model, image, ... } or a non-empty list of them`);
+  const out: ResolvedControl[] = [];
+  try {
+    for (const [i, o] of list.entries()) out.push(await resolveOne(pipe, list.length > 1 ? `${op}: controlnet[${i}]` : op, o, width, height, rows));
+    return out;
+  } catch (e) {
+    disposeControls(out);
+    throw e;
+  }
+}
+
+export function disposeControls(cs: readonly ResolvedControl[]): void {
+  for (const c of cs) c.image.dispose();
+}
+
+/** The residuals of the ControlNets active at step i of n, added up (null when none acts). */
+export function controlResidualsAt(cs: readonly ResolvedControl[], i: number, n: number, run: (c: ResolvedControl) => ControlResiduals): ControlResiduals | null {
+  const parts = cs.filter((c) => controlActive(c, i, n)).map(run);
+  if (parts.length <= 1) return parts[0] ?? null;
+  return { down: parts[0].down.map((_, k) => parts.slice(1).reduce((acc, p) => ops.add(acc, p.down[k]), parts[0].down[k])),
+    mid: parts.slice(1).reduce((acc, p) => ops.add(acc, p.mid), parts[0].mid) };
+}
+
+async function resolveOne(pipe: StableDiffusionPipeline, op: string, v: unknown, width: number, height: number, rows: number): Promise<ResolvedControl> {
   const o = v as ControlOptions;
   if (!o || typeof o !== "object" || !(o.model instanceof ControlNetModel))
     throw new TypeError(`${op}: controlnet must be { model: <loadControlNet(...)>, image, scale?, start?, end? }`);

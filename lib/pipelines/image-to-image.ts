@@ -15,7 +15,7 @@ import {
 } from "./text-to-image";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
 import { checkStrength, encodePosteriorSamples, posteriorShape, startAtStrength } from "./partial-schedule";
-import { resolveControl, type ResolvedControl } from "./controlnet";
+import { disposeControls, resolveControls, type ResolvedControl } from "./controlnet";
 
 export { checkStrength, encodePosteriorSamples, img2imgTimesteps, posteriorShape, startAtStrength } from "./partial-schedule";
 
@@ -61,7 +61,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
   const { scheduler } = run;
   let cond: Conditioning | null = null;
   let latents: Tensor | null = null;
-  let control: ResolvedControl | null = null;
+  let control: ResolvedControl[] = [];
   try {
     const strength = checkStrength(op, opts.strength, 0.8);
     if (opts.image === undefined) throw new TypeError(`${op}: image is required (a PNG/JPEG path, a Buffer, or { width, height, data })`);
@@ -88,7 +88,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
     }
 
     // 4. denoising loop with classifier-free guidance, over the kept timesteps (ControlNet if asked)
-    control = await resolveControl(pipe, op, opts.controlnet, width, height, run.cfgOn ? 2 * run.total : run.total);
+    control = await resolveControls(pipe, op, opts.controlnet, width, height, run.cfgOn ? 2 * run.total : run.total);
     const final = await denoise(pipe, run, { scheduler, timesteps: tail.timesteps, cond, control }, latents);
     latents = final;
     const t2 = now();
@@ -100,7 +100,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
   } finally {
     disposeConditioning(cond);
     latents?.dispose();
-    control?.image.dispose();
+    disposeControls(control);
     scheduler.dispose();
   }
 }

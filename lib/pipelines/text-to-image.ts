@@ -21,7 +21,7 @@ import type { AddedCond } from "../models/unet-2d-condition";
 import { encodeConditioningXL } from "./sdxl-conditioning";
 import { encodeWeightedTexts } from "./weighted-encoding";
 import { hiresSize, hiresStart, resolveHires, type HiresOptions } from "./hires-fix";
-import { controlActive, resolveControl, type ControlOptions, type ResolvedControl } from "./controlnet";
+import { controlResidualsAt, disposeControls, resolveControls, type ControlOptions, type ResolvedControl } from "./controlnet";
 
 /** Sampler names generate() takes: the lib/schedulers names plus "default" (the model's own scheduler). */
 export const SAMPLER_CHOICES: readonly string[] = [...SAMPLER_NAMES, "default"];
@@ -82,8 +82,11 @@ export interface CommonGenerateOptions {
   guidanceRescale?: number;
   /** Use the output of the text encoder's layer L-k (diffusers' clip_skip; as there, only for the prompt, not the negative prompt). Default 0. */
   clipSkip?: number;
-  /** ControlNet guidance (controlnet.ts): { model: await loadControlNet(dir), image, scale, start, end }. generate() and img2img(). */
-  controlnet?: ControlOptions;
+  /**
+   * ControlNet guidance (controlnet.ts): { model: await loadControlNet(dir), image, scale, start,
+   * end }, or a list of them (their residuals add up). generate() and img2img().
+   */
+  controlnet?: ControlOptions | readonly ControlOptions[];
   /**
    * Decode in overlapping tiles (diffusers' enable_vae_tiling): the VAE's memory stays that of one
    * tile at any size, with soft seams. true: tiles of the VAE's sample_size (512 px for SD 1.5),
@@ -490,7 +493,7 @@ export interface DenoiseInput {
   /** Runs after step i on its result and returns the latents to go on with (4-channel inpainting's blend). */
   afterStep?: (latents: Tensor, i: number) => Tensor;
   /** ControlNet guidance (controlnet.ts). */
-  control?: ResolvedControl | null;
+  control?: readonly ResolvedControl[];
 }
 
 /**
@@ -515,8 +518,8 @@ export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, i
         if (conditioning) modelIn = ops.concat([modelIn, conditioning], 1);
         const unetIn = modelIn.dtype === unetDtype ? modelIn : modelIn.to(pipe.device, unetDtype);
         // ControlNet: its residuals go into an eager U-Net call; otherwise a replayed CUDA graph on CUDA (lib/models/unet-graph.ts)
-        const residuals = control && controlActive(control, i, total)
-          ? control.net.forward(unetIn, t, cond.context, control.image, { scale: control.scale, addedCond: cond.added }) : null;
+        const residuals = control?.length
+          ? controlResidualsAt(control, i, total, (c) => c.net.forward(unetIn, t, cond.context, c.image, { scale: c.scale, addedCond: cond.added })) : null;
         let eps = residuals
           ? pipe.unet.forward(unetIn, t, cond.context, { addedCond: cond.added, controlResiduals: residuals })
           : unetStep(pipe.unet, unetIn, t, cond.context, cond.added);
@@ -637,7 +640,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
   const { scheduler } = run;
   let cond: Conditioning | null = null;
   let latents: Tensor | null = null;
-  let control: ResolvedControl | null = null;
+  let control: ResolvedControl[] = [];
   try {
     const hires = resolveHires(op, opts.hires, run.steps);
     if (hires && opts.controlnet) throw new RangeError(`${op}: hires and controlnet together are not supported (the control image would need a second size)`);
@@ -650,7 +653,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     cond = await encodeStage(pipe, run, width, height);
     const t1 = now();
 
-    control = await resolveControl(pipe, op, opts.controlnet, width, height, run.cfgOn ? 2 * run.total : run.total);
+    control = await resolveControls(pipe, op, opts.controlnet, width, height, run.cfgOn ? 2 * run.total : run.total);
 
     // 3. prepare latents: seeded CPU noise (unless given) x init_noise_sigma
     const noise: Tensor = latents ?? Tensor.fromArray(drawNoise(shape, run.generator), shape, { device: pipe.device });
@@ -689,7 +692,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
   } finally {
     disposeConditioning(cond);
     latents?.dispose();
-    control?.image.dispose();
+    disposeControls(control);
     scheduler.dispose();
   }
 }

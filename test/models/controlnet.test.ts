@@ -153,6 +153,11 @@ describe("a ControlNet over the built-in U-Net", () => {
       expect(late).not.toEqual(plain);    // acts on the later half of the steps only
       expect(late).not.toEqual(steered);
       expect((await pipe.img2img({ ...opts, image, strength: 0.6, controlnet: { model, image } })).images).toHaveLength(1);
+      // several ControlNets: their residuals add up (two halves are one whole, exactly)
+      const halves = (await pipe.generate({ ...opts, controlnet: [{ model, image, scale: 0.5 }, { model, image, scale: 0.5 }] })).images[0].data;
+      expect(halves).toEqual(steered);
+      await expect(pipe.generate({ ...opts, controlnet: [] })).rejects.toThrow(/a non-empty list/);
+      await expect(pipe.generate({ ...opts, controlnet: [{ model, image }, { model, image, end: 2 }] })).rejects.toThrow(/controlnet\[1\]: controlnet.start and .end/);
       await expect(pipe.generate({ ...opts, controlnet: { model, image, start: 0.8, end: 0.2 } })).rejects.toThrow(/0 <= start < end <= 1/);
       await expect(pipe.generate({ ...opts, controlnet: { model: {} as never, image } })).rejects.toThrow(/controlnet must be \{ model/);
       await expect(pipe.generate({ ...opts, hires: true, controlnet: { model, image } })).rejects.toThrow(/hires and controlnet together are not supported/);

@@ -175,6 +175,9 @@ function readInit(op: string, dir: unknown): InitModel {
     if (unet.className !== "UNet2DConditionModel") throw new Error(`component "unet" is a ${unet.className}, expected UNet2DConditionModel`);
     const unetDir = folder.componentDir("unet");
     const unetConfig = readJsonObject(path.join(unetDir, "config.json"), "unet config") as UNet2DConditionConfigJson;
+    // the trainer conditions on one text encoder's states; SDXL also needs pooled text and size ids, and inpainting U-Nets a mask
+    if (unetConfig.addition_embed_type != null) throw new Error("an SDXL model (two text encoders, addition_embed_type) cannot be trained here yet; SD 1.x/2.x and this trainer's own models can");
+    if ((unetConfig.in_channels ?? 4) !== (unetConfig.out_channels ?? 4)) throw new Error(`its U-Net takes ${unetConfig.in_channels} input channels (an inpainting model); training one is not supported`);
     const schedulerClass = folder.component("scheduler").className;
     const scheduler = folder.config("scheduler");
     return { dir: folder.dir, folder, unetDir, unetConfig, scheduler: { _class_name: schedulerClass, ...scheduler }, schedulerClass };

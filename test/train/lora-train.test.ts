@@ -17,6 +17,7 @@ import { createShapesDataset } from "../../lib/train/shapes";
 import type { InMemoryDataset } from "../../lib/train/data";
 import { randn, toF32 } from "../helpers/naive";
 import { parseTrainArgs, runTrain } from "../../lib/cli/train";
+import { referenceDir } from "../helpers/reference";
 
 const BUILTIN = path.resolve(__dirname, "../../models/builtin");
 const quiet = { handleSigint: false, onWarn: () => undefined };
@@ -136,5 +137,9 @@ describe("train({ init, lora }) on the built-in model", () => {
     await expect(run(path.join(tmp, "x2"), { textEncoder: "train" })).rejects.toThrow(/the text encoder stays frozen/);
     await expect(run(path.join(tmp, "x3"), { lora: { rank: 0 } })).rejects.toThrow(/lora.rank must be an integer in \[1, 1024\]/);
     await expect(run(path.join(tmp, "x4"), { lora: { alpha: -1 } })).rejects.toThrow(/lora.alpha must be a positive number/);
+    if (referenceDir()) {
+      await expect(run(path.join(tmp, "x5"), { init: path.join(referenceDir()!, "models", "tiny-sdxl") })).rejects.toThrow(/an SDXL model .* cannot be trained here yet/);
+      await expect(run(path.join(tmp, "x6"), { init: path.join(referenceDir()!, "models", "tiny-sd-inpaint") })).rejects.toThrow(/takes 9 input channels \(an inpainting model\)/);
+    }
   });
 });

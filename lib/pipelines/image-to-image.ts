@@ -24,7 +24,7 @@ export interface Img2ImgOptions extends CommonGenerateOptions {
   image: ImageInput;
   /**
    * How much to change the image, in (0, 1]: the last floor(strength·steps) steps of the schedule
-   * run, starting from the image noised to that point. 1 ignores the image. Default 0.8.
+   * run, starting from the image noised to that point. 1 ignores the image. Default 0.8 (SDXL: 0.3, as diffusers).
    */
   strength?: number;
   /**
@@ -63,7 +63,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
   let latents: Tensor | null = null;
   let control: ResolvedControl[] = [];
   try {
-    const strength = checkStrength(op, opts.strength, 0.8);
+    const strength = checkStrength(op, opts.strength, pipe.isXL ? 0.3 : 0.8);  // diffusers' defaults: SD img2img 0.8, SDXL img2img 0.3
     if (opts.image === undefined) throw new TypeError(`${op}: image is required (a PNG/JPEG path, a Buffer, or { width, height, data })`);
     const f = pipe.vaeScaleFactor;
     const img = fitImage(op, await loadImage(opts.image, `${op}: image`), f, opts.width, opts.height);

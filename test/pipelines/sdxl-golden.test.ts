@@ -136,6 +136,9 @@ describeIfReference("SDXL vs diffusers (tiny-sdxl, cases/sdxl.safetensors)", () 
     const mask = { width: 64, height: 64, data: new Uint8Array(64 * 64).map((_, i) => (i % 64 < 32 ? 0 : 255)) };
     const a = await pipe.img2img({ image, prompt: "a cat", steps: 2, strength: 0.5, seed: 1 });
     const b = await pipe.inpaint({ image, mask, prompt: "a cat", steps: 2, seed: 1, keepUnmasked: true });
+    let calls = 0;
+    await pipe.img2img({ image, prompt: "a cat", steps: 10, seed: 1, onStep: () => { calls++; } });
+    expect(calls).toBe(3);  // SDXL img2img's default strength is 0.3 (diffusers'), not SD's 0.8
     expect([a.images[0].width, b.images[0].width]).toEqual([64, 64]);
     const run = resolveCommon(pipe, { prompt: ["a", "b"], numImages: 2, cfg: 1, cropTopLeft: { top: 8, left: 4 } }, "generate", GENERATE_KEYS);
     const cond = encodeConditioning(pipe, run, 64, 96);

@@ -8,7 +8,7 @@
  * place, so a tile's right and bottom edges are blended again by its neighbours).
  */
 import * as ops from "../ops";
-import { tidy, type Tensor } from "../tensor";
+import { Tensor, tidy } from "../tensor";
 import type { AutoencoderKL } from "./autoencoder-kl";
 
 export interface VaeTilingOptions {
@@ -116,4 +116,55 @@ export async function tiledDecode(vae: AutoencoderKL, z: Tensor, opts: VaeTiling
     y0 += rowH;
   });
   return out;
+}
+
+/** b's first rows (axis 2) or columns (axis 3) fade in from a's last ones (blend_v / blend_h), as a new tensor. */
+function blendAxis(a: Tensor, b: Tensor, axis: 2 | 3, extent: number): Tensor {
+  const e = Math.min(a.shape[axis], b.shape[axis], extent);
+  if (e === 0) return b;
+  const ramp = (k: (y: number) => number) => {
+    const shape = [1, 1, 1, 1];
+    shape[axis] = e;
+    return Tensor.fromArray(Float32Array.from({ length: e }, (_, y) => k(y)), shape, { device: b.device, dtype: b.dtype });
+  };
+  const n = a.shape[axis];
+  const head = ops.add(ops.mul(ops.slice(a, axis, n - e, n), ramp((y) => 1 - y / e)), ops.mul(ops.slice(b, axis, 0, e), ramp((y) => y / e)));
+  return e === b.shape[axis] ? head : ops.concat([head, ops.slice(b, axis, e, b.shape[axis])], axis);
+}
+
+/**
+ * diffusers' AutoencoderKL.tiled_encode: pixels [1, 3, H, W] (the VAE's dtype and device) encoded
+ * in overlapping tiles whose moments are blended and cropped as tiled_decode's pixels are; the
+ * posterior's mean and (clamped) log-variance [1, L, H/f, W/f]. Images within one tile are
+ * encoded whole. Synchronous: the blends run on the device.
+ */
+export function tiledEncode(vae: AutoencoderKL, x: Tensor, opts: VaeTilingOptions = {}): { mean: Tensor; logvar: Tensor } {
+  if (x.ndim !== 4 || x.shape[0] !== 1) throw new RangeError(`tiledEncode: pixels must be [1, C, H, W], got [${x.shape.join(",")}]`);
+  const g = tileGeometry(vae, opts);
+  const f = vae.config.scaleFactor, L = vae.config.latentChannels;
+  const [, , H, W] = x.shape;
+  const tile = g.tile * f, step = g.step * f;
+  if (H <= tile && W <= tile) return vae.encode(x);
+  const blend = Math.floor(g.tile * (opts.overlap ?? 0.25));
+  return tidy(() => {
+    const rows: Tensor[][] = [];
+    for (let i = 0; i < H; i += step) {
+      const row: Tensor[] = [];
+      for (let j = 0; j < W; j += step) {
+        const part = ops.slice(ops.slice(x, 2, i, Math.min(i + tile, H)), 3, j, Math.min(j + tile, W));
+        const post = vae.encode(ops.contiguous(part));
+        row.push(ops.concat([post.mean, post.logvar], 1));  // the moments, blended together as diffusers does
+      }
+      rows.push(row);
+    }
+    const joined = rows.map((row, i) => ops.concat(row.map((t, j) => {
+      let b = t;
+      if (i > 0) b = blendAxis(rows[i - 1][j], b, 2, blend);
+      if (j > 0) b = blendAxis(row[j - 1], b, 3, blend);
+      row[j] = b;  // later neighbours blend from the blended tile, as diffusers' in-place updates do
+      return ops.slice(ops.slice(b, 2, 0, Math.min(b.shape[2], g.step)), 3, 0, Math.min(b.shape[3], g.step));
+    }), 3));
+    const moments = ops.concat(joined, 2);
+    return { mean: ops.contiguous(ops.slice(moments, 1, 0, L)), logvar: ops.contiguous(ops.slice(moments, 1, L, 2 * L)) };
+  });
 }

@@ -96,7 +96,7 @@ export async function hiresStart(pipe: StableDiffusionPipeline, run: ResolvedRun
     const parts = images!.map((img, k) => {
       const one = posteriorShape(pipe, W, H);
       const draw = drawNoise(one, gens ? [gens[k]] : run.generator);
-      return encodePosteriorSamples(pipe, imageToNchw(resizeImage(img, W, H)), W, H, [draw]);
+      return encodePosteriorSamples(pipe, imageToNchw(resizeImage(img, W, H)), W, H, [draw], run.vaeTiling);
     });
     up = parts.length === 1 ? parts[0] : tidy(() => ops.concat(parts, 0));
     if (parts.length > 1) parts.forEach((p) => p.dispose());

@@ -16,6 +16,7 @@ import {
 import type { StableDiffusionPipeline } from "./stable-diffusion";
 import { checkStrength, encodePosteriorSamples, posteriorShape, startAtStrength } from "./partial-schedule";
 import { disposeControls, resolveControls, type ResolvedControl } from "./controlnet";
+import type { VaeTilingOptions } from "../models/vae-tiling";
 
 export { checkStrength, encodePosteriorSamples, img2imgTimesteps, posteriorShape, startAtStrength } from "./partial-schedule";
 
@@ -77,7 +78,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
     const t1 = now();
 
     // 3. prepare latents: encode, sample the posterior, scale, noise to the first kept timestep
-    latents = encodeInitLatents(pipe, img, run.total, run.generator);
+    latents = encodeInitLatents(pipe, img, run.total, run.generator, run.vaeTiling);
     const noise = Tensor.fromArray(drawNoise(latents.shape, run.generator), latents.shape, { device: pipe.device });
     try {
       const init = latents;
@@ -111,12 +112,12 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
  * draws its own posterior noise (diffusers' list-of-generators path), with one noise source one
  * draw is shared by the whole batch (diffusers' single-generator path).
  */
-export function encodeInitLatents(pipe: StableDiffusionPipeline, img: RGBImage, total: number, generator: NoiseSource | TorchGenerator[]): Tensor {
+export function encodeInitLatents(pipe: StableDiffusionPipeline, img: RGBImage, total: number, generator: NoiseSource | TorchGenerator[], tiling?: VaeTilingOptions | null): Tensor {
   const one = posteriorShape(pipe, img.width, img.height);
   const draws = Array.isArray(generator)
     ? generator.map((g) => drawNoise(one, [g]))
     : Array<Float32Array>(total).fill(drawNoise(one, generator));
-  return encodePosteriorSamples(pipe, imageToNchw(img), img.width, img.height, draws);
+  return encodePosteriorSamples(pipe, imageToNchw(img), img.width, img.height, draws, tiling);
 }
 
 

@@ -7,6 +7,7 @@ import * as ops from "../ops";
 import { Tensor, tidy } from "../tensor";
 import type { Scheduler } from "../schedulers";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
+import { tiledEncode, type VaeTilingOptions } from "../models/vae-tiling";
 
 /** A strength option: a number in (0, 1], or `dflt` when absent. */
 export function checkStrength(op: string, v: unknown, dflt: number): number {
@@ -42,14 +43,14 @@ export function posteriorShape(pipe: StableDiffusionPipeline, W: number, H: numb
 /**
  * Encodes NCHW pixels [1,3,H,W] in [-1, 1] once and returns scaling_factor · (mean + std·draw) for
  * each draw, concatenated on the batch axis (float32 on the pipeline's device). A draw repeated
- * (the same array) is computed once.
+ * (the same array) is computed once. With `tiling` the image is encoded in tiles (vae-tiling.ts).
  */
-export function encodePosteriorSamples(pipe: StableDiffusionPipeline, nchw: Float32Array, W: number, H: number, draws: Float32Array[]): Tensor {
+export function encodePosteriorSamples(pipe: StableDiffusionPipeline, nchw: Float32Array, W: number, H: number, draws: Float32Array[], tiling?: VaeTilingOptions | null): Tensor {
   const pixels = Tensor.fromArray(nchw, [1, 3, H, W], { device: pipe.device });
   try {
     return tidy(() => {
       const x = pixels.dtype === pipe.vaeDtype ? pixels : pixels.to(pipe.device, pipe.vaeDtype);
-      const post = pipe.vae.encode(x);
+      const post = tiling ? tiledEncode(pipe.vae, x, tiling) : pipe.vae.encode(x);
       const mean = post.mean.dtype === "float32" ? post.mean : post.mean.to(pipe.device, "float32");
       const logvar = post.logvar.dtype === "float32" ? post.logvar : post.logvar.to(pipe.device, "float32");
       const std = ops.exp(ops.mul(logvar, 0.5));

@@ -6,7 +6,7 @@ import * as path from "path";
 import { Tensor, memoryStats, resetPeakMemory, synchronize, tidy } from "../../lib";
 import * as ops from "../../lib/ops";
 import { loadPipeline, type StableDiffusionPipeline } from "../../lib/pipelines";
-import { tiledDecode, tileGeometry } from "../../lib/models/vae-tiling";
+import { tiledDecode, tiledEncode, tileGeometry } from "../../lib/models/vae-tiling";
 
 const builtin = path.join(__dirname, "..", "..", "models", "builtin");
 
@@ -90,6 +90,30 @@ describe("tiled VAE decode (built-in VAE: scale factor 4, sample_size 64)", () =
     }
   });
 
+  test("tiled encode: whole within one tile; with tiles the first tile's corner is its own encode, overlaps blend, close to whole", async () => {
+    const x = tidy(() => ops.mul(Tensor.randn([1, 3, 128, 160], { seed: 9 }), 0.5));
+    try {
+      const small = tidy(() => ops.contiguous(ops.slice(ops.slice(x, 2, 0, 64), 3, 0, 64)));
+      const [a, b] = [tiledEncode(pipe.vae, small), pipe.vae.encode(small)];
+      expect(await a.mean.toFloat32Array()).toEqual(await b.mean.toFloat32Array());
+      const t = tiledEncode(pipe.vae, x, { tileSize: 32 });  // 32 px tiles (8 latents), step 24 px (6), blend 2 latents
+      expect(t.mean.shape).toEqual([1, 4, 32, 40]);
+      const corner = tidy(() => ops.contiguous(ops.slice(ops.slice(x, 2, 0, 32), 3, 0, 32)));
+      const c = pipe.vae.encode(corner);
+      const [tm, cm] = [await t.mean.toFloat32Array(), await c.mean.toFloat32Array()];
+      let same = true;
+      for (let ch = 0; ch < 4; ch++) for (let y = 0; y < 6; y++) for (let xx = 0; xx < 6; xx++) same &&= tm[(ch * 32 + y) * 40 + xx] === cm[(ch * 8 + y) * 8 + xx];
+      expect(same).toBe(true);
+      const whole = await pipe.vae.encode(x).mean.toFloat32Array();
+      let err = 0, ref = 0;
+      for (let i = 0; i < whole.length; i++) { err = Math.max(err, Math.abs(whole[i] - tm[i])); ref = Math.max(ref, Math.abs(whole[i])); }
+      expect(err).toBeLessThan(ref);  // seams, not another latent
+      for (const v of [small, a.mean, a.logvar, b.mean, b.logvar, t.mean, t.logvar, corner, c.mean, c.logvar]) v.dispose();
+    } finally {
+      x.dispose();
+    }
+  });
+
   test("generate({ vaeTiling }) decodes in tiles; bad options are named", async () => {
     const opts = { prompt: "a red apple", steps: 2, seed: 1, width: 128, height: 128 };
     const tiled = await pipe.generate({ ...opts, vaeTiling: { tileSize: 32 } });
@@ -99,5 +123,10 @@ describe("tiled VAE decode (built-in VAE: scale factor 4, sample_size 64)", () =
       .toEqual((await pipe.generate({ ...opts, width: 64, height: 64 })).images[0].data);  // one tile: the same
     await expect(pipe.generate({ ...opts, vaeTiling: { tileSize: 6 } })).rejects.toThrow(/tileSize must be a positive multiple/);
     await expect(pipe.generate({ ...opts, vaeTiling: "yes" as never })).rejects.toThrow(/vaeTiling must be true, false or/);
+    // img2img encodes in tiles too
+    const image = tiled.images[0];
+    const i1 = await pipe.img2img({ prompt: "a red apple", steps: 2, seed: 1, image, strength: 0.5, vaeTiling: { tileSize: 32 } });
+    const i2 = await pipe.img2img({ prompt: "a red apple", steps: 2, seed: 1, image, strength: 0.5 });
+    expect(i1.images[0].data).not.toEqual(i2.images[0].data);
   });
 });

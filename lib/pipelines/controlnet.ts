@@ -75,8 +75,10 @@ async function resolveOne(pipe: StableDiffusionPipeline, op: string, v: unknown,
   if (!o || typeof o !== "object" || !(o.model instanceof ControlNetModel))
     throw new TypeError(`${op}: controlnet must be { model: <loadControlNet(...)>, image, scale?, start?, end? }`);
   if (o.model.namedParameters().length === 0) throw new TypeError(`${op}: the ControlNet is disposed (or was never loaded)`);
-  if (pipe.unet.config.inChannels !== o.model.config.inChannels || pipe.unet.config.blockOutChannels.join() !== o.model.config.blockOutChannels.join())
-    throw new RangeError(`${op}: this ControlNet (block_out_channels ${o.model.config.blockOutChannels.join("/")}) does not fit the U-Net (${pipe.unet.config.blockOutChannels.join("/")})`);
+  // the ControlNet reads the latents alone (an inpainting U-Net's extra channels are its own)
+  if (o.model.config.inChannels !== pipe.vae.config.latentChannels || pipe.unet.config.blockOutChannels.join() !== o.model.config.blockOutChannels.join())
+    throw new RangeError(`${op}: this ControlNet (in_channels ${o.model.config.inChannels}, block_out_channels ${o.model.config.blockOutChannels.join("/")}) ` +
+      `does not fit the model (${pipe.vae.config.latentChannels} latent channels, block_out_channels ${pipe.unet.config.blockOutChannels.join("/")})`);
   const scale = o.scale ?? 1, start = o.start ?? 0, end = o.end ?? 1;
   if (typeof scale !== "number" || !Number.isFinite(scale)) throw new RangeError(`${op}: controlnet.scale must be a finite number`);
   if (typeof start !== "number" || typeof end !== "number" || !(start >= 0 && start < end && end <= 1))

@@ -20,6 +20,7 @@ import type { NoiseSource } from "../schedulers";
 import { GeneratedImage, imageToNchw, loadImage, type ImageInput } from "./images";
 import { fitMask, latentMask, loadMask, maskCondition, maskedImage, pasteUnmasked, type MaskInput } from "./mask";
 import { fitImage } from "./image-to-image";
+import { disposeControls, resolveControls, type ResolvedControl } from "./controlnet";
 import { checkStrength, encodePosteriorSamples, posteriorShape, startAtStrength } from "./partial-schedule";
 import {
   GENERATE_KEYS, decodeLatents, denoise, disposeConditioning, drawNoise, encodeStage, imageParameters, latentsFromOption, resolveCommon, throwIfAborted,
@@ -55,7 +56,7 @@ export interface InpaintOptions extends CommonGenerateOptions {
   keepUnmasked?: boolean;
 }
 
-const INPAINT_KEYS: readonly string[] = [...GENERATE_KEYS.filter((k) => k !== "hires" && k !== "controlnet"), "image", "mask", "strength", "keepUnmasked"];
+const INPAINT_KEYS: readonly string[] = [...GENERATE_KEYS.filter((k) => k !== "hires"), "image", "mask", "strength", "keepUnmasked"];
 
 const now = (): number => performance.now() / 1000;
 
@@ -81,6 +82,7 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
   const hold = <T extends Tensor>(t: T): T => (held.push(t), t);
   let cond: Conditioning | null = null;
   let latents: Tensor | null = null;
+  let control: ResolvedControl[] = [];
   try {
     const kind = inpaintKind(pipe);
     const strength = checkStrength(op, opts.strength, 1);
@@ -141,8 +143,10 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
       };
     }
 
-    // 4. denoising loop with classifier-free guidance, over the kept timesteps
-    const final = await denoise(pipe, run, { scheduler, timesteps: tail.timesteps, cond, conditioning, afterStep }, latents);
+    // 4. denoising loop with classifier-free guidance, over the kept timesteps (ControlNet if asked:
+    // diffusers' StableDiffusionControlNetInpaintPipeline; an inpaint ControlNet wants its own control image)
+    control = await resolveControls(pipe, op, opts.controlnet, width, height, run.cfgOn ? 2 * run.total : run.total);
+    const final = await denoise(pipe, run, { scheduler, timesteps: tail.timesteps, cond, conditioning, afterStep, control }, latents);
     latents = final;
     const t2 = now();
 
@@ -156,6 +160,7 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
     disposeConditioning(cond);
     latents?.dispose();
     for (const t of held) t.dispose();
+    disposeControls(control);
     scheduler.dispose();
   }
 }

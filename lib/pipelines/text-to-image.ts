@@ -514,12 +514,13 @@ export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, i
       const wantPreview = run.onStep !== undefined && run.previewEvery > 0 && ((i + 1) % run.previewEvery === 0 || i === total - 1);
       const x = current;
       const out = tidy(() => {
-        let modelIn = scheduler.scaleModelInput(run.cfgOn ? ops.concat([x, x], 0) : x, t);
-        if (conditioning) modelIn = ops.concat([modelIn, conditioning], 1);
-        const unetIn = modelIn.dtype === unetDtype ? modelIn : modelIn.to(pipe.device, unetDtype);
-        // ControlNet: its residuals go into an eager U-Net call; otherwise a replayed CUDA graph on CUDA (lib/models/unet-graph.ts)
+        const scaled = scheduler.scaleModelInput(run.cfgOn ? ops.concat([x, x], 0) : x, t);
+        const toUnet = (v: Tensor) => (v.dtype === unetDtype ? v : v.to(pipe.device, unetDtype));
+        const unetIn = toUnet(conditioning ? ops.concat([scaled, conditioning], 1) : scaled);
+        // ControlNet (on the latents alone, before an inpainting U-Net's extra channels): its residuals
+        // go into an eager U-Net call; otherwise a replayed CUDA graph on CUDA (lib/models/unet-graph.ts)
         const residuals = control?.length
-          ? controlResidualsAt(control, i, total, (c) => c.net.forward(unetIn, t, cond.context, c.image, { scale: c.scale, addedCond: cond.added })) : null;
+          ? controlResidualsAt(control, i, total, (c) => c.net.forward(toUnet(scaled), t, cond.context, c.image, { scale: c.scale, addedCond: cond.added })) : null;
         let eps = residuals
           ? pipe.unet.forward(unetIn, t, cond.context, { addedCond: cond.added, controlResiduals: residuals })
           : unetStep(pipe.unet, unetIn, t, cond.context, cond.added);

@@ -161,7 +161,11 @@ describe("a ControlNet over the built-in U-Net", () => {
       await expect(pipe.generate({ ...opts, controlnet: { model, image, start: 0.8, end: 0.2 } })).rejects.toThrow(/0 <= start < end <= 1/);
       await expect(pipe.generate({ ...opts, controlnet: { model: {} as never, image } })).rejects.toThrow(/controlnet must be \{ model/);
       await expect(pipe.generate({ ...opts, hires: true, controlnet: { model, image } })).rejects.toThrow(/hires and controlnet together are not supported/);
-      await expect(pipe.inpaint({ ...opts, image, mask: image, controlnet: { model, image } } as never)).rejects.toThrow(/unknown option "controlnet"/);
+      // inpainting takes a ControlNet too (on the latents alone): scale 0 is the plain inpainting
+      const mask = { width: 64, height: 64, data: new Uint8Array(64 * 64).map((_, i) => (i % 64 < 32 ? 0 : 255)) };
+      const inp = (await pipe.inpaint({ ...opts, image, mask })).images[0].data;
+      expect((await pipe.inpaint({ ...opts, image, mask, controlnet: { model, image, scale: 0 } })).images[0].data).toEqual(inp);
+      expect((await pipe.inpaint({ ...opts, image, mask, controlnet: { model, image } })).images[0].data).not.toEqual(inp);
       await expect(loadControlNet(path.join(tmp, "none"))).rejects.toThrow(/none does not exist/);
       // the CLI
       const png = path.join(tmp, "edges.png");

@@ -6,6 +6,8 @@ import * as os from "os";
 import * as path from "path";
 import { openWeightsFile } from "../../lib/io/model-folder";
 import { inspectSingleFile } from "../../lib/models/single-file";
+import { ControlNetModel } from "../../lib/models/controlnet";
+import { TensorMapSource } from "../../lib/nn/module";
 import { Tensor, memoryStats, synchronize } from "../../lib";
 import { SafetensorsFile } from "../../lib/io/safetensors";
 import { loadPipeline, type StableDiffusionPipeline } from "../../lib/pipelines";
@@ -121,6 +123,24 @@ describeIfReference("inpainting vs diffusers (tiny-sd-inpaint, cases/inpaint.saf
       }
     } finally {
       fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+
+  test("a ControlNet with the inpainting U-Net reads the 4 latent channels alone; zero convs change nothing", async () => {
+    const net = new ControlNetModel({ ...(pipe.unet.configJson as Record<string, unknown>), in_channels: 4, conditioning_embedding_out_channels: [16, 32, 96] });
+    const sd = pipe.unet.stateDict();
+    const map = new Map(net.namedParameterSpecs().map(([n, spec]) => {
+      const own = sd.get(n);
+      return [n, own && own.shape.join() === spec.shape.join() ? own : Tensor.zeros(spec.shape)] as [string, Tensor];
+    }));
+    net.loadStateDict(new TensorMapSource(map));
+    for (const t of new Set([...map.values(), ...sd.values()])) t.dispose();
+    try {
+      const opts = { image: image(), mask: mask(), prompt: c.prompt, steps: 2, sampler: "ddim", seed: 3 };
+      const plain = (await pipe.inpaint(opts)).images[0].data;
+      expect((await pipe.inpaint({ ...opts, controlnet: { model: net, image: image() } })).images[0].data).toEqual(plain);
+    } finally {
+      net.dispose();
     }
   });
 

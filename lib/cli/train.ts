@@ -65,6 +65,7 @@ export const TRAIN_FLAGS: readonly FlagSpec[] = [
   { flag: "--lora", key: "lora", type: "boolean", help: "with --init: train LoRA adapters on the U-Net's attention (rank 4) and write OUT/lora.safetensors" },
   { flag: "--lora-rank", key: "loraRank", type: "int", help: "LoRA rank (implies --lora; default 4)" },
   { flag: "--lora-alpha", key: "loraAlpha", type: "number", help: "LoRA alpha: the branch is scaled by alpha/rank (default: the rank)" },
+  { flag: "--lora-text-encoder", key: "loraTextEncoder", type: "boolean", help: "LoRA adapters on the text encoder's attention and MLP too (implies --lora)" },
 ];
 
 export const TRAIN_VAE_FLAGS: readonly FlagSpec[] = [
@@ -134,10 +135,12 @@ export function usageText(command: string, table: readonly FlagSpec[]): string {
 export function parseTrainArgs(argv: readonly string[]): TrainOptions {
   const o = parseFlags(argv, TRAIN_FLAGS, "train") as Record<string, unknown>;
   // --lora-rank / --lora-alpha make the lora option's object
-  if (o.loraRank !== undefined || o.loraAlpha !== undefined) {
-    o.lora = { ...(o.loraRank !== undefined ? { rank: o.loraRank } : {}), ...(o.loraAlpha !== undefined ? { alpha: o.loraAlpha } : {}) };
+  if (o.loraRank !== undefined || o.loraAlpha !== undefined || o.loraTextEncoder !== undefined) {
+    o.lora = { ...(o.loraRank !== undefined ? { rank: o.loraRank } : {}), ...(o.loraAlpha !== undefined ? { alpha: o.loraAlpha } : {}),
+      ...(o.loraTextEncoder ? { textEncoder: true } : {}) };
     delete o.loraRank;
     delete o.loraAlpha;
+    delete o.loraTextEncoder;
   }
   return o as unknown as TrainOptions;
 }

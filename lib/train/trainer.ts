@@ -134,17 +134,18 @@ function loadVae(dir: string): { vae: AutoencoderKL; dir: string } {
 }
 
 /** The lora option, checked: null when off. */
-function resolveLora(op: string, v: unknown, hasInit: boolean, textEncoder: unknown): { rank: number; alpha: number } | null {
+function resolveLora(op: string, v: unknown, hasInit: boolean, textEncoder: unknown): { rank: number; alpha: number; textEncoder?: true } | null {
   if (v === undefined || v === false) return null;
   if (v !== true && (v === null || typeof v !== "object")) throw new TypeError(`${op}: lora must be true, false or { rank, alpha }`);
   if (!hasInit) throw new RangeError(`${op}: lora trains adapters on a trained model: pass init (a diffusers model folder)`);
   if (textEncoder === "train") throw new RangeError(`${op}: lora trains the U-Net's adapters only; the text encoder stays frozen (leave textEncoder unset)`);
   const o = v === true ? {} : (v as LoraTrainOptions);
+  if (o.textEncoder !== undefined && typeof o.textEncoder !== "boolean") throw new TypeError(`${op}: lora.textEncoder must be a boolean`);
   const rank = o.rank ?? 4;
   if (!Number.isInteger(rank) || rank < 1 || rank > 1024) throw new RangeError(`${op}: lora.rank must be an integer in [1, 1024], got ${String(rank)}`);
   const alpha = o.alpha ?? rank;
   if (typeof alpha !== "number" || !Number.isFinite(alpha) || alpha <= 0) throw new RangeError(`${op}: lora.alpha must be a positive number, got ${String(alpha)}`);
-  return { rank, alpha };
+  return o.textEncoder ? { rank, alpha, textEncoder: true } : { rank, alpha };
 }
 
 /** The options that make no sense with init (its architecture, text encoder and tokenizer are used as they are; no VAE is trained). */
@@ -451,7 +452,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     }
     onDevice(unet);
     // LoRA: the U-Net stays frozen and only the adapters beside its attention projections train
-    const adapters = lora ? new LoraAdapters(unet, { ...lora, seed, device }) : null;
+    const adapters = lora ? new LoraAdapters(unet, { ...lora, seed, device, textEncoder: lora.textEncoder ? te : null }) : null;
     if (adapters) owned.push(adapters);
     else unet.setRequiresGrad();
     const trained: [string, Tensor][] = adapters ? adapters.params() : [
@@ -483,6 +484,8 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
 
     // 8. export (used by every save): the model folder, then the checkpoint
     const loraFile = path.join(out, "lora.safetensors");
+    // the text encoder runs every step when it trains (or its LoRA adapters do); frozen, its states are cached
+    const teEachStep = trainText || !!lora?.textEncoder;
     const save = async (done: boolean) => {
       const replace = ema ? new Map(params.map((p, i) => [p, ema.shadow[i]] as [Tensor, Tensor])) : undefined;
       const state = { kind: "unet" as const, step, done, paramNames: names, rng: rng.state(), sampler: sampler.state(),
@@ -536,7 +539,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           const epsSeed = rng.seed31(), noiseSeed = rng.seed31();
           batches.push({ step, indices: refs.map((r) => r.index), flips: refs.map((r) => r.flip), captions: dropped.captions, timesteps });
           let ehs: Tensor | null = null, ids: Tensor | null = null;
-          if (trainText) {
+          if (teEachStep) {
             const buf = new Int32Array(batchSize * T);
             dropped.captions.forEach((c, b) => buf.set(tokenizer.encodePadded(c), b * T));
             ids = Tensor.fromArray(buf, [batchSize, T]);
@@ -554,7 +557,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
             const z = ops.mul(samplePosterior(mean, logvar, Tensor.randn(shape, { seed: epsSeed, device })), sf);
             const noise = Tensor.randn(shape, { seed: noiseSeed, device });
             const noisy = addNoise(z, noise, timesteps, alphasCumprod);
-            const text = trainText ? te.forward(ids!) : null;
+            const text = teEachStep ? te.forward(ids!) : null;
             const tt = Tensor.fromArray(Float32Array.from(timesteps), [batchSize], { device }), ctx = text ? text.lastHiddenState : ehs!;
             // mixed precision: the UNet on bf16 copies of its weights and input (the text encoder and the loss stay float32)
             const pred = mp ? unet.withParametersAs(mp, () => unet.forward(noisy.to(device, mp), tt, ctx).to(device, "float32")) : unet.forward(noisy, tt, ctx);

@@ -105,6 +105,26 @@ describe("train({ init, lora }) on the built-in model", () => {
     }
   });
 
+  test("lora.textEncoder: adapters on the text encoder's attention and MLP too (lora_te_), the first loss is still the base model's", async () => {
+    const plain = await run(path.join(tmp, "te-base"), { steps: 1 });
+    const out = path.join(tmp, "te");
+    const r = await run(out, { steps: 2, lora: { rank: 2, textEncoder: true } });
+    expect(Math.abs(r.losses[0] - plain.losses[0])).toBeLessThanOrEqual(1e-5 * plain.losses[0]);  // the encoder now runs in the batch, not from the cache
+    const sd = SafetensorsStateDict.open(r.loraFile!);
+    const te = sd.keys().filter((k) => k.startsWith("lora_te_") && k.endsWith(".lora_down.weight"));
+    sd.close();
+    expect(te).toContain("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight");
+    const pipe = await loadPipeline(BUILTIN, { device: "cpu" });
+    try {
+      const layers = pipe.loadLora(r.loraFile!).layers;
+      expect(layers.textEncoder).toBe(te.length);
+      expect(layers.textEncoder).toBe(6 * pipe.textEncoder.config.numHiddenLayers);
+    } finally {
+      pipe.dispose();
+    }
+    await expect(run(path.join(tmp, "te-bad"), { lora: { textEncoder: "yes" } })).rejects.toThrow(/lora.textEncoder must be a boolean/);
+  });
+
   test("under bf16 mixed precision the branches run in bf16 and their float32 masters train", async () => {
     const r = await run(path.join(tmp, "bf16"), { mixedPrecision: "bf16", steps: 2 });
     expect(r.losses.every((l) => Number.isFinite(l))).toBe(true);
@@ -126,6 +146,7 @@ describe("train({ init, lora }) on the built-in model", () => {
   test("the CLI: --lora, --lora-rank and --lora-alpha, and the line that names the file", async () => {
     expect(parseTrainArgs(["--data", "d", "--out", "o", "--init", "m", "--lora"])).toEqual({ data: "d", out: "o", init: "m", lora: true });
     expect(parseTrainArgs(["--data", "d", "--out", "o", "--init", "m", "--lora-rank", "8", "--lora-alpha", "4"])).toEqual({ data: "d", out: "o", init: "m", lora: { rank: 8, alpha: 4 } });
+    expect(parseTrainArgs(["--data", "d", "--out", "o", "--init", "m", "--lora-text-encoder"])).toEqual({ data: "d", out: "o", init: "m", lora: { textEncoder: true } });
     const lines: string[] = [];
     const out = path.join(tmp, "cli");
     expect(await runTrain({ ...quiet, data: ds, out, init: BUILTIN, resolution: 64, steps: 1, batchSize: 2, lora: true }, { write: (x: string) => lines.push(x) })).toBe(0);

@@ -84,6 +84,20 @@ describe("chunks and encoding on the built-in model", () => {
     const c = await pipe.generate({ steps: 2, seed: 1, prompt: long }), d = await pipe.generate({ steps: 2, seed: 1, prompt: `${Array(80).fill("apple").join(" ")}, a blue car` });
     expect(c.images[0].data).toEqual(d.images[0].data);
     await expect(pipe.generate({ prompt: "x", steps: 1, promptWeighting: "yes" as never })).rejects.toThrow(/promptWeighting must be a boolean/);
+    // several prompts (one long), several images each: every row padded to the longest, in diffusers' row order
+    const run2 = resolveCommon(pipe, { prompt: ["a (red:1.3) apple", long], numImages: 2, promptWeighting: true, negativePrompt: ["", "blurry"] }, "generate", GENERATE_KEYS);
+    const cond2 = encodeConditioning(pipe, run2, 64, 64);
+    try {
+      expect(cond2.context.shape).toEqual([8, 154, pipe.textEncoder.config.hiddenSize]);
+      const rows = await cond2.context.toFloat32Array(), per = 154 * pipe.textEncoder.config.hiddenSize;
+      const row = (k: number) => rows.subarray(k * per, (k + 1) * per);
+      expect(row(4)).toEqual(row(5));        // image 2 of prompt 1 repeats image 1
+      expect(row(4)).not.toEqual(row(6));    // prompt 2's rows differ
+      expect(row(0)).not.toEqual(row(2));    // negatives "" and "blurry"
+    } finally {
+      disposeConditioning(cond2);
+      run2.scheduler.dispose();
+    }
   });
 });
 

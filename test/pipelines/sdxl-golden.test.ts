@@ -136,6 +136,8 @@ describeIfReference("SDXL vs diffusers (tiny-sdxl, cases/sdxl.safetensors)", () 
     const mask = { width: 64, height: 64, data: new Uint8Array(64 * 64).map((_, i) => (i % 64 < 32 ? 0 : 255)) };
     const a = await pipe.img2img({ image, prompt: "a cat", steps: 2, strength: 0.5, seed: 1 });
     const b = await pipe.inpaint({ image, mask, prompt: "a cat", steps: 2, seed: 1, keepUnmasked: true });
+    const hires = await pipe.generate({ prompt: "a cat", steps: 2, seed: 1, width: 64, height: 64, hires: { scale: 2, steps: 2 } });
+    expect([hires.images[0].width, hires.images[0].height]).toEqual([128, 128]);  // the second pass's size ids are re-made for 128x128
     let calls = 0;
     await pipe.img2img({ image, prompt: "a cat", steps: 10, seed: 1, onStep: () => { calls++; } });
     expect(calls).toBe(3);  // SDXL img2img's default strength is 0.3 (diffusers'), not SD's 0.8

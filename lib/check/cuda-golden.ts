@@ -1,4 +1,5 @@
-// tiny-sd on CUDA against diffusers' golden outputs (U-Net cases and VAE encode/decode), in
+// tiny-sd on CUDA against diffusers' golden outputs (U-Net cases, tiny-sdxl's U-Net cases when
+// present, and VAE encode/decode), in
 // float32 (README tolerance 1e-4 relative) and float16/bfloat16 (1e-2 / 4e-2 relative: the
 // reference pins float32 only). A plain Node script over dist/, for GPU machines without jest:
 //   node dist/check/cuda-golden.js [--reference DIR] [--json out.json]
@@ -31,6 +32,29 @@ function ref(file: SafetensorsFile, name: string, device: string, dtype: DType):
   try { return t.to(device, dtype); } finally { t.dispose(); }
 }
 
+/** tiny-sdxl's U-Net cases (text_time conditioning), when the reference copy holds them. */
+async function sdxlUnetCases(refDir: string, device: string, dtype: DType, record: (component: string, c: string, dtype: DType, err: number) => void): Promise<void> {
+  const dir = path.join(refDir, "models", "tiny-sdxl", "unet"), casesFile = path.join(refDir, "cases", "sdxl.safetensors");
+  if (!fs.existsSync(path.join(dir, "config.json")) || !fs.existsSync(casesFile)) return;
+  const cases = SafetensorsFile.open(casesFile);
+  const unet = new UNet2DConditionModel(JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")));
+  try {
+    unet.loadStateDict(SafetensorsStateDict.open(path.join(dir, "diffusion_pytorch_model.safetensors")), { device, dtype });
+    for (const c of ["b2_t999_t250", "b1_tfloat601_12x20"]) {
+      const p = `unet.${c}.`;
+      const [x, ehs, te] = [ref(cases, `${p}sample`, device, dtype), ref(cases, `${p}encoder_hidden_states`, device, dtype), ref(cases, `${p}text_embeds`, device, dtype)];
+      const ids = ref(cases, `${p}time_ids`, device, "float32");
+      const t = Tensor.fromArray(cases.readFloat32(`${p}timestep`), cases.info(`${p}timestep`).shape);
+      const out = unet.forward(x, t, ehs, { addedCond: { textEmbeds: te, timeIds: ids } });
+      record("xl-unet", c, dtype, relError(await out.toFloat32Array(), cases.readFloat32(`${p}output`)));
+      for (const z of [x, ehs, te, ids, t, out]) z.dispose();
+    }
+  } finally {
+    unet.dispose();
+    cases.close();
+  }
+}
+
 export interface GoldenRow { component: string; case: string; dtype: DType; relError: number; ok: boolean }
 
 export async function runGolden(refDir: string, device: string, dtypes: DType[], log = console.log): Promise<GoldenRow[]> {
@@ -56,6 +80,7 @@ export async function runGolden(refDir: string, device: string, dtypes: DType[],
       for (const z of [x, ehs, t, out]) z.dispose();
     }
     unet.dispose();
+    await sdxlUnetCases(refDir, device, dtype, record);
     const vae = new AutoencoderKL(JSON.parse(fs.readFileSync(path.join(model, "vae", "config.json"), "utf8")));
     vae.loadStateDict(SafetensorsStateDict.open(path.join(model, "vae", "diffusion_pytorch_model.safetensors")), { device, dtype });
     const img = ref(vaeCases, "encode.image", device, dtype);

@@ -28,11 +28,12 @@ function pixelDiff(a: Uint8Array, b: Uint8Array): { mean: number; differs: boole
 }
 
 describeIfReference("bfloat16 on the CPU: tiny-sd golden cases", () => {
-  test("every U-Net case and VAE encode/decode within the bf16 tolerance of diffusers' float32", async () => {
+  test("every U-Net case (tiny-sd's and tiny-sdxl's) and VAE encode/decode within the bf16 tolerance of diffusers' float32", async () => {
     const lines: string[] = [];
     const rows = await runGolden(referenceDir()!, "cpu", ["bfloat16"], (l) => lines.push(l));
     process.stderr.write(`tiny-sd bf16 on cpu:\n${lines.join("\n")}\n`);
-    expect(rows.length).toBe(9);
+    expect(rows.length).toBe(11);
+    expect(rows.filter((r) => r.component === "xl-unet").map((r) => r.case)).toEqual(["b2_t999_t250", "b1_tfloat601_12x20"]);
     for (const r of rows) expect([r.component, r.case, r.relError <= BF16_TOL ? "ok" : r.relError]).toEqual([r.component, r.case, "ok"]);
     // bf16 is really in use: float32 would be ~1e-6 here.
     expect(Math.max(...rows.map((r) => r.relError))).toBeGreaterThan(1e-4);

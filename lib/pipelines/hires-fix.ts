@@ -93,11 +93,11 @@ export async function hiresStart(pipe: StableDiffusionPipeline, run: ResolvedRun
   } else {
     // each image encoded on its own, with its own posterior draw (as img2img's list-of-generators path)
     const gens = Array.isArray(run.generator) ? run.generator : null;
-    const parts = images!.map((img, k) => {
-      const one = posteriorShape(pipe, W, H);
-      const draw = drawNoise(one, gens ? [gens[k]] : run.generator);
-      return encodePosteriorSamples(pipe, imageToNchw(resizeImage(img, W, H)), W, H, [draw], run.vaeTiling);
-    });
+    const parts: Tensor[] = [];
+    for (const [k, img] of images!.entries()) {
+      const draw = drawNoise(posteriorShape(pipe, W, H), gens ? [gens[k]] : run.generator);
+      parts.push(await encodePosteriorSamples(pipe, imageToNchw(resizeImage(img, W, H)), W, H, [draw], run.vaeTiling));
+    }
     up = parts.length === 1 ? parts[0] : tidy(() => ops.concat(parts, 0));
     if (parts.length > 1) parts.forEach((p) => p.dispose());
   }

@@ -78,7 +78,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
     const t1 = now();
 
     // 3. prepare latents: encode, sample the posterior, scale, noise to the first kept timestep
-    latents = encodeInitLatents(pipe, img, run.total, run.generator, run.vaeTiling);
+    latents = await encodeInitLatents(pipe, img, run.total, run.generator, run.vaeTiling);
     const noise = Tensor.fromArray(drawNoise(latents.shape, run.generator), latents.shape, { device: pipe.device });
     try {
       const init = latents;
@@ -112,7 +112,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
  * draws its own posterior noise (diffusers' list-of-generators path), with one noise source one
  * draw is shared by the whole batch (diffusers' single-generator path).
  */
-export function encodeInitLatents(pipe: StableDiffusionPipeline, img: RGBImage, total: number, generator: NoiseSource | TorchGenerator[], tiling?: VaeTilingOptions | null): Tensor {
+export async function encodeInitLatents(pipe: StableDiffusionPipeline, img: RGBImage, total: number, generator: NoiseSource | TorchGenerator[], tiling?: VaeTilingOptions | null): Promise<Tensor> {
   const one = posteriorShape(pipe, img.width, img.height);
   const draws = Array.isArray(generator)
     ? generator.map((g) => drawNoise(one, [g]))

@@ -112,7 +112,7 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
     const fullStrength = strength === 1;
     const needImageLatents = kind === "blend" || (given === null && !fullStrength);
     const imageLatents = needImageLatents
-      ? hold(encodePosteriorSamples(pipe, init, width, height, Array<Float32Array>(run.total).fill(drawNoise(one, firstGenerator(run.generator))), run.vaeTiling))
+      ? hold(await encodePosteriorSamples(pipe, init, width, height, Array<Float32Array>(run.total).fill(drawNoise(one, firstGenerator(run.generator))), run.vaeTiling))
       : null;
     const noise = given ?? hold(Tensor.fromArray(drawNoise(shape, run.generator), shape, { device: pipe.device }));
     latents = given !== null || fullStrength
@@ -124,7 +124,7 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
     let conditioning: Tensor | undefined;
     let afterStep: ((x: Tensor, i: number) => Tensor) | undefined;
     if (kind === "unet9") {
-      const mil = encodePosteriorSamples(pipe, maskedImage(init, binary), width, height, [maskedDraw], run.vaeTiling);
+      const mil = await encodePosteriorSamples(pipe, maskedImage(init, binary), width, height, [maskedDraw], run.vaeTiling);
       conditioning = hold(keep(tidy(() => {
         const m = Tensor.fromArray(lmask, [1, 1, h, w], { device: pipe.device });
         const one9 = ops.concat([m, mil], 1);

@@ -45,14 +45,15 @@ export function posteriorShape(pipe: StableDiffusionPipeline, W: number, H: numb
  * each draw, concatenated on the batch axis (float32 on the pipeline's device). A draw repeated
  * (the same array) is computed once. With `tiling` the image is encoded in tiles (vae-tiling.ts).
  */
-export function encodePosteriorSamples(pipe: StableDiffusionPipeline, nchw: Float32Array, W: number, H: number, draws: Float32Array[], tiling?: VaeTilingOptions | null): Tensor {
-  const pixels = Tensor.fromArray(nchw, [1, 3, H, W], { device: pipe.device });
+export async function encodePosteriorSamples(pipe: StableDiffusionPipeline, nchw: Float32Array, W: number, H: number, draws: Float32Array[], tiling?: VaeTilingOptions | null): Promise<Tensor> {
+  const pixels = Tensor.fromArray(nchw, [1, 3, H, W], { device: pipe.device, dtype: pipe.vaeDtype });
+  let post: { mean: Tensor; logvar: Tensor } | null = null;
   try {
+    post = tiling ? await tiledEncode(pipe.vae, pixels, tiling) : pipe.vae.encode(pixels);
+    const { mean: m, logvar: lv } = post;
     return tidy(() => {
-      const x = pixels.dtype === pipe.vaeDtype ? pixels : pixels.to(pipe.device, pipe.vaeDtype);
-      const post = tiling ? tiledEncode(pipe.vae, x, tiling) : pipe.vae.encode(x);
-      const mean = post.mean.dtype === "float32" ? post.mean : post.mean.to(pipe.device, "float32");
-      const logvar = post.logvar.dtype === "float32" ? post.logvar : post.logvar.to(pipe.device, "float32");
+      const mean = m.dtype === "float32" ? m : m.to(pipe.device, "float32");
+      const logvar = lv.dtype === "float32" ? lv : lv.to(pipe.device, "float32");
       const std = ops.exp(ops.mul(logvar, 0.5));
       const one = [1, ...mean.shape.slice(1)];
       const made = new Map<Float32Array, Tensor>();
@@ -65,6 +66,8 @@ export function encodePosteriorSamples(pipe: StableDiffusionPipeline, nchw: Floa
       return items.length === 1 ? items[0] : ops.concat(items, 0);
     });
   } finally {
+    post?.mean.dispose();
+    post?.logvar.dispose();
     pixels.dispose();
   }
 }

@@ -72,7 +72,7 @@ describe("tiled VAE decode (built-in VAE: scale factor 4, sample_size 64)", () =
     expect(psnr).toBeGreaterThan(20);
   });
 
-  test("the decoder's peak memory is that of a tile", async () => {
+  test("the decoder's and the encoder's peak memory is that of a tile", async () => {
     const big = Tensor.randn([1, 4, 96, 96], { seed: 3 });
     try {
       const peak = async (fn: () => Promise<unknown>) => {
@@ -85,6 +85,17 @@ describe("tiled VAE decode (built-in VAE: scale factor 4, sample_size 64)", () =
       };
       const w = await peak(() => whole(big)), t = await peak(() => tiledDecode(pipe.vae, big));
       expect(t).toBeLessThan(w / 4);
+      // and the encoder's, on the decoded-size image
+      const img = tidy(() => ops.mul(Tensor.randn([1, 3, 384, 384], { seed: 4 }), 0.5));
+      const enc = async (fn: () => Promise<{ mean: Tensor; logvar: Tensor }> | { mean: Tensor; logvar: Tensor }) => {
+        const r = await fn();
+        await r.mean.toFloat32Array();
+        r.mean.dispose();
+        r.logvar.dispose();
+      };
+      const we = await peak(() => enc(() => pipe.vae.encode(img))), te = await peak(() => enc(() => tiledEncode(pipe.vae, img)));
+      img.dispose();
+      expect(te).toBeLessThan(we / 4);
     } finally {
       big.dispose();
     }
@@ -94,9 +105,9 @@ describe("tiled VAE decode (built-in VAE: scale factor 4, sample_size 64)", () =
     const x = tidy(() => ops.mul(Tensor.randn([1, 3, 128, 160], { seed: 9 }), 0.5));
     try {
       const small = tidy(() => ops.contiguous(ops.slice(ops.slice(x, 2, 0, 64), 3, 0, 64)));
-      const [a, b] = [tiledEncode(pipe.vae, small), pipe.vae.encode(small)];
+      const [a, b] = [await tiledEncode(pipe.vae, small), pipe.vae.encode(small)];
       expect(await a.mean.toFloat32Array()).toEqual(await b.mean.toFloat32Array());
-      const t = tiledEncode(pipe.vae, x, { tileSize: 32 });  // 32 px tiles (8 latents), step 24 px (6), blend 2 latents
+      const t = await tiledEncode(pipe.vae, x, { tileSize: 32 });  // 32 px tiles (8 latents), step 24 px (6), blend 2 latents
       expect(t.mean.shape).toEqual([1, 4, 32, 40]);
       const corner = tidy(() => ops.contiguous(ops.slice(ops.slice(x, 2, 0, 32), 3, 0, 32)));
       const c = pipe.vae.encode(corner);

@@ -137,7 +137,7 @@ describeIfReference("pipeline vs diffusers (tiny-sd, cases/pipeline.safetensors)
     const tail = img2imgTimesteps(sched.timesteps, c.steps, c.strength!, sched.order);
     expect(tail.timesteps).toEqual(readI64(file, `${p}.timesteps_used`));
     expect(tail.timesteps[0]).toBe(readI64(file, `${p}.latent_timestep`)[0]);
-    const init = encodeInitLatents(pipe, image, 1, new ReplayNoise(splitDraws(file, `${p}.vae_sample_noise`)));
+    const init = await encodeInitLatents(pipe, image, 1, new ReplayNoise(splitDraws(file, `${p}.vae_sample_noise`)));
     try {
       check("init_latents", p, await init.toFloat32Array(), file.readFloat32(`${p}.init_latents`));
     } finally {

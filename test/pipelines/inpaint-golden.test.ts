@@ -56,7 +56,7 @@ describeIfReference("inpainting vs diffusers (tiny-sd-inpaint, cases/inpaint.saf
     expect(latentMask(cond, 128, 128, 32, 32)).toEqual(file.readFloat32(`${P}.mask_latents`));
     const masked = maskedImage(init, cond);
     check("masked_image", masked, file.readFloat32(`${P}.masked_image`), 1e-6);
-    const mil = encodePosteriorSamples(pipe, masked, 128, 128, [file.readFloat32(`${P}.vae_sample_noise`)]);
+    const mil = await encodePosteriorSamples(pipe, masked, 128, 128, [file.readFloat32(`${P}.vae_sample_noise`)]);
     try {
       check("masked_image_latents", await mil.toFloat32Array(), file.readFloat32(`${P}.masked_image_latents`));
     } finally {

@@ -86,7 +86,7 @@ describe("inpaint() on the built-in model (4-channel U-Net: blending)", () => {
     } });
     expect(noise.used).toBe(3);
     expect(noise.calls).toEqual([[1, 4, 16, 16], [1, 4, 16, 16], [1, 4, 16, 16]]);
-    const want = encodePosteriorSamples(pipe, imageToNchw(img), 64, 64, [draws[0]]);
+    const want = await encodePosteriorSamples(pipe, imageToNchw(img), 64, 64, [draws[0]]);
     const ref = await want.toFloat32Array();
     want.dispose();
     let keptSame = true, repaintedDiffers = false;

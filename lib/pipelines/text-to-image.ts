@@ -517,10 +517,11 @@ export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, i
         const scaled = scheduler.scaleModelInput(run.cfgOn ? ops.concat([x, x], 0) : x, t);
         const toUnet = (v: Tensor) => (v.dtype === unetDtype ? v : v.to(pipe.device, unetDtype));
         const unetIn = toUnet(conditioning ? ops.concat([scaled, conditioning], 1) : scaled);
+        let latentIn: Tensor | null = conditioning ? null : unetIn;  // cast once, only when a ControlNet needs it
         // ControlNet (on the latents alone, before an inpainting U-Net's extra channels): its residuals
         // go into an eager U-Net call; otherwise a replayed CUDA graph on CUDA (lib/models/unet-graph.ts)
         const residuals = control?.length
-          ? controlResidualsAt(control, i, total, (c) => c.net.forward(toUnet(scaled), t, cond.context, c.image, { scale: c.scale, addedCond: cond.added })) : null;
+          ? controlResidualsAt(control, i, total, (c) => c.net.forward((latentIn ??= toUnet(scaled)), t, cond.context, c.image, { scale: c.scale, addedCond: cond.added })) : null;
         let eps = residuals
           ? pipe.unet.forward(unetIn, t, cond.context, { addedCond: cond.added, controlResiduals: residuals })
           : unetStep(pipe.unet, unetIn, t, cond.context, cond.added);

@@ -30,6 +30,10 @@ describe("diffusekit CLI", () => {
     expect(fs.readFileSync(path.join(ROOT, pkg.bin.diffusekit), "utf8").startsWith("#!/usr/bin/env node\n")).toBe(true);
   });
 
+  test("the compiled CLI is executable (a cached npx link runs it directly, without chmod-ing it again)", () => {
+    expect(fs.statSync(path.join(ROOT, pkg.bin.diffusekit)).mode & 0o111).toBe(0o111);
+  });
+
   test("--version and -V print the package version", () => {
     for (const flag of ["--version", "-V"]) {
       const r = runCli([flag]);

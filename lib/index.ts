@@ -16,8 +16,8 @@ export { ModelFolder } from "./io/model-folder";
 export { TorchGenerator } from "./random/torch-generator";
 export { createScheduler, SAMPLER_NAMES } from "./schedulers";
 export type { Scheduler } from "./schedulers/scheduler";
-export { loadPipeline, createRandomPipeline, StableDiffusionPipeline, SAMPLER_CHOICES, GeneratedImage, readPNGText, loadControlNet } from "./pipelines";
-export type { ControlOptions, LoadControlNetOptions, HiresOptions } from "./pipelines";
+export { loadPipeline, savePipeline, createRandomPipeline, StableDiffusionPipeline, SAMPLER_CHOICES, GeneratedImage, readPNGText, loadControlNet } from "./pipelines";
+export type { ControlOptions, LoadControlNetOptions, HiresOptions, SavePipelineOptions, SaveDType } from "./pipelines";
 export { ControlNetModel } from "./models/controlnet";
 export type {
   LoadPipelineOptions, PipelineConfigs, VaeDTypeOption, RandomPipelineOptions, PipelineDType, PipelineDevice, GenerateOptions, CommonGenerateOptions,

@@ -2,6 +2,7 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { CLIPTokenizer } from "../lib/tokenizers/clip";
+import { tokenizerFiles, writeTokenizerFiles } from "../lib/tokenizers/clip-files";
 import { describeIfReference, referencePath } from "./helpers/reference";
 
 interface TokenizerCase {
@@ -133,6 +134,40 @@ describe("CLIPTokenizer on a synthetic vocabulary", () => {
       expect(tok.maxLength).toBe(5);
       expect(tok.padTokenId).toBe(0);
       expect(tok.encodePadded("a")).toEqual([11, 4, 12, 0, 0]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("added words round-trip through added_tokens.json (multi-vector words regrouped); gaps are refused", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "diffusekit-tok-"));
+    try {
+      const tok = CLIPTokenizer.fromFiles(JSON.stringify(vocab), merges, { maxLength: 8, padToken: "!" });
+      expect(tok.addToken("<Shiny>", 3)).toBe(13);
+      expect(tok.addToken("<one>")).toBe(16);
+      expect(tok.addedWords()).toEqual([
+        { word: "<Shiny>", tokens: ["<Shiny>", "<Shiny>_1", "<Shiny>_2"], ids: [13, 14, 15] },
+        { word: "<one>", tokens: ["<one>"], ids: [16] },
+      ]);
+      expect(tok.baseVocab()).toEqual(vocab);
+      expect(tok.mergePairs()).toEqual([["a", "b"], ["b", "c</w>"], ["ab", "c</w>"]]);
+      writeTokenizerFiles(dir, tokenizerFiles(tok));
+      expect(JSON.parse(fs.readFileSync(path.join(dir, "added_tokens.json"), "utf8"))).toEqual({ "<Shiny>": 13, "<Shiny>_1": 14, "<Shiny>_2": 15, "<one>": 16 });
+      const back = CLIPTokenizer.fromDirectory(dir);
+      expect(back.padTokenId).toBe(0);
+      expect(back.maxLength).toBe(8);
+      expect(back.encode("abc <shiny> <ONE>")).toEqual([11, 8, 13, 14, 15, 16, 12]);
+      expect(back.encode("abc <shiny> <ONE>")).toEqual(tok.encode("abc <shiny> <ONE>"));
+      // written again without added words, the stale added_tokens.json goes
+      writeTokenizerFiles(dir, tokenizerFiles(CLIPTokenizer.fromFiles(JSON.stringify(vocab), merges)));
+      expect(fs.existsSync(path.join(dir, "added_tokens.json"))).toBe(false);
+      fs.writeFileSync(path.join(dir, "added_tokens.json"), JSON.stringify({ "<gap>": 20 }));
+      expect(() => CLIPTokenizer.fromDirectory(dir)).toThrow(/"<gap>" has id 20.*next id 13/);
+      fs.writeFileSync(path.join(dir, "added_tokens.json"), JSON.stringify({ "<x>": "13" }));
+      expect(() => CLIPTokenizer.fromDirectory(dir)).toThrow(/id of "<x>" must be an integer/);
+      // transformers lists the special tokens again with their own ids: not added twice
+      fs.writeFileSync(path.join(dir, "added_tokens.json"), JSON.stringify({ "<|endoftext|>": 12, "<x>": 13 }));
+      expect(CLIPTokenizer.fromDirectory(dir).encode("<x>")).toEqual([11, 13, 12]);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

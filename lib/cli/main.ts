@@ -7,6 +7,7 @@ import { infoCommand } from "./info";
 import { runImageCommand } from "./images";
 import { UsageError, addImageOptions, number, type ImageCommandOptions } from "./options";
 import { registerTrainCommands } from "./optional-commands";
+import { registerConvertCommand } from "./convert";
 
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
@@ -65,6 +66,7 @@ export function buildProgram(): Command {
       runImageCommand("inpaint", prompt, opts, { input, mask, strength: opts.strength, keepUnmasked: opts.keepUnmasked }));
 
   registerTrainCommands(program);
+  registerConvertCommand(program);
 
   program
     .command("info")

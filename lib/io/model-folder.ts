@@ -150,6 +150,36 @@ export function findWeights(componentDir: string, opts: WeightsOptions = {}): We
 
 // ---- model_index.json
 
+export interface ModelIndexFields {
+  /** The scheduler's class (scheduler_config.json's _class_name). */
+  schedulerClass: string;
+  /** SDXL: a second text encoder with projection and a second tokenizer. */
+  xl?: boolean;
+  /** A 9-channel inpainting U-Net. */
+  inpainting?: boolean;
+  /** SDXL's force_zeros_for_empty_prompt. */
+  forceZerosForEmptyPrompt?: boolean;
+}
+
+/** The model_index.json diffusers writes for a Stable Diffusion (or SDXL) pipeline without a safety checker. */
+export function stableDiffusionModelIndex(f: ModelIndexFields): JsonObject {
+  const family = f.xl ? "StableDiffusionXL" : "StableDiffusion";
+  return {
+    _class_name: `${family}${f.inpainting ? "Inpaint" : ""}Pipeline`,
+    _diffusers_version: "0.27.2",
+    feature_extractor: [null, null],
+    image_encoder: [null, null],
+    ...(f.xl ? { force_zeros_for_empty_prompt: f.forceZerosForEmptyPrompt ?? true } : { requires_safety_checker: false, safety_checker: [null, null] }),
+    scheduler: ["diffusers", f.schedulerClass],
+    text_encoder: ["transformers", "CLIPTextModel"],
+    ...(f.xl ? { text_encoder_2: ["transformers", "CLIPTextModelWithProjection"] } : {}),
+    tokenizer: ["transformers", "CLIPTokenizer"],
+    ...(f.xl ? { tokenizer_2: ["transformers", "CLIPTokenizer"] } : {}),
+    unet: ["diffusers", "UNet2DConditionModel"],
+    vae: ["diffusers", "AutoencoderKL"],
+  };
+}
+
 export interface ComponentEntry {
   name: string;
   /** "diffusers", "transformers", ... */

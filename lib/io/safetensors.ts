@@ -380,38 +380,53 @@ function tensorBytes(name: string, t: SafetensorsTensorInput): Buffer {
   return swapped;
 }
 
-/** Header bytes (length prefix + JSON padded with spaces to a multiple of 8) and the data chunks. */
-function layout(
-  tensors: Record<string, SafetensorsTensorInput>,
-  metadata?: Record<string, string>,
-): { header: Buffer; chunks: Buffer[] } {
+/** One tensor's entry in a header: its name, dtype, shape, and the length of its data in bytes. */
+interface HeaderEntry {
+  name: string;
+  dtype: SafetensorsDType;
+  shape: number[];
+  byteLength: number;
+}
+
+/**
+ * Header bytes (length prefix + JSON padded with spaces to a multiple of 8). The data follows in
+ * the entries' order, which the caller has sorted.
+ */
+function headerBytes(entries: readonly HeaderEntry[], metadata?: Record<string, string>): Buffer {
   // Entries are serialised by hand so that any key (even "__proto__") round-trips.
-  const entries: string[] = [];
+  const parts: string[] = [];
   if (metadata !== undefined) {
     const meta: string[] = [];
     for (const [k, v] of Object.entries(metadata)) {
       if (typeof v !== "string") throw new TypeError(`writeSafetensors: metadata[${JSON.stringify(k)}] must be a string`);
       meta.push(JSON.stringify(k) + ":" + JSON.stringify(v));
     }
-    entries.push(`"__metadata__":{${meta.join(",")}}`);
+    parts.push(`"__metadata__":{${meta.join(",")}}`);
   }
-  const chunks: Buffer[] = [];
   let offset = 0;
-  for (const name of Object.keys(tensors).sort()) {
-    const t = tensors[name];
-    const bytes = tensorBytes(name, t);
-    const info = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes.length] };
-    entries.push(JSON.stringify(name) + ":" + JSON.stringify(info));
-    chunks.push(bytes);
-    offset += bytes.length;
+  for (const e of entries) {
+    const info = { dtype: e.dtype, shape: e.shape, data_offsets: [offset, offset + e.byteLength] };
+    parts.push(JSON.stringify(e.name) + ":" + JSON.stringify(info));
+    offset += e.byteLength;
   }
-  let json = "{" + entries.join(",") + "}";
+  let json = "{" + parts.join(",") + "}";
   const jsonBytes = Buffer.byteLength(json, "utf8");
   json += " ".repeat((8 - (jsonBytes % 8)) % 8);
   const jsonBuf = Buffer.from(json, "utf8");
   const prefix = Buffer.alloc(8);
   prefix.writeBigUInt64LE(BigInt(jsonBuf.length), 0);
-  return { header: Buffer.concat([prefix, jsonBuf]), chunks };
+  return Buffer.concat([prefix, jsonBuf]);
+}
+
+/** Header bytes and the data chunks. */
+function layout(
+  tensors: Record<string, SafetensorsTensorInput>,
+  metadata?: Record<string, string>,
+): { header: Buffer; chunks: Buffer[] } {
+  const names = Object.keys(tensors).sort();
+  const chunks = names.map((name) => tensorBytes(name, tensors[name]));
+  const entries = names.map((name, i) => ({ name, dtype: tensors[name].dtype, shape: tensors[name].shape, byteLength: chunks[i].length }));
+  return { header: headerBytes(entries, metadata), chunks };
 }
 
 /** The whole file in memory. */
@@ -430,23 +445,81 @@ export function writeSafetensors(
   metadata?: Record<string, string>,
 ): void {
   const { header, chunks } = layout(tensors, metadata);
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  const fd = fs.openSync(tmp, "w");
+  const out = TemporaryFile.beside(file);
   try {
-    for (const chunk of [header, ...chunks]) {
-      for (let done = 0; done < chunk.length; ) {
-        done += fs.writeSync(fd, chunk, done, Math.min(chunk.length - done, 1 << 30));
-      }
-    }
-    fs.closeSync(fd);
-    fs.renameSync(tmp, file);
+    for (const chunk of [header, ...chunks]) writeAll(out.fd, chunk);
+    out.commit();
   } catch (e) {
+    out.abandon();
+    throw e;
+  }
+}
+
+/** A tensor whose data `writeSafetensorsStreaming` asks for when its turn comes. */
+export interface SafetensorsTensorSpec {
+  dtype: SafetensorsDType;
+  shape: number[];
+}
+
+/**
+ * Writes a file whose tensors are produced one at a time, so that only one tensor's bytes are in
+ * memory at once (a model read back from a GPU, a checkpoint converted while it is written). The
+ * header is written from the specs first; `bytesOf(name)` must then give exactly the bytes the
+ * spec promises, little-endian. Atomic like writeSafetensors.
+ */
+export async function writeSafetensorsStreaming(
+  file: string,
+  specs: Record<string, SafetensorsTensorSpec>,
+  bytesOf: (name: string) => Promise<Uint8Array> | Uint8Array,
+  metadata?: Record<string, string>,
+): Promise<void> {
+  const names = Object.keys(specs).sort();
+  const entries = names.map((name) => {
+    const { dtype, shape } = specs[name];
+    if (name === "__metadata__") throw new Error(`writeSafetensors: "__metadata__" is reserved and cannot name a tensor`);
+    if (!isDType(dtype)) throw new TypeError(`writeSafetensors: tensor ${JSON.stringify(name)}: unknown dtype ${JSON.stringify(dtype)}`);
+    if (!Array.isArray(shape) || !shape.every(isSafeNonNegInt))
+      throw new TypeError(`writeSafetensors: tensor ${JSON.stringify(name)}: shape must be non-negative integers, got ${JSON.stringify(shape)}`);
+    return { name, dtype, shape: [...shape], byteLength: elementCount(shape) * SAFETENSORS_ITEMSIZE[dtype] };
+  });
+  const header = headerBytes(entries, metadata);
+  const out = TemporaryFile.beside(file);
+  try {
+    writeAll(out.fd, header);
+    for (const e of entries) {
+      const bytes = await bytesOf(e.name);
+      if (!(bytes instanceof Uint8Array) || bytes.byteLength !== e.byteLength)
+        throw new RangeError(`writeSafetensors: tensor ${JSON.stringify(e.name)}: ${e.dtype} ${JSON.stringify(e.shape)} needs ${e.byteLength} bytes, got ${bytes instanceof Uint8Array ? bytes.byteLength : typeof bytes}`);
+      writeAll(out.fd, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+    }
+    out.commit();
+  } catch (e) {
+    out.abandon();
+    throw e;
+  }
+}
+
+function writeAll(fd: number, chunk: Buffer): void {
+  for (let done = 0; done < chunk.length; ) done += fs.writeSync(fd, chunk, done, Math.min(chunk.length - done, 1 << 30));
+}
+
+/** A temporary file next to `target`, renamed into place on commit (so readers never see a partial file) or removed. */
+class TemporaryFile {
+  private constructor(readonly fd: number, private readonly tmp: string, private readonly target: string) {}
+  static beside(target: string): TemporaryFile {
+    const tmp = path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}.tmp`);
+    return new TemporaryFile(fs.openSync(tmp, "w"), tmp, target);
+  }
+  commit(): void {
+    fs.closeSync(this.fd);
+    fs.renameSync(this.tmp, this.target);
+  }
+  abandon(): void {
     try {
-      fs.closeSync(fd);
+      fs.closeSync(this.fd);
     } catch {
       // already closed
     }
-    fs.rmSync(tmp, { force: true });
-    throw e;
+    fs.rmSync(this.tmp, { force: true });
   }
 }

@@ -221,6 +221,8 @@ export interface LatentDistribution {
  */
 export class AutoencoderKL extends Module {
   readonly config: AutoencoderKLConfig;
+  /** The config.json this model was built from (as given). */
+  readonly configJson: Readonly<AutoencoderKLConfigJson>;
   readonly encoder: Encoder;
   readonly decoder: Decoder;
   readonly quantConv: Conv2d | null;
@@ -229,6 +231,7 @@ export class AutoencoderKL extends Module {
   constructor(configJson: AutoencoderKLConfigJson) {
     super();
     const cfg = this.config = resolveAutoencoderKLConfig(configJson);
+    this.configJson = Object.freeze({ ...configJson });
     const L = cfg.latentChannels;
     this.encoder = this.child("encoder", new Encoder(cfg));
     this.decoder = this.child("decoder", new Decoder(cfg));

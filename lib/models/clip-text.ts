@@ -225,10 +225,13 @@ export class CLIPTextModel extends Module {
   readonly config: CLIPTextConfig;
   readonly textModel: CLIPTextTransformer;
   readonly textProjection: Linear | null;
+  /** The config.json this model was built from (fromConfig), null when built from a parsed config. */
+  readonly configJson: Readonly<Record<string, unknown>> | null;
 
-  constructor(config: CLIPTextConfig) {
+  constructor(config: CLIPTextConfig, configJson: Record<string, unknown> | null = null) {
     super();
     this.config = config;
+    this.configJson = configJson && Object.freeze({ ...configJson });
     this.textModel = this.child("text_model", new CLIPTextTransformer(config));
     this.textProjection = config.projectionDim !== null
       ? this.child("text_projection", new Linear(config.hiddenSize, config.projectionDim, false))
@@ -237,7 +240,7 @@ export class CLIPTextModel extends Module {
 
   /** Builds the model from a parsed config.json object (weights not loaded). */
   static fromConfig(json: Record<string, unknown>, opts: CLIPTextConfigOptions = {}): CLIPTextModel {
-    return new CLIPTextModel(parseCLIPTextConfig(json, opts));
+    return new CLIPTextModel(parseCLIPTextConfig(json, opts), json);
   }
 
   /** As Module.loadStateDict, ignoring the `position_ids` buffer older transformers checkpoints carry. */

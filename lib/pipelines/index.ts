@@ -2,6 +2,9 @@
 export { StableDiffusionPipeline, PIPELINE_DTYPES } from "./stable-diffusion";
 export type { PipelineComponents, PipelineDevice, PipelineDType } from "./stable-diffusion";
 export { loadPipeline, builtinConfigDir } from "./load";
+export { savePipeline } from "./save";
+export type { SavePipelineOptions } from "./save";
+export type { SaveDType } from "../io/module-weights";
 export type { LoadPipelineOptions, PipelineConfigs, VaeDTypeOption } from "./load";
 export { createRandomPipeline, byteLevelTokenizer } from "./random-pipeline";
 export type { RandomPipelineOptions } from "./random-pipeline";

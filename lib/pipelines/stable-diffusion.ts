@@ -20,6 +20,7 @@ import { inpaint, type InpaintOptions } from "./inpaint";
 import type { VaeTilingOptions } from "../models/vae-tiling";
 import { LoraPatches, type AppliedLora, type LoraOptions } from "../lora/apply";
 import { loadTextualInversion, type LoadedEmbedding, type TextualInversionOptions } from "./textual-inversion";
+import { savePipeline, type SavePipelineOptions } from "./save";
 
 export type PipelineDevice = "cpu" | "cuda" | "auto";
 export type PipelineDType = "float32" | "float16" | "bfloat16";
@@ -253,6 +254,16 @@ export class StableDiffusionPipeline {
   unloadLoras(): void {
     this.assertLive("unloadLoras");
     this.patches.restore();
+  }
+
+  /**
+   * Writes the pipeline as it is now (merged LoRAs and textual-inversion words included): a path
+   * ending in .safetensors gets a single-file checkpoint (original key names), any other path a
+   * diffusers folder. Resolves with the absolute path. See save.ts.
+   */
+  save(target: string, opts: SavePipelineOptions = {}): Promise<string> {
+    this.assertLive("save");
+    return savePipeline(this, target, opts);
   }
 
   /** The LoRAs merged now, in order. */

@@ -168,6 +168,7 @@ export class CLIPTokenizer {
   readonly bosToken: string;
   readonly eosToken: string;
   readonly padToken: string;
+  readonly unkToken: string;
 
   private readonly encoder: Map<string, number>;
   private readonly decoder: Map<number, string>;
@@ -218,6 +219,27 @@ export class CLIPTokenizer {
     return first;
   }
 
+  /** The vocabulary without added words (what vocab.json held). */
+  baseVocab(): Record<string, number> {
+    const addedIds = new Set(this.added.flatMap((a) => a.ids));
+    const out: Record<string, number> = {};
+    for (const [tok, id] of this.encoder) if (!addedIds.has(id)) out[tok] = id;
+    return out;
+  }
+
+  /** The BPE merges in rank order (merges.txt without its version line; repeated pairs once). */
+  mergePairs(): [string, string][] {
+    return [...this.bpeRanks.keys()].map((k) => k.split(" ") as [string, string]);
+  }
+
+  /** Words added with addToken, in id order, each with the token names of its ids ("w", "w_1", ...). */
+  addedWords(): { word: string; tokens: string[]; ids: number[] }[] {
+    return [...this.added].sort((a, b) => a.ids[0] - b.ids[0]).map((a) => {
+      const tokens = a.ids.map((id) => this.decoder.get(id)!);
+      return { word: tokens[0], tokens, ids: [...a.ids] };
+    });
+  }
+
   private constructor(
     encoder: Map<string, number>,
     merges: [string, string][],
@@ -236,7 +258,7 @@ export class CLIPTokenizer {
     this.bosToken = opts.bosToken ?? DEFAULT_BOS;
     this.eosToken = opts.eosToken ?? DEFAULT_EOS;
     this.padToken = opts.padToken ?? DEFAULT_EOS;
-    const unkToken = opts.unkToken ?? DEFAULT_EOS;
+    const unkToken = this.unkToken = opts.unkToken ?? DEFAULT_EOS;
     const idOf = (tok: string, role: string): number => {
       const id = encoder.get(tok);
       if (id === undefined) {
@@ -284,7 +306,34 @@ export class CLIPTokenizer {
     // Some configs store a "very large" sentinel (1e30) meaning "no limit"; CLIP encoders have 77 positions.
     const mml = config["model_max_length"];
     if (typeof mml === "number" && Number.isInteger(mml) && mml >= 2 && mml <= 1_000_000) opts.maxLength = mml;
-    return CLIPTokenizer.fromFiles(path.join(dir, "vocab.json"), path.join(dir, "merges.txt"), opts);
+    const tokenizer = CLIPTokenizer.fromFiles(path.join(dir, "vocab.json"), path.join(dir, "merges.txt"), opts);
+    const added = readOptionalJson(path.join(dir, "added_tokens.json"));
+    if (added) tokenizer.addSavedTokens(added, path.join(dir, "added_tokens.json"));
+    return tokenizer;
+  }
+
+  /**
+   * Added tokens as transformers saves them (added_tokens.json: {"<w>": 49408, ...}), after the
+   * vocabulary. "<w>", "<w>_1", ... with consecutive ids become one word of several vectors, as
+   * addToken made them (diffusers' multi-vector textual-inversion tokens).
+   */
+  private addSavedTokens(json: Record<string, unknown>, file: string): void {
+    const entries = Object.entries(json).map(([tok, id]) => {
+      if (!Number.isInteger(id)) throw new Error(`CLIPTokenizer: ${file}: the id of ${JSON.stringify(tok)} must be an integer, got ${JSON.stringify(id)}`);
+      return [tok, id as number] as const;
+    }).filter(([tok, id]) => this.encoder.get(tok) !== id)  // special tokens transformers lists again
+      .sort((a, b) => a[1] - b[1]);
+    const groups: { word: string; first: number; count: number }[] = [];
+    for (const [tok, id] of entries) {
+      const g = groups[groups.length - 1];
+      if (g && tok === `${g.word}_${g.count}` && id === g.first + g.count) g.count++;
+      else groups.push({ word: tok, first: id, count: 1 });
+    }
+    for (const g of groups) {
+      if (g.first !== this.nextId)
+        throw new Error(`CLIPTokenizer: ${file}: ${JSON.stringify(g.word)} has id ${g.first}, but added tokens must follow the vocabulary without gaps (next id ${this.nextId})`);
+      this.addToken(g.word, g.count);
+    }
   }
 
   /**

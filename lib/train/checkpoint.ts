@@ -9,8 +9,9 @@ import * as fs from "fs";
 import * as path from "path";
 import { Tensor, keep } from "../tensor";
 import type { Module } from "../nn/module";
+import { writeModuleWeights } from "../io/module-weights";
 import { SafetensorsFile, writeSafetensors, type SafetensorsTensorInput } from "../io/safetensors";
-import { noGrad, rawNative } from "../autograd";
+import { rawNative } from "../autograd";
 import type { AdamW, EMA } from "./optim";
 import { writeFileAtomic } from "./tokenizer";
 
@@ -123,31 +124,9 @@ function copyInto(dst: Tensor, src: Tensor): void {
   rawNative().copyInPlace(dst.handle, src.handle);
 }
 
-/**
- * A module's weights in checkpoint (diffusers/transformers) layout and names, read back to the
- * host; `replace` maps a parameter tensor to the tensor to save instead (e.g. its EMA average).
- */
-export async function moduleWeights(module: Module, replace?: ReadonlyMap<Tensor, Tensor>): Promise<Record<string, SafetensorsTensorInput>> {
-  const values = new Map(module.namedParameters());
-  const out: Record<string, SafetensorsTensorInput> = {};
-  for (const [name, spec] of module.namedParameterSpecs()) {
-    const p = values.get(name);
-    if (!p) throw new Error(`export: parameter ${name} is not loaded`);
-    const t = replace?.get(p) ?? p;
-    // not recorded: the parameters require grad, and a recorded layout change would stay on the tape
-    const ck = noGrad(() => (spec.toCheckpoint ? spec.toCheckpoint(t) : t.contiguous()));
-    try {
-      out[name] = await f32(ck);
-    } finally {
-      ck.dispose();
-    }
-  }
-  return out;
-}
-
 /** Writes `<dir>/config.json` and the weights file of one component. */
 export async function writeComponent(dir: string, config: Record<string, unknown>, weightsFile: string, module: Module, replace?: ReadonlyMap<Tensor, Tensor>): Promise<void> {
   fs.mkdirSync(dir, { recursive: true });
-  writeSafetensors(path.join(dir, weightsFile), await moduleWeights(module, replace), { format: "pt" });
+  await writeModuleWeights(path.join(dir, weightsFile), module, { dtype: "float32", replace });
   writeFileAtomic(path.join(dir, "config.json"), JSON.stringify(config, null, 2) + "\n");
 }

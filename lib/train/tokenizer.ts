@@ -12,15 +12,9 @@ import * as fs from "fs";
 import * as path from "path";
 import { packageRoot } from "../native";
 import { basicClean, CLIPTokenizer } from "../tokenizers/clip";
+import { writeFileAtomic, writeTokenizerFiles, type TokenizerFiles } from "../tokenizers/clip-files";
 
-/** The four files of a transformers CLIPTokenizer folder, in memory. */
-export interface TokenizerFiles {
-  vocab: Record<string, number>;
-  /** merges.txt pairs in rank order (without the "#version" line). */
-  merges: [string, string][];
-  specialTokens: { bos_token: string; eos_token: string; pad_token: string; unk_token: string };
-  modelMaxLength: number;
-}
+export { writeFileAtomic, writeTokenizerFiles, type TokenizerFiles };
 
 const CLIP_PATTERN = /<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+/giu;
 const MAX_MERGES = 49152 - 256 - 2;
@@ -133,20 +127,6 @@ export function trimTokenizer(files: TokenizerFiles, texts: readonly string[]): 
   return { vocab, merges, specialTokens: { ...sp }, modelMaxLength: files.modelMaxLength };
 }
 
-/** Writes the folder transformers' CLIPTokenizer.from_pretrained (and lib/tokenizers) reads. */
-export function writeTokenizerFiles(dir: string, files: TokenizerFiles): void {
-  fs.mkdirSync(dir, { recursive: true });
-  const sp = files.specialTokens;
-  writeFileAtomic(path.join(dir, "vocab.json"), JSON.stringify(files.vocab));
-  writeFileAtomic(path.join(dir, "merges.txt"), "#version: 0.2\n" + files.merges.map(([a, b]) => `${a} ${b}`).join("\n") + (files.merges.length ? "\n" : ""));
-  writeFileAtomic(path.join(dir, "special_tokens_map.json"), JSON.stringify(sp, null, 2) + "\n");
-  writeFileAtomic(path.join(dir, "tokenizer_config.json"), JSON.stringify({
-    add_prefix_space: false, bos_token: sp.bos_token, clean_up_tokenization_spaces: true, do_lower_case: true,
-    eos_token: sp.eos_token, errors: "replace", model_max_length: files.modelMaxLength, pad_token: sp.pad_token,
-    tokenizer_class: "CLIPTokenizer", unk_token: sp.unk_token,
-  }, null, 2) + "\n");
-}
-
 export function tokenizerFromFiles(files: TokenizerFiles): CLIPTokenizer {
   const sp = files.specialTokens;
   const merges = "#version: 0.2\n" + files.merges.map(([a, b]) => `${a} ${b}`).join("\n") + "\n";
@@ -182,9 +162,3 @@ export function defaultTokenizerDir(): string | null {
   return best;
 }
 
-/** Writes via a temporary file renamed into place (readers never see a partial file). */
-export function writeFileAtomic(file: string, data: string | Uint8Array): void {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  fs.writeFileSync(tmp, data);
-  fs.renameSync(tmp, file);
-}

@@ -26,7 +26,7 @@ import { CLIPTextModel } from "../models/clip-text";
 import { UNet2DConditionModel, type UNet2DConditionConfigJson } from "../models/unet-2d-condition";
 import { AutoencoderKL } from "../models/autoencoder-kl";
 import { CLIPTokenizer } from "../tokenizers/clip";
-import { ModelFolder, findWeights, openWeightsFile, readJsonObject } from "../io/model-folder";
+import { ModelFolder, findWeights, openWeightsFile, readJsonObject, stableDiffusionModelIndex } from "../io/model-folder";
 import type { StateDictSource } from "../nn/module";
 import { noiseSchedule, parseSchedulerConfig } from "../schedulers/schedule";
 import { AdamW, EMA, learningRateAt, LR_SCHEDULES, type LrScheduleName } from "./optim";
@@ -164,6 +164,9 @@ interface InitModel {
 
 function readInit(op: string, dir: unknown): InitModel {
   if (typeof dir !== "string" || dir === "") throw new TypeError(`${op}: init must be a diffusers model folder path`);
+  if (/\.safetensors$/i.test(dir) && fs.existsSync(dir) && fs.statSync(dir).isFile())
+    throw new Error(`${op}: init ${dir} is a single-file checkpoint; training starts from a diffusers folder: convert it first ` +
+      `(diffusekit convert ${dir} <folder> --tokenizer <tokenizer folder>, or pipe.save(folder) after loadPipeline)`);
   let folder: ModelFolder;
   try {
     folder = ModelFolder.open(dir);
@@ -263,20 +266,6 @@ function gather(cache: Float32Array[], per: number, refs: { index: number; flip:
   });
   return out;
 }
-
-const MODEL_INDEX = {
-  _class_name: "StableDiffusionPipeline",
-  _diffusers_version: "0.27.2",
-  feature_extractor: [null, null],
-  image_encoder: [null, null],
-  requires_safety_checker: false,
-  safety_checker: [null, null],
-  scheduler: ["diffusers", "DDIMScheduler"],
-  text_encoder: ["transformers", "CLIPTextModel"],
-  tokenizer: ["transformers", "CLIPTokenizer"],
-  unet: ["diffusers", "UNet2DConditionModel"],
-  vae: ["diffusers", "AutoencoderKL"],
-};
 
 /** Trains a text-to-image model (see the top of this file). */
 export async function train(opts: TrainOptions): Promise<TrainResult> {
@@ -468,7 +457,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       vaeConfig: vae.config.blockOutChannels, batchSize, gradAccum, seed, randomFlip, predictionType, snrGamma, condDropout, ema: emaDecay,
       // only with init (a checkpoint written without it has no such keys)
       ...(init ? { init: init.dir, scheduler: schedCfg } : {}), ...(lora ? { lora } : {}) };
-    const modelIndex = init ? { ...MODEL_INDEX, scheduler: ["diffusers", init.schedulerClass] } : MODEL_INDEX;
+    const modelIndex = stableDiffusionModelIndex({ schedulerClass: init ? init.schedulerClass : "DDIMScheduler" });
     let rng = new Rng(seed, "unet-train");
     const sampler = new EpochSampler(ds.size, mixSeed(seed, "unet-order"), randomFlip);
     let step = 0, emptyPrompts = 0, prompts = 0;

@@ -15,6 +15,7 @@ import {
   SafetensorsTensorInput,
   serializeSafetensors,
   writeSafetensors,
+  writeSafetensorsStreaming,
 } from "../../lib/io/safetensors";
 import { describeIfReference, referencePath } from "../helpers/reference";
 
@@ -363,5 +364,38 @@ describe("loading float tensors as parameters (file bytes straight to the tensor
     } finally {
       src.close();
     }
+  });
+});
+
+describe("writeSafetensorsStreaming", () => {
+  const specs = {
+    "b.weight": { dtype: "F16" as const, shape: [2, 3] },
+    "a.bias": { dtype: "F32" as const, shape: [3] },
+    empty: { dtype: "BF16" as const, shape: [0, 4] },
+  };
+  const data: Record<string, Uint8Array> = {
+    "b.weight": new Uint8Array(float32ToFloat16(new Float32Array([1, -2, 0.5, 3, 4, -0.25])).buffer),
+    "a.bias": new Uint8Array(new Float32Array([0.1, 0.2, 0.3]).buffer),
+    empty: new Uint8Array(0),
+  };
+
+  test("writes the same bytes as writeSafetensors, asking for each tensor once, in file order", async () => {
+    const file = tmpFile("stream.safetensors");
+    const asked: string[] = [];
+    await writeSafetensorsStreaming(file, specs, async (name) => { asked.push(name); return data[name]; }, { format: "pt" });
+    expect(asked).toEqual(["a.bias", "b.weight", "empty"]);
+    const whole = serializeSafetensors(Object.fromEntries(Object.entries(specs).map(([k, s]) => [k, { ...s, data: data[k] }])), { format: "pt" });
+    expect(fs.readFileSync(file).equals(whole)).toBe(true);
+  });
+
+  test("a tensor of the wrong size, a throwing producer or a bad spec leave no file behind", async () => {
+    const file = tmpFile("stream-bad.safetensors");
+    await expect(writeSafetensorsStreaming(file, specs, (name) => (name === "b.weight" ? new Uint8Array(4) : data[name])))
+      .rejects.toThrow(/"b.weight": F16 \[2,3\] needs 12 bytes, got 4/);
+    await expect(writeSafetensorsStreaming(file, specs, () => { throw new Error("device lost"); })).rejects.toThrow(/device lost/);
+    await expect(writeSafetensorsStreaming(file, { x: { dtype: "F99" as never, shape: [1] } }, () => new Uint8Array(4))).rejects.toThrow(/unknown dtype/);
+    await expect(writeSafetensorsStreaming(file, { x: { dtype: "F32", shape: [-1] } }, () => new Uint8Array(4))).rejects.toThrow(/non-negative integers/);
+    expect(fs.existsSync(file)).toBe(false);
+    expect(fs.readdirSync(tmpDir).filter((n) => n.includes("stream-bad"))).toEqual([]);
   });
 });

@@ -1,0 +1,109 @@
+/**
+ * `diffusekit convert INPUT OUTPUT`: a model rewritten in the other layout, optionally with LoRAs
+ * merged and textual-inversion words added. INPUT is a diffusers folder or a single .safetensors
+ * checkpoint; OUTPUT ending in .safetensors gets a single file, anything else a diffusers folder.
+ * The weights keep the input's precision unless --save-dtype says otherwise.
+ */
+import * as fs from "fs";
+import * as path from "path";
+import { Option, type Command } from "commander";
+import { loadPipeline, type LoadPipelineOptions } from "../pipelines/load";
+import { ModelFolder, openWeightsFile } from "../io/model-folder";
+import { SAVE_DTYPES, type SaveDType } from "../io/module-weights";
+import { UsageError, collectLora } from "./options";
+
+interface ConvertCommandOptions {
+  tokenizer?: string;
+  configs?: string;
+  variant?: string;
+  saveDtype?: SaveDType;
+  saveVariant?: string;
+  textEncoderFormat?: "transformers" | "openclip";
+  lora?: { file: string; scale: number }[];
+  embedding?: string[];
+  json?: boolean;
+  quiet?: boolean;
+}
+
+const FILE_DTYPES: Record<string, SaveDType> = { F16: "float16", BF16: "bfloat16", F32: "float32" };
+
+/**
+ * The precision the input's weights are stored in, which the output keeps by default: their one
+ * dtype when they share it, else float32 (so that nothing is rounded unasked).
+ */
+export function storedDType(input: string, variant?: string): SaveDType {
+  const sources = [];
+  if (fs.statSync(input).isDirectory()) {
+    const folder = ModelFolder.open(input);
+    for (const c of ["unet", "vae", "text_encoder", "text_encoder_2"]) if (folder.has(c)) sources.push(folder.weights(c, { variant }));
+  } else {
+    sources.push(openWeightsFile(input));
+  }
+  const seen = new Set<string>();
+  try {
+    for (const s of sources) for (const k of s.keys()) if (s.diskDType(k) in FILE_DTYPES || s.diskDType(k) === "F64") seen.add(s.diskDType(k));
+  } finally {
+    for (const s of sources) s.close();
+  }
+  return seen.size === 1 ? FILE_DTYPES[[...seen][0]] ?? "float32" : "float32";
+}
+
+async function convertCommand(input: string, output: string, opts: ConvertCommandOptions): Promise<void> {
+  const src = path.resolve(input);
+  if (!fs.existsSync(src)) throw new UsageError(`${input}: no such file or folder`);
+  const isFile = fs.statSync(src).isFile();
+  if (isFile && !/\.safetensors$/i.test(src)) throw new UsageError(`${input}: expected a diffusers model folder or a .safetensors checkpoint`);
+  if (isFile && opts.tokenizer === undefined && opts.configs === undefined)
+    throw new UsageError(`${input} is a single-file checkpoint, which has no tokenizer: pass --tokenizer DIR (or --configs DIR with a tokenizer/ folder)`);
+  if (!isFile && (opts.tokenizer !== undefined || opts.configs !== undefined)) throw new UsageError("--tokenizer and --configs are for a single-file input");
+  if (isFile && opts.variant !== undefined) throw new UsageError("--variant picks a diffusers folder's weight files; the input is a single file");
+  for (const l of opts.lora ?? []) if (!fs.existsSync(l.file)) throw new UsageError(`--lora ${l.file}: no such file`);
+  for (const e of opts.embedding ?? []) if (!fs.existsSync(e)) throw new UsageError(`--embedding ${e}: no such file`);
+  const dst = path.resolve(output);
+  if (dst === src) throw new UsageError("the output must differ from the input");
+  const toFile = /\.safetensors$/i.test(dst);
+  if (toFile && opts.saveVariant !== undefined) throw new UsageError("--save-variant names a diffusers folder's weight files; the output is a single file");
+  if (!toFile && opts.textEncoderFormat !== undefined) throw new UsageError("--text-encoder-format is for a single-file output");
+
+  const status = (s: string) => { if (!opts.quiet && !opts.json) process.stderr.write(`${s}\n`); };
+  const dtype = opts.saveDtype ?? storedDType(src, opts.variant);
+  const load: LoadPipelineOptions = { device: "cpu", dtype: "float32" };
+  if (opts.variant !== undefined) load.variant = opts.variant;
+  if (opts.tokenizer !== undefined) load.tokenizer = opts.tokenizer;
+  if (opts.configs !== undefined) load.configs = opts.configs;
+  const t0 = performance.now();
+  status(`loading ${src}`);
+  const pipe = await loadPipeline(src, load);
+  try {
+    for (const l of opts.lora ?? []) pipe.loadLora(l.file, { scale: l.scale });
+    const words = (opts.embedding ?? []).map((e) => pipe.loadTextualInversion(e).token);
+    status(`writing ${dst} (${dtype})`);
+    await pipe.save(dst, { dtype, ...(opts.saveVariant !== undefined ? { variant: opts.saveVariant } : {}), ...(opts.textEncoderFormat ? { textEncoderFormat: opts.textEncoderFormat } : {}) });
+    const seconds = (performance.now() - t0) / 1000;
+    const result = { input: src, output: dst, format: toFile ? "single-file" : "diffusers", dtype, loras: pipe.loras.map((l) => ({ name: l.name, scale: l.scale })), embeddings: words, seconds };
+    if (opts.json) process.stdout.write(JSON.stringify(result) + "\n");
+    else status(`wrote ${dst} in ${seconds.toFixed(1)} s`);
+  } finally {
+    pipe.dispose();
+  }
+}
+
+export function registerConvertCommand(program: Command): void {
+  program
+    .command("convert")
+    .description("rewrite a model as a diffusers folder or a single .safetensors file (LoRAs and embeddings can be merged in)")
+    .argument("<input>", "a diffusers model folder or a single-file .safetensors checkpoint")
+    .argument("<output>", "a .safetensors path (single file, original key names) or a folder (diffusers layout)")
+    .option("--tokenizer <dir>", "tokenizer folder, for a single-file input")
+    .option("--configs <dir>", "folder with unet/, vae/, text_encoder/, scheduler/ configs, for a single-file input (default: the SD1.5 / SD2.1 / SDXL configs the file matches)")
+    .option("--variant <name>", "read a folder's <weights>.<name>.safetensors (e.g. fp16)")
+    .addOption(new Option("--save-dtype <type>", "the output's weight precision (default: the input's)").choices(SAVE_DTYPES))
+    .option("--save-variant <name>", "write <weights>.<name>.safetensors in the output folder (e.g. fp16)")
+    .addOption(new Option("--text-encoder-format <format>", "single-file SD1/SD2 output: the text encoder's key names (default: openclip for a 1024-wide encoder, else transformers)").choices(["transformers", "openclip"]))
+    .option("--lora <file[:scale]>", "merge a LoRA into the weights at this scale (default 1); repeatable", collectLora)
+    .option("--embedding <file>", "add a textual-inversion embedding's word (folder output only); repeatable", (v: string, prev: string[] = []) => [...prev, v])
+    .option("--json", "print the result as JSON on stdout")
+    .option("-q, --quiet", "no status on stderr")
+    .addHelpText("after", `\nExamples:\n  diffusekit convert v1-5-pruned-emaonly.safetensors ./sd15 --tokenizer ./sd15-tokenizer\n  diffusekit convert ./sd15 sd15-style.safetensors --lora style.safetensors:0.8 --save-dtype float16`)
+    .action((input: string, output: string, opts: ConvertCommandOptions) => convertCommand(input, output, opts));
+}

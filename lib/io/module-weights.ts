@@ -1,0 +1,52 @@
+/**
+ * A module's parameters written as a safetensors file in checkpoint (diffusers/transformers) layout
+ * and names, one tensor at a time: each is converted to the file's dtype on its own device, read
+ * back, written and freed, so saving an SD U-Net from a GPU needs one tensor's host memory, not
+ * the model's.
+ */
+import type { Module } from "../nn/module";
+import type { Tensor } from "../tensor";
+import { noGrad, rawNative } from "../autograd";
+import { writeSafetensorsStreaming, type SafetensorsDType } from "./safetensors";
+
+export type SaveDType = "float32" | "float16" | "bfloat16";
+export const SAVE_DTYPES: readonly SaveDType[] = ["float32", "float16", "bfloat16"];
+export const SAFETENSORS_DTYPE_OF: Readonly<Record<SaveDType, SafetensorsDType>> = { float32: "F32", float16: "F16", bfloat16: "BF16" };
+
+/** A tensor's values as little-endian bytes of `dtype`, read back to the host. */
+export async function tensorBytes(t: Tensor, dtype: SaveDType): Promise<Uint8Array> {
+  if (t.device === "cpu" && t.dtype === dtype && t.isContiguous) return new Uint8Array(await t.handle.read());
+  const h = rawNative().to(t.handle, "cpu", dtype);
+  try {
+    return new Uint8Array(await h.read());
+  } finally {
+    h.dispose();
+  }
+}
+
+export interface WriteModuleOptions {
+  dtype: SaveDType;
+  /** A parameter tensor -> the tensor to save in its place (e.g. its EMA average). */
+  replace?: ReadonlyMap<Tensor, Tensor>;
+}
+
+/** Writes every parameter of `module` to `file` (atomically), converted to `dtype`. */
+export async function writeModuleWeights(file: string, module: Module, opts: WriteModuleOptions): Promise<void> {
+  const values = new Map(module.namedParameters());
+  const specs = new Map(module.namedParameterSpecs().map(([name, spec]) => [name, spec]));
+  const fileDType = SAFETENSORS_DTYPE_OF[opts.dtype];
+  const header = Object.fromEntries([...specs].map(([name, spec]) => [name, { dtype: fileDType, shape: [...spec.shape] }]));
+  await writeSafetensorsStreaming(file, header, async (name) => {
+    const p = values.get(name);
+    if (!p) throw new Error(`${module.constructor.name}: parameter ${name} is not loaded, so it cannot be saved`);
+    const t = opts.replace?.get(p) ?? p;
+    const spec = specs.get(name)!;
+    // not recorded: trained parameters require grad, and a layout change would stay on the tape
+    const ck = noGrad(() => (spec.toCheckpoint ? spec.toCheckpoint(t) : t.contiguous()));
+    try {
+      return await tensorBytes(ck, opts.dtype);
+    } finally {
+      ck.dispose();
+    }
+  }, { format: "pt" });
+}

@@ -1,0 +1,167 @@
+/**
+ * savePipeline / pipe.save: a loaded pipeline written back to disk, with whatever was applied to it
+ * (merged LoRAs, textual-inversion words), as
+ *
+ *   a diffusers folder      model_index.json, scheduler/, tokenizer/, text_encoder/, unet/, vae/
+ *                           (+ text_encoder_2/, tokenizer_2/ for SDXL), as save_pretrained writes it
+ *   a single .safetensors   the original (LDM) key names, as A1111 / ComfyUI / sd.cpp read them
+ *
+ * so that a single-file checkpoint becomes a folder `train({ init })` starts from, and a folder a
+ * single file. Tensors are converted and written one at a time (see lib/io/module-weights.ts).
+ */
+import * as fs from "fs";
+import * as path from "path";
+import type { Module } from "../nn/module";
+import { stableDiffusionModelIndex, type JsonObject } from "../io/model-folder";
+import { openWeightsFile } from "../io/model-folder";
+import { SAVE_DTYPES, SAFETENSORS_DTYPE_OF, tensorBytes, writeModuleWeights, type SaveDType } from "../io/module-weights";
+import { writeSafetensorsStreaming } from "../io/safetensors";
+import { renameStateDict, type HostStateDictSource } from "../io/state-dict";
+import { writeFileAtomic, writeTokenizerFiles, tokenizerFiles } from "../tokenizers/clip-files";
+import { convertDiffusersToSingleFile, SDXL_TEXT_PREFIX_1, SDXL_TEXT_PREFIX_2, TEXT_PREFIX_OPENCLIP, TEXT_PREFIX_TRANSFORMERS, type TextEncoderFormat } from "../models/single-file";
+import { renameLegacyVaeKey } from "../models/autoencoder-kl";
+import { Tensor } from "../tensor";
+import type { StableDiffusionPipeline } from "./stable-diffusion";
+import { checkKeys } from "./text-to-image";
+
+export interface SavePipelineOptions {
+  /** The weights' dtype in the files. Default: the pipeline's dtype. */
+  dtype?: SaveDType;
+  /** diffusers folder: write `<weights>.<variant>.safetensors` (e.g. "fp16"), as save_pretrained(variant=...). */
+  variant?: string;
+  /**
+   * Single file, SD 1.x/2.x: the text encoder's key names. Default: OpenCLIP names (SD 2.x) for a
+   * 1024-wide text encoder, transformers names (SD 1.x) otherwise. SDXL files always hold both.
+   */
+  textEncoderFormat?: TextEncoderFormat;
+}
+
+const SAVE_KEYS = ["dtype", "variant", "textEncoderFormat"];
+
+/** Writes `pipe` to `target`: a .safetensors path gets a single file, anything else a diffusers folder. */
+export async function savePipeline(pipe: StableDiffusionPipeline, target: string, opts: SavePipelineOptions = {}): Promise<string> {
+  const op = "save";
+  checkKeys(op, opts, SAVE_KEYS);
+  if (typeof target !== "string" || target === "") throw new TypeError(`${op}: the target must be a folder or a .safetensors file path`);
+  const dtype = opts.dtype ?? pipe.dtype;
+  if (!SAVE_DTYPES.includes(dtype)) throw new RangeError(`${op}: dtype must be one of ${SAVE_DTYPES.map((d) => JSON.stringify(d)).join(", ")}, got ${JSON.stringify(dtype)}`);
+  const full = path.resolve(target);
+  if (full.toLowerCase().endsWith(".safetensors")) {
+    if (opts.variant !== undefined) throw new RangeError(`${op}: variant names a diffusers folder's weight files; a single file has none`);
+    await saveSingleFile(pipe, full, dtype, opts.textEncoderFormat);
+  } else {
+    if (opts.textEncoderFormat !== undefined) throw new RangeError(`${op}: textEncoderFormat is for single files; a diffusers folder uses transformers names`);
+    if (opts.variant !== undefined && (typeof opts.variant !== "string" || !/^[A-Za-z0-9_-]+$/.test(opts.variant)))
+      throw new RangeError(`${op}: variant must be letters, digits, "_" or "-" (e.g. "fp16"), got ${JSON.stringify(opts.variant)}`);
+    await saveFolder(pipe, full, dtype, opts.variant);
+  }
+  return full;
+}
+
+/** Refuses a target that would overwrite something other than a pipeline folder. */
+function prepareFolder(dir: string): void {
+  if (fs.existsSync(dir)) {
+    if (!fs.statSync(dir).isDirectory()) throw new Error(`save: ${dir} exists and is not a folder`);
+    const entries = fs.readdirSync(dir);
+    if (entries.length && !entries.includes("model_index.json"))
+      throw new Error(`save: ${dir} is a non-empty folder that is not a diffusers pipeline (no model_index.json); choose an empty or new folder`);
+  }
+  fs.mkdirSync(dir, { recursive: true });
+}
+
+function writeJson(file: string, value: unknown): void {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  writeFileAtomic(file, JSON.stringify(value, null, 2) + "\n");
+}
+
+async function writeComponent(dir: string, config: JsonObject, weights: string, module: Module, dtype: SaveDType, variant?: string): Promise<void> {
+  fs.mkdirSync(dir, { recursive: true });
+  await writeModuleWeights(path.join(dir, variant ? weights.replace(/\.safetensors$/, `.${variant}.safetensors`) : weights), module, { dtype });
+  writeJson(path.join(dir, "config.json"), config);
+}
+
+/** A text encoder's config.json, its vocab_size following the embedding table (grown by textual inversion). */
+function textEncoderConfig(pipe: StableDiffusionPipeline, second: boolean, dtype: SaveDType): JsonObject {
+  const te = second ? pipe.textEncoder2! : pipe.textEncoder;
+  if (!te.configJson) throw new Error("save: the text encoder was built without a config.json object, so its config cannot be written");
+  const rows = te.textModel.embeddings.tokenEmbedding.count;
+  return { ...te.configJson, architectures: [second ? "CLIPTextModelWithProjection" : "CLIPTextModel"], torch_dtype: dtype, vocab_size: rows };
+}
+
+function schedulerConfig(pipe: StableDiffusionPipeline): JsonObject {
+  const cls = pipe.defaultSchedulerClass;
+  if (!cls) throw new Error(`save: the pipeline's scheduler config has no _class_name, so model_index.json cannot name it`);
+  return { ...pipe.scheduler };
+}
+
+async function saveFolder(pipe: StableDiffusionPipeline, dir: string, dtype: SaveDType, variant?: string): Promise<void> {
+  prepareFolder(dir);
+  const xl = pipe.isXL;
+  const scheduler = schedulerConfig(pipe);
+  writeJson(path.join(dir, "scheduler", "scheduler_config.json"), scheduler);
+  writeTokenizerFiles(path.join(dir, "tokenizer"), tokenizerFiles(pipe.tokenizer));
+  await writeComponent(path.join(dir, "text_encoder"), textEncoderConfig(pipe, false, dtype), "model.safetensors", pipe.textEncoder, dtype, variant);
+  if (xl) {
+    writeTokenizerFiles(path.join(dir, "tokenizer_2"), tokenizerFiles(pipe.tokenizer2!));
+    await writeComponent(path.join(dir, "text_encoder_2"), textEncoderConfig(pipe, true, dtype), "model.safetensors", pipe.textEncoder2!, dtype, variant);
+  }
+  await writeComponent(path.join(dir, "unet"), { _class_name: "UNet2DConditionModel", ...pipe.unet.configJson }, "diffusion_pytorch_model.safetensors", pipe.unet, dtype, variant);
+  await writeComponent(path.join(dir, "vae"), { _class_name: "AutoencoderKL", ...pipe.vae.configJson }, "diffusion_pytorch_model.safetensors", pipe.vae, dtype, variant);
+  // last: a folder without it is not taken for a pipeline, so an interrupted save is not loaded
+  writeJson(path.join(dir, "model_index.json"), stableDiffusionModelIndex({
+    schedulerClass: scheduler["_class_name"] as string, xl, inpainting: pipe.isInpaintingModel, forceZerosForEmptyPrompt: pipe.forceZerosForEmptyPrompt,
+  }));
+}
+
+/**
+ * The single file is made from a diffusers folder: the pipeline is first written as one (next to
+ * the target, removed after), whose files the converter then reads tensor by tensor. This keeps
+ * the host memory at one tensor, whatever device the pipeline is on.
+ */
+async function saveSingleFile(pipe: StableDiffusionPipeline, file: string, dtype: SaveDType, format?: TextEncoderFormat): Promise<void> {
+  if (pipe.tokenizer.addedWords().length || pipe.tokenizer2?.addedWords().length)
+    throw new Error(`save: the pipeline has textual-inversion words, which a single file cannot hold (it has no tokenizer); save a diffusers folder instead`);
+  if (format !== undefined && format !== "transformers" && format !== "openclip")
+    throw new RangeError(`save: textEncoderFormat must be "transformers" or "openclip", got ${JSON.stringify(format)}`);
+  if (format !== undefined && pipe.isXL) throw new RangeError(`save: textEncoderFormat does not apply to SDXL, whose single files hold both formats`);
+  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) throw new Error(`save: ${file} is a folder`);
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const parts = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.parts`);
+  fs.rmSync(parts, { recursive: true, force: true });
+  const opened: { close(): void }[] = [];
+  try {
+    await saveFolder(pipe, parts, dtype);
+    const open = (sub: string, mapKey?: (k: string) => string | null) => {
+      const s = openWeightsFile(path.join(parts, sub, sub === "unet" || sub === "vae" ? "diffusion_pytorch_model.safetensors" : "model.safetensors"), { mapKey });
+      opened.push(s);
+      return s;
+    };
+    const configs = { unet: pipe.unet.configJson as JsonObject, vae: pipe.vae.configJson as JsonObject, textEncoder: textEncoderConfig(pipe, false, dtype) };
+    const sources: HostStateDictSource[] = [];
+    if (pipe.isXL) {
+      const main = convertDiffusersToSingleFile({ unet: open("unet"), vae: open("vae", renameLegacyVaeKey), textEncoder: open("text_encoder") }, configs, { textEncoderFormat: "transformers" });
+      const second = convertDiffusersToSingleFile({ textEncoder: open("text_encoder_2") }, { textEncoder: textEncoderConfig(pipe, true, dtype) }, { textEncoderFormat: "openclip" });
+      sources.push(renameStateDict(main, (k) => (k.startsWith(TEXT_PREFIX_TRANSFORMERS) ? SDXL_TEXT_PREFIX_1 + k.slice(TEXT_PREFIX_TRANSFORMERS.length) : k)));
+      sources.push(renameStateDict(second, (k) => SDXL_TEXT_PREFIX_2 + k.slice(TEXT_PREFIX_OPENCLIP.length)));
+    } else {
+      const textEncoderFormat = format ?? (pipe.textEncoder.config.hiddenSize === 1024 ? "openclip" : "transformers");
+      sources.push(convertDiffusersToSingleFile({ unet: open("unet"), vae: open("vae", renameLegacyVaeKey), textEncoder: open("text_encoder") }, configs, { textEncoderFormat }));
+    }
+    const owner = new Map<string, HostStateDictSource>();
+    for (const s of sources) for (const k of s.keys()) owner.set(k, s);
+    const fileDType = SAFETENSORS_DTYPE_OF[dtype];
+    const specs = Object.fromEntries([...owner].map(([k, s]) => [k, { dtype: fileDType, shape: [...s.shape(k)] }]));
+    await writeSafetensorsStreaming(file, specs, async (k) => {
+      const s = owner.get(k)!;
+      const t = Tensor.fromArray(s.readFloat32(k), [s.shape(k).reduce((a, b) => a * b, 1)]);
+      try {
+        return await tensorBytes(t, dtype);
+      } finally {
+        t.dispose();
+      }
+    }, { format: "pt" });
+  } finally {
+    for (const s of opened) s.close();
+    fs.rmSync(parts, { recursive: true, force: true });
+  }
+}

@@ -66,6 +66,11 @@ export const TRAIN_FLAGS: readonly FlagSpec[] = [
   { flag: "--lora-rank", key: "loraRank", type: "int", help: "LoRA rank (implies --lora; default 4)" },
   { flag: "--lora-alpha", key: "loraAlpha", type: "number", help: "LoRA alpha: the branch is scaled by alpha/rank (default: the rank)" },
   { flag: "--lora-text-encoder", key: "loraTextEncoder", type: "boolean", help: "LoRA adapters on the text encoder's attention and MLP too (implies --lora)" },
+  { flag: "--textual-inversion", key: "tiToken", type: "string", help: "with --init: train the embedding of this new word (e.g. \"<my-cat>\") and write OUT/learned_embeds.safetensors (lr default 5e-3)" },
+  { flag: "--ti-initializer", key: "tiInitializer", type: "string", help: "word(s) the new word's vectors start from (default: the vocabulary's mean)" },
+  { flag: "--ti-vectors", key: "tiVectors", type: "int", help: "embedding vectors of the new word (default 1)" },
+  { flag: "--ti-template", key: "tiTemplate", type: "string", choices: ["object", "style", "captions"],
+    help: "prompts: templates for an object (default) or a style around the word, or the captions, which name it" },
 ];
 
 export const TRAIN_VAE_FLAGS: readonly FlagSpec[] = [
@@ -142,6 +147,15 @@ export function parseTrainArgs(argv: readonly string[]): TrainOptions {
     delete o.loraAlpha;
     delete o.loraTextEncoder;
   }
+  // --textual-inversion and its --ti-* settings make the textualInversion option's object
+  const ti = { tiInitializer: "initializer", tiVectors: "vectors", tiTemplate: "template" } as const;
+  if (o.tiToken !== undefined) {
+    o.textualInversion = { token: o.tiToken, ...Object.fromEntries(Object.entries(ti).filter(([k]) => o[k] !== undefined).map(([k, name]) => [name, o[k]])) };
+  } else {
+    const given = Object.keys(ti).filter((k) => o[k] !== undefined);
+    if (given.length) throw new RangeError(`train: ${TRAIN_FLAGS.find((f) => f.key === given[0])!.flag} goes with --textual-inversion <word>`);
+  }
+  for (const k of ["tiToken", ...Object.keys(ti)]) delete o[k];
   return o as unknown as TrainOptions;
 }
 
@@ -205,6 +219,12 @@ export async function runTrain(opts: TrainOptions, stream: ProgressSink = proces
       `${(p.unet / 1e6).toFixed(2)} M-parameter U-Net; ${r.imagesPerSec.toFixed(1)} img/s (use it with --lora ${r.loraFile})\n`);
     return 0;
   }
+  if (r.embeddingFile) {
+    const word = opts.textualInversion!.token;
+    stream.write(`wrote ${r.embeddingFile} in ${formatDuration((Date.now() - t0) / 1000)}: ${p.textualInversion ?? 0} trained values for ${word}; ` +
+      `${r.imagesPerSec.toFixed(1)} img/s (use it with --embedding ${r.embeddingFile} and "${word}" in the prompt)\n`);
+    return 0;
+  }
   stream.write(`wrote ${r.out} in ${formatDuration((Date.now() - t0) / 1000)}: UNet ${(p.unet / 1e6).toFixed(2)} M, text encoder ${(p.textEncoder / 1e6).toFixed(2)} M, ` +
     `VAE ${(p.vae / 1e6).toFixed(2)} M parameters; ${r.imagesPerSec.toFixed(1)} img/s` +
     (r.skippedImages ? `; ${r.skippedImages} unreadable file(s) skipped` : "") + "\n");
@@ -223,13 +243,13 @@ export async function runTrainVae(opts: TrainVaeOptions, stream: ProgressSink = 
   return 0;
 }
 
-async function command(argv: readonly string[], name: string, table: readonly FlagSpec[], run: (o: any) => Promise<number>): Promise<number> {
+async function command<O>(argv: readonly string[], name: string, table: readonly FlagSpec[], parse: (argv: readonly string[]) => O, run: (o: O) => Promise<number>): Promise<number> {
   if (argv.includes("--help") || argv.includes("-h")) {
     process.stdout.write(usageText(name, table));
     return 0;
   }
   try {
-    return await run(parseFlags(argv, table, name));
+    return await run(parse(argv));
   } catch (e) {
     process.stderr.write(`diffusekit ${name}: ${(e as Error).message}\n`);
     return e instanceof RangeError || e instanceof TypeError ? 2 : 1;
@@ -238,10 +258,10 @@ async function command(argv: readonly string[], name: string, table: readonly Fl
 
 /** `diffusekit train ...` (argv after "train"): parses, trains, prints; returns the exit code. */
 export function trainCommand(argv: readonly string[]): Promise<number> {
-  return command(argv, "train", TRAIN_FLAGS, (o) => runTrain(o));
+  return command(argv, "train", TRAIN_FLAGS, parseTrainArgs, (o) => runTrain(o));
 }
 
 /** `diffusekit train-vae ...`. */
 export function trainVaeCommand(argv: readonly string[]): Promise<number> {
-  return command(argv, "train-vae", TRAIN_VAE_FLAGS, (o) => runTrainVae(o));
+  return command(argv, "train-vae", TRAIN_VAE_FLAGS, parseTrainVaeArgs, (o) => runTrainVae(o));
 }

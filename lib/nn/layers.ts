@@ -113,9 +113,16 @@ export class Embedding extends Module {
     this.resizeParameter("weight", { shape: [this.rows, this.dim] }, grown).dispose();
     return first;
   }
+  /**
+   * Rows [n, dim] looked up for ids count .. count + n - 1 without being part of the table:
+   * textual-inversion training trains them (they get the gradients) while the table stays frozen.
+   */
+  extraRows: Tensor | null = null;
   /** ids int32/int64 [...] (on the CPU) -> [..., dim] */
   forward(ids: Tensor): Tensor {
-    return ops.embedding(ids, this.p("weight"));
+    const w = this.p("weight"), x = this.extraRows;
+    if (!x) return ops.embedding(ids, w);
+    return ops.embedding(ids, ops.concat([w, x.dtype === w.dtype ? x : x.to(x.device, w.dtype)], 0));
   }
   /** The table itself (e.g. position embeddings read whole). */
   get weight(): Tensor { return this.p("weight"); }

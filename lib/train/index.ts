@@ -3,6 +3,7 @@
 // optimisers.
 export { train } from "./trainer";
 export type { TrainOptions, TrainResult } from "./trainer";
+export type { TextualInversionTrainOptions, TextualInversionTemplate } from "./textual-inversion";
 export { trainVae } from "./vae-trainer";
 export type { TrainVaeOptions, TrainVaeResult } from "./vae-trainer";
 export type { TrainLogInfo } from "./loop";

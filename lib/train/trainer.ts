@@ -40,6 +40,7 @@ import {
   writeFileAtomic, writeTokenizerFiles,
 } from "./tokenizer";
 import { LoraAdapters, type LoraTrainOptions } from "./lora-adapters";
+import { TrainedEmbedding, checkCaptionsNameToken, resolveTextualInversion, type TextualInversionTrainOptions } from "./textual-inversion";
 import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
 import { isFinishedVae, loadVaeWeights, readVaeFolder, trainVae, type TrainVaeOptions, type TrainVaeResult } from "./vae-trainer";
 import {
@@ -95,6 +96,13 @@ export interface TrainOptions extends LoopOptions {
    * format, for loadLora / A1111 / stable-diffusion.cpp) instead of a model folder.
    */
   lora?: boolean | LoraTrainOptions;
+  /**
+   * Textual inversion (needs `init`; everything else stays frozen): trains the embedding of a new
+   * word, { token: "<my-cat>", initializer: "cat", vectors: 1, template: "object" | "style" |
+   * "captions" }. The result is out/learned_embeds.safetensors (for loadTextualInversion / A1111 /
+   * diffusers). Defaults then: lr 5e-3, condDropout 0.
+   */
+  textualInversion?: TextualInversionTrainOptions;
   /** Sees every micro-batch as fed (captions after dropout); for inspection and tests. */
   onBatch?: (info: { step: number; indices: number[]; flips: boolean[]; captions: string[]; timesteps: number[] }) => void;
 }
@@ -111,14 +119,16 @@ export interface TrainResult {
   emptyPrompts: number;
   prompts: number;
   vae: TrainVaeResult | null;
-  parameters: { unet: number; textEncoder: number; vae: number; lora?: number };
+  parameters: { unet: number; textEncoder: number; vae: number; lora?: number; textualInversion?: number };
   /** With `lora`: the written LoRA file. */
   loraFile?: string;
+  /** With `textualInversion`: the written embedding file. */
+  embeddingFile?: string;
 }
 
 const KEYS = [
   "data", "out", "init", "model", "textEncoder", "textEncoderSize", "tokenizer", "trimVocab", "vae", "vaeSteps", "vaeOptions",
-  "ema", "predictionType", "snrGamma", "condDropout", "onBatch", "lora", ...LOOP_KEYS,
+  "ema", "predictionType", "snrGamma", "condDropout", "onBatch", "lora", "textualInversion", ...LOOP_KEYS,
 ];
 
 function loadVae(dir: string): { vae: AutoencoderKL; dir: string } {
@@ -286,6 +296,10 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       throw new RangeError(`${op}: ${given.join(", ")} cannot be set with init (the UNet, text encoder and tokenizer are init's, and its VAE or the vae option is used)`);
   }
   const lora = resolveLora(op, opts.lora, init !== null, opts.textEncoder);
+  const ti = resolveTextualInversion(op, opts.textualInversion);
+  if (ti && !init) throw new RangeError(`${op}: textualInversion trains a word for a trained model: pass init (a diffusers model folder)`);
+  if (ti && lora) throw new RangeError(`${op}: textualInversion and lora train different things; run them one at a time`);
+  if (ti && opts.textEncoder !== undefined) throw new RangeError(`${op}: textualInversion uses init's text encoder, frozen (leave textEncoder unset)`);
   const model = opts.model ?? "small";
   const textEncoderMode = opts.textEncoder ?? (init ? init.dir : "train");
   if (typeof textEncoderMode !== "string" || textEncoderMode === "") throw new TypeError(`${op}: textEncoder must be "train" or a model folder path`);
@@ -296,7 +310,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const steps = intOpt(op, "steps", opts.steps, 1000, 1);
   const batchSize = intOpt(op, "batchSize", opts.batchSize, 8, 1);
   const gradAccum = intOpt(op, "gradAccum", opts.gradAccum, 1, 1);
-  const lr = numOpt(op, "lr", opts.lr, init ? 1e-4 : 5e-4, (x) => x > 0, "> 0");  // with init: diffusers' train_text_to_image default
+  const lr = numOpt(op, "lr", opts.lr, ti ? 5e-3 : init ? 1e-4 : 5e-4, (x) => x > 0, "> 0");  // with init: diffusers' train_text_to_image default
   const lrSchedule = opts.lrSchedule ?? "constant";
   if (!LR_SCHEDULES.includes(lrSchedule)) throw new RangeError(`${op}: lrSchedule must be one of ${LR_SCHEDULES.join(", ")}, got ${JSON.stringify(lrSchedule)}`);
   const warmupSteps = intOpt(op, "warmupSteps", opts.warmupSteps, Math.min(100, Math.floor(steps / 10)), 0);
@@ -318,7 +332,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   }
   const numTrainTimesteps = alphasCumprod.length;
   const snrGamma = opts.snrGamma === undefined || opts.snrGamma === null ? null : numOpt(op, "snrGamma", opts.snrGamma, 5, (x) => x > 0, "> 0 or null");
-  const condDropout = numOpt(op, "condDropout", opts.condDropout, 0.1, (x) => x >= 0 && x <= 1, "in [0, 1]");
+  const condDropout = numOpt(op, "condDropout", opts.condDropout, ti ? 0 : 0.1, (x) => x >= 0 && x <= 1, "in [0, 1]");
   const randomFlip = opts.randomFlip ?? true;
   const seed = intOpt(op, "seed", opts.seed, 0, 0);
   const saveEvery = intOpt(op, "saveEvery", opts.saveEvery, 0, 0);
@@ -335,6 +349,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
 
   // 2. data
   const ds = await resolveData(op, opts.data, resolution, seed, opts);
+  if (ti?.template === "captions") checkCaptionsNameToken(op, ds, ti.token);
 
   const stop = new StopControl(opts.signal, opts.handleSigint ?? true);
   const owned: { dispose(): void }[] = [];
@@ -405,6 +420,9 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       frozenTe = { teDir: fr.teDir, tokDir: fr.tokDir };
       copyDir(fr.tokDir, tokOut);
     }
+    // textual inversion: the new word's rows, looked up beside the frozen table
+    const embedding = ti ? new TrainedEmbedding(te, tokenizer, ti, device) : null;
+    if (embedding) owned.push(embedding);
     const hidden = te.config.hiddenSize, T = tokenizer.maxLength;
     // frozen encoder: each distinct caption (and "") encoded once
     const embCache = new Map<string, Float32Array>();
@@ -443,8 +461,8 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     // LoRA: the U-Net stays frozen and only the adapters beside its attention projections train
     const adapters = lora ? new LoraAdapters(unet, { ...lora, seed, device, textEncoder: lora.textEncoder ? te : null }) : null;
     if (adapters) owned.push(adapters);
-    else unet.setRequiresGrad();
-    const trained: [string, Tensor][] = adapters ? adapters.params() : [
+    else if (!embedding) unet.setRequiresGrad();
+    const trained: [string, Tensor][] = adapters ? adapters.params() : embedding ? embedding.params() : [
       ...unet.namedParameters().map(([n, t]) => [`unet.${n}`, t] as [string, Tensor]),
       ...(trainText ? te.namedParameters().map(([n, t]) => [`text_encoder.${n}`, t] as [string, Tensor]) : []),
     ];
@@ -456,7 +474,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     const fixed = { resolution, unet: unetCfg, textEncoder: trainText ? teConfig : path.resolve(textEncoderMode), vaeScalingFactor: sf,
       vaeConfig: vae.config.blockOutChannels, batchSize, gradAccum, seed, randomFlip, predictionType, snrGamma, condDropout, ema: emaDecay,
       // only with init (a checkpoint written without it has no such keys)
-      ...(init ? { init: init.dir, scheduler: schedCfg } : {}), ...(lora ? { lora } : {}) };
+      ...(init ? { init: init.dir, scheduler: schedCfg } : {}), ...(lora ? { lora } : {}), ...(ti ? { textualInversion: ti } : {}) };
     const modelIndex = stableDiffusionModelIndex({ schedulerClass: init ? init.schedulerClass : "DDIMScheduler" });
     let rng = new Rng(seed, "unet-train");
     const sampler = new EpochSampler(ds.size, mixSeed(seed, "unet-order"), randomFlip);
@@ -472,15 +490,16 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     }
 
     // 8. export (used by every save): the model folder, then the checkpoint
-    const loraFile = path.join(out, "lora.safetensors");
+    const loraFile = path.join(out, "lora.safetensors"), embeddingFile = path.join(out, "learned_embeds.safetensors");
     // the text encoder runs every step when it trains (or its LoRA adapters do); frozen, its states are cached
-    const teEachStep = trainText || !!lora?.textEncoder;
+    const teEachStep = trainText || !!lora?.textEncoder || !!embedding;
     const save = async (done: boolean) => {
       const replace = ema ? new Map(params.map((p, i) => [p, ema.shadow[i]] as [Tensor, Tensor])) : undefined;
       const state = { kind: "unet" as const, step, done, paramNames: names, rng: rng.state(), sampler: sampler.state(),
         counters: { emptyPrompts, prompts }, fixed, info: { steps, lr, skippedImages: ds.skipped } };
-      if (adapters) {
-        await adapters.save(loraFile, replace);
+      if (adapters || embedding) {
+        if (adapters) await adapters.save(loraFile, replace);
+        else await embedding!.save(embeddingFile, replace);
         await saveCheckpoint(out, state, params, opt, ema);
         return;
       }
@@ -521,7 +540,8 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         const batches: Parameters<NonNullable<TrainOptions["onBatch"]>>[0][] = [];
         for (let micro = 0; micro < gradAccum; micro++) {
           const refs = sampler.take(batchSize);
-          const dropped = dropConditions(refs.map((r) => sampleCaption(ds, r)), condDropout, rng);
+          const captions = refs.map((r) => sampleCaption(ds, r));
+          const dropped = dropConditions(embedding ? captions.map((c) => embedding.prompt(c, rng)) : captions, condDropout, rng);
           emptyPrompts += dropped.dropped;
           prompts += batchSize;
           const timesteps = refs.map(() => rng.int(numTrainTimesteps));
@@ -581,8 +601,9 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     await save(!interrupted);
     return {
       out, step, steps, interrupted, losses, imagesPerSec: meter.imagesPerSec, skippedImages: ds.skipped, emptyPrompts, prompts, vae: vaeResult,
-      parameters: { unet: unet.parameterCount(), textEncoder: te.parameterCount(), vae: vae.parameterCount(), ...(adapters ? { lora: adapters.parameterCount() } : {}) },
-      ...(adapters ? { loraFile } : {}),
+      parameters: { unet: unet.parameterCount(), textEncoder: te.parameterCount(), vae: vae.parameterCount(), ...(adapters ? { lora: adapters.parameterCount() } : {}),
+        ...(embedding ? { textualInversion: embedding.rows.numel } : {}) },
+      ...(adapters ? { loraFile } : {}), ...(embedding ? { embeddingFile } : {}),
     };
   } finally {
     stop.dispose();

@@ -14,6 +14,7 @@ import { InMemoryDataset } from "../../lib/train/data";
 import { createShapesDataset } from "../../lib/train/shapes";
 import { imageFeature, featureDistance } from "../../lib/eval/features";
 import { parseTrainArgs, runTrain } from "../../lib/cli/train";
+import { assertBuilt, runCli } from "../cli/run";
 
 const BUILTIN = path.resolve(__dirname, "../../models/builtin");
 const quiet = { handleSigint: false, onWarn: () => undefined };
@@ -115,6 +116,19 @@ describe("train({ init, textualInversion }) on the built-in model", () => {
     const out = path.join(tmp, "cli");
     expect(await runTrain({ ...quiet, data: shapes(), out, init: BUILTIN, resolution: 64, steps: 1, batchSize: 2, textualInversion: { token: "<w>" } }, { write: (x: string) => lines.push(x) })).toBe(0);
     expect(lines.join("")).toMatch(/wrote .*learned_embeds\.safetensors in .*trained values for <w>.*--embedding .* and "<w>" in the prompt/);
+  });
+
+  test("the command line itself routes --textual-inversion and --lora-rank to train (a spawned diffusekit train)", () => {
+    assertBuilt();
+    const ti = runCli(["train", "--init", BUILTIN, "--data", "shapes:4", "--out", path.join(tmp, "cli-ti"), "--steps", "1", "--batch-size", "2",
+      "--textual-inversion", "<w>", "--ti-vectors", "2", "--ti-initializer", "red"]);
+    expect(ti.code).toBe(0);
+    expect(ti.stderr).toMatch(/128 trained values for <w>/);
+    const lora = runCli(["train", "--init", BUILTIN, "--data", "shapes:4", "--out", path.join(tmp, "cli-lora"), "--steps", "1", "--batch-size", "2", "--lora-rank", "2"]);
+    expect(lora.code).toBe(0);
+    expect(lora.stderr).toMatch(/wrote .*lora\.safetensors/);
+    const bad = runCli(["train", "--data", "shapes:4", "--out", path.join(tmp, "cli-bad"), "--ti-template", "style"]);
+    expect([bad.code, bad.stderr.trim()]).toEqual([2, "diffusekit train: train: --ti-template goes with --textual-inversion <word>"]);
   });
 
   test("refused: no init, with lora or textEncoder, a word the vocabulary has, captions without the word, bad settings", async () => {

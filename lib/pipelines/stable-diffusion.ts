@@ -7,7 +7,6 @@
  * guidance and every sampler update stay float32 (DESIGN.md, "Precision"). An fp16 VAE whose
  * config says force_upcast runs in float32, as diffusers does.
  */
-import * as ops from "../ops";
 import { Tensor, tidy, keep, type DType } from "../tensor";
 import type { CLIPTokenizer } from "../tokenizers/clip";
 import type { CLIPTextModel } from "../models/clip-text";
@@ -21,6 +20,7 @@ import type { VaeTilingOptions } from "../models/vae-tiling";
 import { LoraPatches, type AppliedLora, type LoraOptions } from "../lora/apply";
 import { loadTextualInversion, type LoadedEmbedding, type TextualInversionOptions } from "./textual-inversion";
 import { savePipeline, type SavePipelineOptions } from "./save";
+import { encodeTextsXL } from "../models/sdxl-text";
 
 export type PipelineDevice = "cpu" | "cuda" | "auto";
 export type PipelineDType = "float32" | "float16" | "bfloat16";
@@ -178,21 +178,8 @@ export class StableDiffusionPipeline {
 
   /** @internal Synchronous encodePromptXL (kept tensors). */
   encodeTextsXL(texts: readonly string[], texts2: readonly string[], clipSkip = 0): { embeds: Tensor; pooled: Tensor } {
-    const te1 = this.textEncoder, te2 = this.textEncoder2!;
-    const L1 = te1.config.numHiddenLayers, L2 = te2.config.numHiddenLayers;
-    if (!Number.isInteger(clipSkip) || clipSkip < 0 || clipSkip > Math.min(L1, L2) - 2)
-      throw new RangeError(`encodePromptXL: clipSkip must be an integer in [0, ${Math.min(L1, L2) - 2}], got ${clipSkip}`);
-    const ids = (tok: CLIPTokenizer, xs: readonly string[]) => {
-      const L = tok.maxLength, out = new Int32Array(xs.length * L);
-      xs.forEach((t, i) => out.set(tok.encodePadded(t), i * L));
-      return Tensor.fromArray(out, [xs.length, L]);
-    };
-    const r = tidy(() => {
-      const o1 = te1.forward(ids(this.tokenizer, texts), { outputHiddenStates: true });
-      const o2 = te2.forward(ids(this.tokenizer2!, texts2), { outputHiddenStates: true });
-      const embeds = ops.concat([o1.hiddenStates![L1 - 1 - clipSkip], o2.hiddenStates![L2 - 1 - clipSkip]], 2);
-      return { embeds, pooled: o2.textEmbeds! };
-    });
+    const encoders = { tokenizer: this.tokenizer, textEncoder: this.textEncoder, tokenizer2: this.tokenizer2!, textEncoder2: this.textEncoder2! };
+    const r = tidy(() => encodeTextsXL(encoders, texts, texts2, clipSkip));
     return { embeds: keep(r.embeds), pooled: keep(r.pooled) };
   }
 

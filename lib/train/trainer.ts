@@ -23,7 +23,8 @@ import * as ops from "../ops";
 import { Tensor, tidy } from "../tensor";
 import { backward, noGrad, releaseGraph } from "../autograd";
 import { CLIPTextModel } from "../models/clip-text";
-import { UNet2DConditionModel, type UNet2DConditionConfigJson } from "../models/unet-2d-condition";
+import { UNet2DConditionModel, type AddedCond, type UNet2DConditionConfigJson } from "../models/unet-2d-condition";
+import { encodeTextsXL } from "../models/sdxl-text";
 import { AutoencoderKL } from "../models/autoencoder-kl";
 import { CLIPTokenizer } from "../tokenizers/clip";
 import { ModelFolder, findWeights, openWeightsFile, readJsonObject, stableDiffusionModelIndex } from "../io/model-folder";
@@ -170,6 +171,10 @@ interface InitModel {
   /** scheduler/scheduler_config.json, and its class (from model_index.json when the config lacks _class_name). */
   scheduler: Record<string, unknown>;
   schedulerClass: string;
+  /** SDXL: a second (projecting) text encoder, pooled text and size ids condition the U-Net. */
+  xl: boolean;
+  /** SDXL's model_index.json force_zeros_for_empty_prompt (kept in an exported model). */
+  forceZerosForEmptyPrompt: boolean;
 }
 
 function readInit(op: string, dir: unknown): InitModel {
@@ -190,11 +195,15 @@ function readInit(op: string, dir: unknown): InitModel {
     const unetDir = folder.componentDir("unet");
     const unetConfig = readJsonObject(path.join(unetDir, "config.json"), "unet config") as UNet2DConditionConfigJson;
     // the trainer conditions on one text encoder's states; SDXL also needs pooled text and size ids, and inpainting U-Nets a mask
-    if (unetConfig.addition_embed_type != null) throw new Error("an SDXL model (two text encoders, addition_embed_type) cannot be trained here yet; SD 1.x/2.x and this trainer's own models can");
+    const xl = unetConfig.addition_embed_type === "text_time";
+    if (unetConfig.addition_embed_type != null && !xl) throw new Error(`its U-Net's addition_embed_type ${JSON.stringify(unetConfig.addition_embed_type)} cannot be trained here (SD 1.x/2.x and SDXL can)`);
+    if (xl && (!folder.has("text_encoder_2") || !folder.has("tokenizer_2"))) throw new Error("an SDXL U-Net needs text_encoder_2/ and tokenizer_2/ (an SDXL refiner cannot be trained here)");
     if ((unetConfig.in_channels ?? 4) !== (unetConfig.out_channels ?? 4)) throw new Error(`its U-Net takes ${unetConfig.in_channels} input channels (an inpainting model); training one is not supported`);
     const schedulerClass = folder.component("scheduler").className;
     const scheduler = folder.config("scheduler");
-    return { dir: folder.dir, folder, unetDir, unetConfig, scheduler: { _class_name: schedulerClass, ...scheduler }, schedulerClass };
+    const zeros = folder.index.options["force_zeros_for_empty_prompt"];
+    return { dir: folder.dir, folder, unetDir, unetConfig, scheduler: { _class_name: schedulerClass, ...scheduler }, schedulerClass, xl,
+      forceZerosForEmptyPrompt: typeof zeros === "boolean" ? zeros : true };
   } catch (e) {
     throw new Error(where((e as Error).message));
   }
@@ -213,13 +222,14 @@ function loadComponentWeights(op: string, module: { loadStateDict(s: StateDictSo
   }
 }
 
-function loadFrozenTextEncoder(dir: string): { te: CLIPTextModel; tokenizer: CLIPTokenizer; teDir: string; tokDir: string } {
-  const root = path.resolve(dir);
-  const teDir = path.join(root, "text_encoder"), tokDir = path.join(root, "tokenizer");
+/** A model folder's text encoder and tokenizer (`second`: SDXL's text_encoder_2/ and tokenizer_2/), loaded frozen. */
+function loadFrozenTextEncoder(dir: string, second = false): { te: CLIPTextModel; tokenizer: CLIPTokenizer; teDir: string; tokDir: string } {
+  const root = path.resolve(dir), n = second ? "_2" : "";
+  const teDir = path.join(root, `text_encoder${n}`), tokDir = path.join(root, `tokenizer${n}`);
   if (!fs.existsSync(path.join(teDir, "config.json")) || !fs.existsSync(tokDir))
-    throw new Error(`train: textEncoder ${root} must be a model folder with text_encoder/ and tokenizer/ (or "train")`);
+    throw new Error(`train: textEncoder ${root} must be a model folder with text_encoder${n}/ and tokenizer${n}/${second ? " (an SDXL U-Net needs both encoders)" : ' (or "train")'}`);
   const tokenizer = CLIPTokenizer.fromDirectory(tokDir);
-  const te = CLIPTextModel.fromConfig(readJsonObject(path.join(teDir, "config.json"), "text_encoder config"));
+  const te = CLIPTextModel.fromConfig(readJsonObject(path.join(teDir, "config.json"), `text_encoder${n} config`), { withProjection: second });
   const src = openWeightsFile(findWeights(teDir).file);
   try {
     te.loadStateDict(src);
@@ -300,6 +310,11 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   if (ti && !init) throw new RangeError(`${op}: textualInversion trains a word for a trained model: pass init (a diffusers model folder)`);
   if (ti && lora) throw new RangeError(`${op}: textualInversion and lora train different things; run them one at a time`);
   if (ti && opts.textEncoder !== undefined) throw new RangeError(`${op}: textualInversion uses init's text encoder, frozen (leave textEncoder unset)`);
+  if (init?.xl) {
+    if (opts.textEncoder === "train") throw new RangeError(`${op}: an SDXL model's text encoders stay frozen here (leave textEncoder unset)`);
+    if (lora?.textEncoder) throw new RangeError(`${op}: lora.textEncoder is not supported for SDXL models (adapters go on the U-Net only)`);
+    if (ti) throw new RangeError(`${op}: textualInversion is not supported for SDXL models yet (it needs an embedding for each of the two text encoders)`);
+  }
   const model = opts.model ?? "small";
   const textEncoderMode = opts.textEncoder ?? (init ? init.dir : "train");
   if (typeof textEncoderMode !== "string" || textEncoderMode === "") throw new TypeError(`${op}: textEncoder must be "train" or a model folder path`);
@@ -383,6 +398,8 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     // 4. tokenizer and text encoder
     const tokOut = path.join(out, "tokenizer");
     let te: CLIPTextModel, tokenizer: CLIPTokenizer, teConfig: Record<string, unknown> | null = null, frozenTe: { teDir: string; tokDir: string } | null = null;
+    // SDXL: the second encoder, always frozen
+    let xlText: { te: CLIPTextModel; tokenizer: CLIPTokenizer; teDir: string } | null = null;
     if (trainText && init) {
       // fine-tuned jointly from init's weights; init's tokenizer as it is (no trimming: the embedding rows are trained ones)
       const tokDir = init.folder.componentDir("tokenizer"), teDir = init.folder.componentDir("text_encoder");
@@ -419,25 +436,43 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       tokenizer = fr.tokenizer;
       frozenTe = { teDir: fr.teDir, tokDir: fr.tokDir };
       copyDir(fr.tokDir, tokOut);
+      if (init?.xl) {
+        const fr2 = loadFrozenTextEncoder(textEncoderMode, true);
+        owned.push(fr2.te);
+        onDevice(fr2.te);
+        xlText = { te: fr2.te, tokenizer: fr2.tokenizer, teDir: fr2.teDir };
+        copyDir(fr2.tokDir, path.join(out, "tokenizer_2"));
+      }
     }
+    const xlEncoders = xlText ? { tokenizer, textEncoder: te, tokenizer2: xlText.tokenizer, textEncoder2: xlText.te } : null;
     // textual inversion: the new word's rows, looked up beside the frozen table
     const embedding = ti ? new TrainedEmbedding(te, tokenizer, ti, device) : null;
     if (embedding) owned.push(embedding);
-    const hidden = te.config.hiddenSize, T = tokenizer.maxLength;
-    // frozen encoder: each distinct caption (and "") encoded once
-    const embCache = new Map<string, Float32Array>();
+    const hidden = te.config.hiddenSize + (xlText ? xlText.te.config.hiddenSize : 0), T = tokenizer.maxLength;
+    const pooledDim = xlText ? xlText.te.config.projectionDim! : 0;
+    // frozen encoders: each distinct caption (and "") encoded once; SDXL also keeps the pooled text
+    const embCache = new Map<string, Float32Array>(), pooledCache = new Map<string, Float32Array>();
     const encodeFrozen = async (texts: string[]) => {
       const missing = [...new Set(texts)].filter((t) => !embCache.has(t));
       for (let i = 0; i < missing.length; i += 16) {
         const chunk = missing.slice(i, i + 16);
-        const ids = new Int32Array(chunk.length * T);
-        chunk.forEach((t, k) => ids.set(tokenizer.encodePadded(t), k * T));
-        const h = noGrad(() => tidy(() => te.forward(Tensor.fromArray(ids, [chunk.length, T])).lastHiddenState));
-        const v = await h.toFloat32Array();
-        h.dispose();
-        chunk.forEach((t, k) => embCache.set(t, v.slice(k * T * hidden, (k + 1) * T * hidden)));
+        const r = noGrad(() => tidy(() => {
+          if (xlEncoders) return encodeTextsXL(xlEncoders, chunk, chunk);
+          const ids = new Int32Array(chunk.length * T);
+          chunk.forEach((t, k) => ids.set(tokenizer.encodePadded(t), k * T));
+          return { embeds: te.forward(Tensor.fromArray(ids, [chunk.length, T])).lastHiddenState, pooled: null };
+        }));
+        const v = await r.embeds.toFloat32Array(), p = r.pooled ? await r.pooled.toFloat32Array() : null;
+        r.embeds.dispose();
+        r.pooled?.dispose();
+        chunk.forEach((t, k) => {
+          embCache.set(t, v.slice(k * T * hidden, (k + 1) * T * hidden));
+          if (p) pooledCache.set(t, p.slice(k * pooledDim, (k + 1) * pooledDim));
+        });
       }
     };
+    // SDXL's size and crop ids: square training images, resized whole (original = target = resolution, no crop)
+    const timeIds = xlText ? Float32Array.from({ length: 6 }, (_, i) => (i === 2 || i === 3 ? 0 : resolution)) : null;
 
     // 5. latent cache
     const cache = await cacheLatents(vae, ds, randomFlip, device);
@@ -475,7 +510,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       vaeConfig: vae.config.blockOutChannels, batchSize, gradAccum, seed, randomFlip, predictionType, snrGamma, condDropout, ema: emaDecay,
       // only with init (a checkpoint written without it has no such keys)
       ...(init ? { init: init.dir, scheduler: schedCfg } : {}), ...(lora ? { lora } : {}), ...(ti ? { textualInversion: ti } : {}) };
-    const modelIndex = stableDiffusionModelIndex({ schedulerClass: init ? init.schedulerClass : "DDIMScheduler" });
+    const modelIndex = stableDiffusionModelIndex({ schedulerClass: init ? init.schedulerClass : "DDIMScheduler", xl: !!xlText, forceZerosForEmptyPrompt: init?.forceZerosForEmptyPrompt });
     let rng = new Rng(seed, "unet-train");
     const sampler = new EpochSampler(ds.size, mixSeed(seed, "unet-order"), randomFlip);
     let step = 0, emptyPrompts = 0, prompts = 0;
@@ -509,6 +544,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       await writeComponent(path.join(out, "unet"), unetCfg as Record<string, unknown>, "diffusion_pytorch_model.safetensors", unet, replace);
       if (trainText) await writeComponent(path.join(out, "text_encoder"), teConfig!, "model.safetensors", te, replace);
       else if (!fs.existsSync(path.join(out, "text_encoder", "config.json"))) copyDir(frozenTe!.teDir, path.join(out, "text_encoder"));
+      if (xlText && !fs.existsSync(path.join(out, "text_encoder_2", "config.json"))) copyDir(xlText.teDir, path.join(out, "text_encoder_2"));
       if (path.resolve(vaeDir) !== path.join(out, "vae")) copyDir(vaeDir, path.join(out, "vae"));
       await saveCheckpoint(out, state, params, opt, ema);
     };
@@ -547,7 +583,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           const timesteps = refs.map(() => rng.int(numTrainTimesteps));
           const epsSeed = rng.seed31(), noiseSeed = rng.seed31();
           batches.push({ step, indices: refs.map((r) => r.index), flips: refs.map((r) => r.flip), captions: dropped.captions, timesteps });
-          let ehs: Tensor | null = null, ids: Tensor | null = null;
+          let ehs: Tensor | null = null, ids: Tensor | null = null, added: AddedCond | null = null;
           if (teEachStep) {
             const buf = new Int32Array(batchSize * T);
             dropped.captions.forEach((c, b) => buf.set(tokenizer.encodePadded(c), b * T));
@@ -557,6 +593,11 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
             const buf = new Float32Array(batchSize * T * hidden);
             dropped.captions.forEach((c, b) => buf.set(embCache.get(c)!, b * T * hidden));
             ehs = Tensor.fromArray(buf, [batchSize, T, hidden], { device });
+            if (timeIds) {
+              const pooled = new Float32Array(batchSize * pooledDim), tid = new Float32Array(batchSize * 6);
+              dropped.captions.forEach((c, b) => { pooled.set(pooledCache.get(c)!, b * pooledDim); tid.set(timeIds, b * 6); });
+              added = { textEmbeds: Tensor.fromArray(pooled, [batchSize, pooledDim], { device }), timeIds: Tensor.fromArray(tid, [batchSize, 6], { device }) };
+            }
           }
           const shape = [batchSize, ...cache.shape];
           const mean = Tensor.fromArray(gather(cache.mean, cache.per, refs), shape, { device });
@@ -569,7 +610,8 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
             const text = teEachStep ? te.forward(ids!) : null;
             const tt = Tensor.fromArray(Float32Array.from(timesteps), [batchSize], { device }), ctx = text ? text.lastHiddenState : ehs!;
             // mixed precision: the UNet on bf16 copies of its weights and input (the text encoder and the loss stay float32)
-            const pred = mp ? unet.withParametersAs(mp, () => unet.forward(noisy.to(device, mp), tt, ctx).to(device, "float32")) : unet.forward(noisy, tt, ctx);
+            const cond = added ? { addedCond: added } : {};
+            const pred = mp ? unet.withParametersAs(mp, () => unet.forward(noisy.to(device, mp), tt, ctx, cond).to(device, "float32")) : unet.forward(noisy, tt, ctx, cond);
             const l = diffusionLoss(pred, z, noise, timesteps, alphasCumprod, { predictionType, snrGamma });
             return { loss: gradAccum > 1 ? ops.div(l, gradAccum) : l, pooled: text?.pooled ?? null };
           });
@@ -577,7 +619,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           // the pooled output is recorded but unused: free what only it still holds
           if (pooled) releaseGraph(pooled);
           held.push(loss);
-          for (const t of [pooled, mean, logvar, ehs, ids]) t?.dispose();
+          for (const t of [pooled, mean, logvar, ehs, ids, added?.textEmbeds, added?.timeIds]) t?.dispose();
         }
         await behind.flush();  // the previous step, while this one runs
         if (stop.stopped) {
@@ -601,7 +643,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     await save(!interrupted);
     return {
       out, step, steps, interrupted, losses, imagesPerSec: meter.imagesPerSec, skippedImages: ds.skipped, emptyPrompts, prompts, vae: vaeResult,
-      parameters: { unet: unet.parameterCount(), textEncoder: te.parameterCount(), vae: vae.parameterCount(), ...(adapters ? { lora: adapters.parameterCount() } : {}),
+      parameters: { unet: unet.parameterCount(), textEncoder: te.parameterCount() + (xlText ? xlText.te.parameterCount() : 0), vae: vae.parameterCount(), ...(adapters ? { lora: adapters.parameterCount() } : {}),
         ...(embedding ? { textualInversion: embedding.rows.numel } : {}) },
       ...(adapters ? { loraFile } : {}), ...(embedding ? { embeddingFile } : {}),
     };

@@ -1,0 +1,38 @@
+/**
+ * SDXL's text conditioning from its two CLIP encoders, as diffusers' encode_prompt builds it:
+ * both encoders' penultimate hidden states (before final_layer_norm; clipSkip k takes layer
+ * L-1-k) side by side, [B, 77, D1 + D2], and the second encoder's projected EOS output, [B, P].
+ * Shared by the pipeline and the trainer.
+ */
+import * as ops from "../ops";
+import { Tensor } from "../tensor";
+import type { CLIPTokenizer } from "../tokenizers/clip";
+import type { CLIPTextModel } from "./clip-text";
+
+export interface DualTextEncoder {
+  tokenizer: CLIPTokenizer;
+  textEncoder: CLIPTextModel;
+  tokenizer2: CLIPTokenizer;
+  /** With a text projection (CLIPTextModelWithProjection). */
+  textEncoder2: CLIPTextModel;
+}
+
+/** The largest clipSkip both encoders allow. */
+export function maxClipSkipXL(e: DualTextEncoder): number {
+  return Math.min(e.textEncoder.config.numHiddenLayers, e.textEncoder2.config.numHiddenLayers) - 2;
+}
+
+/** Records the encoders' work; run it inside tidy() and keep what is returned. */
+export function encodeTextsXL(e: DualTextEncoder, texts: readonly string[], texts2: readonly string[], clipSkip = 0): { embeds: Tensor; pooled: Tensor } {
+  const L1 = e.textEncoder.config.numHiddenLayers, L2 = e.textEncoder2.config.numHiddenLayers;
+  if (!Number.isInteger(clipSkip) || clipSkip < 0 || clipSkip > maxClipSkipXL(e))
+    throw new RangeError(`encodePromptXL: clipSkip must be an integer in [0, ${maxClipSkipXL(e)}], got ${clipSkip}`);
+  const ids = (tok: CLIPTokenizer, xs: readonly string[]) => {
+    const L = tok.maxLength, out = new Int32Array(xs.length * L);
+    xs.forEach((t, i) => out.set(tok.encodePadded(t), i * L));
+    return Tensor.fromArray(out, [xs.length, L]);
+  };
+  const o1 = e.textEncoder.forward(ids(e.tokenizer, texts), { outputHiddenStates: true });
+  const o2 = e.textEncoder2.forward(ids(e.tokenizer2, texts2), { outputHiddenStates: true });
+  return { embeds: ops.concat([o1.hiddenStates![L1 - 1 - clipSkip], o2.hiddenStates![L2 - 1 - clipSkip]], 2), pooled: o2.textEmbeds! };
+}

@@ -28,7 +28,7 @@ export function configDir(): string {
  * Weights made one at a time as load() asks for them: N(0, 0.02^2), norm scales 1. Keeps the
  * peak at one model's worth of parameters.
  */
-class RandomWeights implements StateDictSource {
+export class RandomWeights implements StateDictSource {
   private readonly index: Map<string, number>;
   constructor(private readonly shapes: ParamShapes) {
     this.index = new Map([...shapes.keys()].map((k, i) => [k, i]));

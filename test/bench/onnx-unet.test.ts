@@ -1,4 +1,4 @@
-// The ONNX export behind the ONNX Runtime comparison (lib/bench/ort-unet.ts): the protobuf
+// The ONNX export behind the ONNX Runtime comparison (lib/bench/ort-compare.ts): the protobuf
 // encodings, and, when onnxruntime-node is installed (DIFFUSEKIT_ORT_DIR or node_modules), that
 // ONNX Runtime computes from the exported graph what our U-Net computes (tiny-sd, its random
 // biases and norms included), so the benchmark times one network two ways.
@@ -53,7 +53,7 @@ withOrt("ONNX Runtime runs the exported graph as our U-Net does", () => {
   test("tiny-sd's U-Net and weights, batch 2: ONNX Runtime's output is ours (the benchmark's own check)", () => {
     assertBuilt();
     const dir = referencePath("models", "tiny-sd", "unet"), json = path.join(tmp, "ort.json");
-    const r = runNode(path.join(ROOT, "dist", "bench", "ort-unet.js"), ["--config", path.dirname(dir), "--weights", path.join(dir, "diffusion_pytorch_model.safetensors"),
+    const r = runNode(path.join(ROOT, "dist", "bench", "ort-compare.js"), ["--config", path.dirname(dir), "--weights", path.join(dir, "diffusion_pytorch_model.safetensors"),
       "--size", "16", "--runs", "1", "--no-bf16", "--json", json], { env: { DIFFUSEKIT_ORT_DIR: process.env.DIFFUSEKIT_ORT_DIR } });
     expect(r.stderr).not.toMatch(/differ/);
     expect(r.code).toBe(0);

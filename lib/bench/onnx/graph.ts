@@ -2,7 +2,7 @@
  * A small ONNX graph builder: nodes, float32 inputs/outputs with static shapes, and initializers
  * whose bytes are written to an external data file one at a time (an SD U-Net is 3.4 GB in
  * float32, over protobuf's 2 GB limit, and need not sit in memory twice). Opsets: ONNX 17 and
- * ONNX Runtime's com.microsoft contrib ops. Bench-only (ort-unet.ts).
+ * ONNX Runtime's com.microsoft contrib ops. Bench-only (ort-compare.ts).
  */
 import * as fs from "fs";
 import * as path from "path";

@@ -1,6 +1,6 @@
 /**
  * onnxruntime-node, when it is installed: it is not a dependency of the package (113 MB), only
- * what the ONNX Runtime comparison (ort-unet.ts) and its test run against. Looked up from the
+ * what the ONNX Runtime comparison (ort-compare.ts) and its test run against. Looked up from the
  * working directory, the package, and DIFFUSEKIT_ORT_DIR (a folder whose node_modules holds it).
  */
 import * as path from "path";

@@ -1,7 +1,7 @@
 /**
  * The few protocol-buffer encodings an ONNX model file needs (varints, length-delimited fields,
  * fixed32 floats), written as nested byte arrays. Only for the benchmark that runs our models
- * through ONNX Runtime (see ort-unet.ts); nothing here is read back.
+ * through ONNX Runtime (see ort-compare.ts); nothing here is read back.
  */
 export type Field = Uint8Array;
 

@@ -2,7 +2,8 @@
  * Textual inversion (Gal et al. 2022): learned token embeddings loaded into the text encoder(s)
  * under a new word. File formats (.safetensors only: pickled .pt/.bin embeddings can run code):
  *  - A1111 / sd-scripts: `emb_params` [n, D] (SD 1.x/2.x), or `clip_l` [n, 768] and `clip_g`
- *    [n, 1280] (SDXL); the word defaults to the file name ("EasyNegative.safetensors" -> EasyNegative);
+ *    [n, 1280] (SDXL); the word defaults to the metadata's `token` (as train() writes it), else
+ *    the file name ("EasyNegative.safetensors" -> EasyNegative);
  *  - diffusers `learned_embeds.safetensors`: one tensor named by its word ("<cat-toy>": [D] or [n, D]);
  *  - A1111's `string_to_param.*` key, as some converters write it.
  * A word of n vectors stands for n new ids (diffusers' "<w> <w>_1 ..."); it is matched in prompts
@@ -38,9 +39,15 @@ function rows(shape: readonly number[]): number[] {
   return shape.length === 1 ? [1, shape[0]] : [...shape];
 }
 
+/** The `token` entry of the file's metadata (diffusekit writes it), else the file name (A1111's rule). */
+function defaultWord(source: HostStateDictSource, file: string): string {
+  const meta = (source as { files?: readonly { metadata: Record<string, string> }[] }).files?.[0]?.metadata.token;
+  return typeof meta === "string" && meta.trim() !== "" && !/\s/.test(meta) ? meta : path.basename(file).replace(/\.safetensors$/i, "");
+}
+
 function identify(source: HostStateDictSource, file: string, xl: boolean, token?: string): Found {
   const keys = source.keys();
-  const name = path.basename(file).replace(/\.safetensors$/i, "");
+  const name = defaultWord(source, file);
   const part = (k: string) => ({ key: k, shape: rows(source.shape(k)) });
   if (keys.includes("clip_l") || keys.includes("clip_g")) {
     if (!xl) throw new Error(`loadTextualInversion: ${path.basename(file)} is an SDXL embedding (clip_l/clip_g); this model has one text encoder`);

@@ -6,13 +6,14 @@
  * only they receive gradients. Prompts come from templates ("a photo of a <word>", or for a style
  * "a painting in the style of <word>") or from the captions, which must then name the word.
  * The result is a diffusers-style embedding file ({ "<word>": [vectors, dim] }) that
- * loadTextualInversion, the A1111 web UI and diffusers' load_textual_inversion read.
+ * loadTextualInversion, the A1111 web UI and diffusers' load_textual_inversion read; for SDXL,
+ * whose two text encoders each get the word, A1111's { clip_l, clip_g }.
  */
 import { Tensor, tidy } from "../tensor";
 import * as ops from "../ops";
 import type { CLIPTextModel } from "../models/clip-text";
 import type { CLIPTokenizer } from "../tokenizers/clip";
-import { writeSafetensors } from "../io/safetensors";
+import { writeSafetensors, type SafetensorsTensorInput } from "../io/safetensors";
 import type { TrainingDataset } from "./data";
 import type { Rng } from "./rng";
 
@@ -78,40 +79,61 @@ export function checkCaptionsNameToken(op: string, ds: TrainingDataset, token: s
       `(e.g. image ${without[0]}: ${JSON.stringify(ds.caption(without[0]))}); name the word in every caption, or use template "object" or "style"`);
 }
 
+/** One text encoder's side of the word: its new rows, looked up beside the frozen table. */
+interface EncoderRows { te: CLIPTextModel; rows: Tensor }
+
+/**
+ * The trained word: for SD one text encoder's rows, for SDXL both encoders' (saved as clip_l and
+ * clip_g, A1111's SDXL format).
+ */
 export class TrainedEmbedding {
   readonly token: string;
-  readonly firstId: number;
-  /** [vectors, hidden]: the trained rows (float32, requires grad). */
-  readonly rows: Tensor;
+  private readonly parts: EncoderRows[] = [];
   private readonly templates: readonly string[] | null;
 
-  constructor(private readonly te: CLIPTextModel, tokenizer: CLIPTokenizer, o: ResolvedTextualInversion, device: string) {
-    const table = te.textModel.embeddings.tokenEmbedding;
-    if (tokenizer.nextId !== table.count)
-      throw new RangeError(`textualInversion: the tokenizer's next id is ${tokenizer.nextId} but the text encoder's embedding table has ${table.count} rows; they must line up`);
-    let initIds: number[] | null = null;
-    if (o.initializer !== null) {
-      initIds = tokenizer.encode(o.initializer).slice(1, -1);
-      if (initIds.length === 0) throw new RangeError(`textualInversion: the initializer ${JSON.stringify(o.initializer)} has no tokens`);
-    }
+  constructor(encoders: readonly { te: CLIPTextModel; tokenizer: CLIPTokenizer }[], o: ResolvedTextualInversion, device: string) {
     this.token = o.token;
-    this.firstId = tokenizer.addToken(o.token, o.vectors);  // throws if it is a token already
     this.templates = o.template === "captions" ? null : TEMPLATES[o.template];
-    const D = table.dim;
-    const start = tidy(() => {
-      const w = table.weight;
-      const mean = initIds ? ops.mean(ops.embedding(Tensor.fromArray(Int32Array.from(initIds), [initIds.length]), w), 0) : ops.mean(w, 0);
-      const row = ops.reshape(mean.to(w.device, "float32"), [1, D]);
-      return ops.concat(Array.from({ length: o.vectors }, () => row), 0);
+    // every check first (ids line up, the word is new, the initializer has tokens): nothing changes on an error
+    const starts = encoders.map(({ te, tokenizer }) => {
+      const table = te.textModel.embeddings.tokenEmbedding;
+      if (tokenizer.nextId !== table.count)
+        throw new RangeError(`textualInversion: the tokenizer's next id is ${tokenizer.nextId} but the text encoder's embedding table has ${table.count} rows; they must line up`);
+      if (tokenizer.hasWord(o.token)) throw new RangeError(`textualInversion: ${JSON.stringify(o.token)} is already a token; choose another word`);
+      if (o.initializer === null) return null;
+      const ids = tokenizer.encode(o.initializer).slice(1, -1);
+      if (ids.length === 0) throw new RangeError(`textualInversion: the initializer ${JSON.stringify(o.initializer)} has no tokens`);
+      return ids;
     });
-    this.rows = device === start.device ? start : start.to(device);
-    if (this.rows !== start) start.dispose();
-    this.rows.requiresGrad = true;
+    encoders.forEach(({ te, tokenizer }, i) => {
+      tokenizer.addToken(o.token, o.vectors);
+      const table = te.textModel.embeddings.tokenEmbedding, D = table.dim, initIds = starts[i];
+      const start = tidy(() => {
+        const w = table.weight;
+        const mean = initIds ? ops.mean(ops.embedding(Tensor.fromArray(Int32Array.from(initIds), [initIds.length]), w), 0) : ops.mean(w, 0);
+        const row = ops.reshape(mean.to(w.device, "float32"), [1, D]);
+        return ops.concat(Array.from({ length: o.vectors }, () => row), 0);
+      });
+      const rows = device === start.device ? start : start.to(device);
+      if (rows !== start) start.dispose();
+      rows.requiresGrad = true;
+      this.parts.push({ te, rows });
+    });
     this.attach();
   }
 
+  /** The first encoder's rows [vectors, hidden]. */
+  get rows(): Tensor {
+    return this.parts[0].rows;
+  }
+
+  /** Trained values (all encoders). */
+  get size(): number {
+    return this.parts.reduce((n, p) => n + p.rows.numel, 0);
+  }
+
   attach(): void {
-    this.te.textModel.embeddings.tokenEmbedding.extraRows = this.rows;
+    for (const p of this.parts) p.te.textModel.embeddings.tokenEmbedding.extraRows = p.rows;
   }
 
   /** The prompt a sample trains with: a template around the word, or its caption. */
@@ -120,18 +142,30 @@ export class TrainedEmbedding {
   }
 
   params(): [string, Tensor][] {
-    return [[`textual_inversion.${this.token}`, this.rows]];
+    return this.parts.map((p, i) => [`textual_inversion${i ? `_${i + 1}` : ""}.${this.token}`, p.rows]);
   }
 
-  /** Writes { "<word>": [vectors, hidden] } (float32); `replace` swaps in another tensor for the rows (an EMA's shadow). */
+  /**
+   * Writes the word's vectors (float32; `replace` swaps in other tensors, an EMA's shadows): SD as
+   * diffusers' { "<word>": [vectors, dim] }, SDXL as A1111's { clip_l, clip_g } with the word in
+   * the metadata (loadTextualInversion reads it back as the default word).
+   */
   async save(file: string, replace?: ReadonlyMap<Tensor, Tensor>): Promise<void> {
-    const t = replace?.get(this.rows) ?? this.rows;
-    writeSafetensors(file, { [this.token]: { dtype: "F32", shape: [...t.shape], data: await t.toFloat32Array() } }, { format: "pt" });
+    const keys = this.parts.length === 1 ? [this.token] : ["clip_l", "clip_g"];
+    const rec: Record<string, SafetensorsTensorInput> = {};
+    for (const [i, p] of this.parts.entries()) {
+      const t = replace?.get(p.rows) ?? p.rows;
+      rec[keys[i]] = { dtype: "F32", shape: [...t.shape], data: await t.toFloat32Array() };
+    }
+    writeSafetensors(file, rec, { format: "pt", token: this.token });
   }
 
   dispose(): void {
-    const e = this.te.textModel.embeddings.tokenEmbedding;
-    if (e.extraRows === this.rows) e.extraRows = null;
-    this.rows.dispose();
+    for (const p of this.parts) {
+      const e = p.te.textModel.embeddings.tokenEmbedding;
+      if (e.extraRows === p.rows) e.extraRows = null;
+      p.rows.dispose();
+    }
+    this.parts.length = 0;
   }
 }

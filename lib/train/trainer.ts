@@ -313,7 +313,6 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   if (init?.xl) {
     if (opts.textEncoder === "train") throw new RangeError(`${op}: an SDXL model's text encoders stay frozen here (leave textEncoder unset)`);
     if (lora?.textEncoder) throw new RangeError(`${op}: lora.textEncoder is not supported for SDXL models (adapters go on the U-Net only)`);
-    if (ti) throw new RangeError(`${op}: textualInversion is not supported for SDXL models yet (it needs an embedding for each of the two text encoders)`);
   }
   const model = opts.model ?? "small";
   const textEncoderMode = opts.textEncoder ?? (init ? init.dir : "train");
@@ -446,7 +445,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     }
     const xlEncoders = xlText ? { tokenizer, textEncoder: te, tokenizer2: xlText.tokenizer, textEncoder2: xlText.te } : null;
     // textual inversion: the new word's rows, looked up beside the frozen table
-    const embedding = ti ? new TrainedEmbedding(te, tokenizer, ti, device) : null;
+    const embedding = ti ? new TrainedEmbedding([{ te, tokenizer }, ...(xlText ? [{ te: xlText.te, tokenizer: xlText.tokenizer }] : [])], ti, device) : null;
     if (embedding) owned.push(embedding);
     const hidden = te.config.hiddenSize + (xlText ? xlText.te.config.hiddenSize : 0), T = tokenizer.maxLength;
     const pooledDim = xlText ? xlText.te.config.projectionDim! : 0;
@@ -584,11 +583,11 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           const epsSeed = rng.seed31(), noiseSeed = rng.seed31();
           batches.push({ step, indices: refs.map((r) => r.index), flips: refs.map((r) => r.flip), captions: dropped.captions, timesteps });
           let ehs: Tensor | null = null, ids: Tensor | null = null, added: AddedCond | null = null;
-          if (teEachStep) {
+          if (teEachStep && !xlEncoders) {
             const buf = new Int32Array(batchSize * T);
             dropped.captions.forEach((c, b) => buf.set(tokenizer.encodePadded(c), b * T));
             ids = Tensor.fromArray(buf, [batchSize, T]);
-          } else {
+          } else if (!teEachStep) {
             await encodeFrozen(dropped.captions);
             const buf = new Float32Array(batchSize * T * hidden);
             dropped.captions.forEach((c, b) => buf.set(embCache.get(c)!, b * T * hidden));
@@ -607,10 +606,16 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
             const z = ops.mul(samplePosterior(mean, logvar, Tensor.randn(shape, { seed: epsSeed, device })), sf);
             const noise = Tensor.randn(shape, { seed: noiseSeed, device });
             const noisy = addNoise(z, noise, timesteps, alphasCumprod);
-            const text = teEachStep ? te.forward(ids!) : null;
-            const tt = Tensor.fromArray(Float32Array.from(timesteps), [batchSize], { device }), ctx = text ? text.lastHiddenState : ehs!;
+            const text = teEachStep && !xlEncoders ? te.forward(ids!) : null;
+            // SDXL with its encoders in the graph (textual inversion): both encoders every step
+            const xlCond = teEachStep && xlEncoders ? encodeTextsXL(xlEncoders, dropped.captions, dropped.captions) : null;
+            const tt = Tensor.fromArray(Float32Array.from(timesteps), [batchSize], { device });
+            const ctx = text ? text.lastHiddenState : xlCond ? xlCond.embeds : ehs!;
+            const xlAdded = xlCond && timeIds
+              ? { textEmbeds: xlCond.pooled, timeIds: Tensor.fromArray(Float32Array.from({ length: batchSize * 6 }, (_, i) => timeIds[i % 6]), [batchSize, 6], { device }) }
+              : null;
             // mixed precision: the UNet on bf16 copies of its weights and input (the text encoder and the loss stay float32)
-            const cond = added ? { addedCond: added } : {};
+            const cond = added ? { addedCond: added } : xlAdded ? { addedCond: xlAdded } : {};
             const pred = mp ? unet.withParametersAs(mp, () => unet.forward(noisy.to(device, mp), tt, ctx, cond).to(device, "float32")) : unet.forward(noisy, tt, ctx, cond);
             const l = diffusionLoss(pred, z, noise, timesteps, alphasCumprod, { predictionType, snrGamma });
             return { loss: gradAccum > 1 ? ops.div(l, gradAccum) : l, pooled: text?.pooled ?? null };
@@ -644,7 +649,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     return {
       out, step, steps, interrupted, losses, imagesPerSec: meter.imagesPerSec, skippedImages: ds.skipped, emptyPrompts, prompts, vae: vaeResult,
       parameters: { unet: unet.parameterCount(), textEncoder: te.parameterCount() + (xlText ? xlText.te.parameterCount() : 0), vae: vae.parameterCount(), ...(adapters ? { lora: adapters.parameterCount() } : {}),
-        ...(embedding ? { textualInversion: embedding.rows.numel } : {}) },
+        ...(embedding ? { textualInversion: embedding.size } : {}) },
       ...(adapters ? { loraFile } : {}), ...(embedding ? { embeddingFile } : {}),
     };
   } finally {

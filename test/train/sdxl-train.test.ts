@@ -1,7 +1,8 @@
 // Training from an SDXL model (tiny-sdxl): both text encoders stay frozen and condition the U-Net
 // as diffusers' encode_prompt does (hidden states side by side, pooled text + size ids); LoRA and
 // full fine-tuning start from the same loss and learn; the exported folder is an SDXL pipeline
-// and the LoRA loads into one; what SDXL cannot do here is refused up front.
+// and the LoRA loads into one; textual inversion trains the word in both encoders; what SDXL
+// cannot do here is refused up front.
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
@@ -10,6 +11,9 @@ import { train } from "../../lib/train/trainer";
 import { InMemoryDataset } from "../../lib/train/data";
 import { createShapesDataset } from "../../lib/train/shapes";
 import { describeIfReference, referencePath } from "../helpers/reference";
+import { SafetensorsFile } from "../../lib/io/safetensors";
+import { openWeightsFile } from "../../lib/io/model-folder";
+import { CLIPTokenizer } from "../../lib/tokenizers/clip";
 
 const quiet = { handleSigint: false, onWarn: () => undefined };
 let tmp: string;
@@ -55,9 +59,47 @@ describeIfReference("train({ init: tiny-sdxl })", () => {
     expect(mean(r.losses.slice(-10))).toBeLessThan(0.8 * mean(r.losses.slice(0, 10)));
   });
 
-  test("refused for SDXL: training its text encoders, text-encoder LoRA, textual inversion", async () => {
+  test("textual inversion trains the word in both encoders: clip_l and clip_g from the initializer's rows, the word in the metadata", async () => {
+    const ti = { token: "<w>", initializer: "red circle", vectors: 2 };
+    const still = await run("ti-still", { lr: 1e-12, textualInversion: ti });
+    const moved = await run("ti-moved", { lr: 1e-2, textualInversion: ti });
+    expect(still.parameters.textualInversion).toBe(2 * (16 + 24));
+    const read = (f: string) => {
+      const sf = SafetensorsFile.open(f);
+      try {
+        return { keys: sf.keys().sort(), token: sf.metadata.token, l: sf.readFloat32("clip_l"), g: sf.readFloat32("clip_g") };
+      } finally {
+        sf.close();
+      }
+    };
+    const a = read(still.embeddingFile!), b = read(moved.embeddingFile!);
+    expect([a.keys, a.token]).toEqual([["clip_g", "clip_l"], "<w>"]);
+    // independently: each encoder's mean row of the initializer's tokens
+    const folder = referencePath("models", "tiny-sdxl");
+    for (const [sub, tokDir, got] of [["text_encoder", "tokenizer", a.l], ["text_encoder_2", "tokenizer_2", a.g]] as const) {
+      const ids = CLIPTokenizer.fromDirectory(path.join(folder, tokDir)).encode("red circle").slice(1, -1);
+      const w = openWeightsFile(path.join(folder, sub, "model.safetensors"));
+      const table = w.readFloat32("text_model.embeddings.token_embedding.weight"), D = w.shape("text_model.embeddings.token_embedding.weight")[1];
+      w.close();
+      let worst = 0;
+      for (let v = 0; v < 2; v++) for (let j = 0; j < D; j++) worst = Math.max(worst, Math.abs(got[v * D + j] - ids.reduce((s, id) => s + table[id * D + j], 0) / ids.length));
+      expect(worst).toBeLessThan(1e-5);
+    }
+    // trained, both encoders' rows move
+    const change = (x: Float32Array, y: Float32Array) => Math.max(...x.map((v, i) => Math.abs(v - y[i])));
+    expect(change(a.l, b.l)).toBeGreaterThan(1e-3);
+    expect(change(a.g, b.g)).toBeGreaterThan(1e-3);
+    const pipe = await loadPipeline(folder, { device: "cpu" });
+    try {
+      expect(pipe.loadTextualInversion(moved.embeddingFile!)).toMatchObject({ token: "<w>", vectors: 2 });
+      expect(pipe.tokenizer2!.encode("a <w>")).toEqual(pipe.tokenizer2!.encode("a <W>"));
+    } finally {
+      pipe.dispose();
+    }
+  });
+
+  test("refused for SDXL: training its text encoders, text-encoder LoRA", async () => {
     await expect(run("x1", { textEncoder: "train" })).rejects.toThrow(/SDXL model's text encoders stay frozen/);
     await expect(run("x2", { lora: { textEncoder: true } })).rejects.toThrow(/lora.textEncoder is not supported for SDXL/);
-    await expect(run("x3", { textualInversion: { token: "<w>" } })).rejects.toThrow(/textualInversion is not supported for SDXL/);
   });
 });

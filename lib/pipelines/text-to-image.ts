@@ -645,7 +645,6 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
   let control: ResolvedControl[] = [];
   try {
     const hires = resolveHires(op, opts.hires, run.steps);
-    if (hires && opts.controlnet) throw new RangeError(`${op}: hires and controlnet together are not supported (the control image would need a second size)`);
     if (opts.latents !== undefined) latents = latentsFromOption(op, opts.latents, shape, pipe.device);
     scheduler.setTimesteps(run.steps);
     throwIfAborted(run);
@@ -678,7 +677,14 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
         disposeConditioning(cond);
         cond = null;
         cond = await encodeStage(pipe, run, size.width, size.height);
-        latents = await denoise(pipe, run, { scheduler: start.scheduler, timesteps: start.timesteps, cond }, start.latents);
+        // ControlNet in the second pass too (as A1111's hires fix), its image resized to that size;
+        // start/end are fractions of this pass's steps
+        if (control.length) {
+          disposeControls(control);
+          control = [];
+          control = await resolveControls(pipe, op, opts.controlnet, size.width, size.height, run.cfgOn ? 2 * run.total : run.total);
+        }
+        latents = await denoise(pipe, run, { scheduler: start.scheduler, timesteps: start.timesteps, cond, control }, start.latents);
       } finally {
         start.scheduler.dispose();
       }

@@ -160,7 +160,26 @@ describe("a ControlNet over the built-in U-Net", () => {
       await expect(pipe.generate({ ...opts, controlnet: [{ model, image }, { model, image, end: 2 }] })).rejects.toThrow(/controlnet\[1\]: controlnet.start and .end/);
       await expect(pipe.generate({ ...opts, controlnet: { model, image, start: 0.8, end: 0.2 } })).rejects.toThrow(/0 <= start < end <= 1/);
       await expect(pipe.generate({ ...opts, controlnet: { model: {} as never, image } })).rejects.toThrow(/controlnet must be \{ model/);
-      await expect(pipe.generate({ ...opts, hires: true, controlnet: { model, image } })).rejects.toThrow(/hires and controlnet together are not supported/);
+      // hires fix: the ControlNet steers the second pass too, its image resized to that size
+      const hiresOpts = { ...opts, hires: { scale: 1.5, strength: 0.6 } };
+      const hiresPlain = await pipe.generate(hiresOpts);
+      const hiresOff = await pipe.generate({ ...hiresOpts, controlnet: { model, image, scale: 0 } });
+      expect(hiresOff.images[0].data).toEqual(hiresPlain.images[0].data);
+      const hiresSteered = await pipe.generate({ ...hiresOpts, controlnet: { model, image } });
+      expect([hiresSteered.images[0].width, hiresSteered.images[0].height]).toEqual([96, 96]);
+      expect(hiresSteered.images[0].data).not.toEqual(hiresPlain.images[0].data);
+      // every step of both passes calls the ControlNet, each pass with the control image at its own size
+      const sizes: string[] = [];
+      const forward = model.forward.bind(model);
+      model.forward = ((...a: Parameters<typeof model.forward>) => { sizes.push(a[3].shape.slice(-2).join("x")); return forward(...a); }) as typeof model.forward;
+      try {
+        await pipe.generate({ ...hiresOpts, controlnet: { model, image } });
+      } finally {
+        model.forward = forward;
+      }
+      const hiresSteps = Math.floor(opts.steps * 0.6);  // the second pass runs strength x steps
+      expect(sizes).toEqual([...Array(opts.steps).fill(sizes[0]), ...Array(hiresSteps).fill(sizes[sizes.length - 1])]);
+      expect(sizes[0]).not.toBe(sizes[sizes.length - 1]);
       // inpainting takes a ControlNet too (on the latents alone): scale 0 is the plain inpainting
       const mask = { width: 64, height: 64, data: new Uint8Array(64 * 64).map((_, i) => (i % 64 < 32 ? 0 : 255)) };
       const inp = (await pipe.inpaint({ ...opts, image, mask })).images[0].data;

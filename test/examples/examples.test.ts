@@ -16,7 +16,7 @@ describe("examples/", () => {
   test("every example starts with a README-style comment showing how to run it", () => {
     const files = fs.readdirSync(path.join(ROOT, "examples")).filter((f) => f.endsWith(".js"));
     expect(files.sort()).toEqual(
-      ["http-server.js", "image-to-image.js", "inpainting.js", "progress-and-preview.js", "sampler-and-seed-sweep.js", "text-to-image.js", "train-lora.js", "train-on-folder.js"],
+      ["http-server.js", "image-to-image.js", "inpainting.js", "progress-and-preview.js", "sampler-and-seed-sweep.js", "text-to-image.js", "textual-inversion.js", "train-lora.js", "train-on-folder.js"],
     );
     for (const f of files) {
       const text = fs.readFileSync(example(f), "utf8");
@@ -117,6 +117,13 @@ describeIfReference("examples on tiny-sd", () => {
     if (r.code !== 0) throw new Error(`train-lora.js exited with ${r.code}:\n${r.stderr}`);
     expect(r.stdout).toMatch(/wrote \S+lo\/lora\.safetensors: \d+ trained parameters/);
     for (const f of ["lora.safetensors", "without-lora.png", "with-lora.png"]) expect(fs.existsSync(path.join(tmp, "lo", f))).toBe(true);
+  });
+  (hasTrainer ? test : test.skip)("textual-inversion.js draws the model's own pictures, trains a word on them and draws it", () => {
+    const r = runNode(example("textual-inversion.js"), ["--out", "ti", "--steps", "2", "--sample-steps", "2"], { cwd: tmp, timeoutMs: 120_000 });
+    if (r.code !== 0) throw new Error(`textual-inversion.js exited with ${r.code}:\n${r.stderr}`);
+    expect(r.stdout).toMatch(/wrote \S+ti\/learned_embeds\.safetensors: \d+ trained values/);
+    expect(fs.readdirSync(path.join(tmp, "ti", "data")).filter((f) => f.endsWith(".png"))).toHaveLength(8);
+    expect(fs.existsSync(path.join(tmp, "ti", "after.png"))).toBe(true);
   });
   (hasTrainer ? test.skip : test)("train-on-folder.js writes a captioned folder, then reports that this build has no trainer (exit 2)", () => {
     const r = runNode(example("train-on-folder.js"), ["--out", "tm", "--count", "4"], { cwd: tmp, env });

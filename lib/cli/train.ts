@@ -66,6 +66,8 @@ export const TRAIN_FLAGS: readonly FlagSpec[] = [
   { flag: "--lora-rank", key: "loraRank", type: "int", help: "LoRA rank (implies --lora; default 4)" },
   { flag: "--lora-alpha", key: "loraAlpha", type: "number", help: "LoRA alpha: the branch is scaled by alpha/rank (default: the rank)" },
   { flag: "--lora-text-encoder", key: "loraTextEncoder", type: "boolean", help: "LoRA adapters on the text encoder's attention and MLP too (implies --lora)" },
+  { flag: "--lora-conv-rank", key: "loraConvRank", type: "int", help: "LoCon: branches of this rank on the U-Net's 3x3 convolutions too (implies --lora; kohya's conv_dim)" },
+  { flag: "--lora-conv-alpha", key: "loraConvAlpha", type: "number", help: "their alpha: scaled by alpha/conv rank (default: the conv rank)" },
   { flag: "--textual-inversion", key: "tiToken", type: "string", help: "with --init: train the embedding of this new word (e.g. \"<my-cat>\") and write OUT/learned_embeds.safetensors (lr default 5e-3)" },
   { flag: "--ti-initializer", key: "tiInitializer", type: "string", help: "word(s) the new word's vectors start from (default: the vocabulary's mean)" },
   { flag: "--ti-vectors", key: "tiVectors", type: "int", help: "embedding vectors of the new word (default 1)" },
@@ -140,12 +142,10 @@ export function usageText(command: string, table: readonly FlagSpec[]): string {
 export function parseTrainArgs(argv: readonly string[]): TrainOptions {
   const o = parseFlags(argv, TRAIN_FLAGS, "train") as Record<string, unknown>;
   // --lora-rank / --lora-alpha make the lora option's object
-  if (o.loraRank !== undefined || o.loraAlpha !== undefined || o.loraTextEncoder !== undefined) {
-    o.lora = { ...(o.loraRank !== undefined ? { rank: o.loraRank } : {}), ...(o.loraAlpha !== undefined ? { alpha: o.loraAlpha } : {}),
-      ...(o.loraTextEncoder ? { textEncoder: true } : {}) };
-    delete o.loraRank;
-    delete o.loraAlpha;
-    delete o.loraTextEncoder;
+  const loraFlags = { loraRank: "rank", loraAlpha: "alpha", loraTextEncoder: "textEncoder", loraConvRank: "convRank", loraConvAlpha: "convAlpha" } as const;
+  if (Object.keys(loraFlags).some((k) => o[k] !== undefined)) {
+    o.lora = Object.fromEntries(Object.entries(loraFlags).filter(([k]) => o[k] !== undefined && o[k] !== false).map(([k, name]) => [name, o[k]]));
+    for (const k of Object.keys(loraFlags)) delete o[k];
   }
   // --textual-inversion and its --ti-* settings make the textualInversion option's object
   const ti = { tiInitializer: "initializer", tiVectors: "vectors", tiTemplate: "template" } as const;

@@ -13,6 +13,18 @@ export interface LinearAdapter {
   scale: number;
 }
 
+/**
+ * A low-rank side branch on a Conv2d (LoCon): y += scale · conv1x1(conv(x, down), up), the first
+ * conv with the layer's kernel, stride and padding. Not a parameter of the module.
+ */
+export interface ConvAdapter {
+  /** [rank, kh, kw, in] (OHWI, as Conv2d stores its weight) */
+  down: Tensor;
+  /** [out, rank] */
+  up: Tensor;
+  scale: number;
+}
+
 export class Linear extends Module {
   /** A trained low-rank branch over the frozen weight (lib/train/lora-adapters.ts); null: none. */
   adapter: LinearAdapter | null = null;
@@ -45,11 +57,15 @@ export class Conv2d extends Module {
    * is within 1e-5).
    */
   winogradBf16 = true;
+  /** A trained low-rank branch over the frozen weight (lib/train/lora-adapters.ts); null: none. */
+  adapter: ConvAdapter | null = null;
+  readonly kernel: number;
   constructor(readonly inChannels: number, readonly outChannels: number, cfg: Conv2dConfig) {
     super();
     this.stride = cfg.stride ?? 1;
     this.padding = cfg.padding ?? 0;
     this.hasBias = cfg.bias ?? true;
+    this.kernel = cfg.kernel;
     this.param("weight", {
       shape: [outChannels, inChannels, cfg.kernel, cfg.kernel],
       fromCheckpoint: (t) => ops.convWeightToOHWI(t),
@@ -60,7 +76,13 @@ export class Conv2d extends Module {
   /** x [N,H,W,C] -> [N,P,Q,K]; `residual` [N,P,Q,K] is added in the epilogue. */
   forward(x: Tensor, residual?: Tensor): Tensor {
     const algo = !this.winogradBf16 && x.dtype === "bfloat16" ? "direct" : "auto";
-    return ops.conv2d(x, this.p("weight"), { stride: this.stride, padding: this.padding, bias: this.hasBias ? this.p("bias") : null, residual, algo });
+    const base = ops.conv2d(x, this.p("weight"), { stride: this.stride, padding: this.padding, bias: this.hasBias ? this.p("bias") : null, residual, algo });
+    const a = this.adapter;
+    if (!a) return base;
+    // the branch in x's dtype; channels-last, so the 1x1 up conv is a GEMM whose epilogue adds the base
+    const cast = (t: Tensor) => (t.dtype === x.dtype ? t : t.to(x.device, x.dtype));
+    const h = ops.conv2d(x, cast(a.down), { stride: this.stride, padding: this.padding, algo });
+    return ops.linear(ops.mul(h, a.scale), cast(a.up), null, base);
   }
 }
 

@@ -145,7 +145,7 @@ function loadVae(dir: string): { vae: AutoencoderKL; dir: string } {
 }
 
 /** The lora option, checked: null when off. */
-function resolveLora(op: string, v: unknown, hasInit: boolean, textEncoder: unknown): { rank: number; alpha: number; textEncoder?: true } | null {
+function resolveLora(op: string, v: unknown, hasInit: boolean, textEncoder: unknown): { rank: number; alpha: number; textEncoder?: true; convRank?: number; convAlpha?: number } | null {
   if (v === undefined || v === false) return null;
   if (v !== true && (v === null || typeof v !== "object")) throw new TypeError(`${op}: lora must be true, false or { rank, alpha }`);
   if (!hasInit) throw new RangeError(`${op}: lora trains adapters on a trained model: pass init (a diffusers model folder)`);
@@ -156,7 +156,12 @@ function resolveLora(op: string, v: unknown, hasInit: boolean, textEncoder: unkn
   if (!Number.isInteger(rank) || rank < 1 || rank > 1024) throw new RangeError(`${op}: lora.rank must be an integer in [1, 1024], got ${String(rank)}`);
   const alpha = o.alpha ?? rank;
   if (typeof alpha !== "number" || !Number.isFinite(alpha) || alpha <= 0) throw new RangeError(`${op}: lora.alpha must be a positive number, got ${String(alpha)}`);
-  return o.textEncoder ? { rank, alpha, textEncoder: true } : { rank, alpha };
+  for (const k of Object.keys(o)) if (!["rank", "alpha", "textEncoder", "convRank", "convAlpha"].includes(k)) throw new RangeError(`${op}: lora has no option ${JSON.stringify(k)}`);
+  if (o.convRank === undefined && o.convAlpha !== undefined) throw new RangeError(`${op}: lora.convAlpha goes with lora.convRank`);
+  const conv = o.convRank === undefined ? null : { convRank: o.convRank, convAlpha: o.convAlpha ?? o.convRank };
+  if (conv && (!Number.isInteger(conv.convRank) || conv.convRank < 1 || conv.convRank > 1024)) throw new RangeError(`${op}: lora.convRank must be an integer in [1, 1024], got ${String(o.convRank)}`);
+  if (conv && (typeof conv.convAlpha !== "number" || !Number.isFinite(conv.convAlpha) || conv.convAlpha <= 0)) throw new RangeError(`${op}: lora.convAlpha must be a positive number, got ${String(o.convAlpha)}`);
+  return { rank, alpha, ...(o.textEncoder ? { textEncoder: true as const } : {}), ...(conv ?? {}) };
 }
 
 /** The options that make no sense with init (its architecture, text encoder and tokenizer are used as they are; no VAE is trained). */

@@ -11,6 +11,7 @@ import type { GenerateResult } from "../pipelines/text-to-image";
 import type { PipelineDType } from "../pipelines/stable-diffusion";
 import type { VaeDTypeOption } from "../pipelines/load";
 import type { HiresOptions } from "../pipelines/hires-fix";
+import type { VariationOptions } from "../pipelines/variation-seed";
 import { loadControlNet } from "../pipelines/load-controlnet";
 import { ProgressBar, formatSeconds } from "./progress";
 import { UsageError, checkSizeMultiple, resolveModel, scaleFactorOf, type ImageCommandOptions } from "./options";
@@ -42,7 +43,7 @@ function displayPath(p: string): string {
 const seconds = (s: number) => `${s.toFixed(2)} s`;
 
 export async function runImageCommand(kind: "generate" | "img2img" | "inpaint", promptWords: string[], opts: ImageCommandOptions, extra?: Img2ImgExtra,
-  hires?: HiresOptions): Promise<void> {
+  generateExtra: { hires?: HiresOptions; variation?: VariationOptions } = {}): Promise<void> {
   const started = performance.now();
   const prompt = promptWords.join(" ");
   const showStatus = !opts.quiet;
@@ -100,7 +101,7 @@ export async function runImageCommand(kind: "generate" | "img2img" | "inpaint", 
       ? await pipe.inpaint(defined({ ...common, image: extra!.input, mask: extra!.mask!, strength: extra!.strength, keepUnmasked: extra!.keepUnmasked }))
       : extra
         ? await pipe.img2img(defined({ ...common, image: extra.input, strength: extra.strength }))
-        : await pipe.generate(defined({ ...common, hires }));
+        : await pipe.generate(defined({ ...common, ...generateExtra }));
   } catch (e) {
     bar.clear();
     throw e;

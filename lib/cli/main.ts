@@ -5,7 +5,7 @@ import { Command, CommanderError, Option } from "commander";
 import { version } from "../version";
 import { infoCommand } from "./info";
 import { runImageCommand } from "./images";
-import { UsageError, addImageOptions, number, type ImageCommandOptions } from "./options";
+import { UsageError, addImageOptions, integer, number, type ImageCommandOptions } from "./options";
 import { registerTrainCommands } from "./optional-commands";
 import { registerConvertCommand } from "./convert";
 
@@ -35,9 +35,16 @@ export function buildProgram(): Command {
   )
     .option("--hires <scale>", "hires fix: redraw at this scale (e.g. 2) after the first pass", number(1, 4, { exclusiveMin: true }))
     .option("--hires-strength <s>", "how much the hires pass redraws, in (0, 1] (default 0.5)", number(0, 1, { exclusiveMin: true }))
+    .option("--variation-seed <n>", "A1111 variation seed: image k starts from noise between seed + k's and this seed + k's", integer(0, 2 ** 53 - 1 - 256))
+    .option("--variation-strength <s>", "how far towards the variation seed's noise, in [0, 1] (default 0.1 with --variation-seed)", number(0, 1))
     .addHelpText("after", `\nExample:\n  diffusekit generate "a cat wearing a hat" --steps 30 --cfg 7.5 --seed 42 -o cat.png`)
-    .action((prompt: string[], opts: ImageCommandOptions & { hires?: number; hiresStrength?: number }) =>
-      runImageCommand("generate", prompt, opts, undefined, opts.hires === undefined ? undefined : { scale: opts.hires, strength: opts.hiresStrength }));
+    .action((prompt: string[], opts: ImageCommandOptions & { hires?: number; hiresStrength?: number; variationSeed?: number; variationStrength?: number }) => {
+      if (opts.variationStrength !== undefined && opts.variationSeed === undefined) throw new UsageError("--variation-strength goes with --variation-seed");
+      return runImageCommand("generate", prompt, opts, undefined, {
+        hires: opts.hires === undefined ? undefined : { scale: opts.hires, strength: opts.hiresStrength },
+        variation: opts.variationSeed === undefined ? undefined : { seed: opts.variationSeed, strength: opts.variationStrength ?? 0.1 },
+      });
+    });
 
   addImageOptions(
     program

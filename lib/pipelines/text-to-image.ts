@@ -21,6 +21,7 @@ import type { AddedCond } from "../models/unet-2d-condition";
 import { encodeConditioningXL } from "./sdxl-conditioning";
 import { encodeWeightedTexts } from "./weighted-encoding";
 import { hiresSize, hiresStart, resolveHires, type HiresOptions } from "./hires-fix";
+import { applyVariation, resolveVariation, type VariationOptions } from "./variation-seed";
 import { controlResidualsAt, disposeControls, resolveControls, type ControlOptions, type ResolvedControl } from "./controlnet";
 
 /** Sampler names generate() takes: the lib/schedulers names plus "default" (the model's own scheduler). */
@@ -137,6 +138,11 @@ export interface GenerateOptions extends CommonGenerateOptions {
    * sampler's init_noise_sigma, as diffusers does with `latents=`). Default: drawn from the seeds.
    */
   latents?: Float32Array | Tensor;
+  /**
+   * A1111's variation seeds: image k starts from slerp(strength, noise(seed + k), noise(variation.seed + k)),
+   * so small strengths give variations of the seed's image (variation-seed.ts). Not with latents or generator.
+   */
+  variation?: VariationOptions;
 }
 
 export interface GenerateResult {
@@ -165,7 +171,7 @@ const COMMON_KEYS = [
   "onStep", "signal", "previewEvery", "generator", "promptWeighting", "vaeTiling", "controlnet", "prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize",
 ];
 const XL_KEYS = ["prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize"];
-export const GENERATE_KEYS: readonly string[] = [...COMMON_KEYS, "width", "height", "latents", "hires"];
+export const GENERATE_KEYS: readonly string[] = [...COMMON_KEYS, "width", "height", "latents", "hires", "variation"];
 
 const MAX_SEED = Number.MAX_SAFE_INTEGER;
 const MAX_SIZE = 16384;
@@ -645,6 +651,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
   let control: ResolvedControl[] = [];
   try {
     const hires = resolveHires(op, opts.hires, run.steps);
+    const variation = resolveVariation(op, opts.variation, opts.latents !== undefined || opts.generator !== undefined);
     if (opts.latents !== undefined) latents = latentsFromOption(op, opts.latents, shape, pipe.device);
     scheduler.setTimesteps(run.steps);
     throwIfAborted(run);
@@ -657,7 +664,8 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     control = await resolveControls(pipe, op, opts.controlnet, width, height, run.cfgOn ? 2 * run.total : run.total);
 
     // 3. prepare latents: seeded CPU noise (unless given) x init_noise_sigma
-    const noise: Tensor = latents ?? Tensor.fromArray(drawNoise(shape, run.generator), shape, { device: pipe.device });
+    const drawn = () => (variation ? applyVariation(drawNoise(shape, run.generator), shape, variation) : drawNoise(shape, run.generator));
+    const noise: Tensor = latents ?? Tensor.fromArray(drawn(), shape, { device: pipe.device });
     latents = ops.mul(noise, scheduler.initNoiseSigma);
     noise.dispose();
 
@@ -666,6 +674,8 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     latents = null;
     latents = await denoise(pipe, run, { scheduler, timesteps: scheduler.timesteps, cond, control }, first);
     let extra: Record<string, string | number> = {};
+    const variationInfo = (k: number): Record<string, number> =>
+      (variation && variation.strength > 0 ? { "Variation seed": variation.seed + k, "Variation seed strength": variation.strength } : {});
     if (hires) {
       // 4b. hires fix: upscale, then the second pass on the larger latents (hires-fix.ts)
       const size = hiresSize(width, height, hires.scale, f);
@@ -694,7 +704,8 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     const t2 = now();
 
     // 5. decode
-    const { images } = await decodeLatents(pipe, final, imageParameters(pipe, run, width, height, extra), run.vaeTiling);
+    const params = imageParameters(pipe, run, width, height, extra);
+    const { images } = await decodeLatents(pipe, final, (k) => { const p = params(k); return { ...p, extra: { ...p.extra, ...variationInfo(k) } }; }, run.vaeTiling);
     const t3 = now();
     return { images, seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: t3 - t2 } };
   } finally {

@@ -231,7 +231,10 @@ export interface ControlResiduals {
   mid: Tensor;
 }
 
-/** SDXL's extra conditioning: the pooled text embedding [B, P] and the six size/crop ids [B, 6]. */
+/**
+ * SDXL's extra conditioning: the pooled text embedding [B, P] and the size/crop ids [B, n]: six for
+ * the base model, five for the refiner (its last id is the aesthetic score).
+ */
 export interface AddedCond {
   textEmbeds: Tensor;
   timeIds: Tensor;
@@ -343,17 +346,17 @@ export abstract class UNetEncoderBase extends Module {
     const a = this.config.addition!;
     if (!added) throw new TypeError("UNet2DConditionModel.forward: this U-Net (addition_embed_type \"text_time\", SDXL) needs addedCond { textEmbeds, timeIds }");
     const { textEmbeds, timeIds } = added;
-    const textDim = a.inputDim - 6 * a.timeEmbedDim;
-    if (timeIds.ndim !== 2 || timeIds.shape[0] !== B || timeIds.shape[1] !== 6)
-      throw new RangeError(`UNet2DConditionModel.forward: addedCond.timeIds must be [${B}, 6], got [${timeIds.shape.join(",")}]`);
+    if (timeIds.ndim !== 2 || timeIds.shape[0] !== B || timeIds.shape[1] < 1)
+      throw new RangeError(`UNet2DConditionModel.forward: addedCond.timeIds must be [${B}, n], got [${timeIds.shape.join(",")}]`);
+    const n = timeIds.shape[1], textDim = a.inputDim - n * a.timeEmbedDim;
     if (textEmbeds.ndim !== 2 || textEmbeds.shape[0] !== B || textEmbeds.shape[1] !== textDim)
-      throw new RangeError(`UNet2DConditionModel.forward: addedCond.textEmbeds must be [${B}, ${textDim}] (projection_class_embeddings_input_dim ${a.inputDim} - 6 x ${a.timeEmbedDim}), got [${textEmbeds.shape.join(",")}]`);
+      throw new RangeError(`UNet2DConditionModel.forward: addedCond.textEmbeds must be [${B}, ${textDim}] (projection_class_embeddings_input_dim ${a.inputDim} - ${n} ids x ${a.timeEmbedDim}), got [${textEmbeds.shape.join(",")}]`);
     const cfg = this.config;
     const ids = timeIds.dtype === "float32" && timeIds.device === sample.device ? timeIds : timeIds.to(sample.device, "float32");
-    const proj = ops.timestepEmbedding(ids.reshape([B * 6]), a.timeEmbedDim, { flipSinToCos: cfg.flipSinToCos, downscaleFreqShift: cfg.freqShift });
+    const proj = ops.timestepEmbedding(ids.reshape([B * n]), a.timeEmbedDim, { flipSinToCos: cfg.flipSinToCos, downscaleFreqShift: cfg.freqShift });
     emitPlain(hook, "add_time_proj", proj);
     const text = textEmbeds.dtype === "float32" && textEmbeds.device === sample.device ? textEmbeds : textEmbeds.to(sample.device, "float32");
-    let addIn = ops.concat([text, proj.reshape([B, 6 * a.timeEmbedDim])], 1);
+    let addIn = ops.concat([text, proj.reshape([B, n * a.timeEmbedDim])], 1);
     if (addIn.dtype !== sample.dtype) addIn = addIn.to(sample.device, sample.dtype);
     const aug = this.addEmbedding!.forward(addIn);
     emitPlain(hook, "add_embedding", aug);

@@ -159,33 +159,35 @@ async function loadFolder(dir: string, device: string, dtype: PipelineDType, vae
   const xl = SDXL_PIPELINES.includes(cls);
   if (!SD_PIPELINES.includes(cls) && !xl)
     throw new Error(`loadPipeline: ${dir} is a ${cls}; loadPipeline loads Stable Diffusion 1.x/2.x and SDXL pipelines (${[...SD_PIPELINES, ...SDXL_PIPELINES].join(", ")})`);
-  if (xl && !folder.index.components.has("text_encoder"))
-    throw new Error(`loadPipeline: ${dir} has no first text encoder: an SDXL refiner, which is not supported (load the SDXL base model)`);
+  // the SDXL refiner: no first text encoder; its one encoder is the projecting text_encoder_2
+  const refiner = xl && !folder.index.components.has("text_encoder");
   const expect = (name: string, classes: string[]) => {
     const c = folder.component(name);
     if (!classes.includes(c.className)) throw new Error(`loadPipeline: ${dir}: component "${name}" is a ${c.className}, expected ${classes.join(" or ")}`);
   };
   expect("unet", ["UNet2DConditionModel"]);
   expect("vae", ["AutoencoderKL"]);
-  expect("text_encoder", ["CLIPTextModel"]);
-  expect("tokenizer", ["CLIPTokenizer", "CLIPTokenizerFast"]);
-
+  if (!refiner) {
+    expect("text_encoder", ["CLIPTextModel"]);
+    expect("tokenizer", ["CLIPTokenizer", "CLIPTokenizerFast"]);
+  }
   if (xl) {
     expect("text_encoder_2", ["CLIPTextModelWithProjection"]);
     expect("tokenizer_2", ["CLIPTokenizer", "CLIPTokenizerFast"]);
   }
 
-  const tokenizer = CLIPTokenizer.fromDirectory(folder.componentDir("tokenizer"));
-  const tokenizer2 = xl ? CLIPTokenizer.fromDirectory(folder.componentDir("tokenizer_2")) : undefined;
+  const tokenizer = CLIPTokenizer.fromDirectory(folder.componentDir(refiner ? "tokenizer_2" : "tokenizer"));
+  const tokenizer2 = xl && !refiner ? CLIPTokenizer.fromDirectory(folder.componentDir("tokenizer_2")) : undefined;
   const scheduler = folder.config("scheduler");
   const zeros = folder.index.options["force_zeros_for_empty_prompt"];
   const built = new Built();
   try {
-    const textEncoder = built.add(CLIPTextModel.fromConfig(folder.config("text_encoder")));
-    loadInto(textEncoder, folder.weights("text_encoder", { variant }), dtype, device);
+    const first = refiner ? "text_encoder_2" : "text_encoder";
+    const textEncoder = built.add(CLIPTextModel.fromConfig(folder.config(first), { withProjection: refiner }));
+    loadInto(textEncoder, folder.weights(first, { variant }), dtype, device);
     await yieldToLoop();
     let textEncoder2: CLIPTextModel | undefined;
-    if (xl) {
+    if (xl && !refiner) {
       textEncoder2 = built.add(CLIPTextModel.fromConfig(folder.config("text_encoder_2"), { withProjection: true }));
       loadInto(textEncoder2, folder.weights("text_encoder_2", { variant }), dtype, device);
       await yieldToLoop();

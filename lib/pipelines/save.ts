@@ -43,6 +43,7 @@ export async function savePipeline(pipe: StableDiffusionPipeline, target: string
   const op = "save";
   checkKeys(op, opts, SAVE_KEYS);
   if (typeof target !== "string" || target === "") throw new TypeError(`${op}: the target must be a folder or a .safetensors file path`);
+  if (pipe.isRefiner) throw new Error(`${op}: saving the SDXL refiner is not supported`);
   const dtype = opts.dtype ?? pipe.dtype;
   if (!SAVE_DTYPES.includes(dtype)) throw new RangeError(`${op}: dtype must be one of ${SAVE_DTYPES.map((d) => JSON.stringify(d)).join(", ")}, got ${JSON.stringify(dtype)}`);
   const full = path.resolve(target);

@@ -12,10 +12,15 @@ import { encodeWeightedTextsXL } from "./weighted-encoding";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
 import { catRows, repeatRows, type Conditioning, type ResolvedRun } from "./text-to-image";
 
-/** The six ids for an output of width x height with the run's micro-conditioning. */
-export function xlTimeIds(run: Pick<ResolvedRun, "xlSizes">, width: number, height: number): number[] {
-  const { originalSize, cropTopLeft, targetSize } = run.xlSizes;
+/**
+ * The ids for an output of width x height with the run's micro-conditioning: the base model's six
+ * [original_h, original_w, crop_top, crop_left, target_h, target_w], or the refiner's five, whose
+ * last is the aesthetic score (`negative`: the negative rows' score).
+ */
+export function xlTimeIds(run: Pick<ResolvedRun, "xlSizes">, width: number, height: number, negative = false): number[] {
+  const { originalSize, cropTopLeft, targetSize, aesthetic } = run.xlSizes;
   const o = originalSize ?? { width, height }, t = targetSize ?? { width, height };
+  if (aesthetic) return [o.height, o.width, cropTopLeft.top, cropTopLeft.left, negative ? aesthetic.negative : aesthetic.score];
   return [o.height, o.width, cropTopLeft.top, cropTopLeft.left, t.height, t.width];
 }
 
@@ -33,11 +38,11 @@ export function encodeConditioningXL(pipe: StableDiffusionPipeline, run: Resolve
       const negRows = (t: Tensor | undefined, like: Tensor) => (!run.cfgOn ? [] : repeatRows(t ?? zerosLike(like), B, N));
       const context = catRows([...negRows(neg?.embeds, pos.embeds), ...repeatRows(pos.embeds, B, N)]);
       const textEmbeds = catRows([...negRows(neg?.pooled, pos.pooled), ...repeatRows(pos.pooled, B, N)]);
-      const rows = context.shape[0];
-      const ids = new Float32Array(rows * 6);
-      const one = xlTimeIds(run, width, height);
-      for (let r = 0; r < rows; r++) ids.set(one, r * 6);
-      return { context, added: { textEmbeds, timeIds: Tensor.fromArray(ids, [rows, 6], { device: pipe.device }) } };
+      const rows = context.shape[0], negRowCount = run.cfgOn ? B * N : 0;
+      const posIds = xlTimeIds(run, width, height), negIds = xlTimeIds(run, width, height, true), n = posIds.length;
+      const ids = new Float32Array(rows * n);
+      for (let r = 0; r < rows; r++) ids.set(r < negRowCount ? negIds : posIds, r * n);
+      return { context, added: { textEmbeds, timeIds: Tensor.fromArray(ids, [rows, n], { device: pipe.device }) } };
     });
   } finally {
     pos.embeds.dispose();

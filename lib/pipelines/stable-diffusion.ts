@@ -97,19 +97,27 @@ export class StableDiffusionPipeline {
     const M = "StableDiffusionPipeline";
     const addition = this.unet.config.addition;
     const te2 = this.textEncoder2;
-    if (addition && (!te2 || !this.tokenizer2 || te2.config.projectionDim === null))
-      throw new Error(`${M}: an SDXL U-Net (addition_embed_type "text_time") needs tokenizer2 and textEncoder2 with a text projection`);
+    // SDXL base: a second, projecting encoder; the refiner: one encoder, the projecting one
+    const projecting = te2 ?? (addition ? this.textEncoder : null);
+    if (addition && (!projecting || (te2 && !this.tokenizer2) || projecting.config.projectionDim === null))
+      throw new Error(`${M}: an SDXL U-Net (addition_embed_type "text_time") needs a text encoder with a text projection (textEncoder2, or the refiner's only encoder)`);
     if (!addition && (te2 || this.tokenizer2)) throw new Error(`${M}: a second text encoder needs an SDXL U-Net (addition_embed_type "text_time")`);
     const hidden = this.textEncoder.config.hiddenSize + (te2 ? te2.config.hiddenSize : 0);
     if (this.unet.config.crossAttentionDim.some((d) => d !== hidden))
       throw new Error(`${M}: the U-Net's cross_attention_dim ${this.unet.config.crossAttentionDim.join("/")} does not match the text encoder${te2 ? "s' hidden sizes" : "'s hidden size"} ${hidden}`);
-    if (addition && 6 * addition.timeEmbedDim + te2!.config.projectionDim! !== addition.inputDim)
-      throw new Error(`${M}: the U-Net's add_embedding takes ${addition.inputDim} values, but 6 ids x ${addition.timeEmbedDim} + the text projection's ${te2!.config.projectionDim} make ${6 * addition.timeEmbedDim + te2!.config.projectionDim!}`);
+    const ids = addition ? (addition.inputDim - projecting!.config.projectionDim!) / addition.timeEmbedDim : 0;
+    if (addition && ids !== (te2 ? 6 : 5))
+      throw new Error(`${M}: the U-Net's add_embedding takes ${addition.inputDim} values, but ${te2 ? "6 size ids (SDXL base)" : "5 ids (the refiner's sizes and aesthetic score)"} x ${addition.timeEmbedDim} + the text projection's ${projecting!.config.projectionDim} make ${(te2 ? 6 : 5) * addition.timeEmbedDim + projecting!.config.projectionDim!}`);
   }
 
-  /** SDXL: two text encoders, pooled text and size/crop ids condition the U-Net. */
+  /** SDXL: two text encoders (the refiner: one), pooled text and size/crop ids condition the U-Net. */
   get isXL(): boolean {
     return this.unet.config.addition !== null;
+  }
+
+  /** The SDXL refiner: one (projecting) text encoder, and an aesthetic score among its five ids. */
+  get isRefiner(): boolean {
+    return this.isXL && this.textEncoder2 === null;
   }
 
   /** Spatial factor between pixels and latents (8 for SD, 4 for tiny-sd). */
@@ -178,7 +186,7 @@ export class StableDiffusionPipeline {
 
   /** @internal Synchronous encodePromptXL (kept tensors). */
   encodeTextsXL(texts: readonly string[], texts2: readonly string[], clipSkip = 0): { embeds: Tensor; pooled: Tensor } {
-    const encoders = { tokenizer: this.tokenizer, textEncoder: this.textEncoder, tokenizer2: this.tokenizer2!, textEncoder2: this.textEncoder2! };
+    const encoders = { tokenizer: this.tokenizer, textEncoder: this.textEncoder, tokenizer2: this.tokenizer2, textEncoder2: this.textEncoder2 };
     const r = tidy(() => encodeTextsXL(encoders, texts, texts2, clipSkip));
     return { embeds: keep(r.embeds), pooled: keep(r.pooled) };
   }

@@ -110,6 +110,10 @@ export interface CommonGenerateOptions {
   cropTopLeft?: { top: number; left: number };
   /** SDXL: target_size. Default: the output size. */
   targetSize?: { width: number; height: number };
+  /** SDXL refiner: the aesthetic score it is conditioned on (diffusers' aesthetic_score). Default 6. */
+  aestheticScore?: number;
+  /** SDXL refiner: the aesthetic score of CFG's negative rows. Default 2.5. */
+  negativeAestheticScore?: number;
   onStep?: (info: StepInfo) => void | Promise<void>;
   /** Aborting rejects with an Error named "AbortError" at the next step boundary; every tensor is freed. */
   signal?: AbortSignal;
@@ -169,8 +173,11 @@ export interface DecodeResult {
 const COMMON_KEYS = [
   "prompt", "negativePrompt", "steps", "cfg", "sampler", "schedulerConfig", "seed", "numImages", "eta", "guidanceRescale", "clipSkip",
   "onStep", "signal", "previewEvery", "generator", "promptWeighting", "vaeTiling", "controlnet", "prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize",
+  "aestheticScore", "negativeAestheticScore",
 ];
-const XL_KEYS = ["prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize"];
+const XL_KEYS = ["prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize", "aestheticScore", "negativeAestheticScore"];
+const REFINER_ONLY_KEYS = ["aestheticScore", "negativeAestheticScore"];
+const NOT_FOR_REFINER_KEYS = ["prompt2", "negativePrompt2", "targetSize"];
 export const GENERATE_KEYS: readonly string[] = [...COMMON_KEYS, "width", "height", "latents", "hires", "variation"];
 
 const MAX_SEED = Number.MAX_SAFE_INTEGER;
@@ -194,8 +201,11 @@ export interface ResolvedRun {
   /** SDXL: the second encoder's texts, one per unique prompt / negative (defaults: the first's). */
   uniquePrompts2: string[];
   uniqueNegatives2: string[];
-  /** SDXL micro-conditioning as given (null: default to the output size / no crop). */
-  xlSizes: { originalSize: { width: number; height: number } | null; cropTopLeft: { top: number; left: number }; targetSize: { width: number; height: number } | null };
+  /** SDXL micro-conditioning as given (null: default to the output size / no crop); the refiner's aesthetic scores. */
+  xlSizes: {
+    originalSize: { width: number; height: number } | null; cropTopLeft: { top: number; left: number }; targetSize: { width: number; height: number } | null;
+    aesthetic: { score: number; negative: number } | null;
+  };
   numImages: number;
   total: number;
   steps: number;
@@ -283,6 +293,17 @@ function resolveXlOptions(pipe: StableDiffusionPipeline, op: string, opts: Commo
     const given = XL_KEYS.filter((k) => (opts as unknown as Record<string, unknown>)[k] !== undefined);
     if (given.length) throw new RangeError(`${op}: ${given.join(", ")} ${given.length > 1 ? "are" : "is"} for SDXL models (two text encoders); this model has one`);
   }
+  const given = (keys: string[]) => keys.filter((k) => (opts as unknown as Record<string, unknown>)[k] !== undefined);
+  if (pipe.isXL && !pipe.isRefiner && given(REFINER_ONLY_KEYS).length)
+    throw new RangeError(`${op}: ${given(REFINER_ONLY_KEYS).join(", ")} condition the SDXL refiner; this is an SDXL base model`);
+  if (pipe.isRefiner && given(NOT_FOR_REFINER_KEYS).length)
+    throw new RangeError(`${op}: ${given(NOT_FOR_REFINER_KEYS).join(", ")} ${given(NOT_FOR_REFINER_KEYS).length > 1 ? "do" : "does"} not apply to the SDXL refiner (one text encoder; its ids are size, crop and aesthetic score)`);
+  const score = (name: string, v: unknown, d: number) => {
+    if (v === undefined) return d;
+    if (typeof v !== "number" || !Number.isFinite(v)) throw new RangeError(`${op}: ${name} must be a finite number, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  const aesthetic = pipe.isRefiner ? { score: score("aestheticScore", opts.aestheticScore, 6), negative: score("negativeAestheticScore", opts.negativeAestheticScore, 2.5) } : null;
   const uniquePrompts2 = textsFor(op, "prompt2", opts.prompt2, prompts.length, prompts);
   const uniqueNegatives2 = textsFor(op, "negativePrompt2", opts.negativePrompt2, negatives.length, negatives);
   const crop = opts.cropTopLeft;
@@ -290,7 +311,7 @@ function resolveXlOptions(pipe: StableDiffusionPipeline, op: string, opts: Commo
     throw new RangeError(`${op}: cropTopLeft must be { top, left } with non-negative integers, got ${JSON.stringify(crop)}`);
   return {
     uniquePrompts2, uniqueNegatives2,
-    xlSizes: { originalSize: sizeOption(op, "originalSize", opts.originalSize), cropTopLeft: crop ?? { top: 0, left: 0 }, targetSize: sizeOption(op, "targetSize", opts.targetSize) },
+    xlSizes: { originalSize: sizeOption(op, "originalSize", opts.originalSize), cropTopLeft: crop ?? { top: 0, left: 0 }, targetSize: sizeOption(op, "targetSize", opts.targetSize), aesthetic },
   };
 }
 
@@ -328,6 +349,7 @@ export function resolveCommon(pipe: StableDiffusionPipeline, opts: CommonGenerat
   const xl = resolveXlOptions(pipe, op, opts, uniquePrompts, uniqueNegatives);
   if (opts.promptWeighting !== undefined && typeof opts.promptWeighting !== "boolean") throw new TypeError(`${op}: promptWeighting must be a boolean`);
   const promptWeighting = opts.promptWeighting ?? false;
+  if (promptWeighting && pipe.isRefiner) throw new RangeError(`${op}: promptWeighting is not supported for the SDXL refiner`);
   const vt = opts.vaeTiling;
   if (vt !== undefined && typeof vt !== "boolean" && (vt === null || typeof vt !== "object"))
     throw new TypeError(`${op}: vaeTiling must be true, false or { tileSize, overlap }`);

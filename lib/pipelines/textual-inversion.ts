@@ -67,6 +67,7 @@ export function loadTextualInversion(pipe: StableDiffusionPipeline, file: string
   if (typeof file !== "string" || file === "") throw new TypeError(`${op}: file must be the path of an embedding .safetensors file`);
   if (opts.token !== undefined && (typeof opts.token !== "string" || opts.token.trim() === "" || /\s/.test(opts.token)))
     throw new TypeError(`${op}: token must be one word without spaces`);
+  if (pipe.isRefiner) throw new Error(`${op}: textual-inversion embeddings are not supported for the SDXL refiner`);
   const source = openWeightsFile(file);
   try {
     const found = identify(source, file, pipe.isXL, opts.token);

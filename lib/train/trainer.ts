@@ -202,7 +202,8 @@ function readInit(op: string, dir: unknown): InitModel {
     // the trainer conditions on one text encoder's states; SDXL also needs pooled text and size ids, and inpainting U-Nets a mask
     const xl = unetConfig.addition_embed_type === "text_time";
     if (unetConfig.addition_embed_type != null && !xl) throw new Error(`its U-Net's addition_embed_type ${JSON.stringify(unetConfig.addition_embed_type)} cannot be trained here (SD 1.x/2.x and SDXL can)`);
-    if (xl && (!folder.has("text_encoder_2") || !folder.has("tokenizer_2"))) throw new Error("an SDXL U-Net needs text_encoder_2/ and tokenizer_2/ (an SDXL refiner cannot be trained here)");
+    if (xl && !folder.has("text_encoder")) throw new Error("an SDXL refiner (no first text encoder) cannot be trained here; the SDXL base model can");
+    if (xl && (!folder.has("text_encoder_2") || !folder.has("tokenizer_2"))) throw new Error("an SDXL U-Net needs text_encoder_2/ and tokenizer_2/");
     if ((unetConfig.in_channels ?? 4) !== (unetConfig.out_channels ?? 4)) throw new Error(`its U-Net takes ${unetConfig.in_channels} input channels (an inpainting model); training one is not supported`);
     const schedulerClass = folder.component("scheduler").className;
     const scheduler = folder.config("scheduler");

@@ -80,8 +80,10 @@ describeIfReference("UNet2DConditionModel vs diffusers (tiny-sdxl, text_time)", 
       const [x, t, ehs] = [refTensor(cases, `${p}sample`), refTensor(cases, `${p}timestep`, true), refTensor(cases, `${p}encoder_hidden_states`)];
       expect(() => unet.forward(x, t, ehs)).toThrow(/needs addedCond \{ textEmbeds, timeIds \}/);
       const textEmbeds = refTensor(cases, `${p}text_embeds`), timeIds = refTensor(cases, `${p}time_ids`);
-      expect(() => unet.forward(x, t, ehs, { addedCond: { textEmbeds, timeIds: ops.slice(timeIds, 1, 0, 5) } })).toThrow(/timeIds must be \[1, 6\]/);
-      expect(() => unet.forward(x, t, ehs, { addedCond: { textEmbeds: ops.slice(textEmbeds, 1, 0, 31), timeIds } })).toThrow(/textEmbeds must be \[1, 32\] \(projection_class_embeddings_input_dim 80 - 6 x 8\)/);
+      // the ids and the pooled text must fill add_embedding's input (6 ids here; the refiner's U-Net takes 5)
+      expect(() => unet.forward(x, t, ehs, { addedCond: { textEmbeds, timeIds: ops.slice(timeIds, 1, 0, 5) } })).toThrow(/textEmbeds must be \[1, 40\] \(projection_class_embeddings_input_dim 80 - 5 ids x 8\)/);
+      expect(() => unet.forward(x, t, ehs, { addedCond: { textEmbeds, timeIds: ops.reshape(timeIds, [1, 1, 6]) } })).toThrow(/timeIds must be \[1, n\]/);
+      expect(() => unet.forward(x, t, ehs, { addedCond: { textEmbeds: ops.slice(textEmbeds, 1, 0, 31), timeIds } })).toThrow(/textEmbeds must be \[1, 32\] \(projection_class_embeddings_input_dim 80 - 6 ids x 8\)/);
     });
   });
 });

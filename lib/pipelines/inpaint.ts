@@ -23,7 +23,7 @@ import { fitImage } from "./image-to-image";
 import { disposeControls, resolveControls, type ResolvedControl } from "./controlnet";
 import { checkStrength, encodePosteriorSamples, posteriorShape, startAtStrength } from "./partial-schedule";
 import {
-  GENERATE_KEYS, decodeLatents, denoise, disposeConditioning, drawNoise, encodeStage, imageParameters, latentsFromOption, resolveCommon, throwIfAborted,
+  GENERATE_KEYS, checkOutputType, decodeLatents, denoise, latentsResult, disposeConditioning, drawNoise, encodeStage, imageParameters, latentsFromOption, resolveCommon, throwIfAborted,
   type CommonGenerateOptions, type Conditioning, type GenerateResult,
 } from "./text-to-image";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
@@ -56,7 +56,7 @@ export interface InpaintOptions extends CommonGenerateOptions {
   keepUnmasked?: boolean;
 }
 
-const INPAINT_KEYS: readonly string[] = [...GENERATE_KEYS.filter((k) => k !== "hires"), "image", "mask", "strength", "keepUnmasked"];
+const INPAINT_KEYS: readonly string[] = [...GENERATE_KEYS.filter((k) => !["hires", "variation", "denoisingEnd"].includes(k)), "image", "mask", "strength", "keepUnmasked"];
 
 const now = (): number => performance.now() / 1000;
 
@@ -87,6 +87,8 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
     const kind = inpaintKind(pipe);
     const strength = checkStrength(op, opts.strength, 1);
     if (opts.keepUnmasked !== undefined && typeof opts.keepUnmasked !== "boolean") throw new TypeError(`${op}: keepUnmasked must be a boolean`);
+    const outputType = checkOutputType(op, opts.outputType);
+    if (outputType === "latent" && opts.keepUnmasked) throw new RangeError(`${op}: keepUnmasked pastes pixels; it does not combine with outputType "latent"`);
     if (opts.image === undefined) throw new TypeError(`${op}: image is required (a PNG/JPEG path, a Buffer, or { width, height, data })`);
     if (opts.mask === undefined) throw new TypeError(`${op}: mask is required (white = repaint): an image, or { width, height, data } with one byte per pixel`);
     const f = pipe.vaeScaleFactor;
@@ -150,7 +152,8 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
     latents = final;
     const t2 = now();
 
-    // 5. decode (and paste the kept pixels back when asked)
+    // 5. decode (and paste the kept pixels back when asked), or hand back the latents
+    if (outputType === "latent") return { images: [], latents: await latentsResult(final), seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: 0 } };
     const params = imageParameters(pipe, run, width, height, fullStrength ? {} : { "Denoising strength": strength });
     let { images } = await decodeLatents(pipe, final, params, run.vaeTiling);
     if (opts.keepUnmasked) images = images.map((g) => new GeneratedImage(g.width, g.height, pasteUnmasked(g.data, img, mask), g.parameters));

@@ -34,6 +34,40 @@ export function img2imgTimesteps(timesteps: readonly number[], steps: number, st
   return { timesteps: timesteps.slice(tStart * order), beginIndex: tStart * order };
 }
 
+/** A denoisingStart / denoisingEnd option: a fraction in (0, 1), or null when absent. */
+export function checkDenoisingFraction(op: string, name: string, v: unknown): number | null {
+  if (v === undefined) return null;
+  if (typeof v !== "number" || !(v > 0 && v < 1)) throw new RangeError(`${op}: ${name} must be a number in (0, 1), got ${String(v)}`);
+  return v;
+}
+
+/** diffusers' discrete_timestep_cutoff: the timestep where a fraction of the training schedule is done. */
+function cutoff(fraction: number, trainSteps: number): number {
+  return Math.round(trainSteps - fraction * trainSteps);
+}
+
+/** SDXL's denoising_end: the leading timesteps at or above the cutoff (the rest is left to another model). */
+export function timestepsUntil(timesteps: readonly number[], end: number, trainSteps: number): number[] {
+  const c = cutoff(end, trainSteps);
+  return timesteps.slice(0, timesteps.filter((t) => t >= c).length);
+}
+
+/**
+ * SDXL img2img's denoising_start: sets the scheduler's timesteps and begins it at the first one
+ * below the cutoff (for a second-order method an odd count, so that a step starts there); the
+ * latents are taken as already noised to that point.
+ */
+export function startAtDenoisingStart(op: string, scheduler: Scheduler, steps: number, start: number, trainSteps: number): { timesteps: number[]; beginIndex: number } {
+  scheduler.setTimesteps(steps);
+  const all = scheduler.timesteps, c = cutoff(start, trainSteps);
+  let n = all.filter((t) => t < c).length;
+  if (scheduler.order === 2 && n % 2 === 0 && n > 0) n += 1;
+  if (n === 0) throw new RangeError(`${op}: denoisingStart ${start} with ${steps} steps leaves no step to run`);
+  const beginIndex = all.length - n;
+  scheduler.setBeginIndex(beginIndex);
+  return { timesteps: all.slice(beginIndex), beginIndex };
+}
+
 /** [1, latent channels, H/f, W/f]: one posterior sample of a W x H image. */
 export function posteriorShape(pipe: StableDiffusionPipeline, W: number, H: number): number[] {
   const f = pipe.vaeScaleFactor;

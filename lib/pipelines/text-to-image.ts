@@ -22,6 +22,7 @@ import { encodeConditioningXL } from "./sdxl-conditioning";
 import { encodeWeightedTexts } from "./weighted-encoding";
 import { hiresSize, hiresStart, resolveHires, type HiresOptions } from "./hires-fix";
 import { applyVariation, resolveVariation, type VariationOptions } from "./variation-seed";
+import { checkDenoisingFraction, timestepsUntil } from "./partial-schedule";
 import { controlResidualsAt, disposeControls, resolveControls, type ControlOptions, type ResolvedControl } from "./controlnet";
 
 /** Sampler names generate() takes: the lib/schedulers names plus "default" (the model's own scheduler). */
@@ -120,6 +121,11 @@ export interface CommonGenerateOptions {
   /** Attach previews to onStep every this many steps. Default: no previews. */
   previewEvery?: number;
   /**
+   * "latent": stop before the VAE and return the final latents (`result.latents`, no images), e.g.
+   * for img2img's `initLatents` on another model. Default "image".
+   */
+  outputType?: "image" | "latent";
+  /**
    * Replaces the seeded generators: every random draw (initial latents when `latents` is not
    * given, the VAE posterior sample and noise of img2img, stochastic sampler steps) comes from
    * `generator.randn(shape)` for the whole batch, in diffusers' call order. For exact replays.
@@ -147,10 +153,19 @@ export interface GenerateOptions extends CommonGenerateOptions {
    * so small strengths give variations of the seed's image (variation-seed.ts). Not with latents or generator.
    */
   variation?: VariationOptions;
+  /**
+   * diffusers' denoising_end (SDXL's ensemble of expert denoisers): run only the schedule's
+   * timesteps down to this fraction of the training schedule, leaving the rest to another model
+   * (its img2img with `denoisingStart` and `initLatents`); use with outputType "latent".
+   */
+  denoisingEnd?: number;
 }
 
 export interface GenerateResult {
+  /** Empty with outputType "latent". */
   images: GeneratedImage[];
+  /** With outputType "latent": the final latents [B, C, h, w] (NCHW, not divided by the VAE's scaling factor). */
+  latents?: { data: Float32Array; shape: number[] };
   /** The seed of each image. */
   seeds: number[];
   /** Wall time per stage, in seconds. */
@@ -173,12 +188,12 @@ export interface DecodeResult {
 const COMMON_KEYS = [
   "prompt", "negativePrompt", "steps", "cfg", "sampler", "schedulerConfig", "seed", "numImages", "eta", "guidanceRescale", "clipSkip",
   "onStep", "signal", "previewEvery", "generator", "promptWeighting", "vaeTiling", "controlnet", "prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize",
-  "aestheticScore", "negativeAestheticScore",
+  "aestheticScore", "negativeAestheticScore", "outputType",
 ];
 const XL_KEYS = ["prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize", "aestheticScore", "negativeAestheticScore"];
 const REFINER_ONLY_KEYS = ["aestheticScore", "negativeAestheticScore"];
 const NOT_FOR_REFINER_KEYS = ["prompt2", "negativePrompt2", "targetSize"];
-export const GENERATE_KEYS: readonly string[] = [...COMMON_KEYS, "width", "height", "latents", "hires", "variation"];
+export const GENERATE_KEYS: readonly string[] = [...COMMON_KEYS, "width", "height", "latents", "hires", "variation", "denoisingEnd"];
 
 const MAX_SEED = Number.MAX_SAFE_INTEGER;
 const MAX_SIZE = 16384;
@@ -366,6 +381,23 @@ export function resolveCommon(pipe: StableDiffusionPipeline, opts: CommonGenerat
     generator: user ?? seeds.map((s) => new TorchGenerator(s)),
     eta, guidanceRescale, clipSkip, onStep: opts.onStep, signal, previewEvery,
   };
+}
+
+/** The outputType option: "image" (default) or "latent". */
+export function checkOutputType(op: string, v: unknown): "image" | "latent" {
+  if (v === undefined || v === "image" || v === "latent") return v ?? "image";
+  throw new RangeError(`${op}: outputType must be "image" or "latent", got ${JSON.stringify(v)}`);
+}
+
+/** The final latents read back for outputType "latent". */
+export async function latentsResult(t: Tensor): Promise<{ data: Float32Array; shape: number[] }> {
+  return { data: await t.toFloat32Array(), shape: [...t.shape] };
+}
+
+/** The model's training schedule length (scheduler_config's num_train_timesteps). */
+export function trainTimesteps(pipe: StableDiffusionPipeline): number {
+  const n = pipe.scheduler["num_train_timesteps"];
+  return typeof n === "number" ? n : 1000;
 }
 
 /** Checks a pixel size: a positive multiple of the VAE scale factor. */
@@ -674,6 +706,9 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
   try {
     const hires = resolveHires(op, opts.hires, run.steps);
     const variation = resolveVariation(op, opts.variation, opts.latents !== undefined || opts.generator !== undefined);
+    const denoisingEnd = checkDenoisingFraction(op, "denoisingEnd", opts.denoisingEnd);
+    if (denoisingEnd !== null && hires) throw new RangeError(`${op}: denoisingEnd leaves the last steps to another model; it does not combine with hires`);
+    const outputType = checkOutputType(op, opts.outputType);
     if (opts.latents !== undefined) latents = latentsFromOption(op, opts.latents, shape, pipe.device);
     scheduler.setTimesteps(run.steps);
     throwIfAborted(run);
@@ -694,7 +729,8 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     // 4. denoising loop with classifier-free guidance
     const first = latents;
     latents = null;
-    latents = await denoise(pipe, run, { scheduler, timesteps: scheduler.timesteps, cond, control }, first);
+    const timesteps = denoisingEnd === null ? scheduler.timesteps : timestepsUntil(scheduler.timesteps, denoisingEnd, trainTimesteps(pipe));
+    latents = await denoise(pipe, run, { scheduler, timesteps, cond, control }, first);
     let extra: Record<string, string | number> = {};
     const variationInfo = (k: number): Record<string, number> =>
       (variation && variation.strength > 0 ? { "Variation seed": variation.seed + k, "Variation seed strength": variation.strength } : {});
@@ -725,7 +761,8 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     const final = latents;
     const t2 = now();
 
-    // 5. decode
+    // 5. decode (or hand back the latents)
+    if (outputType === "latent") return { images: [], latents: await latentsResult(final), seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: 0 } };
     const params = imageParameters(pipe, run, width, height, extra);
     const { images } = await decodeLatents(pipe, final, (k) => { const p = params(k); return { ...p, extra: { ...p.extra, ...variationInfo(k) } }; }, run.vaeTiling);
     const t3 = now();

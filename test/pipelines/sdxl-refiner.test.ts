@@ -80,6 +80,21 @@ describeIfReference("the SDXL refiner (a tiny one built from tiny-sdxl's parts)"
     expect((await pipe.generate({ prompt: "a red circle", steps: 2, seed: 1, width: 64, height: 64 })).images).toHaveLength(1);
   });
 
+  test("the ensemble of experts: the base model to 0.8, the refiner from its latents for the rest", async () => {
+    const base = await loadPipeline(referencePath("models", "tiny-sdxl"), { device: "cpu" });
+    try {
+      const steps: number[][] = [[], []];
+      const opts = { prompt: "a red circle", steps: 10, seed: 4, width: 64, height: 64 };
+      const head = await base.generate({ ...opts, denoisingEnd: 0.8, outputType: "latent", onStep: (x) => { steps[0].push(x.timestep); } });
+      const r = await pipe.img2img({ prompt: opts.prompt, steps: 10, seed: 4, initLatents: head.latents!, denoisingStart: 0.8, onStep: (x) => { steps[1].push(x.timestep); } });
+      expect([r.images[0].width, r.images[0].height]).toEqual([64, 64]);
+      expect(steps[0].length + steps[1].length).toBe(10);
+      expect(Math.max(...steps[1])).toBeLessThan(Math.min(...steps[0]));
+    } finally {
+      base.dispose();
+    }
+  });
+
   test("refused for the refiner: prompt2 and targetSize, prompt weighting, embeddings, saving, training; aesthetic scores on a base model", async () => {
     const opts = { prompt: "a red circle", steps: 1, width: 64, height: 64 };
     await expect(pipe.generate({ ...opts, prompt2: "x" })).rejects.toThrow(/prompt2 does not apply to the SDXL refiner/);

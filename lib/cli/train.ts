@@ -11,7 +11,7 @@ import { train, type TrainOptions } from "../train/trainer";
 import { trainVae, type TrainVaeOptions } from "../train/vae-trainer";
 import { MIXED_PRECISIONS, type TrainLogInfo } from "../train/loop";
 
-export type FlagType = "int" | "number" | "string" | "boolean" | "ints";
+export type FlagType = "int" | "number" | "string" | "boolean" | "ints" | "strings";
 
 export interface FlagSpec {
   /** "--batch-size" */
@@ -68,6 +68,10 @@ export const TRAIN_FLAGS: readonly FlagSpec[] = [
   { flag: "--lora-text-encoder", key: "loraTextEncoder", type: "boolean", help: "LoRA adapters on the text encoder's attention and MLP too (implies --lora)" },
   { flag: "--lora-conv-rank", key: "loraConvRank", type: "int", help: "LoCon: branches of this rank on the U-Net's 3x3 convolutions too (implies --lora; kohya's conv_dim)" },
   { flag: "--lora-conv-alpha", key: "loraConvAlpha", type: "number", help: "their alpha: scaled by alpha/conv rank (default: the conv rank)" },
+  { flag: "--sample-prompt", key: "samplePrompt", type: "strings", help: "draw this prompt while training (repeatable; with --sample-every) into OUT/samples/" },
+  { flag: "--sample-every", key: "sampleEvery", type: "int", help: "draw the sample prompts every N steps and after the last" },
+  { flag: "--sample-steps", key: "sampleSteps", type: "int", help: "denoising steps of the samples (default 20)" },
+  { flag: "--sample-seed", key: "sampleSeed", type: "int", help: "seed of the samples (default 0)" },
   { flag: "--textual-inversion", key: "tiToken", type: "string", help: "with --init: train the embedding of this new word (e.g. \"<my-cat>\") and write OUT/learned_embeds.safetensors (lr default 5e-3)" },
   { flag: "--ti-initializer", key: "tiInitializer", type: "string", help: "word(s) the new word's vectors start from (default: the vocabulary's mean)" },
   { flag: "--ti-vectors", key: "tiVectors", type: "int", help: "embedding vectors of the new word (default 1)" },
@@ -103,7 +107,8 @@ export function parseFlags(argv: readonly string[], table: readonly FlagSpec[], 
     }
     const raw = eq > 0 ? arg.slice(eq + 1) : argv[++i];
     if (raw === undefined) throw new RangeError(`${command}: ${name} needs a value`);
-    out[spec.key] = convert(command, spec, raw);
+    // "strings": repeatable, each use adds one
+    out[spec.key] = spec.type === "strings" ? [...((out[spec.key] as string[] | undefined) ?? []), raw] : convert(command, spec, raw);
   }
   for (const f of table) if (f.required && out[f.key] === undefined) throw new RangeError(`${command}: ${f.flag} is required`);
   return out;
@@ -156,6 +161,13 @@ export function parseTrainArgs(argv: readonly string[]): TrainOptions {
     if (given.length) throw new RangeError(`train: ${TRAIN_FLAGS.find((f) => f.key === given[0])!.flag} goes with --textual-inversion <word>`);
   }
   for (const k of ["tiToken", ...Object.keys(ti)]) delete o[k];
+  // --sample-prompt and --sample-* make the samples option's object
+  const sampleFlags = { samplePrompt: "prompts", sampleEvery: "every", sampleSteps: "steps", sampleSeed: "seed" } as const;
+  if (Object.keys(sampleFlags).some((k) => o[k] !== undefined)) {
+    if (o.samplePrompt === undefined || o.sampleEvery === undefined) throw new RangeError("train: --sample-prompt and --sample-every go together");
+    o.samples = Object.fromEntries(Object.entries(sampleFlags).filter(([k]) => o[k] !== undefined).map(([k, name]) => [name, o[k]]));
+    for (const k of Object.keys(sampleFlags)) delete o[k];
+  }
   return o as unknown as TrainOptions;
 }
 

@@ -42,6 +42,7 @@ import {
 } from "./tokenizer";
 import { LoraAdapters, type LoraTrainOptions } from "./lora-adapters";
 import { TrainedEmbedding, checkCaptionsNameToken, resolveTextualInversion, type TextualInversionTrainOptions } from "./textual-inversion";
+import { resolveSamples, samplesDue, writeSamples, type TrainSampleOptions } from "./samples";
 import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
 import { isFinishedVae, loadVaeWeights, readVaeFolder, trainVae, type TrainVaeOptions, type TrainVaeResult } from "./vae-trainer";
 import {
@@ -104,6 +105,12 @@ export interface TrainOptions extends LoopOptions {
    * diffusers). Defaults then: lr 5e-3, condDropout 0.
    */
   textualInversion?: TextualInversionTrainOptions;
+  /**
+   * Sample images while training (diffusers' validation prompts): { prompts, every, steps?, cfg?,
+   * seed?, sampler? } draws each prompt every `every` steps and after the last, with the model as
+   * it is then, into out/samples/step-<step>-<k>.png.
+   */
+  samples?: TrainSampleOptions;
   /** Sees every micro-batch as fed (captions after dropout); for inspection and tests. */
   onBatch?: (info: { step: number; indices: number[]; flips: boolean[]; captions: string[]; timesteps: number[] }) => void;
 }
@@ -125,11 +132,13 @@ export interface TrainResult {
   loraFile?: string;
   /** With `textualInversion`: the written embedding file. */
   embeddingFile?: string;
+  /** With `samples`: the images drawn during this run, in order. */
+  sampleFiles?: string[];
 }
 
 const KEYS = [
   "data", "out", "init", "model", "textEncoder", "textEncoderSize", "tokenizer", "trimVocab", "vae", "vaeSteps", "vaeOptions",
-  "ema", "predictionType", "snrGamma", "condDropout", "onBatch", "lora", "textualInversion", ...LOOP_KEYS,
+  "ema", "predictionType", "snrGamma", "condDropout", "onBatch", "lora", "textualInversion", "samples", ...LOOP_KEYS,
 ];
 
 function loadVae(dir: string): { vae: AutoencoderKL; dir: string } {
@@ -313,6 +322,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   }
   const lora = resolveLora(op, opts.lora, init !== null, opts.textEncoder);
   const ti = resolveTextualInversion(op, opts.textualInversion);
+  const samples = resolveSamples(op, opts.samples);
   if (ti && !init) throw new RangeError(`${op}: textualInversion trains a word for a trained model: pass init (a diffusers model folder)`);
   if (ti && lora) throw new RangeError(`${op}: textualInversion and lora train different things; run them one at a time`);
   if (ti && opts.textEncoder !== undefined) throw new RangeError(`${op}: textualInversion uses init's text encoder, frozen (leave textEncoder unset)`);
@@ -559,7 +569,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     // idles while the host builds a graph. A stop asked for while settling step k (onLog, a
     // signal) drops step k + 1's queued forward/backward and restores the RNG and data order, so
     // it ends exactly after step k, as if the loop had waited.
-    const losses: number[] = [];
+    const losses: number[] = [], sampleFiles: string[] = [];
     const meter = new Throughput(Math.max(0, steps - step));
     // held: [gradAccum losses, gradient norm]
     const behind = new ReadBehind<{ step: number; lr: number; epoch: number; terms: { emptyPrompts: number; prompts: number } }>((v, p) => {
@@ -645,6 +655,13 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         for (const b of batches) opts.onBatch?.(b);
         await finishStep({ step, steps, params, maxGradNorm, held, info: { step, lr: opt.lr, epoch: sampler.epoch, terms: { emptyPrompts, prompts } },
           behind, opt, ema, saveEvery, save });
+        if (samplesDue(samples, step, steps)) {
+          await behind.flush();  // the step's numbers first: drawing takes a while
+          sampleFiles.push(...await writeSamples(samples!, {
+            unet, vae, tokenizer, textEncoder: te, tokenizer2: xlText?.tokenizer, textEncoder2: xlText?.te, scheduler: schedCfg, device,
+            forceZerosForEmptyPrompt: init?.forceZerosForEmptyPrompt,
+          }, out, step, resolution));
+        }
       }
       await behind.flush();
     } finally {
@@ -656,7 +673,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       out, step, steps, interrupted, losses, imagesPerSec: meter.imagesPerSec, skippedImages: ds.skipped, emptyPrompts, prompts, vae: vaeResult,
       parameters: { unet: unet.parameterCount(), textEncoder: te.parameterCount() + (xlText ? xlText.te.parameterCount() : 0), vae: vae.parameterCount(), ...(adapters ? { lora: adapters.parameterCount() } : {}),
         ...(embedding ? { textualInversion: embedding.size } : {}) },
-      ...(adapters ? { loraFile } : {}), ...(embedding ? { embeddingFile } : {}),
+      ...(adapters ? { loraFile } : {}), ...(embedding ? { embeddingFile } : {}), ...(samples ? { sampleFiles } : {}),
     };
   } finally {
     stop.dispose();

@@ -30,7 +30,8 @@ export function number(min: number, max = Infinity, { exclusiveMin = false } = {
   return (v) => {
     const n = Number(v);
     if (v.trim() === "" || !Number.isFinite(n) || n < min || (exclusiveMin && n === min) || n > max)
-      throw new InvalidArgumentError(`Expected a number ${max === Infinity ? `${exclusiveMin ? ">" : ">="} ${min}` : `in ${exclusiveMin ? "(" : "["}${min}, ${max}]`}.`);
+      throw new InvalidArgumentError(min === -Infinity && max === Infinity ? "Expected a finite number."
+        : `Expected a number ${max === Infinity ? `${exclusiveMin ? ">" : ">="} ${min}` : `in ${exclusiveMin ? "(" : "["}${min}, ${max}]`}.`);
     return n;
   };
 }
@@ -125,6 +126,8 @@ export interface ImageCommandOptions {
   controlnet?: string;
   controlImage?: string;
   controlScale?: number;
+  aestheticScore?: number;
+  negativeAestheticScore?: number;
   output: string;
   json?: boolean;
   quiet?: boolean;
@@ -149,6 +152,8 @@ export function addImageOptions(cmd: Command): Command {
     .option("--control-image <file>", "the ControlNet's input image (edges, depth, pose...)")
     .option("--control-scale <s>", "ControlNet conditioning scale (default 1)", number(0))
     .option("--vae-tiling", "decode in overlapping tiles: the VAE's memory stays that of one tile at any image size")
+    .option("--aesthetic-score <s>", "SDXL refiner: the aesthetic score it is conditioned on (default 6)", number(-Infinity))
+    .option("--negative-aesthetic-score <s>", "SDXL refiner: the score of the negative prompt's rows (default 2.5)", number(-Infinity))
     .option("--prompt-weighting", "A1111-style (word:1.3), (word), [word], BREAK, and prompts longer than 75 tokens")
     .option("--embedding <file>", "load a textual-inversion embedding (.safetensors); its word is the file name (A1111) or the one in the file; repeatable", (v: string, prev: string[] = []) => [...prev, v])
     .option("--lora <file[:scale]>", "merge a LoRA (.safetensors, kohya or diffusers keys) at this scale (default 1); repeatable", collectLora)

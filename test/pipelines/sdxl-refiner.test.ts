@@ -15,6 +15,8 @@ import { encodeConditioningXL } from "../../lib/pipelines/sdxl-conditioning";
 import { Tensor, tidy } from "../../lib/tensor";
 import { train } from "../../lib/train/trainer";
 import { describeIfReference, referencePath } from "../helpers/reference";
+import { encodePNG } from "../../lib/pipelines/images";
+import { assertBuilt, runCli } from "../cli/run";
 
 describeIfReference("the SDXL refiner (a tiny one built from tiny-sdxl's parts)", () => {
   let tmp: string, dir: string, pipe: StableDiffusionPipeline;
@@ -93,6 +95,18 @@ describeIfReference("the SDXL refiner (a tiny one built from tiny-sdxl's parts)"
     } finally {
       base.dispose();
     }
+  });
+
+  test("the CLI: --aesthetic-score on the refiner; on another model a one-line usage error", () => {
+    assertBuilt();
+    const png = path.join(tmp, "in.png");
+    fs.writeFileSync(png, encodePNG({ width: 64, height: 64, data: new Uint8Array(64 * 64 * 3).fill(128) }));
+    const r = runCli(["img2img", png, "a red circle", "--model", dir, "--steps", "4", "--aesthetic-score", "7", "--negative-aesthetic-score", "2", "-q", "-o", path.join(tmp, "o.png")]);
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+    const bad = runCli(["generate", "a red apple", "--aesthetic-score", "6", "-q", "-o", path.join(tmp, "b.png")]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/^diffusekit: generate: aestheticScore is for SDXL models/);
+    expect(runCli(["generate", "x", "--aesthetic-score", "high"]).stderr).toMatch(/Expected a finite number/);
   });
 
   test("refused for the refiner: prompt2 and targetSize, prompt weighting, embeddings, saving, training; aesthetic scores on a base model", async () => {

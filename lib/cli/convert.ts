@@ -7,7 +7,9 @@
 import * as fs from "fs";
 import * as path from "path";
 import { Option, type Command } from "commander";
-import { loadPipeline, type LoadPipelineOptions } from "../pipelines/load";
+import { loadPipeline, openSingleFile, type LoadPipelineOptions } from "../pipelines/load";
+import { folderToSingleFile, singleFileToFolder } from "../pipelines/convert-files";
+import { prepareFolder } from "../pipelines/save";
 import { ModelFolder, openWeightsFile } from "../io/model-folder";
 import { SAVE_DTYPES, type SaveDType } from "../io/module-weights";
 import { UsageError, collectLora } from "./options";
@@ -67,11 +69,34 @@ async function convertCommand(input: string, output: string, opts: ConvertComman
 
   const status = (s: string) => { if (!opts.quiet && !opts.json) process.stderr.write(`${s}\n`); };
   const dtype = opts.saveDtype ?? storedDType(src, opts.variant);
+  const t0 = performance.now();
+  const report = (format: string, loras: { name: string; scale: number }[], embeddings: string[]) => {
+    const seconds = (performance.now() - t0) / 1000;
+    if (opts.json) process.stdout.write(JSON.stringify({ input: src, output: dst, format, dtype, loras, embeddings, seconds }) + "\n");
+    else status(`wrote ${dst} in ${seconds.toFixed(1)} s`);
+  };
+  // nothing to merge and the layout changes: file to file, one tensor at a time, no models built
+  if (!opts.lora?.length && !opts.embedding?.length && isFile !== toFile) {
+    status(`writing ${dst} (${dtype}) from ${src}`);
+    if (toFile) {
+      if (fs.existsSync(dst) && fs.statSync(dst).isDirectory()) throw new UsageError(`${output} is a folder`);
+      await folderToSingleFile(src, dst, dtype, { variant: opts.variant, textEncoderFormat: opts.textEncoderFormat });
+    } else {
+      prepareFolder(dst);
+      const sf = openSingleFile("convert", src, { tokenizer: opts.tokenizer, configs: opts.configs });
+      try {
+        await singleFileToFolder(sf, dst, dtype, opts.saveVariant);
+      } finally {
+        sf.close();
+      }
+    }
+    report(toFile ? "single-file" : "diffusers", [], []);
+    return;
+  }
   const load: LoadPipelineOptions = { device: "cpu", dtype: "float32" };
   if (opts.variant !== undefined) load.variant = opts.variant;
   if (opts.tokenizer !== undefined) load.tokenizer = opts.tokenizer;
   if (opts.configs !== undefined) load.configs = opts.configs;
-  const t0 = performance.now();
   status(`loading ${src}`);
   const pipe = await loadPipeline(src, load);
   try {
@@ -79,10 +104,7 @@ async function convertCommand(input: string, output: string, opts: ConvertComman
     const words = (opts.embedding ?? []).map((e) => pipe.loadTextualInversion(e).token);
     status(`writing ${dst} (${dtype})`);
     await pipe.save(dst, { dtype, ...(opts.saveVariant !== undefined ? { variant: opts.saveVariant } : {}), ...(opts.textEncoderFormat ? { textEncoderFormat: opts.textEncoderFormat } : {}) });
-    const seconds = (performance.now() - t0) / 1000;
-    const result = { input: src, output: dst, format: toFile ? "single-file" : "diffusers", dtype, loras: pipe.loras.map((l) => ({ name: l.name, scale: l.scale })), embeddings: words, seconds };
-    if (opts.json) process.stdout.write(JSON.stringify(result) + "\n");
-    else status(`wrote ${dst} in ${seconds.toFixed(1)} s`);
+    report(toFile ? "single-file" : "diffusers", pipe.loras.map((l) => ({ name: l.name, scale: l.scale })), words);
   } finally {
     pipe.dispose();
   }

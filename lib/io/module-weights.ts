@@ -1,11 +1,12 @@
 /**
- * A module's parameters written as a safetensors file in checkpoint (diffusers/transformers) layout
- * and names, one tensor at a time: each is converted to the file's dtype on its own device, read
+ * A module's parameters (or a host state dict's tensors) written as a safetensors file in
+ * checkpoint (diffusers/transformers) layout and names, one tensor at a time: each is converted to the file's dtype on its own device, read
  * back, written and freed, so saving an SD U-Net from a GPU needs one tensor's host memory, not
  * the model's.
  */
 import type { Module } from "../nn/module";
-import type { Tensor } from "../tensor";
+import { Tensor } from "../tensor";
+import type { HostStateDictSource } from "./state-dict";
 import { noGrad, rawNative } from "../autograd";
 import { writeSafetensorsStreaming, type SafetensorsDType } from "./safetensors";
 
@@ -47,6 +48,20 @@ export async function writeModuleWeights(file: string, module: Module, opts: Wri
       return await tensorBytes(ck, opts.dtype);
     } finally {
       ck.dispose();
+    }
+  }, { format: "pt" });
+}
+
+/** Writes every tensor of a host source (e.g. a converted checkpoint) to `file`, one at a time, in `dtype`. */
+export async function writeSourceWeights(file: string, source: HostStateDictSource, dtype: SaveDType): Promise<void> {
+  const fileDType = SAFETENSORS_DTYPE_OF[dtype];
+  const specs = Object.fromEntries(source.keys().map((k) => [k, { dtype: fileDType, shape: [...source.shape(k)] }]));
+  await writeSafetensorsStreaming(file, specs, async (k) => {
+    const t = Tensor.fromArray(source.readFloat32(k), [source.shape(k).reduce((a, b) => a * b, 1)]);
+    try {
+      return await tensorBytes(t, dtype);
+    } finally {
+      t.dispose();
     }
   }, { format: "pt" });
 }

@@ -14,6 +14,7 @@ import { packageRoot } from "../native";
 import { devices, resolveDevice } from "../devices";
 import type { DType } from "../tensor";
 import type { StateDictSource } from "../nn/module";
+import type { LazyStateDict } from "../io/state-dict";
 import { ModelFolder, openWeightsFile, readJsonObject, isPickleFile, pickleRefusal, type JsonObject } from "../io/model-folder";
 import { CLIPTokenizer } from "../tokenizers/clip";
 import { CLIPTextModel } from "../models/clip-text";
@@ -208,7 +209,7 @@ async function loadFolder(dir: string, device: string, dtype: PipelineDType, vae
   }
 }
 
-type SdConfigs = Required<Omit<PipelineConfigs, "textEncoder2">> & { textEncoder2?: JsonObject };
+export type SdConfigs = Required<Omit<PipelineConfigs, "textEncoder2">> & { textEncoder2?: JsonObject };
 
 function readConfigFolder(dir: string): SdConfigs {
   const read = (sub: string, file: string) => readJsonObject(path.join(dir, sub, file), `${sub} config`);
@@ -227,8 +228,24 @@ export function builtinConfigDir(family: "sd1" | "sd2" | "sdxl"): string {
   return path.join(packageRoot, "configs", family === "sd1" ? "sd15" : family === "sd2" ? "sd21" : "sdxl");
 }
 
-async function loadSingleFile(file: string, device: string, dtype: PipelineDType, vaeRequest: VaeDTypeOption, opts: LoadPipelineOptions): Promise<StableDiffusionPipeline> {
-  const op = "loadPipeline";
+/** A single-file checkpoint opened as diffusers-named component sources, with its configs and tokenizers. */
+export interface SingleFileSources {
+  configs: SdConfigs;
+  tokenizer: CLIPTokenizer;
+  /** SDXL: the second tokenizer. */
+  tokenizer2?: CLIPTokenizer;
+  xl: boolean;
+  /** Values are read (and converted) when loaded. */
+  sources: { unet: LazyStateDict; vae: LazyStateDict; textEncoder: LazyStateDict; textEncoder2?: LazyStateDict };
+  close(): void;
+}
+
+/**
+ * Opens a single-file checkpoint: picks its configs (given, or the package's for the family its
+ * keys show; an inpainting conv_in sets in_channels) and tokenizer(s), and maps its keys to
+ * diffusers names. Shared by loadPipeline and `diffusekit convert`.
+ */
+export function openSingleFile(op: string, file: string, opts: Pick<LoadPipelineOptions, "configs" | "tokenizer">): SingleFileSources {
   if (!file.toLowerCase().endsWith(".safetensors"))
     throw new Error(`${op}: ${file} is neither a folder nor a .safetensors checkpoint`);
   const tokenizerDir = opts.tokenizer ?? (typeof opts.configs === "string" && fs.existsSync(path.join(opts.configs, "tokenizer")) ? path.join(opts.configs, "tokenizer") : undefined);
@@ -239,7 +256,6 @@ async function loadSingleFile(file: string, device: string, dtype: PipelineDType
     );
   const tokenizer = CLIPTokenizer.fromDirectory(tokenizerDir);
   const source = openWeightsFile(file);
-  const built = new Built();
   try {
     // SDXL: the U-Net, VAE and first text encoder read as an SD file; the second encoder on its own
     const xl = isSdxlSingleFile(source.keys());
@@ -269,32 +285,47 @@ async function loadSingleFile(file: string, device: string, dtype: PipelineDType
     if (!unetGiven && info.unetInChannels !== null && (configs.unet.in_channels ?? 4) !== info.unetInChannels)
       configs = { ...configs, unet: { ...configs.unet, in_channels: info.unetInChannels } };
     const conv = convertSingleFileToDiffusers(main, { unet: configs.unet, vae: configs.vae, textEncoder: configs.textEncoder }, xl ? { textEncoderFormat: "transformers" } : {});
+    const conv2 = second ? convertSingleFileToDiffusers(second, { textEncoder: configs.textEncoder2 }, { textEncoderFormat: "openclip" }) : null;
+    return {
+      configs, tokenizer, xl, tokenizer2: xl ? secondTokenizer(tokenizerDir, opts.configs) : undefined,
+      sources: { unet: conv.unet!, vae: conv.vae!, textEncoder: conv.textEncoder!, ...(conv2 ? { textEncoder2: conv2.textEncoder! } : {}) },
+      close: () => source.close(),
+    };
+  } catch (e) {
+    source.close();
+    throw e;
+  }
+}
+
+async function loadSingleFile(file: string, device: string, dtype: PipelineDType, vaeRequest: VaeDTypeOption, opts: LoadPipelineOptions): Promise<StableDiffusionPipeline> {
+  const f = openSingleFile("loadPipeline", file, opts);
+  const { configs, sources } = f;
+  const built = new Built();
+  try {
     const textEncoder = built.add(CLIPTextModel.fromConfig(configs.textEncoder));
-    loadInto(textEncoder, conv.textEncoder!, dtype, device);
+    loadInto(textEncoder, sources.textEncoder, dtype, device);
     await yieldToLoop();
-    let textEncoder2: CLIPTextModel | undefined, tokenizer2: CLIPTokenizer | undefined;
-    if (second) {
-      const conv2 = convertSingleFileToDiffusers(second, { textEncoder: configs.textEncoder2 }, { textEncoderFormat: "openclip" });
+    let textEncoder2: CLIPTextModel | undefined;
+    if (sources.textEncoder2) {
       textEncoder2 = built.add(CLIPTextModel.fromConfig(configs.textEncoder2!, { withProjection: true }));
-      loadInto(textEncoder2, conv2.textEncoder!, dtype, device);
+      loadInto(textEncoder2, sources.textEncoder2, dtype, device);
       await yieldToLoop();
-      tokenizer2 = secondTokenizer(tokenizerDir, opts.configs);
     }
     const unet = built.add(new UNet2DConditionModel(configs.unet));
-    loadInto(unet, conv.unet!, dtype, device);
+    loadInto(unet, sources.unet, dtype, device);
     await yieldToLoop();
     const vae = built.add(new AutoencoderKL(configs.vae));
     const vaeDtype = vaeDTypeFor(vae, dtype, device, vaeRequest);
-    loadInto(vae, conv.vae!, vaeDtype, device);
+    loadInto(vae, sources.vae, vaeDtype, device);
     return new StableDiffusionPipeline({
-      tokenizer, textEncoder, unet, vae, scheduler: configs.scheduler, device, dtype, vaeDtype,
-      modelName: path.basename(file).replace(/\.safetensors$/i, ""), tokenizer2, textEncoder2,
+      tokenizer: f.tokenizer, textEncoder, unet, vae, scheduler: configs.scheduler, device, dtype, vaeDtype,
+      modelName: path.basename(file).replace(/\.safetensors$/i, ""), tokenizer2: f.tokenizer2, textEncoder2,
     });
   } catch (e) {
     built.disposeAll();
     throw e;
   } finally {
-    source.close();
+    f.close();
   }
 }
 

@@ -13,15 +13,11 @@ import * as fs from "fs";
 import * as path from "path";
 import type { Module } from "../nn/module";
 import { stableDiffusionModelIndex, type JsonObject } from "../io/model-folder";
-import { openWeightsFile } from "../io/model-folder";
-import { SAVE_DTYPES, SAFETENSORS_DTYPE_OF, tensorBytes, writeModuleWeights, type SaveDType } from "../io/module-weights";
-import { writeSafetensorsStreaming } from "../io/safetensors";
-import { renameStateDict, type HostStateDictSource } from "../io/state-dict";
+import { SAVE_DTYPES, writeModuleWeights, type SaveDType } from "../io/module-weights";
 import { writeFileAtomic, writeTokenizerFiles, tokenizerFiles } from "../tokenizers/clip-files";
-import { convertDiffusersToSingleFile, SDXL_TEXT_PREFIX_1, SDXL_TEXT_PREFIX_2, TEXT_PREFIX_OPENCLIP, TEXT_PREFIX_TRANSFORMERS, type TextEncoderFormat } from "../models/single-file";
-import { renameLegacyVaeKey } from "../models/autoencoder-kl";
-import { Tensor } from "../tensor";
+import type { TextEncoderFormat } from "../models/single-file";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
+import { folderToSingleFile } from "./convert-files";
 import { checkKeys } from "./text-to-image";
 
 export interface SavePipelineOptions {
@@ -60,7 +56,7 @@ export async function savePipeline(pipe: StableDiffusionPipeline, target: string
 }
 
 /** Refuses a target that would overwrite something other than a pipeline folder. */
-function prepareFolder(dir: string): void {
+export function prepareFolder(dir: string): void {
   if (fs.existsSync(dir)) {
     if (!fs.statSync(dir).isDirectory()) throw new Error(`save: ${dir} exists and is not a folder`);
     const entries = fs.readdirSync(dir);
@@ -116,7 +112,7 @@ async function saveFolder(pipe: StableDiffusionPipeline, dir: string, dtype: Sav
 
 /**
  * The single file is made from a diffusers folder: the pipeline is first written as one (next to
- * the target, removed after), whose files the converter then reads tensor by tensor. This keeps
+ * the target, removed after), which folderToSingleFile then reads tensor by tensor. This keeps
  * the host memory at one tensor, whatever device the pipeline is on.
  */
 async function saveSingleFile(pipe: StableDiffusionPipeline, file: string, dtype: SaveDType, format?: TextEncoderFormat): Promise<void> {
@@ -129,40 +125,10 @@ async function saveSingleFile(pipe: StableDiffusionPipeline, file: string, dtype
   fs.mkdirSync(path.dirname(file), { recursive: true });
   const parts = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.parts`);
   fs.rmSync(parts, { recursive: true, force: true });
-  const opened: { close(): void }[] = [];
   try {
     await saveFolder(pipe, parts, dtype);
-    const open = (sub: string, mapKey?: (k: string) => string | null) => {
-      const s = openWeightsFile(path.join(parts, sub, sub === "unet" || sub === "vae" ? "diffusion_pytorch_model.safetensors" : "model.safetensors"), { mapKey });
-      opened.push(s);
-      return s;
-    };
-    const configs = { unet: pipe.unet.configJson as JsonObject, vae: pipe.vae.configJson as JsonObject, textEncoder: textEncoderConfig(pipe, false, dtype) };
-    const sources: HostStateDictSource[] = [];
-    if (pipe.isXL) {
-      const main = convertDiffusersToSingleFile({ unet: open("unet"), vae: open("vae", renameLegacyVaeKey), textEncoder: open("text_encoder") }, configs, { textEncoderFormat: "transformers" });
-      const second = convertDiffusersToSingleFile({ textEncoder: open("text_encoder_2") }, { textEncoder: textEncoderConfig(pipe, true, dtype) }, { textEncoderFormat: "openclip" });
-      sources.push(renameStateDict(main, (k) => (k.startsWith(TEXT_PREFIX_TRANSFORMERS) ? SDXL_TEXT_PREFIX_1 + k.slice(TEXT_PREFIX_TRANSFORMERS.length) : k)));
-      sources.push(renameStateDict(second, (k) => SDXL_TEXT_PREFIX_2 + k.slice(TEXT_PREFIX_OPENCLIP.length)));
-    } else {
-      const textEncoderFormat = format ?? (pipe.textEncoder.config.hiddenSize === 1024 ? "openclip" : "transformers");
-      sources.push(convertDiffusersToSingleFile({ unet: open("unet"), vae: open("vae", renameLegacyVaeKey), textEncoder: open("text_encoder") }, configs, { textEncoderFormat }));
-    }
-    const owner = new Map<string, HostStateDictSource>();
-    for (const s of sources) for (const k of s.keys()) owner.set(k, s);
-    const fileDType = SAFETENSORS_DTYPE_OF[dtype];
-    const specs = Object.fromEntries([...owner].map(([k, s]) => [k, { dtype: fileDType, shape: [...s.shape(k)] }]));
-    await writeSafetensorsStreaming(file, specs, async (k) => {
-      const s = owner.get(k)!;
-      const t = Tensor.fromArray(s.readFloat32(k), [s.shape(k).reduce((a, b) => a * b, 1)]);
-      try {
-        return await tensorBytes(t, dtype);
-      } finally {
-        t.dispose();
-      }
-    }, { format: "pt" });
+    await folderToSingleFile(parts, file, dtype, { textEncoderFormat: format });
   } finally {
-    for (const s of opened) s.close();
     fs.rmSync(parts, { recursive: true, force: true });
   }
 }

@@ -8,6 +8,8 @@ import { decodeImageBytes } from "../../lib/pipelines/images";
 import { openWeightsFile } from "../../lib/io/model-folder";
 import { writeSafetensors } from "../../lib/io/safetensors";
 import { ROOT, assertBuilt, runCli } from "./run";
+import { loadPipeline } from "../../lib/pipelines/load";
+import { describeIfReference, referencePath } from "../helpers/reference";
 
 const builtin = path.join(ROOT, "models", "builtin");
 const hasBuiltin = fs.existsSync(path.join(builtin, "model_index.json"));
@@ -111,5 +113,30 @@ describeIfBuiltin("diffusekit convert", () => {
     const r = runCli(["train", "--data", tmp, "--out", path.join(tmp, "run"), "--init", file, "--steps", "1"]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/single-file checkpoint; training starts from a diffusers folder: convert it first \(diffusekit convert/);
+  });
+});
+
+describeIfReference("diffusekit convert without merging: file to file, no models built (tiny-sdxl, tiny-sd-inpaint)", () => {
+  test.each(["tiny-sdxl", "tiny-sd-inpaint"])("%s: folder -> single file -> folder draws what the original draws", async (name) => {
+    const src = referencePath("models", name);
+    const file = path.join(tmp, `${name}.safetensors`), back = path.join(tmp, `${name}-back`);
+    expect(runCli(["convert", src, file, "-q"]).code).toBe(0);
+    const r = runCli(["convert", file, back, "--configs", src, "--json"]);
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+    expect(JSON.parse(r.stdout)).toMatchObject({ format: "diffusers", dtype: "float32" });
+    const index = JSON.parse(fs.readFileSync(path.join(back, "model_index.json"), "utf8"));
+    expect(index._class_name).toBe(name === "tiny-sdxl" ? "StableDiffusionXLPipeline" : "StableDiffusionInpaintPipeline");
+    const [a, b] = await Promise.all([src, back].map((m) => loadPipeline(m, { device: "cpu" })));
+    try {
+      const size = name === "tiny-sdxl" ? 64 : 32;
+      const draw = async (p: typeof a) => name === "tiny-sdxl"
+        ? Buffer.from((await p.generate({ prompt: "a red circle", steps: 2, seed: 1, width: size, height: size })).images[0].data)
+        : Buffer.from((await p.inpaint({ prompt: "a red circle", steps: 2, seed: 1, image: { width: size, height: size, data: new Uint8Array(size * size * 3).fill(90) },
+          mask: { width: size, height: size, data: new Uint8Array(size * size).fill(255) } })).images[0].data);
+      expect((await draw(b)).equals(await draw(a))).toBe(true);
+    } finally {
+      a.dispose();
+      b.dispose();
+    }
   });
 });

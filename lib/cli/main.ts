@@ -8,6 +8,7 @@ import { runImageCommand } from "./images";
 import { UsageError, addImageOptions, integer, number, type ImageCommandOptions } from "./options";
 import { registerTrainCommands } from "./optional-commands";
 import { registerConvertCommand } from "./convert";
+import { registerMergeCommand } from "./merge";
 
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
@@ -74,6 +75,7 @@ export function buildProgram(): Command {
 
   registerTrainCommands(program);
   registerConvertCommand(program);
+  registerMergeCommand(program);
 
   program
     .command("info")

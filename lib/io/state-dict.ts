@@ -171,6 +171,12 @@ export class SafetensorsStateDict implements HostStateDictSource {
     return e.file.readFloat32(e.fileKey);
   }
 
+  /** The tensor's bytes as stored (its diskDType, little-endian). */
+  readRaw(key: string): Buffer {
+    const e = this.locate(key);
+    return e.file.read(e.fileKey);
+  }
+
   load(key: string, opts: { dtype: DType; device: DeviceName }): Tensor {
     const e = this.locate(key);
     const info = e.file.info(e.fileKey);

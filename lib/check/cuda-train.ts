@@ -50,12 +50,21 @@ export async function runTrainCheck(device: string, steps: number, log: (line: s
     // the same first steps on the CPU (the UNet run uses the GPU-trained VAE, as above)
     const vaeCpu = await trainVae({ ...common, out: path.join(tmp, "vae-cpu"), steps: cmpSteps, lr: 2e-3, device: "cpu" });
     const unetCpu = await train({ ...common, out: path.join(tmp, "sd-cpu"), vae: vaeOut, steps: cmpSteps, lr: 1e-3, model: "small", device: "cpu" });
-    // LoRA adapters on the built-in model (frozen base, float32 adapters on the device)
+    // LoRA + LoCon adapters on the built-in model (frozen base, float32 adapters on the device), with
+    // samples drawn on the device mid-run (the U-Net's graphs released after); textual inversion
     const builtin = path.join(packageRoot, "models", "builtin");
-    const loraGpu = await train({ ...common, out: path.join(tmp, "lora-gpu"), init: builtin, lora: { rank: 4 }, steps: cmpSteps, lr: 1e-3, device });
-    const loraCpu = await train({ ...common, out: path.join(tmp, "lora-cpu"), init: builtin, lora: { rank: 4 }, steps: cmpSteps, lr: 1e-3, device: "cpu" });
-    log(`train --lora (built-in model) on ${device}: ${loraGpu.imagesPerSec.toFixed(1)} images/s`);
-    for (const [what, gpu, cpu] of [["trainVae", vae.losses, vaeCpu.losses], ["train", unet.losses, unetCpu.losses], ["train lora", loraGpu.losses, loraCpu.losses]] as const) {
+    const lora = { rank: 4, convRank: 2 };
+    const samples = { prompts: ["a red circle"], every: cmpSteps, steps: 4 };
+    const loraGpu = await train({ ...common, out: path.join(tmp, "lora-gpu"), init: builtin, lora, samples, steps: cmpSteps, lr: 1e-3, device });
+    const loraCpu = await train({ ...common, out: path.join(tmp, "lora-cpu"), init: builtin, lora, steps: cmpSteps, lr: 1e-3, device: "cpu" });
+    log(`train --lora --lora-conv-rank (built-in model) on ${device}: ${loraGpu.imagesPerSec.toFixed(1)} images/s`);
+    row("train lora samples drawn on the device", (loraGpu.sampleFiles ?? []).length === 1 && fs.existsSync(loraGpu.sampleFiles![0]), `${(loraGpu.sampleFiles ?? []).length} file(s)`);
+    const ti = { token: "<shape>", initializer: "red circle", vectors: 2 };
+    const tiGpu = await train({ ...common, out: path.join(tmp, "ti-gpu"), init: builtin, textualInversion: ti, steps: cmpSteps, lr: 1e-2, device });
+    const tiCpu = await train({ ...common, out: path.join(tmp, "ti-cpu"), init: builtin, textualInversion: ti, steps: cmpSteps, lr: 1e-2, device: "cpu" });
+    log(`train --textual-inversion (built-in model) on ${device}: ${tiGpu.imagesPerSec.toFixed(1)} images/s`);
+    for (const [what, gpu, cpu] of [["trainVae", vae.losses, vaeCpu.losses], ["train", unet.losses, unetCpu.losses], ["train lora", loraGpu.losses, loraCpu.losses],
+      ["train textual inversion", tiGpu.losses, tiCpu.losses]] as const) {
       // steps counts change the cosine/constant schedule only after warm-up; warmupSteps is fixed
       row(`${what} step 1 loss, GPU vs CPU`, close(gpu[0], cpu[0], 1e-3), `${gpu[0]} vs ${cpu[0]}`);
       const s = Math.min(cmpSteps, gpu.length) - 1;

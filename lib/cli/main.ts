@@ -9,6 +9,7 @@ import { UsageError, addImageOptions, integer, number, type ImageCommandOptions 
 import { registerTrainCommands } from "./optional-commands";
 import { registerConvertCommand } from "./convert";
 import { registerMergeCommand } from "./merge";
+import { registerExtractLoraCommand } from "./extract-lora";
 
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
@@ -76,6 +77,7 @@ export function buildProgram(): Command {
   registerTrainCommands(program);
   registerConvertCommand(program);
   registerMergeCommand(program);
+  registerExtractLoraCommand(program);
 
   program
     .command("info")

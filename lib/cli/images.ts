@@ -90,7 +90,7 @@ export async function runImageCommand(kind: "generate" | "img2img" | "inpaint", 
   const common = {
     prompt, negativePrompt: opts.negative, steps: opts.steps, cfg: opts.cfg, sampler: opts.sampler, seed: opts.seed, numImages: opts.num,
     width: opts.size?.width, height: opts.size?.height, promptWeighting: opts.promptWeighting, vaeTiling: opts.vaeTiling,
-    aestheticScore: opts.aestheticScore, negativeAestheticScore: opts.negativeAestheticScore,
+    aestheticScore: opts.aestheticScore, negativeAestheticScore: opts.negativeAestheticScore, tiling: opts.tiling,
     controlnet: controlModel ? { model: controlModel, image: opts.controlImage!, scale: opts.controlScale } : undefined,
     signal: controller.signal,
     onStep: ({ step, total }: { step: number; total: number }) => bar.update(step, total),

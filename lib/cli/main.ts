@@ -37,6 +37,7 @@ export function buildProgram(): Command {
   )
     .option("--hires <scale>", "hires fix: redraw at this scale (e.g. 2) after the first pass", number(1, 4, { exclusiveMin: true }))
     .option("--hires-strength <s>", "how much the hires pass redraws, in (0, 1] (default 0.5)", number(0, 1, { exclusiveMin: true }))
+    .option("--tiling", "seamless tiling: the image continues across its edges (A1111's Tiling)")
     .option("--variation-seed <n>", "A1111 variation seed: image k starts from noise between seed + k's and this seed + k's", integer(0, 2 ** 53 - 1 - 256))
     .option("--variation-strength <s>", "how far towards the variation seed's noise, in [0, 1] (default 0.1 with --variation-seed)", number(0, 1))
     .addHelpText("after", `\nExample:\n  diffusekit generate "a cat wearing a hat" --steps 30 --cfg 7.5 --seed 42 -o cat.png`)
@@ -56,6 +57,7 @@ export function buildProgram(): Command {
       .argument("<prompt...>", "what to draw"),
   )
     .addOption(new Option("--strength <s>", "how much to change the image, in (0, 1] (default: 0.8)").argParser(number(0, 1, { exclusiveMin: true })))
+    .option("--tiling", "seamless tiling: the image continues across its edges (A1111's Tiling)")
     .addHelpText("after", `\nExample:\n  diffusekit img2img sketch.png "an oil painting of a lighthouse" --strength 0.6 -o lighthouse.png`)
     .action((input: string, prompt: string[], opts: ImageCommandOptions & { strength?: number }) =>
       runImageCommand("img2img", prompt, opts, { input, strength: opts.strength }));

@@ -128,6 +128,7 @@ export interface ImageCommandOptions {
   controlScale?: number;
   aestheticScore?: number;
   negativeAestheticScore?: number;
+  tiling?: boolean;
   output: string;
   json?: boolean;
   quiet?: boolean;

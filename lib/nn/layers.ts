@@ -59,6 +59,8 @@ export class Conv2d extends Module {
   winogradBf16 = true;
   /** A trained low-rank branch over the frozen weight (lib/train/lora-adapters.ts); null: none. */
   adapter: ConvAdapter | null = null;
+  /** Wrap-around padding instead of zeros (A1111's "Tiling"): the image continues across its edges. */
+  circular = false;
   readonly kernel: number;
   constructor(readonly inChannels: number, readonly outChannels: number, cfg: Conv2dConfig) {
     super();
@@ -76,14 +78,24 @@ export class Conv2d extends Module {
   /** x [N,H,W,C] -> [N,P,Q,K]; `residual` [N,P,Q,K] is added in the epilogue. */
   forward(x: Tensor, residual?: Tensor): Tensor {
     const algo = !this.winogradBf16 && x.dtype === "bfloat16" ? "direct" : "auto";
-    const base = ops.conv2d(x, this.p("weight"), { stride: this.stride, padding: this.padding, bias: this.hasBias ? this.p("bias") : null, residual, algo });
+    const wrap = this.circular && this.padding > 0;
+    const input = wrap ? circularPad(x, this.padding) : x, padding = wrap ? 0 : this.padding;
+    const base = ops.conv2d(input, this.p("weight"), { stride: this.stride, padding, bias: this.hasBias ? this.p("bias") : null, residual, algo });
     const a = this.adapter;
     if (!a) return base;
     // the branch in x's dtype; channels-last, so the 1x1 up conv is a GEMM whose epilogue adds the base
     const cast = (t: Tensor) => (t.dtype === x.dtype ? t : t.to(x.device, x.dtype));
-    const h = ops.conv2d(x, cast(a.down), { stride: this.stride, padding: this.padding, algo });
+    const h = ops.conv2d(input, cast(a.down), { stride: this.stride, padding, algo });
     return ops.linear(ops.mul(h, a.scale), cast(a.up), null, base);
   }
+}
+
+/** x [N,H,W,C] with p rows and columns of wrap-around padding on each side (p at most H and W). */
+export function circularPad(x: Tensor, p: number): Tensor {
+  const [, H, W] = x.shape;
+  if (p > H || p > W) throw new RangeError(`circular padding of ${p} needs an input of at least ${p}x${p}, got ${H}x${W}`);
+  const w = ops.concat([ops.slice(x, 2, W - p, W), x, ops.slice(x, 2, 0, p)], 2);
+  return ops.concat([ops.slice(w, 1, H - p, H), w, ops.slice(w, 1, 0, p)], 1);
 }
 
 export class GroupNorm extends Module {

@@ -17,6 +17,7 @@ import {
 import type { StableDiffusionPipeline } from "./stable-diffusion";
 import { checkDenoisingFraction, checkStrength, encodePosteriorSamples, posteriorShape, startAtDenoisingStart, startAtStrength } from "./partial-schedule";
 import { disposeControls, resolveControls, type ResolvedControl } from "./controlnet";
+import { setSeamless } from "./tiling";
 import type { VaeTilingOptions } from "../models/vae-tiling";
 
 export { checkStrength, encodePosteriorSamples, img2imgTimesteps, posteriorShape, startAtStrength } from "./partial-schedule";
@@ -76,6 +77,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
   let latents: Tensor | null = null;
   let control: ResolvedControl[] = [];
   try {
+    setSeamless(pipe, run.tiling);
     const strength = checkStrength(op, opts.strength, pipe.isXL ? 0.3 : 0.8);  // diffusers' defaults: SD img2img 0.8, SDXL img2img 0.3
     const denoisingStart = checkDenoisingFraction(op, "denoisingStart", opts.denoisingStart);
     const outputType = checkOutputType(op, opts.outputType);
@@ -122,6 +124,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
     const t3 = now();
     return { images, seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: t3 - t2 } };
   } finally {
+    setSeamless(pipe, false);
     disposeConditioning(cond);
     latents?.dispose();
     disposeControls(control);

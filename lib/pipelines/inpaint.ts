@@ -56,7 +56,7 @@ export interface InpaintOptions extends CommonGenerateOptions {
   keepUnmasked?: boolean;
 }
 
-const INPAINT_KEYS: readonly string[] = [...GENERATE_KEYS.filter((k) => !["hires", "variation", "denoisingEnd"].includes(k)), "image", "mask", "strength", "keepUnmasked"];
+const INPAINT_KEYS: readonly string[] = [...GENERATE_KEYS.filter((k) => !["hires", "variation", "denoisingEnd", "tiling"].includes(k)), "image", "mask", "strength", "keepUnmasked"];
 
 const now = (): number => performance.now() / 1000;
 

@@ -23,6 +23,7 @@ import { encodeWeightedTexts } from "./weighted-encoding";
 import { hiresSize, hiresStart, resolveHires, type HiresOptions } from "./hires-fix";
 import { applyVariation, resolveVariation, type VariationOptions } from "./variation-seed";
 import { checkDenoisingFraction, timestepsUntil } from "./partial-schedule";
+import { resolveTiling, setSeamless } from "./tiling";
 import { controlResidualsAt, disposeControls, resolveControls, type ControlOptions, type ResolvedControl } from "./controlnet";
 
 /** Sampler names generate() takes: the lib/schedulers names plus "default" (the model's own scheduler). */
@@ -125,6 +126,8 @@ export interface CommonGenerateOptions {
    * for img2img's `initLatents` on another model. Default "image".
    */
   outputType?: "image" | "latent";
+  /** Seamless tiling (A1111's "Tiling"): wrap-around padding in every convolution, so the image tiles without seams. Default false. */
+  tiling?: boolean;
   /**
    * Replaces the seeded generators: every random draw (initial latents when `latents` is not
    * given, the VAE posterior sample and noise of img2img, stochastic sampler steps) comes from
@@ -188,7 +191,7 @@ export interface DecodeResult {
 const COMMON_KEYS = [
   "prompt", "negativePrompt", "steps", "cfg", "sampler", "schedulerConfig", "seed", "numImages", "eta", "guidanceRescale", "clipSkip",
   "onStep", "signal", "previewEvery", "generator", "promptWeighting", "vaeTiling", "controlnet", "prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize",
-  "aestheticScore", "negativeAestheticScore", "outputType",
+  "aestheticScore", "negativeAestheticScore", "outputType", "tiling",
 ];
 const XL_KEYS = ["prompt2", "negativePrompt2", "originalSize", "cropTopLeft", "targetSize", "aestheticScore", "negativeAestheticScore"];
 const REFINER_ONLY_KEYS = ["aestheticScore", "negativeAestheticScore"];
@@ -211,6 +214,8 @@ export interface ResolvedRun {
   promptWeighting: boolean;
   /** Tiled VAE decoding, checked (null: decode whole). */
   vaeTiling: VaeTilingOptions | null;
+  /** Seamless tiling: wrap-around padding in the U-Net and VAE convolutions. */
+  tiling: boolean;
   /** Whether a negative prompt was given (SDXL zeroes the negative embeddings when not, if the model says so). */
   negativeGiven: boolean;
   /** SDXL: the second encoder's texts, one per unique prompt / negative (defaults: the first's). */
@@ -376,7 +381,7 @@ export function resolveCommon(pipe: StableDiffusionPipeline, opts: CommonGenerat
   const rep = (xs: string[]) => xs.flatMap((x) => Array<string>(numImages).fill(x));
   return {
     op, prompts: rep(uniquePrompts), negatives: rep(uniqueNegatives), uniquePrompts, uniqueNegatives, numImages, total,
-    negativeGiven: opts.negativePrompt !== undefined, promptWeighting, vaeTiling, ...xl,
+    negativeGiven: opts.negativePrompt !== undefined, promptWeighting, vaeTiling, tiling: resolveTiling(op, opts.tiling), ...xl,
     steps, cfg, cfgOn: cfg > 1, sampler, samplerDisplay: display, schedulerConfig: opts.schedulerConfig, scheduler, seeds,
     generator: user ?? seeds.map((s) => new TorchGenerator(s)),
     eta, guidanceRescale, clipSkip, onStep: opts.onStep, signal, previewEvery,
@@ -678,6 +683,7 @@ export function imageParameters(pipe: StableDiffusionPipeline, run: ResolvedRun,
     if (run.eta > 0 && run.sampler === "ddim") e["Eta"] = run.eta;
     if (run.guidanceRescale > 0) e["CFG rescale"] = run.guidanceRescale;
     if (pipe.loras.length) e["Lora"] = pipe.loras.map((l) => `${l.name}:${l.scale}`).join(", ");
+    if (run.tiling) e["Tiling"] = "True";
     return {
       prompt: run.prompts[k], negativePrompt: run.cfgOn && run.negatives[k] ? run.negatives[k] : undefined,
       steps: run.steps, sampler: run.samplerDisplay, cfg: run.cfg, seed: run.seeds[k], width, height,
@@ -704,6 +710,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
   let latents: Tensor | null = null;
   let control: ResolvedControl[] = [];
   try {
+    setSeamless(pipe, run.tiling);
     const hires = resolveHires(op, opts.hires, run.steps);
     const variation = resolveVariation(op, opts.variation, opts.latents !== undefined || opts.generator !== undefined);
     const denoisingEnd = checkDenoisingFraction(op, "denoisingEnd", opts.denoisingEnd);
@@ -768,6 +775,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     const t3 = now();
     return { images, seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: t3 - t2 } };
   } finally {
+    setSeamless(pipe, false);
     disposeConditioning(cond);
     latents?.dispose();
     disposeControls(control);

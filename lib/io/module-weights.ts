@@ -8,7 +8,10 @@ import type { Module } from "../nn/module";
 import { Tensor } from "../tensor";
 import type { HostStateDictSource } from "./state-dict";
 import { noGrad, rawNative } from "../autograd";
+import * as fs from "fs";
+import * as path from "path";
 import { writeSafetensorsStreaming, type SafetensorsDType } from "./safetensors";
+import { writeJsonFile } from "./files";
 
 export type SaveDType = "float32" | "float16" | "bfloat16";
 export const SAVE_DTYPES: readonly SaveDType[] = ["float32", "float16", "bfloat16"];
@@ -64,4 +67,11 @@ export async function writeSourceWeights(file: string, source: HostStateDictSour
       t.dispose();
     }
   }, { format: "pt" });
+}
+
+/** One component of a model folder: `<dir>/config.json` and its weights file, `weightsFile`. */
+export async function writeModuleComponent(dir: string, config: Record<string, unknown>, weightsFile: string, module: Module, opts: WriteModuleOptions): Promise<void> {
+  fs.mkdirSync(dir, { recursive: true });
+  await writeModuleWeights(path.join(dir, weightsFile), module, opts);
+  writeJsonFile(path.join(dir, "config.json"), config);
 }

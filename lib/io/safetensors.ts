@@ -8,7 +8,7 @@
  */
 import * as fs from "fs";
 import * as os from "os";
-import * as path from "path";
+import { TemporaryFile, writeAll } from "./files";
 import { bfloat16ToFloat32, float16ToFloat32 } from "./half";
 
 export type SafetensorsDType = "F64" | "F32" | "F16" | "BF16" | "I64" | "I32" | "I16" | "I8" | "U8" | "BOOL";
@@ -490,36 +490,11 @@ export async function writeSafetensorsStreaming(
       const bytes = await bytesOf(e.name);
       if (!(bytes instanceof Uint8Array) || bytes.byteLength !== e.byteLength)
         throw new RangeError(`writeSafetensors: tensor ${JSON.stringify(e.name)}: ${e.dtype} ${JSON.stringify(e.shape)} needs ${e.byteLength} bytes, got ${bytes instanceof Uint8Array ? bytes.byteLength : typeof bytes}`);
-      writeAll(out.fd, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+      writeAll(out.fd, bytes);
     }
     out.commit();
   } catch (e) {
     out.abandon();
     throw e;
-  }
-}
-
-function writeAll(fd: number, chunk: Buffer): void {
-  for (let done = 0; done < chunk.length; ) done += fs.writeSync(fd, chunk, done, Math.min(chunk.length - done, 1 << 30));
-}
-
-/** A temporary file next to `target`, renamed into place on commit (so readers never see a partial file) or removed. */
-class TemporaryFile {
-  private constructor(readonly fd: number, private readonly tmp: string, private readonly target: string) {}
-  static beside(target: string): TemporaryFile {
-    const tmp = path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}.tmp`);
-    return new TemporaryFile(fs.openSync(tmp, "w"), tmp, target);
-  }
-  commit(): void {
-    fs.closeSync(this.fd);
-    fs.renameSync(this.tmp, this.target);
-  }
-  abandon(): void {
-    try {
-      fs.closeSync(this.fd);
-    } catch {
-      // already closed
-    }
-    fs.rmSync(this.tmp, { force: true });
   }
 }

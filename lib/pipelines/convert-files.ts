@@ -13,7 +13,8 @@ import { renameLegacyVaeKey } from "../models/autoencoder-kl";
 import {
   convertDiffusersToSingleFile, SDXL_TEXT_PREFIX_1, SDXL_TEXT_PREFIX_2, TEXT_PREFIX_OPENCLIP, TEXT_PREFIX_TRANSFORMERS, type TextEncoderFormat,
 } from "../models/single-file";
-import { tokenizerFiles, writeFileAtomic, writeTokenizerFiles } from "../tokenizers/clip-files";
+import { tokenizerFiles, writeTokenizerFiles } from "../tokenizers/clip-files";
+import { writeJsonFile } from "../io/files";
 import type { SingleFileSources } from "./load";
 
 /** The union of several sources with disjoint keys. */
@@ -67,11 +68,6 @@ export async function folderToSingleFile(dir: string, file: string, dtype: SaveD
   }
 }
 
-function writeJson(file: string, value: unknown): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  writeFileAtomic(file, JSON.stringify(value, null, 2) + "\n");
-}
-
 /** An opened single file (load.ts's openSingleFile) as a diffusers folder; the caller closes it. */
 export async function singleFileToFolder(sf: SingleFileSources, dir: string, dtype: SaveDType, variant?: string): Promise<void> {
   const { configs, sources } = sf;
@@ -79,11 +75,11 @@ export async function singleFileToFolder(sf: SingleFileSources, dir: string, dty
   const component = async (name: string, config: JsonObject, base: string, source: HostStateDictSource) => {
     fs.mkdirSync(path.join(dir, name), { recursive: true });
     await writeSourceWeights(path.join(dir, name, weights(base)), source, dtype);
-    writeJson(path.join(dir, name, "config.json"), config);
+    writeJsonFile(path.join(dir, name, "config.json"), config);
   };
   const scheduler = configs.scheduler;
   const schedulerClass = typeof scheduler["_class_name"] === "string" ? scheduler["_class_name"] : "PNDMScheduler";
-  writeJson(path.join(dir, "scheduler", "scheduler_config.json"), { _class_name: schedulerClass, ...scheduler });
+  writeJsonFile(path.join(dir, "scheduler", "scheduler_config.json"), { _class_name: schedulerClass, ...scheduler });
   writeTokenizerFiles(path.join(dir, "tokenizer"), tokenizerFiles(sf.tokenizer));
   await component("text_encoder", { ...configs.textEncoder, architectures: ["CLIPTextModel"], torch_dtype: dtype }, "model", sources.textEncoder);
   if (sf.xl) {
@@ -95,5 +91,5 @@ export async function singleFileToFolder(sf: SingleFileSources, dir: string, dty
   const inChannels = typeof configs.unet["in_channels"] === "number" ? configs.unet["in_channels"] : 4;
   const latent = typeof configs.vae["latent_channels"] === "number" ? configs.vae["latent_channels"] : 4;
   // last: a folder without it is not taken for a pipeline
-  writeJson(path.join(dir, "model_index.json"), stableDiffusionModelIndex({ schedulerClass, xl: sf.xl, inpainting: inChannels === 2 * latent + 1 }));
+  writeJsonFile(path.join(dir, "model_index.json"), stableDiffusionModelIndex({ schedulerClass, xl: sf.xl, inpainting: inChannels === 2 * latent + 1 }));
 }

@@ -13,8 +13,9 @@ import * as fs from "fs";
 import * as path from "path";
 import type { Module } from "../nn/module";
 import { stableDiffusionModelIndex, type JsonObject } from "../io/model-folder";
-import { SAVE_DTYPES, writeModuleWeights, type SaveDType } from "../io/module-weights";
-import { writeFileAtomic, writeTokenizerFiles, tokenizerFiles } from "../tokenizers/clip-files";
+import { SAVE_DTYPES, writeModuleComponent, type SaveDType } from "../io/module-weights";
+import { writeTokenizerFiles, tokenizerFiles } from "../tokenizers/clip-files";
+import { writeJsonFile } from "../io/files";
 import type { TextEncoderFormat } from "../models/single-file";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
 import { folderToSingleFile } from "./convert-files";
@@ -66,15 +67,9 @@ export function prepareFolder(dir: string): void {
   fs.mkdirSync(dir, { recursive: true });
 }
 
-function writeJson(file: string, value: unknown): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  writeFileAtomic(file, JSON.stringify(value, null, 2) + "\n");
-}
-
-async function writeComponent(dir: string, config: JsonObject, weights: string, module: Module, dtype: SaveDType, variant?: string): Promise<void> {
-  fs.mkdirSync(dir, { recursive: true });
-  await writeModuleWeights(path.join(dir, variant ? weights.replace(/\.safetensors$/, `.${variant}.safetensors`) : weights), module, { dtype });
-  writeJson(path.join(dir, "config.json"), config);
+/** A component's config and weights, the weights file named for the variant (save_pretrained's `<base>.<variant>.safetensors`). */
+function writeComponent(dir: string, config: JsonObject, weights: string, module: Module, dtype: SaveDType, variant?: string): Promise<void> {
+  return writeModuleComponent(dir, config, variant ? weights.replace(/\.safetensors$/, `.${variant}.safetensors`) : weights, module, { dtype });
 }
 
 /** A text encoder's config.json, its vocab_size following the embedding table (grown by textual inversion). */
@@ -95,7 +90,7 @@ async function saveFolder(pipe: StableDiffusionPipeline, dir: string, dtype: Sav
   prepareFolder(dir);
   const xl = pipe.isXL;
   const scheduler = schedulerConfig(pipe);
-  writeJson(path.join(dir, "scheduler", "scheduler_config.json"), scheduler);
+  writeJsonFile(path.join(dir, "scheduler", "scheduler_config.json"), scheduler);
   writeTokenizerFiles(path.join(dir, "tokenizer"), tokenizerFiles(pipe.tokenizer));
   await writeComponent(path.join(dir, "text_encoder"), textEncoderConfig(pipe, false, dtype), "model.safetensors", pipe.textEncoder, dtype, variant);
   if (xl) {
@@ -105,7 +100,7 @@ async function saveFolder(pipe: StableDiffusionPipeline, dir: string, dtype: Sav
   await writeComponent(path.join(dir, "unet"), { _class_name: "UNet2DConditionModel", ...pipe.unet.configJson }, "diffusion_pytorch_model.safetensors", pipe.unet, dtype, variant);
   await writeComponent(path.join(dir, "vae"), { _class_name: "AutoencoderKL", ...pipe.vae.configJson }, "diffusion_pytorch_model.safetensors", pipe.vae, dtype, variant);
   // last: a folder without it is not taken for a pipeline, so an interrupted save is not loaded
-  writeJson(path.join(dir, "model_index.json"), stableDiffusionModelIndex({
+  writeJsonFile(path.join(dir, "model_index.json"), stableDiffusionModelIndex({
     schedulerClass: scheduler["_class_name"] as string, xl, inpainting: pipe.isInpaintingModel, forceZerosForEmptyPrompt: pipe.forceZerosForEmptyPrompt,
   }));
 }

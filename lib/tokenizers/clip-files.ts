@@ -6,6 +6,9 @@
 import * as fs from "fs";
 import * as path from "path";
 import type { CLIPTokenizer } from "./clip";
+import { writeFileAtomic } from "../io/files";
+
+export { writeFileAtomic };
 
 /** The files of a transformers CLIPTokenizer folder, in memory. */
 export interface TokenizerFiles {
@@ -16,13 +19,6 @@ export interface TokenizerFiles {
   modelMaxLength: number;
   /** Added tokens (added_tokens.json): token -> id, after the vocabulary. */
   added?: Record<string, number>;
-}
-
-/** Writes via a temporary file renamed into place (readers never see a partial file). */
-export function writeFileAtomic(file: string, data: string | Uint8Array): void {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  fs.writeFileSync(tmp, data);
-  fs.renameSync(tmp, file);
 }
 
 /** Writes the folder transformers' CLIPTokenizer.from_pretrained (and lib/tokenizers) reads. */

@@ -1,4 +1,4 @@
-// Training checkpoints and model export.
+// Training checkpoints.
 //
 // A checkpoint is `<out>/checkpoint/`: `state-<step>.safetensors` (every trained parameter in its
 // stored layout, AdamW's two moments, the EMA averages) and `state.json` (step, RNG and data-order
@@ -8,12 +8,10 @@
 import * as fs from "fs";
 import * as path from "path";
 import { Tensor, keep } from "../tensor";
-import type { Module } from "../nn/module";
-import { writeModuleWeights } from "../io/module-weights";
 import { SafetensorsFile, writeSafetensors, type SafetensorsTensorInput } from "../io/safetensors";
 import { rawNative } from "../autograd";
 import type { AdamW, EMA } from "./optim";
-import { writeFileAtomic } from "./tokenizer";
+import { writeFileAtomic } from "../io/files";
 
 export interface CheckpointState {
   format: "diffusekit-train-checkpoint";
@@ -122,11 +120,4 @@ export function restoreCheckpoint(outDir: string, s: CheckpointState, names: rea
 /** dst <- src in place (same shape; the parameter keeps its identity and autograd state). */
 function copyInto(dst: Tensor, src: Tensor): void {
   rawNative().copyInPlace(dst.handle, src.handle);
-}
-
-/** Writes `<dir>/config.json` and the weights file of one component. */
-export async function writeComponent(dir: string, config: Record<string, unknown>, weightsFile: string, module: Module, replace?: ReadonlyMap<Tensor, Tensor>): Promise<void> {
-  fs.mkdirSync(dir, { recursive: true });
-  await writeModuleWeights(path.join(dir, weightsFile), module, { dtype: "float32", replace });
-  writeFileAtomic(path.join(dir, "config.json"), JSON.stringify(config, null, 2) + "\n");
 }

@@ -38,12 +38,14 @@ import { initParameters } from "./init";
 import { MODEL_SIZES, schedulerConfig, textEncoderConfig, unetConfig, type ModelSize } from "./presets";
 import {
   byteLevelTokenizerFiles, defaultTokenizerDir, readTokenizerFiles, tokenizerFromFiles, tokenizerIds, trimTokenizer,
-  writeFileAtomic, writeTokenizerFiles,
+  writeTokenizerFiles,
 } from "./tokenizer";
 import { LoraAdapters, type LoraTrainOptions } from "./lora-adapters";
 import { TrainedEmbedding, checkCaptionsNameToken, resolveTextualInversion, type TextualInversionTrainOptions } from "./textual-inversion";
 import { resolveSamples, samplesDue, writeSamples, type TrainSampleOptions } from "./samples";
-import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
+import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint } from "./checkpoint";
+import { writeModuleComponent } from "../io/module-weights";
+import { writeJsonFile } from "../io/files";
 import { isFinishedVae, loadVaeWeights, readVaeFolder, trainVae, type TrainVaeOptions, type TrainVaeResult } from "./vae-trainer";
 import {
   ReadBehind, StopControl, Throughput, checkKeys, finishStep, intOpt, mixedPrecisionDtype, numOpt, resolveData, trainingDevice, yieldToLoop,
@@ -553,11 +555,10 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         await saveCheckpoint(out, state, params, opt, ema);
         return;
       }
-      writeFileAtomic(path.join(out, "model_index.json"), JSON.stringify(modelIndex, null, 2) + "\n");
-      fs.mkdirSync(path.join(out, "scheduler"), { recursive: true });
-      writeFileAtomic(path.join(out, "scheduler", "scheduler_config.json"), JSON.stringify(schedCfg, null, 2) + "\n");
-      await writeComponent(path.join(out, "unet"), unetCfg as Record<string, unknown>, "diffusion_pytorch_model.safetensors", unet, replace);
-      if (trainText) await writeComponent(path.join(out, "text_encoder"), teConfig!, "model.safetensors", te, replace);
+      writeJsonFile(path.join(out, "model_index.json"), modelIndex);
+      writeJsonFile(path.join(out, "scheduler", "scheduler_config.json"), schedCfg);
+      await writeModuleComponent(path.join(out, "unet"), unetCfg as Record<string, unknown>, "diffusion_pytorch_model.safetensors", unet, { dtype: "float32", replace });
+      if (trainText) await writeModuleComponent(path.join(out, "text_encoder"), teConfig!, "model.safetensors", te, { dtype: "float32", replace });
       else if (!fs.existsSync(path.join(out, "text_encoder", "config.json"))) copyDir(frozenTe!.teDir, path.join(out, "text_encoder"));
       if (xlText && !fs.existsSync(path.join(out, "text_encoder_2", "config.json"))) copyDir(xlText.teDir, path.join(out, "text_encoder_2"));
       if (path.resolve(vaeDir) !== path.join(out, "vae")) copyDir(vaeDir, path.join(out, "vae"));

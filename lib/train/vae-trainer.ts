@@ -18,7 +18,8 @@ import { RECONSTRUCTION_LOSSES, samplePosterior, vaeLoss, type ReconstructionLos
 import { Rng, mixSeed } from "./rng";
 import { initParameters } from "./init";
 import { vaeConfig } from "./presets";
-import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint, writeComponent } from "./checkpoint";
+import { CHECKPOINT_DIR, checkFixed, readCheckpointState, restoreCheckpoint, saveCheckpoint } from "./checkpoint";
+import { writeModuleComponent } from "../io/module-weights";
 import {
   ReadBehind, StopControl, Throughput, checkKeys, finishStep, intOpt, mixedPrecisionDtype, numOpt, resolveData, trainingDevice,
   LOOP_KEYS, type DataOption, type LoopOptions, type TrainLogInfo,
@@ -162,7 +163,7 @@ export async function trainVae(opts: TrainVaeOptions): Promise<TrainVaeResult> {
     const save = async (done: boolean) => {
       const sf = trainEncoder ? await measureScalingFactor(vae, ds, seed, device) : vae.config.scalingFactor;
       const cfg = init ? { ...init.json, scaling_factor: sf } : vaeConfig({ ...shape, scalingFactor: sf });
-      await writeComponent(out, cfg as Record<string, unknown>, "diffusion_pytorch_model.safetensors", vae);
+      await writeModuleComponent(out, cfg as Record<string, unknown>, "diffusion_pytorch_model.safetensors", vae, { dtype: "float32" });
       await saveCheckpoint(out, { kind: "vae", step, done, paramNames: names, rng: rng.state(), sampler: sampler.state(),
         counters: {}, fixed, info: { steps, lr, skippedImages: ds.skipped } }, params, opt!, null);
       return { sf, cfg };

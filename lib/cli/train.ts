@@ -144,30 +144,31 @@ export function usageText(command: string, table: readonly FlagSpec[]): string {
     table.map((f) => `  ${(f.flag + (f.type === "boolean" ? "" : " <v>")).padEnd(w + 4)}${f.help}`).join("\n") + "\n";
 }
 
+/**
+ * Moves the flags of one option object (flag key -> the object's key) out of `o`: the object of
+ * those given, or null when none was; `flagOf` names a given one for errors.
+ */
+function takeGroup(o: Record<string, unknown>, names: Record<string, string>): { group: Record<string, unknown>; flagOf: (name: string) => string } | null {
+  const given = Object.keys(names).filter((k) => o[k] !== undefined && o[k] !== false);
+  const group = Object.fromEntries(given.map((k) => [names[k], o[k]]));
+  for (const k of Object.keys(names)) delete o[k];
+  const flagOf = (name: string) => TRAIN_FLAGS.find((f) => f.key === Object.keys(names).find((k) => names[k] === name))!.flag;
+  return given.length ? { group, flagOf } : null;
+}
+
 export function parseTrainArgs(argv: readonly string[]): TrainOptions {
   const o = parseFlags(argv, TRAIN_FLAGS, "train") as Record<string, unknown>;
-  // --lora-rank / --lora-alpha make the lora option's object
-  const loraFlags = { loraRank: "rank", loraAlpha: "alpha", loraTextEncoder: "textEncoder", loraConvRank: "convRank", loraConvAlpha: "convAlpha" } as const;
-  if (Object.keys(loraFlags).some((k) => o[k] !== undefined)) {
-    o.lora = Object.fromEntries(Object.entries(loraFlags).filter(([k]) => o[k] !== undefined && o[k] !== false).map(([k, name]) => [name, o[k]]));
-    for (const k of Object.keys(loraFlags)) delete o[k];
-  }
-  // --textual-inversion and its --ti-* settings make the textualInversion option's object
-  const ti = { tiInitializer: "initializer", tiVectors: "vectors", tiTemplate: "template" } as const;
-  if (o.tiToken !== undefined) {
-    o.textualInversion = { token: o.tiToken, ...Object.fromEntries(Object.entries(ti).filter(([k]) => o[k] !== undefined).map(([k, name]) => [name, o[k]])) };
-  } else {
-    const given = Object.keys(ti).filter((k) => o[k] !== undefined);
-    if (given.length) throw new RangeError(`train: ${TRAIN_FLAGS.find((f) => f.key === given[0])!.flag} goes with --textual-inversion <word>`);
-  }
-  for (const k of ["tiToken", ...Object.keys(ti)]) delete o[k];
+  // --lora-* make the lora option's object
+  const lora = takeGroup(o, { loraRank: "rank", loraAlpha: "alpha", loraTextEncoder: "textEncoder", loraConvRank: "convRank", loraConvAlpha: "convAlpha" });
+  if (lora) o.lora = lora.group;
+  // --textual-inversion <word> and its --ti-* settings make the textualInversion option's object
+  const ti = takeGroup(o, { tiToken: "token", tiInitializer: "initializer", tiVectors: "vectors", tiTemplate: "template" });
+  if (ti && ti.group.token === undefined) throw new RangeError(`train: ${ti.flagOf(Object.keys(ti.group)[0])} goes with --textual-inversion <word>`);
+  if (ti) o.textualInversion = ti.group;
   // --sample-prompt and --sample-* make the samples option's object
-  const sampleFlags = { samplePrompt: "prompts", sampleEvery: "every", sampleSteps: "steps", sampleSeed: "seed" } as const;
-  if (Object.keys(sampleFlags).some((k) => o[k] !== undefined)) {
-    if (o.samplePrompt === undefined || o.sampleEvery === undefined) throw new RangeError("train: --sample-prompt and --sample-every go together");
-    o.samples = Object.fromEntries(Object.entries(sampleFlags).filter(([k]) => o[k] !== undefined).map(([k, name]) => [name, o[k]]));
-    for (const k of Object.keys(sampleFlags)) delete o[k];
-  }
+  const samples = takeGroup(o, { samplePrompt: "prompts", sampleEvery: "every", sampleSteps: "steps", sampleSeed: "seed" });
+  if (samples && (samples.group.prompts === undefined || samples.group.every === undefined)) throw new RangeError("train: --sample-prompt and --sample-every go together");
+  if (samples) o.samples = samples.group;
   return o as unknown as TrainOptions;
 }
 

@@ -10,7 +10,7 @@ import { TorchGenerator } from "../random/torch-generator";
 import type { NoiseSource, Scheduler } from "../schedulers";
 import { centerCrop, imageToNchw, loadImage, resizeImage, type ImageInput, type RGBImage } from "./images";
 import {
-  GENERATE_KEYS, checkOutputType, checkSize, decodeLatents, denoise, disposeConditioning, drawNoise, encodeStage, imageParameters, latentsResult, resolveCommon,
+  GENERATE_KEYS, checkOutputType, checkSize, decodeLatents, denoise, disposeConditioning, drawNoise, encodeStage, imageParameters, latentResult, resolveCommon,
   throwIfAborted, trainTimesteps,
   type CommonGenerateOptions, type Conditioning, type GenerateResult,
 } from "./text-to-image";
@@ -118,7 +118,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
     const t2 = now();
 
     // 5. decode (or hand back the latents)
-    if (outputType === "latent") return { images: [], latents: await latentsResult(final), seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: 0 } };
+    if (outputType === "latent") return await latentResult(final, run, t1 - t0, t2 - t1);
     const extra: Record<string, number> = denoisingStart === null ? { "Denoising strength": strength } : { "Denoising start": denoisingStart };
     const { images } = await decodeLatents(pipe, final, imageParameters(pipe, run, width, height, extra), run.vaeTiling);
     const t3 = now();

@@ -23,7 +23,7 @@ import { fitImage } from "./image-to-image";
 import { disposeControls, resolveControls, type ResolvedControl } from "./controlnet";
 import { checkStrength, encodePosteriorSamples, posteriorShape, startAtStrength } from "./partial-schedule";
 import {
-  GENERATE_KEYS, checkOutputType, decodeLatents, denoise, latentsResult, disposeConditioning, drawNoise, encodeStage, imageParameters, latentsFromOption, resolveCommon, throwIfAborted,
+  GENERATE_KEYS, checkOutputType, decodeLatents, denoise, latentResult, disposeConditioning, drawNoise, encodeStage, imageParameters, latentsFromOption, resolveCommon, throwIfAborted,
   type CommonGenerateOptions, type Conditioning, type GenerateResult,
 } from "./text-to-image";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
@@ -153,7 +153,7 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
     const t2 = now();
 
     // 5. decode (and paste the kept pixels back when asked), or hand back the latents
-    if (outputType === "latent") return { images: [], latents: await latentsResult(final), seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: 0 } };
+    if (outputType === "latent") return await latentResult(final, run, t1 - t0, t2 - t1);
     const params = imageParameters(pipe, run, width, height, fullStrength ? {} : { "Denoising strength": strength });
     let { images } = await decodeLatents(pipe, final, params, run.vaeTiling);
     if (opts.keepUnmasked) images = images.map((g) => new GeneratedImage(g.width, g.height, pasteUnmasked(g.data, img, mask), g.parameters));

@@ -394,9 +394,10 @@ export function checkOutputType(op: string, v: unknown): "image" | "latent" {
   throw new RangeError(`${op}: outputType must be "image" or "latent", got ${JSON.stringify(v)}`);
 }
 
-/** The final latents read back for outputType "latent". */
-export async function latentsResult(t: Tensor): Promise<{ data: Float32Array; shape: number[] }> {
-  return { data: await t.toFloat32Array(), shape: [...t.shape] };
+/** The result of a run with outputType "latent": the final latents read back, no images, nothing decoded. */
+export async function latentResult(final: Tensor, run: Pick<ResolvedRun, "seeds">, encode: number, denoise: number): Promise<GenerateResult> {
+  const shape = [...final.shape];
+  return { images: [], latents: { data: await final.toFloat32Array(), shape }, seeds: run.seeds, timings: { encode, denoise, decode: 0 } };
 }
 
 /** The model's training schedule length (scheduler_config's num_train_timesteps). */
@@ -769,7 +770,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     const t2 = now();
 
     // 5. decode (or hand back the latents)
-    if (outputType === "latent") return { images: [], latents: await latentsResult(final), seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: 0 } };
+    if (outputType === "latent") return await latentResult(final, run, t1 - t0, t2 - t1);
     const params = imageParameters(pipe, run, width, height, extra);
     const { images } = await decodeLatents(pipe, final, (k) => { const p = params(k); return { ...p, extra: { ...p.extra, ...variationInfo(k) } }; }, run.vaeTiling);
     const t3 = now();

@@ -89,7 +89,7 @@ function unetSubject(a: Args): Subject {
     toBf16: () => { unet.to("cpu", "bfloat16"); sampleBf16 = sample.to("cpu", "bfloat16"); },
     graph: () => buildUNetOnnx(unet, { batch: B, height: h, width: h, tokens }),
     feeds: async (ort) => {
-      const sin = timestepSinusoid(t, C0, unet.config.flipSinToCos, unet.config.freqShift);
+      const sin = await timestepSinusoid(t, C0, unet.config.flipSinToCos, unet.config.freqShift);
       return {
         sample: new ort.Tensor("float32", await sample.toFloat32Array(), [...sample.shape]),
         t_sin: new ort.Tensor("float32", Float32Array.from({ length: B * C0 }, (_, i) => sin[i % C0]), [B, C0]),

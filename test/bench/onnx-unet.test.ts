@@ -24,8 +24,8 @@ test("protobuf encodings: varints (also negative int64), strings, fixed32 floats
   expect([...packedInts(1, [1, 128])]).toEqual([0x0a, 3, 1, 0x80, 0x01]);
 });
 
-test("timestepSinusoid is diffusers' get_timestep_embedding (cos first when flip_sin_to_cos)", () => {
-  const e = timestepSinusoid(10, 8, true, 0);
+test("timestepSinusoid is diffusers' get_timestep_embedding (cos first when flip_sin_to_cos)", async () => {
+  const e = await timestepSinusoid(10, 8, true, 0);
   const f = (i: number) => 10 * Math.exp((-Math.log(10000) * i) / 4);
   for (let i = 0; i < 4; i++) {
     expect(e[i]).toBeCloseTo(Math.cos(f(i)), 6);

@@ -7,21 +7,23 @@
  * sinusoid is a graph input (computed on the host: 320 values, not worth a subgraph).
  */
 import type { UNet2DConditionModel } from "../../models/unet-2d-condition";
+import * as ops from "../../ops";
+import { Tensor } from "../../tensor";
 import { OnnxGraph } from "./graph";
 import { OnnxLayers } from "./layers";
 
 export interface UNetOnnxShapes { batch: number; height: number; width: number; tokens: number }
 
-/** diffusers' get_timestep_embedding for one timestep, float32 (what the graph's `t_sin` input takes). */
-export function timestepSinusoid(t: number, dim: number, flipSinToCos: boolean, freqShift: number): Float32Array {
-  const half = dim / 2, out = new Float32Array(dim);
-  for (let i = 0; i < half; i++) {
-    const arg = Math.fround(t * Math.fround(Math.exp((-Math.log(10000) * i) / (half - freqShift))));
-    const [s, c] = [Math.sin(arg), Math.cos(arg)];
-    out[i] = flipSinToCos ? c : s;
-    out[half + i] = flipSinToCos ? s : c;
+/** The U-Net's timestep sinusoid for one timestep, float32 (what the graph's `t_sin` input takes), from the op the U-Net uses. */
+export async function timestepSinusoid(t: number, dim: number, flipSinToCos: boolean, freqShift: number): Promise<Float32Array> {
+  const tt = Tensor.fromArray(Float32Array.of(t), [1]);
+  const e = ops.timestepEmbedding(tt, dim, { flipSinToCos, downscaleFreqShift: freqShift });
+  try {
+    return await e.toFloat32Array();
+  } finally {
+    e.dispose();
+    tt.dispose();
   }
-  return out;
 }
 
 export function buildUNetOnnx(unet: UNet2DConditionModel, shape: UNetOnnxShapes): OnnxGraph {

@@ -32,7 +32,7 @@ node -e "const d=require('./dist'); console.log('devices:', JSON.stringify(d.dev
 
 status=0
 # Parts run in this order, most telling first; a subset (DEVICE_CHECK_PARTS=...) reruns only what changed.
-PARTS="${DEVICE_CHECK_PARTS:-parity,golden,bench,torch,grad,train,labs}"
+PARTS="${DEVICE_CHECK_PARTS:-parity,golden,bench,torch,grad,train,labs}"  # opt-in: xl, profile, torch-e2e
 want() { [[ ",$PARTS," == *",$1,"* ]]; }
 # Device time is scarce: the whole check keeps within DEVICE_CHECK_BUDGET_S; each part gets its own
 # cap or what is left, and a part that no longer fits is reported as skipped.
@@ -104,7 +104,7 @@ run_lab() {  # name timeout args...
   local lab=".device/labs/$1" to="$2"; shift 2
   [ -x "$lab" ] || return 0
   echo "### $(basename "$lab") $*" >> "$OUT_DIR/labs.txt"
-  timeout "$to" "$lab" "$@" >> "$OUT_DIR/labs.txt" 2>&1; local rc=$?
+  timed "$to" "$(basename "$lab")" "$lab" "$@" >> "$OUT_DIR/labs.txt" 2>&1; local rc=$?
   say "$(basename "$lab") $*: exit $rc"
   [ $rc = 0 ] || status=1
 }
@@ -119,6 +119,32 @@ say "## SDXL base 1024x1024, 30 steps (random weights from configs/sdxl), float1
 timed 200 xl node dist/bench/cuda-bench.js --dtype float16 --e2e-config configs/sdxl --e2e-size 1024 --e2e-steps 30 --json "$OUT_DIR/bench-xl.json" 2>&1 | tee -a "$REPORT" || status=1
 fi
 
+if want profile; then  # opt-in: where the U-Net step's time goes, kernel by kernel
+say ""
+say "## kernel time of 10 eager SD1.5 U-Net steps, 512x512 batch 2, float16 (nsys)"
+NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda*/nsight-systems*/bin/nsys 2>/dev/null | head -1)
+if [ -n "$NSYS" ]; then
+  timed 90 profile "$NSYS" profile --trace=cuda --sample=none --cpuctxsw=none --force-overwrite true -o /tmp/dk-unet \
+    node dist/bench/cuda-unet-loop.js > "$OUT_DIR/profile.txt" 2>&1 || status=1
+  grep "cuda-unet-loop" "$OUT_DIR/profile.txt" | tee -a "$REPORT"
+  "$NSYS" stats --report cuda_gpu_kern_sum --format csv --output - /tmp/dk-unet.nsys-rep > "$OUT_DIR/kernels.csv" 2>> "$OUT_DIR/profile.txt"
+  python3 scripts/kernel-summary.py "$OUT_DIR/kernels.csv" 10 2>&1 | tee -a "$REPORT"
+else
+  say "nsys not found on this machine; skipped"
+fi
+fi
+
+if want torch-e2e; then  # opt-in: diffusers' pipeline loop on the same card, when diffusers is installed
+say ""
+say "## diffusers on the same card (random SD1.5 weights, float16)"
+timed 150 torch-e2e python3 scripts/torch-e2e.py configs/sd15 "$OUT_DIR/torch-e2e.json" 2>&1 | tee -a "$REPORT"
+fi
+
 say ""
 say "device check finished with status $status"
+# The run's files come back from the machine a few at a time: keep the report, pack the rest.
+if [ "${DEVICE_CHECK_PACK:-1}" = 1 ]; then
+  (cd "$OUT_DIR" && files=$(ls | grep -v -e '^report.txt$' -e '^all.tar.gz$') &&
+    [ -n "$files" ] && tar -czf all.tar.gz $files && rm -f $files)
+fi
 exit $status

@@ -7,6 +7,7 @@
 // (--self-test runs the harness CPU against CPU: it checks the script and the cases, no GPU.)
 import * as fs from "fs";
 import { devices } from "../devices";
+import { withExactCpuReference } from "./exact-cpu-reference";
 import * as ops from "../ops";
 import { Tensor, tidy } from "../tensor";
 import { backward } from "../autograd";
@@ -156,7 +157,7 @@ if (require.main === module) {
     console.log("cuda-grad-parity: no CUDA device answered; nothing to check");
     process.exit(0);
   }
-  runGradParity(selfTest ? "cpu" : "cuda:0").then((results) => {
+  withExactCpuReference(() => runGradParity(selfTest ? "cpu" : "cuda:0")).then((results) => {
     if (jsonAt > 0) fs.writeFileSync(process.argv[jsonAt + 1], JSON.stringify({ device: selfTest ? "cpu" : cuda, results }, null, 1));
     process.exitCode = results.every((r) => r.ok) ? 0 : 1;
   }, (e) => { console.error(e); process.exitCode = 1; });

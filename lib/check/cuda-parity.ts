@@ -3,6 +3,7 @@
 // A plain Node script over dist/ (no dev dependencies): node dist/check/cuda-parity.js [--json out.json]
 import * as fs from "fs";
 import { devices } from "../devices";
+import { withExactCpuReference } from "./exact-cpu-reference";
 import * as ops from "../ops";
 import { Tensor, tidy, type DType } from "../tensor";
 
@@ -187,7 +188,7 @@ if (require.main === module) {
     console.log("cuda-parity: no CUDA device answered; nothing to check");
     process.exit(0);
   }
-  runParity(selfTest ? "cpu" : "cuda:0", console.log, selfTest ? ["float32"] : undefined).then((results) => {
+  withExactCpuReference(() => runParity(selfTest ? "cpu" : "cuda:0", console.log, selfTest ? ["float32"] : undefined)).then((results) => {
     if (jsonAt > 0) fs.writeFileSync(process.argv[jsonAt + 1], JSON.stringify({ device: cuda, results }, null, 1));
     process.exitCode = results.every((r) => r.ok) ? 0 : 1;
   }, (e) => { console.error(e); process.exitCode = 1; });

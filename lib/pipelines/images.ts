@@ -260,41 +260,6 @@ export function imageToNchw(img: RGBImage): Float32Array {
   return out;
 }
 
-// ---- VAE output -> pixels
-
-/** numpy's round-half-to-even of a float32 value. */
-function roundHalfEven(x: number): number {
-  const r = Math.round(x);
-  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
-}
-
-/**
- * decoded [B,3,H,W] (NCHW, nominally [-1,1]) -> diffusers' output: imageFloat [B,H,W,3] =
- * clamp(decoded/2 + 0.5, 0, 1) (float32, VaeImageProcessor.denormalize) and per image the uint8 RGB
- * bytes round(imageFloat·255) with numpy's half-to-even rounding (numpy_to_pil).
- */
-export function postprocessDecoded(decoded: Float32Array, shape: readonly number[]): { imageFloat: Float32Array; rgb: Uint8Array[] } {
-  const [B, C, H, W] = shape;
-  if (C !== 3 || decoded.length !== B * C * H * W) throw new RangeError(`postprocessDecoded: expected [B,3,H,W] data, got shape [${shape.join(",")}] with ${decoded.length} values`);
-  const f = Math.fround;
-  const imageFloat = new Float32Array(B * H * W * 3);
-  const rgb: Uint8Array[] = [];
-  const plane = H * W;
-  for (let b = 0; b < B; b++) {
-    const bytes = new Uint8Array(plane * 3);
-    for (let i = 0; i < plane; i++)
-      for (let c = 0; c < 3; c++) {
-        const d = decoded[(b * 3 + c) * plane + i];
-        let v = f(f(d / 2) + 0.5);
-        v = v < 0 ? 0 : v > 1 ? 1 : v;  // NaN stays NaN (and becomes 0 below), as torch's clamp keeps it
-        imageFloat[(b * plane + i) * 3 + c] = v;
-        bytes[i * 3 + c] = roundHalfEven(f(v * 255));
-      }
-    rgb.push(bytes);
-  }
-  return { imageFloat, rgb };
-}
-
 // ---- latent preview
 
 /**

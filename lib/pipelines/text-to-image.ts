@@ -13,7 +13,8 @@ import { Tensor, tidy } from "../tensor";
 import { synchronize } from "../devices";
 import { TorchGenerator, randnTensor } from "../random/torch-generator";
 import { SAMPLER_NAMES, createScheduler, schedulerFromConfig, type Scheduler, type NoiseSource } from "../schedulers";
-import { GeneratedImage, latentPreviews, postprocessDecoded, type ImageParameters } from "./images";
+import { GeneratedImage, latentPreviews, type ImageParameters } from "./images";
+import { decodedPixels, decodedPixelsOf, type DecodedPixels } from "./decoded-pixels";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
 import { unetStep } from "../models/unet-graph";
 import { tiledDecode, tileGeometry, type VaeTilingOptions } from "../models/vae-tiling";
@@ -646,33 +647,32 @@ export async function decodeLatents(pipe: StableDiffusionPipeline, latents: Tens
     throw new RangeError(`decodeLatents: latents must be [B, ${cfg.latentChannels}, h, w], got [${latents.shape.join(",")}]`);
   const [B, , h, w] = latents.shape;
   const f = cfg.scaleFactor, H = h * f, W = w * f;
-  const decoded = new Float32Array(B * 3 * H * W);
+  const decoded = new Float32Array(B * 3 * H * W), imageFloat = new Float32Array(B * H * W * 3);
+  const rgb: Uint8Array[] = [];
   for (let b = 0; b < B; b++) {
     const z = tidy(() => {
       const zb = ops.div(ops.slice(latents, 0, b, b + 1), cfg.scalingFactor);
       return zb.dtype !== pipe.vaeDtype || zb.device !== pipe.device ? zb.to(pipe.device, pipe.vaeDtype) : zb;
     });
     try {
-      decoded.set(tiling ? await tiledDecode(pipe.vae, z, tiling) : await decodeWhole(pipe, z), b * 3 * H * W);
+      const px = tiling ? await decodedPixelsOf(await tiledDecode(pipe.vae, z, tiling), [1, 3, H, W]) : await decodeWhole(pipe, z);
+      decoded.set(px.decoded, b * 3 * H * W);
+      imageFloat.set(px.imageFloat, b * H * W * 3);
+      rgb.push(px.rgb[0]);
     } finally {
       z.dispose();
     }
   }
-  const shape = [B, 3, H, W];
-  const { imageFloat, rgb } = postprocessDecoded(decoded, shape);
   const images = rgb.map((data, k) => new GeneratedImage(W, H, data, params?.(k)));
-  return { images, decoded, imageFloat, shape };
+  return { images, decoded, imageFloat, shape: [B, 3, H, W] };
 }
 
-async function decodeWhole(pipe: StableDiffusionPipeline, z: Tensor): Promise<Float32Array> {
-  const img = tidy(() => {
-    const x = pipe.vae.decode(z);
-    return x.dtype === "float32" && x.device === "cpu" ? x : x.to("cpu", "float32");
-  });
+async function decodeWhole(pipe: StableDiffusionPipeline, z: Tensor): Promise<DecodedPixels> {
+  const x = tidy(() => pipe.vae.decode(z));
   try {
-    return await img.toFloat32Array();
+    return await decodedPixels(x);
   } finally {
-    img.dispose();
+    x.dispose();
   }
 }
 

@@ -9,7 +9,8 @@ import { Tensor, memoryStats, synchronize, TorchGenerator } from "../../lib";
 import { SafetensorsFile } from "../../lib/io/safetensors";
 import { loadPipeline, readPNGText, GeneratedImage, decodeImageBytes, type StableDiffusionPipeline } from "../../lib/pipelines";
 import { drawNoise, rescaleNoiseCfg } from "../../lib/pipelines/text-to-image";
-import { formatParameters, postprocessDecoded, resizeImage, centerCrop } from "../../lib/pipelines/images";
+import { formatParameters, resizeImage, centerCrop } from "../../lib/pipelines/images";
+import { decodedPixelsOf } from "../../lib/pipelines/decoded-pixels";
 import { describeIfReference, referencePath } from "../helpers/reference";
 
 async function rejection(p: Promise<unknown>): Promise<Error> {
@@ -248,15 +249,31 @@ describeIfReference("generate() on tiny-sd", () => {
     expect(Array.from(up.data)).toEqual([10, 20, 30, 10, 20, 30, 10, 20, 30, 10, 20, 30, 10, 20, 30, 10, 20, 30]);
   });
 
-  test("float -> uint8: clamp(d/2 + 0.5), float32 multiply by 255, numpy's round half to even", () => {
+  test("float -> uint8: clamp(d/2 + 0.5), float32 multiply by 255, numpy's round half to even; NaN -> NaN / 0", async () => {
     // images exactly (k + 0.5)/255 in float32 for k = 128, 129, 130, 200: 128.5 -> 128, 129.5 -> 130 ...
     const f = Math.fround;
     const imgs = [128.5, 129.5, 130.5, 200.5].map((k) => f(k / 255));
-    const d = [...imgs.map((x) => 2 * (x - 0.5)), -3, 3];  // exact in float32: d/2 + 0.5 gives x back
-    const { imageFloat, rgb } = postprocessDecoded(new Float32Array([...d, ...d, ...d]), [1, 3, 1, 6]);
-    expect(Array.from({ length: 6 }, (_, i) => rgb[0][i * 3])).toEqual([128, 130, 130, 200, 0, 255]);
+    const d = [...imgs.map((x) => 2 * (x - 0.5)), -3, 3, NaN];  // exact in float32: d/2 + 0.5 gives x back
+    const { imageFloat, rgb, decoded } = await decodedPixelsOf(new Float32Array([...d, ...d, ...d]), [1, 3, 1, 7]);
+    expect(Array.from({ length: 7 }, (_, i) => rgb[0][i * 3])).toEqual([128, 130, 130, 200, 0, 255, 0]);
     expect(Array.from(imageFloat.subarray(0, 4 * 3)).filter((_, i) => i % 3 === 0)).toEqual(imgs);
-    expect([imageFloat[12], imageFloat[15]]).toEqual([0, 1]);
+    expect([imageFloat[12], imageFloat[15], imageFloat[18]]).toEqual([0, 1, NaN]);
+    expect(Array.from(decoded.subarray(0, 7))).toEqual(d.map(f));
+  });
+
+  test("float -> uint8 as diffusers' float32 numpy steps, pixel for pixel, NCHW -> NHWC, per batch item", async () => {
+    const B = 2, H = 5, W = 7, n = B * 3 * H * W;
+    const d = Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 1.3);
+    const { imageFloat, rgb } = await decodedPixelsOf(d, [B, 3, H, W]);
+    const f = Math.fround;
+    for (let b = 0; b < B; b++)
+      for (let c = 0; c < 3; c++)
+        for (let i = 0; i < H * W; i++) {
+          const v = Math.min(1, Math.max(0, f(f(d[(b * 3 + c) * H * W + i] / 2) + 0.5)));
+          const s = f(v * 255), r = Math.round(s);
+          expect(imageFloat[(b * H * W + i) * 3 + c]).toBe(v);
+          expect(rgb[b][i * 3 + c]).toBe(r - s === 0.5 && r % 2 !== 0 ? r - 1 : r);
+        }
   });
 
   test("a disposed pipeline refuses work", async () => {

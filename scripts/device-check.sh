@@ -119,18 +119,18 @@ say "## SDXL base 1024x1024, 30 steps (random weights from configs/sdxl), float1
 timed 200 xl node dist/bench/cuda-bench.js --dtype float16 --e2e-config configs/sdxl --e2e-size 1024 --e2e-steps 30 --json "$OUT_DIR/bench-xl.json" 2>&1 | tee -a "$REPORT" || status=1
 fi
 
-if want profile; then  # opt-in: where the U-Net step's time goes, kernel by kernel
+if want profile; then  # opt-in: where the U-Net step's time goes, kernel by kernel (Nsight Compute)
 say ""
-say "## kernel time of 10 eager SD1.5 U-Net steps, 512x512 batch 2, float16 (nsys)"
-NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda*/nsight-systems*/bin/nsys 2>/dev/null | head -1)
-if [ -n "$NSYS" ]; then
-  timed 90 profile "$NSYS" profile --trace=cuda --sample=none --cpuctxsw=none --force-overwrite true -o /tmp/dk-unet \
-    node dist/bench/cuda-unet-loop.js > "$OUT_DIR/profile.txt" 2>&1 || status=1
-  grep "cuda-unet-loop" "$OUT_DIR/profile.txt" | tee -a "$REPORT"
-  "$NSYS" stats --report cuda_gpu_kern_sum --format csv --output - /tmp/dk-unet.nsys-rep > "$OUT_DIR/kernels.csv" 2>> "$OUT_DIR/profile.txt"
-  python3 scripts/kernel-summary.py "$OUT_DIR/kernels.csv" 10 2>&1 | tee -a "$REPORT"
+say "## kernel time of one eager SD1.5 U-Net step, 512x512 batch 2, float16 (ncu, clocks and caches as they are)"
+NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+if [ -n "$NCU" ]; then
+  # two forwards (warm-up + 1); the constant weights' fill_kernel launches are left out by name
+  timed 150 profile "$NCU" --clock-control none --cache-control none --metrics gpu__time_duration.sum \
+    --kernel-name-base demangled --kernel-name "regex:^(?!.*fill_kernel).*" --csv --page raw \
+    --log-file "$OUT_DIR/ncu.csv" node dist/bench/cuda-unet-loop.js --steps 1 > "$OUT_DIR/profile.txt" 2>&1 || status=1
+  python3 scripts/kernel-summary.py "$OUT_DIR/ncu.csv" 2 2>&1 | tee -a "$REPORT"
 else
-  say "nsys not found on this machine; skipped"
+  say "ncu not found on this machine; skipped"
 fi
 fi
 

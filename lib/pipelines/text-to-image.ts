@@ -574,6 +574,22 @@ export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, i
   const unetDtype = pipe.dtype;
   const total = timesteps.length;
   let current = latents;
+  // Step i is reported (onStep) once it has run, which is awaited only after step i+1 has been
+  // enqueued: the device always has the next step queued instead of idling while JavaScript
+  // prepares it (on an H100, ~0.3 ms of a 9 ms SD1.5 step). A reported step's latents stay alive
+  // until its report.
+  let pending: PendingStep | null = null;
+  const report = async (p: PendingStep) => {
+    await p.done;
+    if (!run.onStep) return;
+    const info: StepInfo = { step: p.step + 1, total, timestep: p.timestep, latents: p.latents };
+    if (p.wantPreview) {
+      const src = p.x0 ?? p.latents;
+      info.previews = latentPreviews(await src.toFloat32Array(), src.shape);
+      info.preview = info.previews[0];
+    }
+    await run.onStep(info);
+  };
   try {
     for (let i = 0; i < total; i++) {
       throwIfAborted(run);
@@ -605,34 +621,50 @@ export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, i
         return { prev: o.prevSample, x0: x0 && x0 !== o.prevSample ? x0 : null };
       });
       current = out.prev;
-      x.dispose();
-      try {
-        if (afterStep) {
-          const stepped = current;
+      if (!pending) x.dispose();  // the first step's input: no report needs it
+      if (afterStep) {
+        const stepped = current;
+        try {
           current = tidy(() => afterStep(stepped, i));
-          if (current !== stepped) stepped.dispose();
+        } catch (e) {
+          out.x0?.dispose();
+          throw e;
         }
-        await synchronize(pipe.device);
-        if (run.onStep) {
-          const info: StepInfo = { step: i + 1, total, timestep: t, latents: current };
-          if (wantPreview) {
-            const src = out.x0 ?? current;
-            info.previews = latentPreviews(await src.toFloat32Array(), src.shape);
-            info.preview = info.previews[0];
-          }
-          await run.onStep(info);
+        if (current !== stepped) stepped.dispose();
+      }
+      const done = synchronize(pipe.device);
+      done.catch(() => {});  // awaited in report(); this only keeps an early exit from leaving it unhandled
+      const previous = pending;
+      pending = { step: i, timestep: t, latents: current, x0: out.x0, wantPreview, done };
+      if (previous) {
+        try {
+          await report(previous);
+        } finally {
+          previous.x0?.dispose();
+          previous.latents.dispose();  // = x, this step's input, now enqueued
         }
+      }
+    }
+    if (pending) {
+      const last = pending;
+      pending = null;
+      try {
+        await report(last);
       } finally {
-        out.x0?.dispose();
+        last.x0?.dispose();
       }
     }
     throwIfAborted(run);
     return current;
   } catch (e) {
+    if (pending && pending.latents !== current) pending.latents.dispose();
+    pending?.x0?.dispose();
     current.dispose();
     throw e;
   }
 }
+
+interface PendingStep { step: number; timestep: number; latents: Tensor; x0: Tensor | null; wantPreview: boolean; done: Promise<void> }
 
 // ---------------------------------------------------------------------------------------------
 // stage 5: decode

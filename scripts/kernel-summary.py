@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Summarises an Nsight Compute table (`ncu --csv --page raw --metrics gpu__time_duration.sum`):
 GPU time per kernel family and per launch shape, per profiled step.
-Usage: python3 scripts/kernel-summary.py NCU.csv STEPS"""
+Usage: python3 scripts/kernel-summary.py NCU.csv STEPS [MARKER]
+With MARKER (a kernel name part, e.g. timestep_kernel, the first kernel of a U-Net forward) only
+the launches from its last occurrence count: the last step, without one-time setup work."""
 import csv, re, sys
 from collections import defaultdict
 
@@ -11,6 +13,10 @@ table = list(csv.DictReader(lines))
 rows = [r for r in table if r.get("ID", "").strip().isdigit()]
 if not rows:
     print("kernel-summary: no kernel rows in", path); sys.exit(0)
+if len(sys.argv) > 3:
+    marks = [i for i, r in enumerate(rows) if sys.argv[3] in r["Kernel Name"]]
+    if marks:
+        rows, steps = rows[marks[-1]:], 1
 col = next(c for c in rows[0] if c.startswith("gpu__time_duration"))
 units = next((r[col] for r in table if not r.get("ID", "").strip()), "nsecond")  # the row under the header
 scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(units.strip(), 1e-3)  # -> microseconds

@@ -162,23 +162,10 @@ __device__ __forceinline__ void finish_scalar(const TileParams& p, int b, int m,
   *c = Elem<T>::from_f(o);
 }
 
-// Eight consecutive outputs (m, n..n+7) of a 16-bit type from raw accumulators; writes float32
-// partials instead when split-K is on.
+// The epilogue of eight consecutive outputs (m, n..n+7): 16-byte loads and stores where the
+// layout allows (out_vec), else element by element; the same float32 sums in the same order.
 template <class T>
-__device__ __forceinline__ void store_chunk8(const TileParams& p, int b, int split, int m, int n, const float (&v)[8]) {
-  if (m >= p.M || n >= p.N) return;
-  if (p.ws) {
-    float* w = p.ws + ((static_cast<long long>(split) * p.batch + b) * p.M + m) * p.N + n;
-    if (p.ws_vec && n + 8 <= p.N) {
-      reinterpret_cast<float4*>(w)[0] = make_float4(v[0], v[1], v[2], v[3]);
-      reinterpret_cast<float4*>(w)[1] = make_float4(v[4], v[5], v[6], v[7]);
-    } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-        if (n + j < p.N) w[j] = v[j];
-    }
-    return;
-  }
+__device__ __forceinline__ void finish_chunk8(const TileParams& p, int b, int m, int n, const float (&v)[8]) {
   if (p.out_vec && n + 8 <= p.N) {
     T* c = static_cast<T*>(p.C) + b * p.strideC + static_cast<long long>(m) * p.ldc + n;
     float o[8];
@@ -225,6 +212,26 @@ __device__ __forceinline__ void store_chunk8(const TileParams& p, int b, int spl
     if (n + j < p.N) finish_scalar<T>(p, b, m, n + j, v[j]);
 }
 
+// Eight consecutive outputs (m, n..n+7) of a 16-bit type from raw accumulators; writes float32
+// partials instead when split-K is on.
+template <class T>
+__device__ __forceinline__ void store_chunk8(const TileParams& p, int b, int split, int m, int n, const float (&v)[8]) {
+  if (m >= p.M || n >= p.N) return;
+  if (p.ws) {
+    float* w = p.ws + ((static_cast<long long>(split) * p.batch + b) * p.M + m) * p.N + n;
+    if (p.ws_vec && n + 8 <= p.N) {
+      reinterpret_cast<float4*>(w)[0] = make_float4(v[0], v[1], v[2], v[3]);
+      reinterpret_cast<float4*>(w)[1] = make_float4(v[4], v[5], v[6], v[7]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (n + j < p.N) w[j] = v[j];
+    }
+    return;
+  }
+  finish_chunk8<T>(p, b, m, n, v);
+}
+
 // Sums the split-K partials of element idx of [batch][M][N] and applies the epilogue.
 template <class T>
 __global__ void __launch_bounds__(256) splitk_reduce_kernel(const TileParams p) {
@@ -239,6 +246,29 @@ __global__ void __launch_bounds__(256) splitk_reduce_kernel(const TileParams p) 
     const int m = static_cast<int>(r / p.N);
     const int n = static_cast<int>(r - static_cast<long long>(m) * p.N);
     finish_scalar<T>(p, b, m, n, s);
+  }
+}
+
+// The same for eight consecutive outputs per thread (N % 8 == 0 and out_vec): float4 loads of the
+// partials, the vector epilogue. Summation order and rounding are the scalar kernel's.
+template <class T>
+__global__ void __launch_bounds__(256) splitk_reduce8_kernel(const TileParams p) {
+  const long long mn = static_cast<long long>(p.M) * p.N;
+  const long long total = mn * p.batch;
+  for (long long idx = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * 8; idx < total;
+       idx += static_cast<long long>(gridDim.x) * blockDim.x * 8) {
+    float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int k = 0; k < p.splits; ++k) {
+      const float4* w = reinterpret_cast<const float4*>(p.ws + k * total + idx);
+      const float4 a = w[0], c = w[1];
+      s[0] += a.x; s[1] += a.y; s[2] += a.z; s[3] += a.w;
+      s[4] += c.x; s[5] += c.y; s[6] += c.z; s[7] += c.w;
+    }
+    const int b = static_cast<int>(idx / mn);
+    const long long r = idx - b * mn;
+    const int m = static_cast<int>(r / p.N);
+    const int n = static_cast<int>(r - static_cast<long long>(m) * p.N);
+    finish_chunk8<T>(p, b, m, n, s);
   }
 }
 

@@ -82,9 +82,11 @@ bool launch_tensor_core(int device, const DeviceCaps& caps, cudaStream_t st, Til
   Kern<<<static_cast<unsigned>(grid), 256, smem, st>>>(p);
   check(cudaGetLastError(), op);
   if (splits > 1) {
-    const long long want = (elems + 255) / 256;
+    const bool by8 = p.out_vec && p.N % 8 == 0;  // eight outputs per thread, 16-byte accesses
+    const long long want = ((by8 ? elems / 8 : elems) + 255) / 256;
     const int blocks = static_cast<int>(std::min<long long>(want, static_cast<long long>(caps.sms) * 16));
-    splitk_reduce_kernel<T><<<blocks, 256, 0, st>>>(p);
+    if (by8) splitk_reduce8_kernel<T><<<blocks, 256, 0, st>>>(p);
+    else splitk_reduce_kernel<T><<<blocks, 256, 0, st>>>(p);
     check(cudaGetLastError(), op);
   }
   char plan[192];

@@ -277,18 +277,18 @@ __global__ void __launch_bounds__(256) splitk_reduce8_kernel(const TileParams p)
 // tile's splits to finish (an atomic count per tile) sums the partials in split order and applies
 // the epilogue: the reduce kernels' sums and rounding, one kernel. The last CTA sets the count back
 // to 0 for the next launch (a device's kernels run one after another on its stream).
-// No static shared memory (it would shift the kernels' 1024-byte-aligned dynamic layout).
 template <class T, int BM, int BN, int THREADS>
 __device__ __forceinline__ void splitk_fixup(const TileParams& p, int b, int mt, int nt) {
+  __shared__ int is_last;
   __threadfence();  // this CTA's partials are visible device-wide before it is counted
-  int last = 0;
   __syncthreads();
   if (threadIdx.x == 0) {
     int* count = p.counters + (static_cast<long long>(b) * p.mtiles + mt) * p.ntiles + nt;
-    last = atomicAdd(count, 1) == p.splits - 1;
-    if (last) *count = 0;
+    is_last = atomicAdd(count, 1) == p.splits - 1;
+    if (is_last) *count = 0;
   }
-  if (!__syncthreads_or(last)) return;
+  __syncthreads();
+  if (!is_last) return;
   __threadfence();
   const long long total = static_cast<long long>(p.batch) * p.M * p.N;
   const int m0 = mt * BM, n0 = nt * BN;

@@ -149,13 +149,6 @@ const DeviceCaps& device_caps(int device) {
     check(e, "gemm: sm_90a probe");
     c.wgmma = host == 1;
   }
-  {  // split-K tile counters: allocated once, zero between launches (the last CTA of a tile resets its own)
-    use_device(device);
-    cudaStream_t st = stream(device);
-    c.split_counters = static_cast<int*>(device_alloc(device, kSplitCounters * sizeof(int)));
-    check(cudaMemsetAsync(c.split_counters, 0, kSplitCounters * sizeof(int), st), "gemm: split-K counters");
-    check(cudaStreamSynchronize(st), "gemm: split-K counters");
-  }
   caps[device] = c;
   known[device] = true;
   return caps[device];

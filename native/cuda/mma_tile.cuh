@@ -45,7 +45,6 @@ struct TileParams {
   long long ldr = 0, strideR = 0;
   float alpha = 1.f, beta = 0.f;
   float* ws = nullptr;  // split-K partials [splits][batch][M][N]
-  int* counters = nullptr;  // split-K: per output tile, how many splits have stored (kept at 0 between launches)
   int out_vec = 0;      // C (and bias, residual) allow 16-byte accesses at 8-element chunks
   int ws_vec = 0;       // N % 4 == 0: partial rows allow float4 stores
   int transA = 0, transB = 0;  // SIMT kernel only (tensor-core kernels bake the layout in)
@@ -269,47 +268,6 @@ __global__ void __launch_bounds__(256) splitk_reduce8_kernel(const TileParams p)
     const long long r = idx - b * mn;
     const int m = static_cast<int>(r / p.N);
     const int n = static_cast<int>(r - static_cast<long long>(m) * p.N);
-    finish_chunk8<T>(p, b, m, n, s);
-  }
-}
-
-// Split-K without a second launch: every CTA stores its float32 partial tile, and the last of a
-// tile's splits to finish (an atomic count per tile) sums the partials in split order and applies
-// the epilogue: the reduce kernels' sums and rounding, one kernel. The last CTA sets the count back
-// to 0 for the next launch (a device's kernels run one after another on its stream).
-template <class T, int BM, int BN, int THREADS>
-__device__ __forceinline__ void splitk_fixup(const TileParams& p, int b, int mt, int nt) {
-  __shared__ int is_last;
-  __threadfence();  // this CTA's partials are visible device-wide before it is counted
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int* count = p.counters + (static_cast<long long>(b) * p.mtiles + mt) * p.ntiles + nt;
-    is_last = atomicAdd(count, 1) == p.splits - 1;
-    if (is_last) *count = 0;
-  }
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  const long long total = static_cast<long long>(p.batch) * p.M * p.N;
-  const int m0 = mt * BM, n0 = nt * BN;
-  for (int i = threadIdx.x; i < BM * BN / 8; i += THREADS) {
-    const int m = m0 + i / (BN / 8), n = n0 + (i % (BN / 8)) * 8;
-    if (m >= p.M || n >= p.N) continue;
-    const float* w = p.ws + (static_cast<long long>(b) * p.M + m) * p.N + n;
-    float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    if (p.ws_vec && n + 8 <= p.N) {
-      for (int k = 0; k < p.splits; ++k) {
-        const float4 a = __ldcg(reinterpret_cast<const float4*>(w + k * total));
-        const float4 c = __ldcg(reinterpret_cast<const float4*>(w + k * total) + 1);
-        s[0] += a.x; s[1] += a.y; s[2] += a.z; s[3] += a.w;
-        s[4] += c.x; s[5] += c.y; s[6] += c.z; s[7] += c.w;
-      }
-    } else {
-      for (int k = 0; k < p.splits; ++k)
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-          if (n + j < p.N) s[j] += __ldcg(w + k * total + j);
-    }
     finish_chunk8<T>(p, b, m, n, s);
   }
 }
@@ -656,7 +614,6 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const TileParams p) {
     const float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
     store_chunk8<T>(p, tc.b, tc.split, m0 + r, n0 + c, v);
   }
-  if (p.splits > 1 && p.counters) splitk_fixup<T, BM, BN, THREADS>(p, tc.b, tc.mt, tc.nt);
 }
 
 // ------------------------------------------------------------------ SIMT kernel (any layout)

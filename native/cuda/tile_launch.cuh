@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 
 #include "../core/error.h"
@@ -20,15 +19,7 @@ namespace detail {
 struct DeviceCaps {
   int sms = 0, major = 0, minor = 0;
   bool wgmma = false;  // sm_90 device and this binary's wgmma kernels have real bodies
-  int* split_counters = nullptr;  // kSplitCounters zeroed ints for split-K's in-kernel reduction
 };
-// Split-K is only chosen when the output tiles cannot fill the SMs, so a launch counts fewer tiles.
-constexpr int kSplitCounters = 4096;
-// DK_CUDA_SPLITK_PASS=1: reduce split-K partials in a second kernel instead (for comparisons).
-inline bool splitk_separate_pass() {
-  static const bool v = [] { const char* e = std::getenv("DK_CUDA_SPLITK_PASS"); return e && e[0] == '1'; }();
-  return v;
-}
 // gemm.cu
 const DeviceCaps& device_caps(int device);
 void use_device(int device);
@@ -88,11 +79,9 @@ bool launch_tensor_core(int device, const DeviceCaps& caps, cudaStream_t st, Til
   Workspace ws(device, splits > 1 ? static_cast<size_t>(elems) * splits * sizeof(float) : 0);
   p.ws = static_cast<float*>(ws.ptr);
   p.ws_vec = (p.N % 4) == 0;
-  // the kernel reduces its own partials (splitk_fixup) unless a second pass is asked for
-  p.counters = splits > 1 && tiles <= kSplitCounters && !splitk_separate_pass() ? caps.split_counters : nullptr;
   Kern<<<static_cast<unsigned>(grid), 256, smem, st>>>(p);
   check(cudaGetLastError(), op);
-  if (splits > 1 && !p.counters) {
+  if (splits > 1) {
     const bool by8 = p.out_vec && p.N % 8 == 0;  // eight outputs per thread, 16-byte accesses
     const long long want = ((by8 ? elems / 8 : elems) + 255) / 256;
     const int blocks = static_cast<int>(std::min<long long>(want, static_cast<long long>(caps.sms) * 16));
@@ -101,8 +90,8 @@ bool launch_tensor_core(int device, const DeviceCaps& caps, cudaStream_t st, Til
     check(cudaGetLastError(), op);
   }
   char plan[192];
-  std::snprintf(plan, sizeof plan, "%s %dx%dx64 splits=%d%s grid=%lld tiles=%lld ktiles=%d", family, BM, BN, splits,
-                splits > 1 ? (p.counters ? " (in-kernel)" : " (pass)") : "", grid, tiles, ktiles);
+  std::snprintf(plan, sizeof plan, "%s %dx%dx64 splits=%d grid=%lld tiles=%lld ktiles=%d", family, BM, BN, splits,
+                grid, tiles, ktiles);
   set_last_plan(plan);
   return true;
 }

@@ -202,7 +202,6 @@ __global__ void __launch_bounds__(256, WgCfg<STAGES_>::MIN_CTAS) wgmma_kernel(co
     const float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
     store_chunk8<T>(p, tc.b, tc.split, m0 + r, n0 + c, v);
   }
-  if (p.splits > 1 && p.counters) splitk_fixup<T, BM, BN, THREADS>(p, tc.b, tc.mt, tc.nt);
 #endif
 }
 

@@ -1,8 +1,8 @@
 // Normalisations on device (contracts: native/cpu/kernels.h, norm.cc). gamma/beta are in the
 // storage dtype; all statistics are float32 (group norm's cross-block combine in float64).
 //
-// group_norm runs in three launches, because one (n, g) group can hold millions of elements
-// (SD's VAE: L = 512*512 rows, C/G = 16):
+// group_norm runs in one launch per call for small groups (gn_fused_small, below), else in three,
+// because one (n, g) group can hold millions of elements (SD's VAE: L = 512*512 rows, C/G = 16):
 //   1. stats:    grid (P chunks of rows, N). A block reads its rows of x[n] whole (contiguous,
 //                16-byte loads), each thread owning one channel pack for all its rows, and writes
 //                the sum and sum of squares per group for its chunk. Values are shifted by the
@@ -229,6 +229,85 @@ __global__ void gn_stats_simple(GnGeo geo, const T* __restrict__ x, float2* __re
   }
 }
 
+// Small groups (L*Cg <= kFusedGroupElems, every U-Net level at SD sizes): one block per (n, g)
+// takes the statistics and applies the normalisation in one launch instead of three (the group's
+// second read comes from L1/L2). The shift, the float64 combine and the formula for the mean,
+// a = rstd*gamma and b = beta are those of stats/finalize/apply above.
+constexpr int64_t kFusedGroupElems = 65536;
+
+template <typename T, int VEC, bool SILU>
+__global__ void __launch_bounds__(256) gn_fused_small(GnGeo geo, const T* __restrict__ x, const T* __restrict__ gamma,
+                                                      const T* __restrict__ beta, float eps, T* __restrict__ y) {
+  const int g = blockIdx.x, n = blockIdx.y, t = threadIdx.x;
+  const int64_t base = static_cast<int64_t>(n) * geo.L * geo.C + static_cast<int64_t>(g) * geo.Cg;
+  const T* xn = x + base;
+  T* yn = y + base;
+  const int cpg = geo.Cg / VEC;
+  const int64_t packs = geo.L * cpg;
+  const float shift = to_f(xn[0]);
+  float s = 0.f, ss = 0.f;
+  for (int64_t p = t; p < packs; p += blockDim.x) {
+    const int64_t l = p / cpg;
+    const int j = static_cast<int>(p - l * cpg);
+    float v[VEC];
+    load_vec<T, VEC>(xn + l * geo.C + j * VEC, v);
+#pragma unroll
+    for (int k = 0; k < VEC; k++) {
+      const float d = v[k] - shift;
+      s += d;
+      ss += d * d;
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    s += __shfl_xor_sync(0xffffffffu, s, o);
+    ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  }
+  __shared__ float2 red[8];
+  __shared__ double stat[2];  // mean (as float), rstd
+  if ((t & 31) == 0) red[t >> 5] = make_float2(s, ss);
+  __syncthreads();
+  if (t == 0) {
+    double S = 0.0, SS = 0.0;
+    for (int w = 0; w < static_cast<int>(blockDim.x >> 5); w++) {
+      S += red[w].x;
+      SS += red[w].y;
+    }
+    const double cnt = static_cast<double>(geo.L) * geo.Cg;
+    const double ms = S / cnt;
+    double var = SS / cnt - ms * ms;
+    if (var < 0.0) var = 0.0;
+    stat[0] = static_cast<float>(static_cast<double>(shift) + ms);
+    stat[1] = 1.0 / sqrt(var + static_cast<double>(eps));
+  }
+  __syncthreads();
+  const float mean = static_cast<float>(stat[0]);
+  const double rstd = stat[1];
+  for (int64_t p = t; p < packs; p += blockDim.x) {
+    const int64_t l = p / cpg;
+    const int j = static_cast<int>(p - l * cpg);
+    const int c0 = g * geo.Cg + j * VEC;
+    float v[VEC];
+    load_vec<T, VEC>(xn + l * geo.C + j * VEC, v);
+#pragma unroll
+    for (int k = 0; k < VEC; k++) {
+      const float a = static_cast<float>(rstd * (gamma ? static_cast<double>(to_f(gamma[c0 + k])) : 1.0));
+      const float b = beta ? to_f(beta[c0 + k]) : 0.f;
+      v[k] = (v[k] - mean) * a + b;
+      if constexpr (SILU) v[k] = silu(v[k]);
+    }
+    store_vec<T, VEC>(yn + l * geo.C + j * VEC, v);
+  }
+}
+
+template <typename T, int VEC>
+void launch_gn_fused_small(const GnGeo& geo, int64_t N, const T* x, const T* gamma, const T* beta, float eps, bool silu,
+                           T* y, cudaStream_t s) {
+  const dim3 grid(geo.G, static_cast<unsigned>(N));
+  if (silu) gn_fused_small<T, VEC, true><<<grid, 256, 0, s>>>(geo, x, gamma, beta, eps, y);
+  else gn_fused_small<T, VEC, false><<<grid, 256, 0, s>>>(geo, x, gamma, beta, eps, y);
+}
+
 template <typename T>
 void group_norm_t(int device, const T* x, T* y, int64_t N, int64_t L, int64_t C, int64_t G, const T* gamma,
                   const T* beta, float eps, bool silu) {
@@ -247,6 +326,17 @@ void group_norm_t(int device, const T* x, T* y, int64_t N, int64_t L, int64_t C,
       vec = v;
       break;
     }
+  if (L * geo.Cg <= kFusedGroupElems) {
+    cudaStream_t s = stream(device);
+    switch (vec) {
+      case 8: launch_gn_fused_small<T, 8>(geo, N, x, gamma, beta, eps, silu, y, s); break;
+      case 4: launch_gn_fused_small<T, 4>(geo, N, x, gamma, beta, eps, silu, y, s); break;
+      case 2: launch_gn_fused_small<T, 2>(geo, N, x, gamma, beta, eps, silu, y, s); break;
+      default: launch_gn_fused_small<T, 1>(geo, N, x, gamma, beta, eps, silu, y, s); break;
+    }
+    ku::launch_check("group_norm");
+    return;
+  }
   const int64_t cv = C / vec;
   const int max_slots = 6144;  // 48 KB of float2 per block
   const bool simple = cv > max_slots;

@@ -229,11 +229,11 @@ __global__ void gn_stats_simple(GnGeo geo, const T* __restrict__ x, float2* __re
   }
 }
 
-// Small groups (L*Cg <= kFusedGroupElems, every U-Net level at SD sizes): one block per (n, g)
+// Small groups (L*Cg <= kFusedGroupElems: SD U-Net levels 16x16 and 8x8): one block per (n, g)
 // takes the statistics and applies the normalisation in one launch instead of three (the group's
 // second read comes from L1/L2). The shift, the float64 combine and the formula for the mean,
 // a = rstd*gamma and b = beta are those of stats/finalize/apply above.
-constexpr int64_t kFusedGroupElems = 65536;
+constexpr int64_t kFusedGroupElems = 16384;
 
 template <typename T, int VEC, bool SILU>
 __global__ void __launch_bounds__(256) gn_fused_small(GnGeo geo, const T* __restrict__ x, const T* __restrict__ gamma,

@@ -10,14 +10,14 @@ import { TorchGenerator } from "../random/torch-generator";
 import type { NoiseSource, Scheduler } from "../schedulers";
 import { centerCrop, imageToNchw, loadImage, resizeImage, type ImageInput, type RGBImage } from "./images";
 import {
-  GENERATE_KEYS, checkOutputType, checkSize, decodeLatents, denoise, disposeConditioning, drawNoise, encodeStage, imageParameters, latentResult, resolveCommon,
+  GENERATE_KEYS, abortError, checkOutputType, checkSize, decodeLatents, denoise, disposeConditioning, drawNoise, encodeStage, imageParameters, latentResult, resolveCommon,
   throwIfAborted, trainTimesteps,
   type CommonGenerateOptions, type Conditioning, type GenerateResult,
 } from "./text-to-image";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
 import { checkDenoisingFraction, checkStrength, encodePosteriorSamples, posteriorShape, startAtDenoisingStart, startAtStrength } from "./partial-schedule";
 import { disposeControls, resolveControls, type ResolvedControl } from "./controlnet";
-import { setSeamless } from "./tiling";
+import { enterSeamless, leaveSeamless } from "./tiling";
 import type { VaeTilingOptions } from "../models/vae-tiling";
 
 export { checkStrength, encodePosteriorSamples, img2imgTimesteps, posteriorShape, startAtStrength } from "./partial-schedule";
@@ -76,8 +76,10 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
   let cond: Conditioning | null = null;
   let latents: Tensor | null = null;
   let control: ResolvedControl[] = [];
+  let seamless = false;
   try {
-    setSeamless(pipe, run.tiling);
+    await enterSeamless(pipe, run.tiling, run.signal, () => abortError(op));
+    seamless = true;
     const strength = checkStrength(op, opts.strength, pipe.isXL ? 0.3 : 0.8);  // diffusers' defaults: SD img2img 0.8, SDXL img2img 0.3
     const denoisingStart = checkDenoisingFraction(op, "denoisingStart", opts.denoisingStart);
     const outputType = checkOutputType(op, opts.outputType);
@@ -124,7 +126,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
     const t3 = now();
     return { images, seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: t3 - t2 } };
   } finally {
-    setSeamless(pipe, false);
+    if (seamless) leaveSeamless(pipe);
     disposeConditioning(cond);
     latents?.dispose();
     disposeControls(control);

@@ -22,8 +22,9 @@ import { fitMask, latentMask, loadMask, maskCondition, maskedImage, pasteUnmaske
 import { fitImage } from "./image-to-image";
 import { disposeControls, resolveControls, type ResolvedControl } from "./controlnet";
 import { checkStrength, encodePosteriorSamples, posteriorShape, startAtStrength } from "./partial-schedule";
+import { enterSeamless, leaveSeamless } from "./tiling";
 import {
-  GENERATE_KEYS, checkOutputType, decodeLatents, denoise, latentResult, disposeConditioning, drawNoise, encodeStage, imageParameters, latentsFromOption, resolveCommon, throwIfAborted,
+  GENERATE_KEYS, abortError, checkOutputType, decodeLatents, denoise, latentResult, disposeConditioning, drawNoise, encodeStage, imageParameters, latentsFromOption, resolveCommon, throwIfAborted,
   type CommonGenerateOptions, type Conditioning, type GenerateResult,
 } from "./text-to-image";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
@@ -83,7 +84,10 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
   let cond: Conditioning | null = null;
   let latents: Tensor | null = null;
   let control: ResolvedControl[] = [];
+  let seamless = false;
   try {
+    await enterSeamless(pipe, false, run.signal, () => abortError(op));  // zero padding, whatever runs beside it
+    seamless = true;
     const kind = inpaintKind(pipe);
     const strength = checkStrength(op, opts.strength, 1);
     if (opts.keepUnmasked !== undefined && typeof opts.keepUnmasked !== "boolean") throw new TypeError(`${op}: keepUnmasked must be a boolean`);
@@ -160,6 +164,7 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
     const t3 = now();
     return { images, seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: t3 - t2 } };
   } finally {
+    if (seamless) leaveSeamless(pipe);
     disposeConditioning(cond);
     latents?.dispose();
     for (const t of held) t.dispose();

@@ -24,7 +24,7 @@ import { encodeWeightedTexts } from "./weighted-encoding";
 import { hiresSize, hiresStart, resolveHires, type HiresOptions } from "./hires-fix";
 import { applyVariation, resolveVariation, type VariationOptions } from "./variation-seed";
 import { checkDenoisingFraction, timestepsUntil } from "./partial-schedule";
-import { resolveTiling, setSeamless } from "./tiling";
+import { enterSeamless, leaveSeamless, resolveTiling } from "./tiling";
 import { controlResidualsAt, disposeControls, resolveControls, type ControlOptions, type ResolvedControl } from "./controlnet";
 
 /** Sampler names generate() takes: the lib/schedulers names plus "default" (the model's own scheduler). */
@@ -742,8 +742,10 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
   let cond: Conditioning | null = null;
   let latents: Tensor | null = null;
   let control: ResolvedControl[] = [];
+  let seamless = false;
   try {
-    setSeamless(pipe, run.tiling);
+    await enterSeamless(pipe, run.tiling, run.signal, () => abortError(op));
+    seamless = true;
     const hires = resolveHires(op, opts.hires, run.steps);
     const variation = resolveVariation(op, opts.variation, opts.latents !== undefined || opts.generator !== undefined);
     const denoisingEnd = checkDenoisingFraction(op, "denoisingEnd", opts.denoisingEnd);
@@ -808,7 +810,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     const t3 = now();
     return { images, seeds: run.seeds, timings: { encode: t1 - t0, denoise: t2 - t1, decode: t3 - t2 } };
   } finally {
-    setSeamless(pipe, false);
+    if (seamless) leaveSeamless(pipe);
     disposeConditioning(cond);
     latents?.dispose();
     disposeControls(control);

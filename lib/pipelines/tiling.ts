@@ -21,3 +21,43 @@ export function setSeamless(pipe: StableDiffusionPipeline, on: boolean): void {
   releaseUNetGraphs(pipe.unet);
   for (const c of convs) c.circular = on;
 }
+
+// Generations on one pipeline interleave at every denoising step, and the padding is the
+// pipeline's state: a run waits until the runs in flight want the same padding as it does (or
+// none are left), and the last one out restores zero padding. Runs queue in arrival order once
+// one is waiting, so a stream of one kind cannot starve the other.
+interface SeamlessGate { on: boolean; active: number; waiting: (() => void)[] }
+const gates = new WeakMap<StableDiffusionPipeline, SeamlessGate>();
+
+/** Waits for this run's turn and sets the padding it wants; pair with leaveSeamless. */
+export async function enterSeamless(pipe: StableDiffusionPipeline, on: boolean, signal: AbortSignal | undefined, aborted: () => Error): Promise<void> {
+  let g = gates.get(pipe);
+  if (!g) gates.set(pipe, (g = { on: false, active: 0, waiting: [] }));
+  const gate = g;
+  let queued = gate.waiting.length > 0;
+  while (gate.active > 0 && (gate.on !== on || queued)) {
+    if (signal?.aborted) throw aborted();
+    await new Promise<void>((resolve) => {
+      const wake = () => { signal?.removeEventListener("abort", wake); resolve(); };
+      gate.waiting.push(wake);
+      signal?.addEventListener("abort", wake, { once: true });
+    });
+    queued = false;
+  }
+  if (signal?.aborted) throw aborted();
+  if (gate.active === 0) {
+    setSeamless(pipe, on);
+    gate.on = on;
+  }
+  gate.active++;
+}
+
+/** Ends a run begun with enterSeamless: the last one restores zero padding and wakes the waiting. */
+export function leaveSeamless(pipe: StableDiffusionPipeline): void {
+  const gate = gates.get(pipe);
+  if (!gate || gate.active === 0) throw new Error("leaveSeamless without enterSeamless");
+  if (--gate.active > 0) return;
+  setSeamless(pipe, false);
+  gate.on = false;
+  for (const wake of gate.waiting.splice(0)) wake();
+}

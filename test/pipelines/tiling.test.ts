@@ -1,7 +1,8 @@
 // Seamless tiling: wrap-around padding makes the U-Net and the VAE decoder commute with circular
 // shifts (by multiples of their downsampling), so the whole generation does: latents rolled by 4
 // give the image rolled by 16 px, which is what "tiles without seams" means; zero padding does
-// not. generate/img2img restore zero padding afterwards and record "Tiling: True".
+// not. generate/img2img restore zero padding afterwards and record "Tiling: True"; runs at once on
+// one pipeline each get their own padding.
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
@@ -81,6 +82,36 @@ describeIfBuiltin("tiling on the built-in model", () => {
     const i2i = await pipe.img2img({ ...opts, image, strength: 0.5 });
     expect(readPNGText(i2i.images[0].toPNG()).parameters).toMatch(/Tiling: True/);
     await expect(pipe.inpaint({ prompt: "x", image, mask, tiling: true } as never)).rejects.toThrow(/tiling/);
+  });
+
+  test("generations running at once on one pipeline each get their own padding", async () => {
+    const base = { prompt: "a red apple", steps: 4, sampler: "euler" as const };
+    const image = { width: 64, height: 64, data: new Uint8Array(64 * 64 * 3).fill(128) };
+    const mask = { width: 64, height: 64, data: new Uint8Array(64 * 64).fill(255) };
+    const calls = [
+      () => pipe.generate({ ...base, seed: 1, tiling: true }),
+      () => pipe.generate({ ...base, seed: 2 }),
+      () => pipe.img2img({ ...base, seed: 3, image, strength: 0.8, tiling: true }),
+      () => pipe.inpaint({ ...base, seed: 4, image, mask }),
+      () => pipe.generate({ ...base, seed: 5, tiling: true }),
+    ];
+    const alone: Uint8Array[] = [];
+    for (const call of calls) alone.push((await call()).images[0].data);
+    const together = await Promise.all(calls.map((call) => call()));
+    together.forEach((r, k) => expect(Buffer.from(r.images[0].data).equals(Buffer.from(alone[k]))).toBe(true));
+    expect([...pipe.unet.modules(), ...pipe.vae.modules()].some((m) => m instanceof Conv2d && m.circular)).toBe(false);
+  });
+
+  test("a run waiting for the other padding can be aborted while it waits", async () => {
+    const base = { prompt: "a red apple", steps: 6, sampler: "euler" as const };
+    const alone = (await pipe.generate({ ...base, seed: 1, tiling: true })).images[0].data;
+    const controller = new AbortController();
+    const first = pipe.generate({ ...base, seed: 1, tiling: true });
+    const waiting = pipe.generate({ ...base, seed: 2, signal: controller.signal });
+    controller.abort();
+    await expect(waiting).rejects.toMatchObject({ name: "AbortError" });
+    expect(Buffer.from((await first).images[0].data).equals(Buffer.from(alone))).toBe(true);
+    expect([...pipe.unet.modules(), ...pipe.vae.modules()].some((m) => m instanceof Conv2d && m.circular)).toBe(false);
   });
 
   test("the CLI: --tiling on generate", () => {

@@ -96,7 +96,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
 
     // 2. encode prompt (+ negative prompt under CFG)
     const t0 = now();
-    cond = await encodeStage(pipe, run, width, height);
+    cond = await encodeStage(pipe, run, width, height, run.steps);
     const t1 = now();
 
     // 3. prepare latents: encode, sample the posterior, scale (or take initLatents), noise to the first

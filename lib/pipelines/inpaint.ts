@@ -109,7 +109,7 @@ export async function inpaint(pipe: StableDiffusionPipeline, opts: InpaintOption
 
     // 2. encode prompt (+ negative prompt under CFG)
     const t0 = now();
-    cond = await encodeStage(pipe, run, width, height);
+    cond = await encodeStage(pipe, run, width, height, run.steps);
     const t1 = now();
 
     // 3. prepare latents (diffusers' prepare_latents, then prepare_mask_latents)

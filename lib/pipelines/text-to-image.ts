@@ -25,6 +25,7 @@ import { hiresSize, hiresStart, resolveHires, type HiresOptions } from "./hires-
 import { applyVariation, resolveVariation, type VariationOptions } from "./variation-seed";
 import { checkDenoisingFraction, timestepsUntil } from "./partial-schedule";
 import { enterSeamless, leaveSeamless, resolveTiling } from "./tiling";
+import { hasPromptEditing, promptAtStep, promptSchedule } from "./prompt-editing";
 import { controlResidualsAt, disposeControls, resolveControls, type ControlOptions, type ResolvedControl } from "./controlnet";
 
 /** Sampler names generate() takes: the lib/schedulers names plus "default" (the model's own scheduler). */
@@ -435,12 +436,22 @@ export interface Conditioning {
   context: Tensor;
   /** SDXL: pooled text embeddings and size/crop ids per row. */
   added?: AddedCond;
+  /** Prompt editing (prompt-editing.ts): from step `from` (0-based) on, `cond`; ascending `from`. */
+  later?: { from: number; cond: Conditioning }[];
 }
 
 export function disposeConditioning(c: Conditioning | null): void {
   c?.context.dispose();
   c?.added?.textEmbeds.dispose();
   c?.added?.timeIds.dispose();
+  for (const l of c?.later ?? []) disposeConditioning(l.cond);
+}
+
+/** The conditioning of step i (0-based): the last prompt edit begun by then, else the first. */
+export function conditioningAt(c: Conditioning, i: number): Conditioning {
+  let at = c;
+  for (const l of c.later ?? []) if (l.from <= i) at = l.cond;
+  return at;
 }
 
 /** Each of B distinct rows of `t` repeated n times, in order. */
@@ -473,15 +484,42 @@ export function encodeConditioning(pipe: StableDiffusionPipeline, run: ResolvedR
   }
 }
 
-/** Stage 2 of every pipeline: the conditioning, finished on the device; an abort noticed here frees it. */
-export async function encodeStage(pipe: StableDiffusionPipeline, run: ResolvedRun, width: number, height: number): Promise<Conditioning> {
-  const cond = encodeConditioning(pipe, run, width, height);
+/**
+ * Stage 2 of every pipeline: the conditioning, finished on the device; an abort noticed here frees
+ * it. With promptWeighting, prompts that edit themselves over the `steps` of the pass ([a:b:0.5],
+ * [a|b]) get one conditioning per stretch of steps with the same texts (Conditioning.later).
+ */
+export async function encodeStage(pipe: StableDiffusionPipeline, run: ResolvedRun, width: number, height: number, steps?: number): Promise<Conditioning> {
+  const cond = steps !== undefined && run.promptWeighting ? encodeEdited(pipe, run, width, height, steps) : encodeConditioning(pipe, run, width, height);
   try {
     await synchronize(pipe.device);
     throwIfAborted(run);
     return cond;
   } catch (e) {
     disposeConditioning(cond);
+    throw e;
+  }
+}
+
+/** Every prompt text of the run at each step of `steps`; consecutive steps with the same texts share one encoding. */
+function encodeEdited(pipe: StableDiffusionPipeline, run: ResolvedRun, width: number, height: number, steps: number): Conditioning {
+  const fields = ["uniquePrompts", "uniqueNegatives", "uniquePrompts2", "uniqueNegatives2"] as const;
+  if (!fields.some((f) => run[f].some(hasPromptEditing))) return encodeConditioning(pipe, run, width, height);
+  const schedules = fields.map((f) => run[f].map((text) => promptSchedule(text, steps)));
+  const textsAt = (i: number) => schedules.map((list) => list.map((sched) => promptAtStep(sched, i)));
+  const stretches: { from: number; texts: string[][] }[] = [];
+  for (let i = 0; i < steps; i++) {
+    const texts = textsAt(i);
+    if (!stretches.length || JSON.stringify(texts) !== JSON.stringify(stretches[stretches.length - 1].texts)) stretches.push({ from: i, texts });
+  }
+  const encodeAt = (texts: string[][]) => encodeConditioning(pipe, { ...run, ...Object.fromEntries(fields.map((f, k) => [f, texts[k]])) }, width, height);
+  const first = encodeAt(stretches[0].texts);
+  try {
+    first.later = [];
+    for (const st of stretches.slice(1)) first.later.push({ from: st.from, cond: encodeAt(st.texts) });
+    return first;
+  } catch (e) {
+    disposeConditioning(first);
     throw e;
   }
 }
@@ -570,7 +608,7 @@ export interface DenoiseInput {
  * step, onStep sees finished values, and an abort is noticed between steps.
  */
 export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, input: DenoiseInput, latents: Tensor): Promise<Tensor> {
-  const { scheduler, timesteps, cond, conditioning, afterStep, control } = input;
+  const { scheduler, timesteps, conditioning, afterStep, control } = input;
   const unetDtype = pipe.dtype;
   const total = timesteps.length;
   let current = latents;
@@ -596,6 +634,7 @@ export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, i
       const t = timesteps[i];
       const wantPreview = run.onStep !== undefined && run.previewEvery > 0 && ((i + 1) % run.previewEvery === 0 || i === total - 1);
       const x = current;
+      const cond = conditioningAt(input.cond, i);
       const out = tidy(() => {
         const scaled = scheduler.scaleModelInput(run.cfgOn ? ops.concat([x, x], 0) : x, t);
         const toUnet = (v: Tensor) => (v.dtype === unetDtype ? v : v.to(pipe.device, unetDtype));
@@ -757,7 +796,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
 
     // 2. encode prompt (+ negative prompt under CFG)
     const t0 = now();
-    cond = await encodeStage(pipe, run, width, height);
+    cond = await encodeStage(pipe, run, width, height, run.steps);
     const t1 = now();
 
     control = await resolveControls(pipe, op, opts.controlnet, width, height, run.cfgOn ? 2 * run.total : run.total);
@@ -786,7 +825,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
       try {
         disposeConditioning(cond);
         cond = null;
-        cond = await encodeStage(pipe, run, size.width, size.height);
+        cond = await encodeStage(pipe, run, size.width, size.height, hires.steps);
         // ControlNet in the second pass too (as A1111's hires fix), its image resized to that size;
         // start/end are fractions of this pass's steps
         if (control.length) {

@@ -6,6 +6,8 @@ import * as path from "path";
 import { loadPipeline, type StableDiffusionPipeline } from "../../lib/pipelines";
 import { hasPromptEditing, promptAtStep, promptSchedule } from "../../lib/pipelines/prompt-editing";
 import { keep, type Tensor } from "../../lib/tensor";
+import { GENERATE_KEYS, conditioningAt, disposeConditioning, encodeStage, resolveCommon, type Conditioning } from "../../lib/pipelines/text-to-image";
+import { describeIfReference, referencePath } from "../helpers/reference";
 
 const builtin = path.join(__dirname, "..", "..", "models", "builtin");
 const steps = (prompt: string, n: number) => Array.from({ length: n }, (_, i) => promptAtStep(promptSchedule(prompt, n), i));
@@ -88,5 +90,29 @@ describe("prompt editing in a generation (built-in model)", () => {
     expect(r.images[0].data.length).toBe(64 * 64 * 3);
     const h = await pipe.generate({ prompt: "[a red apple:a green apple:0.5]", steps: 2, seed: 1, sampler: "euler", promptWeighting: true, hires: { scale: 1.5, steps: 2, strength: 0.5 } });
     expect(h.images[0].width).toBe(96);
+  });
+});
+
+describeIfReference("prompt editing on SDXL (tiny-sdxl): both encoders' states and the pooled text switch", () => {
+  test("encodeStage gives one conditioning per stretch, each the plain encoding of its texts", async () => {
+    const pipe = await loadPipeline(referencePath("models", "tiny-sdxl"), { device: "cpu" });
+    const encode = async (prompt: string, n?: number) => {
+      const run = resolveCommon(pipe, { prompt, negativePrompt: "ugly", promptWeighting: true }, "generate", GENERATE_KEYS);
+      run.scheduler.dispose();
+      return encodeStage(pipe, run, 128, 128, n);
+    };
+    const [cat, dog, edited] = [await encode("a cat"), await encode("a dog"), await encode("a [cat:dog:0.5]", 4)];
+    try {
+      expect(edited.later?.map((l) => l.from)).toEqual([3]);
+      const values = async (c: Conditioning) => [...await c.context.toFloat32Array(), ...await c.added!.textEmbeds.toFloat32Array()];
+      const [vc, vd] = [await values(cat), await values(dog)];
+      expect(await values(conditioningAt(edited, 0))).toEqual(vc);
+      expect(await values(conditioningAt(edited, 2))).toEqual(vc);
+      expect(await values(conditioningAt(edited, 3))).toEqual(vd);
+      expect(vc).not.toEqual(vd);
+    } finally {
+      [cat, dog, edited].forEach(disposeConditioning);
+      pipe.dispose();
+    }
   });
 });

@@ -604,8 +604,9 @@ export interface DenoiseInput {
 /**
  * Runs the loop; takes ownership of `latents` (float32 NCHW on the device) and returns the final
  * latents (owned by the caller). Each step is one U-Net call on the whole batch (doubled under
- * CFG), guidance in float32, the sampler step, then a device sync: the working set stays one
- * step, onStep sees finished values, and an abort is noticed between steps.
+ * CFG) with that step's conditioning, guidance in float32 and the sampler step; the loop then
+ * waits for the previous step to finish: the working set stays two steps, onStep sees finished
+ * values, and an abort is noticed between steps.
  */
 export async function denoise(pipe: StableDiffusionPipeline, run: ResolvedRun, input: DenoiseInput, latents: Tensor): Promise<Tensor> {
   const { scheduler, timesteps, conditioning, afterStep, control } = input;

@@ -155,7 +155,7 @@ export function addImageOptions(cmd: Command): Command {
     .option("--vae-tiling", "decode in overlapping tiles: the VAE's memory stays that of one tile at any image size")
     .option("--aesthetic-score <s>", "SDXL refiner: the aesthetic score it is conditioned on (default 6)", number(-Infinity))
     .option("--negative-aesthetic-score <s>", "SDXL refiner: the score of the negative prompt's rows (default 2.5)", number(-Infinity))
-    .option("--prompt-weighting", "A1111-style (word:1.3), (word), [word], BREAK, and prompts longer than 75 tokens")
+    .option("--prompt-weighting", "A1111-style (word:1.3), (word), [word], BREAK, prompts longer than 75 tokens, and prompt editing [from:to:when], [a|b]")
     .option("--embedding <file>", "load a textual-inversion embedding (.safetensors); its word is the file name (A1111) or the one in the file; repeatable", (v: string, prev: string[] = []) => [...prev, v])
     .option("--lora <file[:scale]>", "merge a LoRA (.safetensors, kohya or diffusers keys) at this scale (default 1); repeatable", collectLora)
     .option("-o, --output <file>", "output PNG; several images are numbered (out-1.png, out-2.png, ...)", "out.png")

@@ -248,16 +248,33 @@ export class CLIPTextModel extends Module {
     super.loadStateDict(filterStateDict(source, (k) => !BUFFER_KEYS.test(k)), opts);
   }
 
+  private checkIds(op: string, ids: Tensor): void {
+    if (!(ids instanceof Tensor)) throw new TypeError(`CLIPTextModel.${op}: ids must be a Tensor`);
+    if (ids.dtype !== "int32" && ids.dtype !== "int64")
+      throw new TypeError(`CLIPTextModel.${op}: ids must be int32 or int64, got ${ids.dtype}`);
+    if (ids.ndim !== 2 || ids.shape[0] < 1 || ids.shape[1] < 1)
+      throw new RangeError(`CLIPTextModel.${op}: ids must be [batch, tokens], got [${ids.shape.join(",")}]`);
+    if (ids.shape[1] > this.config.maxPositionEmbeddings)
+      throw new RangeError(`CLIPTextModel.${op}: ${ids.shape[1]} tokens exceed max_position_embeddings ${this.config.maxPositionEmbeddings}`);
+  }
+
+  /**
+   * hiddenStates[k] of forward() (the embeddings for k = 0, else layer k's output, before
+   * final_layer_norm) computed alone: the layers after k do not run and nothing past it is
+   * recorded, for callers that use no other output (SDXL's first encoder).
+   */
+  hiddenState(ids: Tensor, k: number): Tensor {
+    this.checkIds("hiddenState", ids);
+    const layers = this.textModel.encoder.layers.items;
+    if (!Number.isInteger(k) || k < 0 || k > layers.length)
+      throw new RangeError(`CLIPTextModel.hiddenState: k must be an integer in [0, ${layers.length}], got ${k}`);
+    return tidy(() => layers.slice(0, k).reduce((h, layer) => layer.forward(h), this.textModel.embeddings.forward(ids)));
+  }
+
   /** ids int32/int64 [B,N] on the CPU (N <= max_position_embeddings, usually 77). */
   forward(ids: Tensor, opts: CLIPTextForwardOptions = {}): CLIPTextOutput {
     const cfg = this.config;
-    if (!(ids instanceof Tensor)) throw new TypeError("CLIPTextModel.forward: ids must be a Tensor");
-    if (ids.dtype !== "int32" && ids.dtype !== "int64")
-      throw new TypeError(`CLIPTextModel.forward: ids must be int32 or int64, got ${ids.dtype}`);
-    if (ids.ndim !== 2 || ids.shape[0] < 1 || ids.shape[1] < 1)
-      throw new RangeError(`CLIPTextModel.forward: ids must be [batch, tokens], got [${ids.shape.join(",")}]`);
-    if (ids.shape[1] > cfg.maxPositionEmbeddings)
-      throw new RangeError(`CLIPTextModel.forward: ${ids.shape[1]} tokens exceed max_position_embeddings ${cfg.maxPositionEmbeddings}`);
+    this.checkIds("forward", ids);
     const L = cfg.numHiddenLayers;
     const skip = opts.clipSkip ?? 0;
     if (!Number.isInteger(skip) || skip < 0 || skip >= L)

@@ -36,9 +36,14 @@ export function encodeTextsXL(e: DualTextEncoder, texts: readonly string[], text
   if (!Number.isInteger(clipSkip) || clipSkip < 0 || clipSkip > maxClipSkipXL(e))
     throw new RangeError(`encodePromptXL: clipSkip must be an integer in [0, ${maxClipSkipXL(e)}], got ${clipSkip}`);
   const L1 = e.textEncoder.config.numHiddenLayers;
-  const o1 = e.textEncoder.forward(ids(e.tokenizer, texts), { outputHiddenStates: true });
-  if (!e.textEncoder2) return { embeds: o1.hiddenStates![L1 - 1 - clipSkip], pooled: o1.textEmbeds! };
+  if (!e.textEncoder2) {
+    const o = e.textEncoder.forward(ids(e.tokenizer, texts), { outputHiddenStates: true });
+    return { embeds: o.hiddenStates![L1 - 1 - clipSkip], pooled: o.textEmbeds! };
+  }
+  // the first encoder gives only its hidden state: its later layers and pooled output would be
+  // recorded for nothing (and, while training, left on the tape)
+  const h1 = e.textEncoder.hiddenState(ids(e.tokenizer, texts), L1 - 1 - clipSkip);
   const L2 = e.textEncoder2.config.numHiddenLayers;
   const o2 = e.textEncoder2.forward(ids(e.tokenizer2!, texts2), { outputHiddenStates: true });
-  return { embeds: ops.concat([o1.hiddenStates![L1 - 1 - clipSkip], o2.hiddenStates![L2 - 1 - clipSkip]], 2), pooled: o2.textEmbeds! };
+  return { embeds: ops.concat([h1, o2.hiddenStates![L2 - 1 - clipSkip]], 2), pooled: o2.textEmbeds! };
 }

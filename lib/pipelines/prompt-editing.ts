@@ -73,11 +73,14 @@ function parse(s: string): Node[] {
   return out;
 }
 
+/** The step an edit switches after: `when` below 1 is a fraction of the steps; never past the last. */
+const switchStep = (when: number, steps: number) => Math.min(steps, Math.trunc(when < 1 ? when * steps : when));
+
 function boundaries(nodes: Node[], steps: number, into: Set<number>): void {
   for (const n of nodes) {
     if (n.kind === "emphasis") boundaries(n.inner, steps, into);
     else if (n.kind === "edit") {
-      into.add(Math.min(steps, Math.trunc(n.when < 1 ? n.when * steps : n.when)));
+      into.add(switchStep(n.when, steps));
       boundaries(n.from, steps, into);
       boundaries(n.to, steps, into);
     } else if (n.kind === "alternate") {
@@ -91,7 +94,7 @@ function render(nodes: Node[], steps: number, t: number): string {
   return nodes.map((n) => {
     if (n.kind === "text") return n.text;
     if (n.kind === "emphasis") return `[${render(n.inner, steps, t)}]`;
-    if (n.kind === "edit") return render(t <= Math.min(steps, Math.trunc(n.when < 1 ? n.when * steps : n.when)) ? n.from : n.to, steps, t);
+    if (n.kind === "edit") return render(t <= switchStep(n.when, steps) ? n.from : n.to, steps, t);
     return render(n.options[(((t - 1) % n.options.length) + n.options.length) % n.options.length], steps, t);
   }).join("");
 }

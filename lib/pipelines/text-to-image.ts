@@ -487,10 +487,11 @@ export function encodeConditioning(pipe: StableDiffusionPipeline, run: ResolvedR
 /**
  * Stage 2 of every pipeline: the conditioning, finished on the device; an abort noticed here frees
  * it. With promptWeighting, prompts that edit themselves over the `steps` of the pass ([a:b:0.5],
- * [a|b]) get one conditioning per stretch of steps with the same texts (Conditioning.later).
+ * [a|b]) get one conditioning per stretch of steps with the same texts (Conditioning.later). As
+ * in the web UI, the schedule counts model calls: steps x 2 for a second-order sampler (Heun).
  */
-export async function encodeStage(pipe: StableDiffusionPipeline, run: ResolvedRun, width: number, height: number, steps?: number): Promise<Conditioning> {
-  const cond = steps !== undefined && run.promptWeighting ? encodeEdited(pipe, run, width, height, steps) : encodeConditioning(pipe, run, width, height);
+export async function encodeStage(pipe: StableDiffusionPipeline, run: ResolvedRun, width: number, height: number, steps: number): Promise<Conditioning> {
+  const cond = run.promptWeighting ? encodeEdited(pipe, run, width, height, steps * run.scheduler.order) : encodeConditioning(pipe, run, width, height);
   try {
     await synchronize(pipe.device);
     throwIfAborted(run);

@@ -70,6 +70,13 @@ describe("prompt editing in a generation (built-in model)", () => {
     expect(same(edited.image, red.image) || same(edited.image, green.image)).toBe(false);
   });
 
+  test("a second-order sampler (Heun) schedules over its model calls, steps x 2, as the web UI does", async () => {
+    const red = await run("a red apple", 3, { sampler: "heun" }), green = await run("a green apple", 3, { sampler: "heun" });
+    const edited = await run("[a red apple:a green apple:0.5]", 3, { sampler: "heun" });
+    // 3 steps = 5 calls; the schedule over 6 switches after call 3
+    expect(edited.contexts.map((c) => (same(c, red.contexts[0]) ? "red" : same(c, green.contexts[0]) ? "green" : "?"))).toEqual(["red", "red", "red", "red", "green"]);
+  });
+
   test("alternation, an edit in the negative prompt, and no edit at all", async () => {
     const red = await run("a red apple"), green = await run("a green apple");
     const alt = await run("a [red|green] apple", 4);
@@ -96,7 +103,7 @@ describe("prompt editing in a generation (built-in model)", () => {
 describeIfReference("prompt editing on SDXL (tiny-sdxl): both encoders' states and the pooled text switch", () => {
   test("encodeStage gives one conditioning per stretch, each the plain encoding of its texts", async () => {
     const pipe = await loadPipeline(referencePath("models", "tiny-sdxl"), { device: "cpu" });
-    const encode = async (prompt: string, n?: number) => {
+    const encode = async (prompt: string, n = 1) => {
       const run = resolveCommon(pipe, { prompt, negativePrompt: "ugly", promptWeighting: true }, "generate", GENERATE_KEYS);
       run.scheduler.dispose();
       return encodeStage(pipe, run, 128, 128, n);

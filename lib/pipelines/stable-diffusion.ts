@@ -218,12 +218,18 @@ export class StableDiffusionPipeline {
   }
 
   /**
-   * Latents [B, 4, h, w] (float32 NCHW, as the denoising loop leaves them) -> the VAE's decoded
-   * images, the float images and the 8-bit images, one image at a time.
+   * Latents [B, 4, h, w] (float32 NCHW, as the denoising loop leaves them: a Tensor, or the
+   * `{ data, shape }` of outputType "latent") -> the VAE's decoded images, the float images and
+   * the 8-bit images, one image at a time.
    */
-  decodeLatents(latents: Tensor, opts: { vaeTiling?: VaeTilingOptions } = {}): Promise<DecodeResult> {
+  async decodeLatents(latents: Tensor | { data: Float32Array; shape: readonly number[] }, opts: { vaeTiling?: VaeTilingOptions } = {}): Promise<DecodeResult> {
     this.assertLive("decodeLatents");
-    return decodeLatents(this, latents, undefined, opts.vaeTiling ?? null);
+    const t = latents instanceof Tensor ? latents : Tensor.fromArray(latents.data, latents.shape, { device: this.device });
+    try {
+      return await decodeLatents(this, t, undefined, opts.vaeTiling ?? null);
+    } finally {
+      if (t !== latents) t.dispose();
+    }
   }
 
   /**

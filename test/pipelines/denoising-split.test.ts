@@ -25,6 +25,8 @@ describeIfBuiltin("denoisingEnd / denoisingStart / outputType on the built-in mo
     const decoded = await pipe.decodeLatents(t);
     t.dispose();
     expect(Buffer.from(decoded.images[0].data).equals(Buffer.from((await pipe.generate(base)).images[0].data))).toBe(true);
+    const fromResult = await pipe.decodeLatents(r.latents!);  // the result's { data, shape } as it is
+    expect(Buffer.from(fromResult.images[0].data).equals(Buffer.from(decoded.images[0].data))).toBe(true);
   });
 
   test.each(["euler", "ddim"] as const)("%s: generate to 0.6 then img2img from 0.6 is the whole generation, in complementary steps", async (sampler) => {

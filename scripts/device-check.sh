@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One self-contained GPU check (target: under 6 minutes on an H100): uses the addon already built
-# with CUDA (build/Release, DIFFUSEKIT_ADDON or .device/diffusekit.node.xz) and the compiled dist/; needs only Node and the GPU driver (plus python3
-# with torch for the comparison column, and nvcc-built lab binaries in .device/labs when present).
+# One self-contained GPU check (within DEVICE_CHECK_BUDGET_S, default 540 s): uses the addon already
+# built with CUDA (build/Release, DIFFUSEKIT_ADDON or .device/diffusekit.node.xz, which
+# scripts/device-prepare.sh makes) and the compiled dist/; needs only Node and the GPU driver (plus
+# python3 with torch for the comparison column, and nvcc-built lab binaries in .device/labs when present).
 # Runs the CUDA-vs-CPU parity suite, tiny-sd against diffusers' golden outputs, the CUDA benchmark
 # and PyTorch's numbers for the same cases, the training-kernel (gradient) parity and a short
 # training run, and writes a report (text + JSON) within a time budget.
@@ -13,6 +14,10 @@ mkdir -p "$OUT_DIR"
 REPORT="$OUT_DIR/report.txt"
 : > "$REPORT"
 say() { echo "$@" | tee -a "$REPORT"; }
+# A part's own output may be redirected or piped into the report: its notes go to the script's
+# stdout (fd 3) and the report once.
+exec 3>&1
+note() { echo "$@" | tee -a "$REPORT" >&3; }
 
 # What a GPU run carries compressed (it may carry 64 MiB in all), unpacked here: the CUDA addon,
 # the golden reference copy (tiny-sd) and the runtime packages dist/ requires.
@@ -26,7 +31,7 @@ fi
 [ -z "${NODE_PATH:-}" ] && [ -d .device/node_modules ] && export NODE_PATH="$PWD/.device/node_modules"
 
 say "# diffusekit device check, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-say "node $(node --version), commit ${DIFFUSEKIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+say "node $(node --version), commit ${DIFFUSEKIT_COMMIT:-$(cat .device/ADDON_COMMIT 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | sed 's/^/gpu: /' | tee -a "$REPORT"
 node -e "const d=require('./dist'); console.log('devices:', JSON.stringify(d.devices())); console.log('build:', JSON.stringify(d.buildInfo()))" 2>&1 | tee -a "$REPORT"
 
@@ -44,11 +49,11 @@ cap() {  # cap SECONDS -> the timeout to use, or 0 when under 15 s remain
 }
 timed() {  # timed CAP PART cmd... : runs cmd under the capped timeout, notes skips and time outs
   local t; t=$(cap "$1"); local part="$2"; shift 2
-  if [ "$t" = 0 ]; then say "$part: skipped, the check's time budget ($BUDGET s) is spent"; return 0; fi
+  if [ "$t" = 0 ]; then note "$part: skipped, the check's time budget ($BUDGET s) is spent"; return 0; fi
   local t0=$(date +%s)
   timeout "$t" "$@"; local rc=$?
   echo "$part: exit $rc after $(( $(date +%s) - t0 )) s (limit $t s)" >> "$OUT_DIR/timing.txt"
-  [ $rc = 124 ] && say "$part: timed out after $t s"
+  [ $rc = 124 ] && note "$part: timed out after $t s"
   return $rc
 }
 if want parity; then
@@ -122,7 +127,7 @@ fi
 if want profile; then  # opt-in: where the U-Net step's time goes, kernel by kernel (Nsight Compute)
 say ""
 say "## kernel time of one eager SD1.5 U-Net step, 512x512 batch 2, float16 (ncu, clocks and caches as they are)"
-NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+NCU=$(command -v ncu || { [ -x /usr/local/cuda/bin/ncu ] && echo /usr/local/cuda/bin/ncu; } || true)
 if [ -n "$NCU" ]; then
   # two forwards (warm-up + 1), the last one summarised; the constant weights' fill_kernel launches are left out by name
   timed 150 profile "$NCU" --clock-control none --cache-control none --metrics gpu__time_duration.sum \

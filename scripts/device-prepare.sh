@@ -32,7 +32,7 @@ if [ "${1:-}" != "--no-reference" ]; then
 fi
 npm run build:ts > /dev/null
 
-tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+tracked=$(git ls-files -z | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
 carried=$(du -sb .device dist | awk '{s += $1} END {print s}')
 total=$((tracked + carried))
 echo "carry: tracked $((tracked / 1048576)) MiB + .device and dist $((carried / 1048576)) MiB = $((total / 1048576)) MiB of 64"

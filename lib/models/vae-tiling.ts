@@ -39,21 +39,21 @@ export function tileGeometry(vae: AutoencoderKL, opts: VaeTilingOptions = {}): {
 
 /**
  * Decodes one latent [1, L, h, w] (already divided by the scaling factor, in the VAE's dtype and
- * device) tile by tile; returns the image [1, C, h·f, w·f] as float32 on the host. Latents that fit
- * one tile are decoded whole (as diffusers does).
+ * device) tile by tile; returns the image [1, C, h·f, w·f] on the device, in the VAE's dtype
+ * (the caller disposes it). Latents that fit one tile are decoded whole (as diffusers does).
  */
-export async function tiledDecode(vae: AutoencoderKL, z: Tensor, opts: VaeTilingOptions = {}): Promise<Float32Array> {
+export async function tiledDecodeTensor(vae: AutoencoderKL, z: Tensor, opts: VaeTilingOptions = {}): Promise<Tensor> {
   if (z.ndim !== 4 || z.shape[0] !== 1) throw new RangeError(`tiledDecode: latents must be [1, L, h, w], got [${z.shape.join(",")}]`);
   const g = tileGeometry(vae, opts);
   const [, , h, w] = z.shape;
-  const d = h <= g.tile && w <= g.tile ? vae.decode(z) : await tiledApply(z, g.tile, g.step, g.blend, g.keep, (part) => vae.decode(part));
+  return h <= g.tile && w <= g.tile ? vae.decode(z) : await tiledApply(z, g.tile, g.step, g.blend, g.keep, (part) => vae.decode(part));
+}
+
+/** tiledDecodeTensor's image as float32 on the host. */
+export async function tiledDecode(vae: AutoencoderKL, z: Tensor, opts: VaeTilingOptions = {}): Promise<Float32Array> {
+  const d = await tiledDecodeTensor(vae, z, opts);
   try {
-    const x = d.dtype === "float32" && d.device === "cpu" ? d : d.to("cpu", "float32");
-    try {
-      return await x.toFloat32Array();
-    } finally {
-      if (x !== d) x.dispose();
-    }
+    return await d.toFloat32Array();
   } finally {
     d.dispose();
   }

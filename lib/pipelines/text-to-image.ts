@@ -14,10 +14,10 @@ import { synchronize } from "../devices";
 import { TorchGenerator, randnTensor } from "../random/torch-generator";
 import { SAMPLER_NAMES, createScheduler, schedulerFromConfig, type Scheduler, type NoiseSource } from "../schedulers";
 import { GeneratedImage, latentPreviews, type ImageParameters } from "./images";
-import { decodedPixels, decodedPixelsOf, type DecodedPixels } from "./decoded-pixels";
+import { decodedPixels } from "./decoded-pixels";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
 import { unetStep } from "../models/unet-graph";
-import { tiledDecode, tileGeometry, type VaeTilingOptions } from "../models/vae-tiling";
+import { tiledDecodeTensor, tileGeometry, type VaeTilingOptions } from "../models/vae-tiling";
 import type { AddedCond } from "../models/unet-2d-condition";
 import { encodeConditioningXL } from "./sdxl-conditioning";
 import { encodeWeightedTexts } from "./weighted-encoding";
@@ -728,7 +728,9 @@ export async function decodeLatents(pipe: StableDiffusionPipeline, latents: Tens
       return zb.dtype !== pipe.vaeDtype || zb.device !== pipe.device ? zb.to(pipe.device, pipe.vaeDtype) : zb;
     });
     try {
-      const px = tiling ? await decodedPixelsOf(await tiledDecode(pipe.vae, z, tiling), [1, 3, H, W]) : await decodeWhole(pipe, z);
+      // the pixels are computed where the image is (the GPU, when there is one)
+      const x = tiling ? await tiledDecodeTensor(pipe.vae, z, tiling) : tidy(() => pipe.vae.decode(z));
+      const px = await decodedPixels(x).finally(() => x.dispose());
       decoded.set(px.decoded, b * 3 * H * W);
       imageFloat.set(px.imageFloat, b * H * W * 3);
       rgb.push(px.rgb[0]);
@@ -738,15 +740,6 @@ export async function decodeLatents(pipe: StableDiffusionPipeline, latents: Tens
   }
   const images = rgb.map((data, k) => new GeneratedImage(W, H, data, params?.(k)));
   return { images, decoded, imageFloat, shape: [B, 3, H, W] };
-}
-
-async function decodeWhole(pipe: StableDiffusionPipeline, z: Tensor): Promise<DecodedPixels> {
-  const x = tidy(() => pipe.vae.decode(z));
-  try {
-    return await decodedPixels(x);
-  } finally {
-    x.dispose();
-  }
 }
 
 /** The PNG parameters of image k of a run. */

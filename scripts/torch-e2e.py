@@ -55,7 +55,7 @@ def denoise(emb, n):
 def decode(x, vdt):
     return vae.decode(x.to(vdt) / vae.config.scaling_factor).sample
 
-emb = encode(); denoise(emb, 2); decode(denoise(emb, 2), torch.float32)  # warm-up
+emb = encode(); decode(denoise(emb, 2), torch.float32)  # warm-up
 x = torch.randn(2, unet.config.in_channels, lat, lat, device=dev, dtype=dt)
 tt = torch.tensor(500, device=dev)
 with torch.no_grad():

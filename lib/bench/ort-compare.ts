@@ -17,7 +17,9 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { devices, synchronize } from "../devices";
+import { writeJsonFile } from "../io/files";
 import { openWeightsFile } from "../io/model-folder";
+import { packageRoot } from "../native";
 import { unetParamShapes, vaeParamShapes } from "../models/param-shapes";
 import { UNet2DConditionModel, type UNet2DConditionConfigJson } from "../models/unet-2d-condition";
 import { AutoencoderKL, type AutoencoderKLConfigJson } from "../models/autoencoder-kl";
@@ -33,7 +35,7 @@ import { ORT_INSTALL_HINT, loadOrt, type Ort, type OrtTensor } from "./onnx/ort"
 interface Args { model: "unet" | "vae"; config: string; size: number; batch: number; runs: number; bf16: boolean; json?: string; weights?: string }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { model: "unet", config: path.join(__dirname, "..", "..", "configs", "sd15"), size: 64, batch: 2, runs: 2, bf16: true };
+  const a: Args = { model: "unet", config: path.join(packageRoot, "configs", "sd15"), size: 64, batch: 2, runs: 2, bf16: true };
   let batchGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const v = () => { if (i + 1 >= argv.length) throw new RangeError(`${argv[i]} needs a value`); return argv[++i]; };
@@ -57,7 +59,6 @@ function parseArgs(argv: string[]): Args {
 /** One network set up for the comparison. */
 interface Subject {
   name: string;
-  module: Module;
   /** float32 forward -> output (a tensor the caller disposes). */
   forward(): Tensor;
   /** The same in bfloat16 (after toBf16). */
@@ -83,7 +84,6 @@ function unetSubject(a: Args): Subject {
   let sampleBf16: Tensor | null = null;
   return {
     name: `${path.basename(a.config)} U-Net step, ${h * 8}x${h * 8}, batch ${B}`,
-    module: unet,
     forward: () => unet.forward(sample, t, ctx),
     forwardBf16: () => unet.forward(sampleBf16!, t, ctx),
     toBf16: () => { unet.to("cpu", "bfloat16"); sampleBf16 = sample.to("cpu", "bfloat16"); },
@@ -109,7 +109,6 @@ function vaeSubject(a: Args): Subject {
   let zBf16: Tensor | null = null;
   return {
     name: `${path.basename(a.config)} VAE decode, ${h}x${h} -> ${h * f}x${h * f}, batch ${B}`,
-    module: vae,
     forward: () => vae.decode(z),
     forwardBf16: () => vae.decode(zBf16!),
     toBf16: () => { vae.to("cpu", "bfloat16"); zBf16 = z.to("cpu", "bfloat16"); },
@@ -119,8 +118,8 @@ function vaeSubject(a: Args): Subject {
   };
 }
 
-async function timeRuns(runs: number, fn: () => Promise<void>): Promise<number[]> {
-  await fn();  // warm-up
+async function timeRuns(runs: number, fn: () => Promise<void>, warmup = fn): Promise<number[]> {
+  await warmup();
   const ms: number[] = [];
   for (let r = 0; r < runs; r++) {
     const t0 = performance.now();
@@ -148,11 +147,10 @@ async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "dk-ort-"));
   try {
     log(`${subject.name}: ${threads} threads, ${os.cpus()[0]?.model ?? "cpu"}`);
-    const counted = countFlop(() => subject.forward());
-    const flop = counted.flop;
-    counted.result.dispose();
-    let ours: Float32Array = new Float32Array(0);
-    const oursMs = await timeRuns(args.runs, async () => { const y = subject.forward(); ours = await y.toFloat32Array(); y.dispose(); });
+    let ours: Float32Array = new Float32Array(0), flop = 0;
+    const run = async (y: Tensor) => { ours = await y.toFloat32Array(); y.dispose(); };
+    // the warm-up run also counts the flop
+    const oursMs = await timeRuns(args.runs, () => run(subject.forward()), () => { const c = countFlop(() => subject.forward()); flop = c.flop; return run(c.result); });
     log(`diffusekit float32: ${seconds(oursMs)}`);
     const t0 = performance.now();
     const file = await subject.graph().write(dir, args.model);
@@ -193,8 +191,7 @@ async function main(): Promise<void> {
     for (const r of rows) process.stdout.write(`| ${r.engine} | ${r.s.toFixed(2)} | ${(flop / r.s / 1e9).toFixed(0)} | ${(ortS / r.s).toFixed(2)}x |\n`);
     process.stdout.write(`outputs: max |diffusekit - ORT| / max(1, max |ORT|) = ${rel.toExponential(2)}\n`);
     if (args.json) {
-      fs.writeFileSync(args.json, JSON.stringify({ name: subject.name, threads, flop, rows, ortMs, oursMs, bf16Ms, relError: rel, maxAbsOutput: maxRef,
-        ort: ort.env.versions.common }, null, 2) + "\n");
+      writeJsonFile(args.json, { name: subject.name, threads, flop, rows, ortMs, oursMs, bf16Ms, relError: rel, maxAbsOutput: maxRef, ort: ort.env.versions.common });
     }
     if (!(rel < 1e-3)) {
       process.stderr.write(`ort-compare: the outputs differ (${rel.toExponential(2)}): the timing compares different networks\n`);

@@ -26,7 +26,7 @@ export function registerExtractLoraCommand(program: Command): void {
     .argument("<base>", "the base model (a diffusers folder)")
     .argument("<tuned>", "the fine-tuned model (a diffusers folder of the same architecture)")
     .argument("<output>", "the LoRA .safetensors file to write (kohya format)")
-    .option("--rank <r>", "rank of each layer's approximation (default 16)", integer(1, 1024), 16)
+    .option("--rank <r>", "rank of each layer's approximation", integer(1, 1024), 16)
     .option("--conv-rank <r>", "the 3x3 convolutions too, at this rank (LoCon)", integer(1, 1024))
     .option("--text-encoder", "the text encoder's attention and MLP layers too")
     .option("--json", "print the result as JSON on stdout")

@@ -30,7 +30,7 @@ export function registerMergeCommand(program: Command): void {
     .argument("<a>", "the first model (a .safetensors single file or a diffusers folder)")
     .argument("<b>", "the second model (the same kind as A)")
     .argument("<output>", "a .safetensors file (single-file inputs) or a folder (folders)")
-    .option("--alpha <a>", "B's weight, or the difference's scale (default 0.5)", number(-Infinity), 0.5)
+    .option("--alpha <a>", "B's weight, or the difference's scale", number(-Infinity), 0.5)
     .option("--add-difference <c>", "add (B - C)·α to A instead (C: the model B was fine-tuned from)")
     .addOption(new Option("--save-dtype <type>", "the output's weight precision (default: A's)").choices(SAVE_DTYPES))
     .option("--variant <name>", "folders: read <weights>.<name>.safetensors (e.g. fp16)")

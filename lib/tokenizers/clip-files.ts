@@ -8,7 +8,6 @@ import * as path from "path";
 import type { CLIPTokenizer } from "./clip";
 import { writeFileAtomic } from "../io/files";
 
-export { writeFileAtomic };
 
 /** The files of a transformers CLIPTokenizer folder, in memory. */
 export interface TokenizerFiles {

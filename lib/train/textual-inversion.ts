@@ -122,11 +122,6 @@ export class TrainedEmbedding {
     this.attach();
   }
 
-  /** The first encoder's rows [vectors, hidden]. */
-  get rows(): Tensor {
-    return this.parts[0].rows;
-  }
-
   /** Trained values (all encoders). */
   get size(): number {
     return this.parts.reduce((n, p) => n + p.rows.numel, 0);

@@ -12,9 +12,9 @@ import * as fs from "fs";
 import * as path from "path";
 import { packageRoot } from "../native";
 import { basicClean, CLIPTokenizer } from "../tokenizers/clip";
-import { writeFileAtomic, writeTokenizerFiles, type TokenizerFiles } from "../tokenizers/clip-files";
+import { writeTokenizerFiles, type TokenizerFiles } from "../tokenizers/clip-files";
 
-export { writeFileAtomic, writeTokenizerFiles, type TokenizerFiles };
+export { writeTokenizerFiles, type TokenizerFiles };
 
 const CLIP_PATTERN = /<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+/giu;
 const MAX_MERGES = 49152 - 256 - 2;

@@ -6,6 +6,7 @@
  */
 import * as fs from "fs";
 import * as path from "path";
+import { writeAll } from "../../io/files";
 import { bytes, concat, float, int, message, packedInts, type Field } from "./protobuf";
 
 const FLOAT = 1, INT64 = 7;
@@ -41,10 +42,10 @@ export class OnnxGraph {
   }
 
   /** A small constant (inline). */
-  constFloats(values: readonly number[], dims: number[] = [values.length]): string {
+  constFloats(values: readonly number[]): string {
     const name = this.fresh("const");
     const data = new Uint8Array(Float32Array.from(values).buffer);
-    this.inits.push({ name, dims, type: FLOAT, data: () => data });
+    this.inits.push({ name, dims: [values.length], type: FLOAT, data: () => data });
     return name;
   }
 
@@ -92,9 +93,9 @@ export class OnnxGraph {
         }
         // external data, 64-byte aligned as ONNX's own writer does
         const pad = (64 - (offset % 64)) % 64;
-        if (pad) fs.writeSync(fd, new Uint8Array(pad));
+        if (pad) writeAll(fd, new Uint8Array(pad));
         offset += pad;
-        for (let done = 0; done < data.length; ) done += fs.writeSync(fd, data, done, data.length - done);
+        writeAll(fd, data);
         const entry = (k: string, v: string) => message(13, [bytes(1, k), bytes(2, v)]);
         tensors.push(concat([...head, entry("location", dataFile), entry("offset", String(offset)), entry("length", String(data.length)), int(14, 1)]));
         offset += data.length;

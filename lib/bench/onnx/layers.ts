@@ -40,9 +40,9 @@ export class OnnxLayers {
     return this.g.node("Mul", [x, this.g.node("Sigmoid", [x])]);
   }
 
-  linear(x: string, prefix: string, bias = this.has(`${prefix}.bias`)): string {
+  linear(x: string, prefix: string): string {
     const y = this.g.node("MatMul", [x, this.param(`${prefix}.weight`, true).name]);
-    return bias ? this.g.node("Add", [y, this.param(`${prefix}.bias`).name]) : y;
+    return this.has(`${prefix}.bias`) ? this.g.node("Add", [y, this.param(`${prefix}.bias`).name]) : y;
   }
 
   conv(x: string, prefix: string, stride = 1): string {

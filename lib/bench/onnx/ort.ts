@@ -3,7 +3,7 @@
  * what the ONNX Runtime comparison (ort-compare.ts) and its test run against. Looked up from the
  * working directory, the package, and DIFFUSEKIT_ORT_DIR (a folder whose node_modules holds it).
  */
-import * as path from "path";
+import { packageRoot } from "../../native";
 
 /** The part of onnxruntime-node's API used here (without its package there are no types). */
 export interface OrtTensor { data: unknown }
@@ -21,7 +21,7 @@ export interface Ort {
 export const ORT_INSTALL_HINT = "onnxruntime-node is not installed: `npm i --no-save onnxruntime-node` (or install it in another folder and set DIFFUSEKIT_ORT_DIR to it)";
 
 export function loadOrt(): Ort | null {
-  const places = [process.env.DIFFUSEKIT_ORT_DIR, process.cwd(), path.join(__dirname, "..", "..", "..")].filter((p): p is string => !!p);
+  const places = [process.env.DIFFUSEKIT_ORT_DIR, process.cwd(), packageRoot].filter((p): p is string => !!p);
   for (const from of places) {
     let file: string;
     try {

@@ -25,11 +25,7 @@ export function maxClipSkipXL(e: DualTextEncoder): number {
   return Math.min(e.textEncoder.config.numHiddenLayers, e.textEncoder2?.config.numHiddenLayers ?? Infinity) - 2;
 }
 
-function ids(tok: CLIPTokenizer, xs: readonly string[]): Tensor {
-  const L = tok.maxLength, out = new Int32Array(xs.length * L);
-  xs.forEach((t, i) => out.set(tok.encodePadded(t), i * L));
-  return Tensor.fromArray(out, [xs.length, L]);
-}
+const ids = (tok: CLIPTokenizer, xs: readonly string[]): Tensor => Tensor.fromArray(tok.encodePaddedBatch(xs), [xs.length, tok.maxLength]);
 
 /** Records the encoders' work; run it inside tidy() and keep what is returned. `texts2` feeds the second encoder (base only). */
 export function encodeTextsXL(e: DualTextEncoder, texts: readonly string[], texts2: readonly string[], clipSkip = 0): { embeds: Tensor; pooled: Tensor } {

@@ -194,8 +194,7 @@ export class StableDiffusionPipeline {
   /** @internal Synchronous encodePrompt: enqueues the encoder and returns the (kept) hidden states. */
   encodeTexts(texts: readonly string[], clipSkip = 0): Tensor {
     const L = this.tokenizer.maxLength;
-    const ids = new Int32Array(texts.length * L);
-    texts.forEach((t, i) => ids.set(this.tokenizer.encodePadded(t), i * L));
+    const ids = this.tokenizer.encodePaddedBatch(texts);
     return keep(tidy(() => {
       const idTensor = Tensor.fromArray(ids, [texts.length, L]);
       return this.textEncoder.forward(idTensor, { clipSkip }).lastHiddenState;

@@ -368,6 +368,13 @@ export class CLIPTokenizer {
     return this.encodeWithMask(text).ids;
   }
 
+  /** encodePadded of each text, one row of maxLength ids after another ([texts.length, maxLength] row-major). */
+  encodePaddedBatch(texts: readonly string[]): Int32Array {
+    const L = this.maxLength, out = new Int32Array(texts.length * L);
+    texts.forEach((t, i) => out.set(this.encodePadded(t), i * L));
+    return out;
+  }
+
   /** `encodePadded` plus the attention mask: 1 on BOS, tokens and EOS, 0 on padding. */
   encodeWithMask(text: string): { ids: number[]; attentionMask: number[] } {
     const body = this.tokenIds(text).slice(0, this.maxLength - 2);

@@ -475,9 +475,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         const chunk = missing.slice(i, i + 16);
         const r = noGrad(() => tidy(() => {
           if (xlEncoders) return encodeTextsXL(xlEncoders, chunk, chunk);
-          const ids = new Int32Array(chunk.length * T);
-          chunk.forEach((t, k) => ids.set(tokenizer.encodePadded(t), k * T));
-          return { embeds: te.forward(Tensor.fromArray(ids, [chunk.length, T])).lastHiddenState, pooled: null };
+          return { embeds: te.forward(Tensor.fromArray(tokenizer.encodePaddedBatch(chunk), [chunk.length, T])).lastHiddenState, pooled: null };
         }));
         const v = await r.embeds.toFloat32Array(), p = r.pooled ? await r.pooled.toFloat32Array() : null;
         r.embeds.dispose();
@@ -489,7 +487,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       }
     };
     // SDXL's size and crop ids: square training images, resized whole (original = target = resolution, no crop)
-    const timeIds = xlText ? Float32Array.from({ length: 6 }, (_, i) => (i === 2 || i === 3 ? 0 : resolution)) : null;
+    const timeIds = xlText ? Float32Array.from({ length: batchSize * 6 }, (_, i) => (i % 6 === 2 || i % 6 === 3 ? 0 : resolution)) : null;  // [batchSize, 6]
 
     // 5. latent cache
     const cache = await cacheLatents(vae, ds, randomFlip, device);
@@ -601,18 +599,16 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           batches.push({ step, indices: refs.map((r) => r.index), flips: refs.map((r) => r.flip), captions: dropped.captions, timesteps });
           let ehs: Tensor | null = null, ids: Tensor | null = null, added: AddedCond | null = null;
           if (teEachStep && !xlEncoders) {
-            const buf = new Int32Array(batchSize * T);
-            dropped.captions.forEach((c, b) => buf.set(tokenizer.encodePadded(c), b * T));
-            ids = Tensor.fromArray(buf, [batchSize, T]);
+            ids = Tensor.fromArray(tokenizer.encodePaddedBatch(dropped.captions), [batchSize, T]);
           } else if (!teEachStep) {
             await encodeFrozen(dropped.captions);
             const buf = new Float32Array(batchSize * T * hidden);
             dropped.captions.forEach((c, b) => buf.set(embCache.get(c)!, b * T * hidden));
             ehs = Tensor.fromArray(buf, [batchSize, T, hidden], { device });
             if (timeIds) {
-              const pooled = new Float32Array(batchSize * pooledDim), tid = new Float32Array(batchSize * 6);
-              dropped.captions.forEach((c, b) => { pooled.set(pooledCache.get(c)!, b * pooledDim); tid.set(timeIds, b * 6); });
-              added = { textEmbeds: Tensor.fromArray(pooled, [batchSize, pooledDim], { device }), timeIds: Tensor.fromArray(tid, [batchSize, 6], { device }) };
+              const pooled = new Float32Array(batchSize * pooledDim);
+              dropped.captions.forEach((c, b) => pooled.set(pooledCache.get(c)!, b * pooledDim));
+              added = { textEmbeds: Tensor.fromArray(pooled, [batchSize, pooledDim], { device }), timeIds: Tensor.fromArray(timeIds, [batchSize, 6], { device }) };
             }
           }
           const shape = [batchSize, ...cache.shape];
@@ -628,9 +624,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
             const xlCond = teEachStep && xlEncoders ? encodeTextsXL(xlEncoders, dropped.captions, dropped.captions) : null;
             const tt = Tensor.fromArray(Float32Array.from(timesteps), [batchSize], { device });
             const ctx = text ? text.lastHiddenState : xlCond ? xlCond.embeds : ehs!;
-            const xlAdded = xlCond && timeIds
-              ? { textEmbeds: xlCond.pooled, timeIds: Tensor.fromArray(Float32Array.from({ length: batchSize * 6 }, (_, i) => timeIds[i % 6]), [batchSize, 6], { device }) }
-              : null;
+            const xlAdded = xlCond ? { textEmbeds: xlCond.pooled, timeIds: Tensor.fromArray(timeIds!, [batchSize, 6], { device }) } : null;
             // mixed precision: the UNet on bf16 copies of its weights and input (the text encoder and the loss stay float32)
             const cond = added ? { addedCond: added } : xlAdded ? { addedCond: xlAdded } : {};
             const pred = mp ? unet.withParametersAs(mp, () => unet.forward(noisy.to(device, mp), tt, ctx, cond).to(device, "float32")) : unet.forward(noisy, tt, ctx, cond);

@@ -156,7 +156,16 @@ export class Embedding extends Module {
   forward(ids: Tensor): Tensor {
     const w = this.p("weight"), x = this.extraRows;
     if (!x) return ops.embedding(ids, w);
-    return ops.embedding(ids, ops.concat([w, x.dtype === w.dtype ? x : x.to(x.device, w.dtype)], 0));
+    // Each position takes its row from the table or from the extra rows, by a 0/1 mask: the exact
+    // values of a lookup in [table; extra], without copying the table (or building its dense
+    // gradient) every training step.
+    return tidy(() => {
+      const n = this.rows, idsF = ids.to("cpu", "float32");
+      const inTable = ops.minimum(idsF, n - 1).to("cpu", ids.dtype), inExtra = ops.maximum(ops.sub(idsF, n), 0).to("cpu", ids.dtype);
+      const mask = ops.clamp(ops.sub(idsF, n - 1), 0, 1).reshape([...ids.shape, 1]).to(w.device, w.dtype);
+      const extra = ops.embedding(inExtra, x.dtype === w.dtype ? x : x.to(x.device, w.dtype));
+      return ops.add(ops.mul(ops.embedding(inTable, w), ops.sub(1, mask)), ops.mul(extra, mask));
+    });
   }
   /** The table itself (e.g. position embeddings read whole). */
   get weight(): Tensor { return this.p("weight"); }

@@ -6,7 +6,7 @@
 //   node examples/textual-inversion.js              # the built-in model learns "<thing>" from its own "a red apple" pictures
 //
 // Without --data, the example first draws eight "a red apple" pictures with the model, trains the
-// word on them (captions "a <thing>"), then draws "a <thing>" before and after.
+// word on them (captions "a <thing>"), then draws "a <thing>" with the word learned.
 "use strict";
 const fs = require("node:fs");
 const path = require("node:path");

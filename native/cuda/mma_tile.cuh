@@ -12,8 +12,8 @@
 //  - simt_kernel:  float32 FMA, 64x64x16 tiles, any layout and alignment (float32 storage, and the
 //                  fallback for unaligned float16/bfloat16 operands or conv with C % 8 != 0).
 // Split-K (planned in tile_launch.cuh): when the M x N tiles cannot fill the GPU, K is cut into
-// `splits` slices whose float32 partials go to a workspace; splitk_reduce_kernel sums them and
-// applies the epilogue.
+// `splits` slices whose float32 partials go to a workspace; splitk_reduce8_kernel (eight outputs
+// per thread, where the layout allows) or splitk_reduce_kernel sums them and applies the epilogue.
 //
 // Epilogue (all kernels): out = alpha*acc + beta*C (C read only when beta != 0) + bias[n]
 // + residual[m, n], computed in float32 and rounded once to the storage type.

@@ -232,7 +232,9 @@ __global__ void gn_stats_simple(GnGeo geo, const T* __restrict__ x, float2* __re
 // Small groups (L*Cg <= kFusedGroupElems: SD U-Net levels 16x16 and 8x8): one block per (n, g)
 // takes the statistics and applies the normalisation in one launch instead of three (the group's
 // second read comes from L1/L2). The shift, the float64 combine and the formula for the mean,
-// a = rstd*gamma and b = beta are those of stats/finalize/apply above.
+// a = rstd*gamma and b = beta are those of stats/finalize/apply above; the partial sums are split
+// differently (thread by thread over packs), so results may differ from that path in the last
+// float bits, and do not depend on the batch size.
 constexpr int64_t kFusedGroupElems = 16384;
 
 template <typename T, int VEC, bool SILU>

@@ -92,6 +92,11 @@ export interface WeightsLocation {
 
 const WEIGHT_BASENAMES = ["diffusion_pytorch_model", "model"];
 
+/** A component's weights file as save_pretrained names it: `<base>.safetensors`, or `<base>.<variant>.safetensors`. */
+export function weightsFileName(base: string, variant?: string | null): string {
+  return variantNames(base, variant ?? null).single;
+}
+
 function variantNames(base: string, variant: string | null): { single: string; indexes: string[] } {
   if (variant === null) return { single: `${base}.safetensors`, indexes: [`${base}.safetensors.index.json`] };
   // diffusers/transformers put the variant before the last suffix ("...index.fp16.json"); some

@@ -6,7 +6,7 @@
  */
 import * as fs from "fs";
 import * as path from "path";
-import { ModelFolder, stableDiffusionModelIndex, type JsonObject } from "../io/model-folder";
+import { ModelFolder, stableDiffusionModelIndex, weightsFileName, type JsonObject } from "../io/model-folder";
 import { writeSourceWeights, type SaveDType } from "../io/module-weights";
 import { renameStateDict, type HostStateDictSource } from "../io/state-dict";
 import { renameLegacyVaeKey } from "../models/autoencoder-kl";
@@ -71,10 +71,9 @@ export async function folderToSingleFile(dir: string, file: string, dtype: SaveD
 /** An opened single file (load.ts's openSingleFile) as a diffusers folder; the caller closes it. */
 export async function singleFileToFolder(sf: SingleFileSources, dir: string, dtype: SaveDType, variant?: string): Promise<void> {
   const { configs, sources } = sf;
-  const weights = (base: string) => (variant ? `${base}.${variant}.safetensors` : `${base}.safetensors`);
   const component = async (name: string, config: JsonObject, base: string, source: HostStateDictSource) => {
     fs.mkdirSync(path.join(dir, name), { recursive: true });
-    await writeSourceWeights(path.join(dir, name, weights(base)), source, dtype);
+    await writeSourceWeights(path.join(dir, name, weightsFileName(base, variant)), source, dtype);
     writeJsonFile(path.join(dir, name, "config.json"), config);
   };
   const scheduler = configs.scheduler;

@@ -8,7 +8,7 @@
  */
 import * as fs from "fs";
 import * as path from "path";
-import { ModelFolder, openWeightsFile } from "../io/model-folder";
+import { ModelFolder, openWeightsFile, weightsFileName } from "../io/model-folder";
 import { SAFETENSORS_DTYPE_OF, tensorBytes, type SaveDType } from "../io/module-weights";
 import { writeSafetensorsStreaming } from "../io/safetensors";
 import type { SafetensorsStateDict } from "../io/state-dict";
@@ -109,7 +109,7 @@ export async function mergeModels(a: string, b: string, out: string, o: MergeOpt
     const opened = models.map((m) => m.weights(name, { variant: o.variant }));
     try {
       const base = name.startsWith("text_encoder") ? "model" : "diffusion_pytorch_model";
-      const file = opened[0].files.length === 1 ? path.basename(opened[0].files[0].path) : `${base}${o.variant ? `.${o.variant}` : ""}.safetensors`;
+      const file = opened[0].files.length === 1 ? path.basename(opened[0].files[0].path) : weightsFileName(base, o.variant);
       await mergeFile(opened[0], opened.slice(1), path.join(outDir, file), o, counts);
     } finally {
       for (const s of opened) s.close();

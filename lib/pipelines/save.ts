@@ -12,7 +12,7 @@
 import * as fs from "fs";
 import * as path from "path";
 import type { Module } from "../nn/module";
-import { stableDiffusionModelIndex, type JsonObject } from "../io/model-folder";
+import { stableDiffusionModelIndex, weightsFileName, type JsonObject } from "../io/model-folder";
 import { SAVE_DTYPES, writeModuleComponent, type SaveDType } from "../io/module-weights";
 import { writeTokenizerFiles, tokenizerFiles } from "../tokenizers/clip-files";
 import { writeJsonFile } from "../io/files";
@@ -68,8 +68,8 @@ export function prepareFolder(dir: string): void {
 }
 
 /** A component's config and weights, the weights file named for the variant (save_pretrained's `<base>.<variant>.safetensors`). */
-function writeComponent(dir: string, config: JsonObject, weights: string, module: Module, dtype: SaveDType, variant?: string): Promise<void> {
-  return writeModuleComponent(dir, config, variant ? weights.replace(/\.safetensors$/, `.${variant}.safetensors`) : weights, module, { dtype });
+function writeComponent(dir: string, config: JsonObject, base: string, module: Module, dtype: SaveDType, variant?: string): Promise<void> {
+  return writeModuleComponent(dir, config, weightsFileName(base, variant), module, { dtype });
 }
 
 /** A text encoder's config.json, its vocab_size following the embedding table (grown by textual inversion). */
@@ -92,13 +92,13 @@ async function saveFolder(pipe: StableDiffusionPipeline, dir: string, dtype: Sav
   const scheduler = schedulerConfig(pipe);
   writeJsonFile(path.join(dir, "scheduler", "scheduler_config.json"), scheduler);
   writeTokenizerFiles(path.join(dir, "tokenizer"), tokenizerFiles(pipe.tokenizer));
-  await writeComponent(path.join(dir, "text_encoder"), textEncoderConfig(pipe, false, dtype), "model.safetensors", pipe.textEncoder, dtype, variant);
+  await writeComponent(path.join(dir, "text_encoder"), textEncoderConfig(pipe, false, dtype), "model", pipe.textEncoder, dtype, variant);
   if (xl) {
     writeTokenizerFiles(path.join(dir, "tokenizer_2"), tokenizerFiles(pipe.tokenizer2!));
-    await writeComponent(path.join(dir, "text_encoder_2"), textEncoderConfig(pipe, true, dtype), "model.safetensors", pipe.textEncoder2!, dtype, variant);
+    await writeComponent(path.join(dir, "text_encoder_2"), textEncoderConfig(pipe, true, dtype), "model", pipe.textEncoder2!, dtype, variant);
   }
-  await writeComponent(path.join(dir, "unet"), { _class_name: "UNet2DConditionModel", ...pipe.unet.configJson }, "diffusion_pytorch_model.safetensors", pipe.unet, dtype, variant);
-  await writeComponent(path.join(dir, "vae"), { _class_name: "AutoencoderKL", ...pipe.vae.configJson }, "diffusion_pytorch_model.safetensors", pipe.vae, dtype, variant);
+  await writeComponent(path.join(dir, "unet"), { _class_name: "UNet2DConditionModel", ...pipe.unet.configJson }, "diffusion_pytorch_model", pipe.unet, dtype, variant);
+  await writeComponent(path.join(dir, "vae"), { _class_name: "AutoencoderKL", ...pipe.vae.configJson }, "diffusion_pytorch_model", pipe.vae, dtype, variant);
   // last: a folder without it is not taken for a pipeline, so an interrupted save is not loaded
   writeJsonFile(path.join(dir, "model_index.json"), stableDiffusionModelIndex({
     schedulerClass: scheduler["_class_name"] as string, xl, inpainting: pipe.isInpaintingModel, forceZerosForEmptyPrompt: pipe.forceZerosForEmptyPrompt,

@@ -311,15 +311,14 @@ function sizeOption(op: string, name: string, v: unknown): { width: number; heig
 
 /** SDXL's options: refused by name on other models; defaults as diffusers' StableDiffusionXLPipeline. */
 function resolveXlOptions(pipe: StableDiffusionPipeline, op: string, opts: CommonGenerateOptions, prompts: string[], negatives: string[]) {
-  if (!pipe.isXL) {
-    const given = XL_KEYS.filter((k) => (opts as unknown as Record<string, unknown>)[k] !== undefined);
-    if (given.length) throw new RangeError(`${op}: ${given.join(", ")} ${given.length > 1 ? "are" : "is"} for SDXL models (two text encoders); this model has one`);
-  }
   const given = (keys: string[]) => keys.filter((k) => (opts as unknown as Record<string, unknown>)[k] !== undefined);
-  if (pipe.isXL && !pipe.isRefiner && given(REFINER_ONLY_KEYS).length)
-    throw new RangeError(`${op}: ${given(REFINER_ONLY_KEYS).join(", ")} condition the SDXL refiner; this is an SDXL base model`);
-  if (pipe.isRefiner && given(NOT_FOR_REFINER_KEYS).length)
-    throw new RangeError(`${op}: ${given(NOT_FOR_REFINER_KEYS).join(", ")} ${given(NOT_FOR_REFINER_KEYS).length > 1 ? "do" : "does"} not apply to the SDXL refiner (one text encoder; its ids are size, crop and aesthetic score)`);
+  const xlOnly = pipe.isXL ? [] : given(XL_KEYS);
+  if (xlOnly.length) throw new RangeError(`${op}: ${xlOnly.join(", ")} ${xlOnly.length > 1 ? "are" : "is"} for SDXL models (two text encoders); this model has one`);
+  const refinerOnly = pipe.isXL && !pipe.isRefiner ? given(REFINER_ONLY_KEYS) : [];
+  if (refinerOnly.length) throw new RangeError(`${op}: ${refinerOnly.join(", ")} condition the SDXL refiner; this is an SDXL base model`);
+  const notForRefiner = pipe.isRefiner ? given(NOT_FOR_REFINER_KEYS) : [];
+  if (notForRefiner.length)
+    throw new RangeError(`${op}: ${notForRefiner.join(", ")} ${notForRefiner.length > 1 ? "do" : "does"} not apply to the SDXL refiner (one text encoder; its ids are size, crop and aesthetic score)`);
   const score = (name: string, v: unknown, d: number) => {
     if (v === undefined) return d;
     if (typeof v !== "number" || !Number.isFinite(v)) throw new RangeError(`${op}: ${name} must be a finite number, got ${JSON.stringify(v)}`);

@@ -14,6 +14,8 @@ import type { SafetensorsStateDict } from "../io/state-dict";
 import * as ops from "../ops";
 import { Tensor, tidy } from "../tensor";
 import { LORA_CONV_TARGETS, LORA_TARGETS, LORA_TE_TARGETS } from "../train/lora-adapters";
+import { kohyaLayerEntries, kohyaMetadata } from "./keys";
+import { yieldToLoop } from "../train/loop";
 import { TorchGenerator } from "../random/torch-generator";
 
 export interface ExtractOptions {
@@ -50,7 +52,7 @@ export async function lowRank(a: Float32Array, m: number, n: number, r: number, 
     At.dispose();
     const b = tidy(() => ops.matmul(ops.contiguous(ops.transpose(q, 0, 1)), A));
     const bbt = tidy(() => ops.matmul(b, ops.contiguous(ops.transpose(b, 0, 1))));
-    const { values, vectors } = jacobiEigen(toF64(await bbt.toFloat32Array()), k);
+    const { values, vectors } = jacobiEigen(Float64Array.from(await bbt.toFloat32Array()), k);
     bbt.dispose();
     const order = [...values.keys()].sort((x, y) => values[y] - values[x]).slice(0, r);
     const uk = new Float32Array(k * r);  // the top r eigenvectors as columns
@@ -67,13 +69,9 @@ export async function lowRank(a: Float32Array, m: number, n: number, r: number, 
   }
 }
 
-function toF64(x: Float32Array): Float64Array {
-  return Float64Array.from(x);
-}
-
 /** Modified Gram-Schmidt on the columns of a [rows, cols] tensor; returns a new tensor. */
 async function orthonormalize(t: Tensor, rows: number, cols: number): Promise<Tensor> {
-  const x = toF64(await t.toFloat32Array());
+  const x = Float64Array.from(await t.toFloat32Array());
   t.dispose();
   for (let c = 0; c < cols; c++) {
     for (let p = 0; p < c; p++) {
@@ -144,12 +142,10 @@ export async function extractLora(basePath: string, tunedPath: string, out: stri
         if (delta === null || maxAbs(delta) <= threshold) { skipped++; continue; }
         const m = shape[0], n = delta.length / m, r = Math.min(rank, m, n);
         const { up, down } = await lowRank(delta, m, n, r, seed++);
-        const k = `lora_${prefix}_${name.replace(/\./g, "_")}`;
-        rec[`${k}.lora_down.weight`] = { dtype: "F32", shape: shape.length === 4 ? [r, shape[1], 3, 3] : [r, n], data: down };
-        rec[`${k}.lora_up.weight`] = { dtype: "F32", shape: shape.length === 4 ? [m, r, 1, 1] : [m, r], data: up };
-        rec[`${k}.alpha`] = { dtype: "F32", shape: [], data: new Float32Array([r]) };
+        Object.assign(rec, kohyaLayerEntries(prefix, name, { shape: shape.length === 4 ? [r, shape[1], 3, 3] : [r, n], data: down },
+          { shape: shape.length === 4 ? [m, r, 1, 1] : [m, r], data: up }, r));
         layers++;
-        await new Promise<void>((resolve) => setImmediate(resolve));
+        await yieldToLoop();
       }
     } finally {
       b.close();
@@ -158,7 +154,7 @@ export async function extractLora(basePath: string, tunedPath: string, out: stri
   }
   if (layers === 0) throw new Error(`extract-lora: no layer differs between ${basePath} and ${tunedPath} (threshold ${threshold})`);
   fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
-  writeSafetensors(out, rec, { ss_network_module: "networks.lora", ss_network_dim: String(o.rank), ss_network_alpha: String(o.rank) });
+  writeSafetensors(out, rec, kohyaMetadata(o.rank, o.rank));
   return { layers, skipped, file: path.resolve(out) };
 }
 

@@ -13,6 +13,8 @@
  * LyCORIS variants (LoHa, LoKr, Tucker mid weights, DoRA scales) are refused by name.
  */
 
+import type { SafetensorsTensorInput } from "../io/safetensors";
+
 export type LoraComponent = "unet" | "textEncoder" | "textEncoder2";
 
 /** One patched layer: a component's module name as the file spells it, and its tensors' keys. */
@@ -86,4 +88,23 @@ export function parseLoraKeys(keys: readonly string[]): { layers: LoraLayerKeys[
     if (l.down === undefined || l.up === undefined)
       throw new UnsupportedLoraError(`LoRA: layer ${l.name} has ${l.down ? "a down" : l.up ? "an up" : "only an alpha"} tensor but no ${l.down ? "up" : "down"} tensor`);
   return { layers: [...layers.values()], ignored };
+}
+
+/** One layer's tensors as a kohya file holds them: `lora_<prefix>_<name, "." as "_">` down, up and alpha (float32). */
+export function kohyaLayerEntries(prefix: string, name: string, down: { shape: readonly number[]; data: Float32Array },
+  up: { shape: readonly number[]; data: Float32Array }, alpha: number): Record<string, SafetensorsTensorInput> {
+  const key = `lora_${prefix}_${name.replace(/\./g, "_")}`;
+  return {
+    [`${key}.lora_down.weight`]: { dtype: "F32", shape: [...down.shape], data: down.data },
+    [`${key}.lora_up.weight`]: { dtype: "F32", shape: [...up.shape], data: up.data },
+    [`${key}.alpha`]: { dtype: "F32", shape: [], data: new Float32Array([alpha]) },
+  };
+}
+
+/** The sd-scripts metadata a kohya LoRA file carries (network rank and alpha; LoCon's conv rank and alpha). */
+export function kohyaMetadata(rank: number, alpha: number, conv?: { rank: number; alpha: number }): Record<string, string> {
+  return {
+    ss_network_module: "networks.lora", ss_network_dim: String(rank), ss_network_alpha: String(alpha),
+    ...(conv ? { ss_network_args: JSON.stringify({ conv_dim: String(conv.rank), conv_alpha: String(conv.alpha) }) } : {}),
+  };
 }

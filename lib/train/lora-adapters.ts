@@ -16,6 +16,7 @@ import { Conv2d, Linear } from "../nn/layers";
 import type { Module } from "../nn/module";
 import type { UNet2DConditionModel } from "../models/unet-2d-condition";
 import { writeSafetensors, type SafetensorsTensorInput } from "../io/safetensors";
+import { kohyaLayerEntries, kohyaMetadata } from "../lora/keys";
 import { Rng } from "./rng";
 
 /** The projections that get an adapter: the U-Net's attention projections ... */
@@ -121,7 +122,6 @@ export class LoraAdapters {
   async save(file: string, replace?: Map<Tensor, Tensor>): Promise<void> {
     const rec: Record<string, SafetensorsTensorInput> = {};
     for (const e of this.entries) {
-      const key = `lora_${e.part}_${e.name.replace(/\./g, "_")}`;
       const read = async (t: Tensor) => (replace?.get(t) ?? t).toFloat32Array();
       const down = await read(e.down), up = await read(e.up);
       if (e.layer instanceof Conv2d) {
@@ -130,17 +130,13 @@ export class LoraAdapters {
         const oihw = new Float32Array(down.length);
         for (let o = 0; o < r; o++) for (let y = 0; y < kh; y++) for (let x = 0; x < kw; x++) for (let c = 0; c < cin; c++)
           oihw[((o * cin + c) * kh + y) * kw + x] = down[((o * kh + y) * kw + x) * cin + c];
-        rec[`${key}.lora_down.weight`] = { dtype: "F32", shape: [r, cin, kh, kw], data: oihw };
-        rec[`${key}.lora_up.weight`] = { dtype: "F32", shape: [e.up.shape[0], e.up.shape[1], 1, 1], data: up };
+        Object.assign(rec, kohyaLayerEntries(e.part, e.name, { shape: [r, cin, kh, kw], data: oihw }, { shape: [e.up.shape[0], e.up.shape[1], 1, 1], data: up }, e.alpha));
       } else {
-        rec[`${key}.lora_down.weight`] = { dtype: "F32", shape: [...e.down.shape], data: down };
-        rec[`${key}.lora_up.weight`] = { dtype: "F32", shape: [...e.up.shape], data: up };
+        Object.assign(rec, kohyaLayerEntries(e.part, e.name, { shape: e.down.shape, data: down }, { shape: e.up.shape, data: up }, e.alpha));
       }
-      rec[`${key}.alpha`] = { dtype: "F32", shape: [], data: new Float32Array([e.alpha]) };
     }
     const conv = this.entries.find((e) => e.layer instanceof Conv2d);
-    writeSafetensors(file, rec, { "ss_network_module": "networks.lora", "ss_network_dim": String(this.rank), "ss_network_alpha": String(this.alpha),
-      ...(conv ? { "ss_network_args": JSON.stringify({ conv_dim: String(conv.up.shape[1]), conv_alpha: String(conv.alpha) }) } : {}) });
+    writeSafetensors(file, rec, kohyaMetadata(this.rank, this.alpha, conv && { rank: conv.up.shape[1], alpha: conv.alpha }));
   }
 
   dispose(): void {

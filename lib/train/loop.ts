@@ -104,6 +104,11 @@ export function checkKeys(op: string, opts: object, allowed: readonly string[]):
       throw new RangeError(`${op}: unknown option "${k}" (allowed: ${allowed.join(", ")})`);
 }
 
+/** An option group's object (`lora`, `samples`, ...) has only the keys it knows. */
+export function checkGroupKeys(op: string, group: string, o: object, allowed: readonly string[]): void {
+  for (const k of Object.keys(o)) if (!allowed.includes(k)) throw new RangeError(`${op}: ${group} has no option ${JSON.stringify(k)}`);
+}
+
 export function intOpt(op: string, name: string, v: unknown, dflt: number, min: number): number {
   const x = v === undefined ? dflt : v;
   if (typeof x !== "number" || !Number.isInteger(x) || x < min) throw new RangeError(`${op}: ${name} must be an integer >= ${min}, got ${JSON.stringify(v)}`);

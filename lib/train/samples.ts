@@ -16,6 +16,7 @@ import { releaseUNetGraphs } from "../models/unet-graph";
 import { StableDiffusionPipeline } from "../pipelines/stable-diffusion";
 import { SAMPLER_CHOICES } from "../pipelines/text-to-image";
 import type { CLIPTokenizer } from "../tokenizers/clip";
+import { checkGroupKeys } from "./loop";
 
 export interface TrainSampleOptions {
   /** What to draw (each one image per sampling). */
@@ -38,7 +39,7 @@ export function resolveSamples(op: string, v: unknown): ResolvedSamples | null {
   if (v === undefined) return null;
   if (v === null || typeof v !== "object") throw new TypeError(`${op}: samples must be { prompts, every, steps?, cfg?, seed?, sampler? }`);
   const o = v as Record<string, unknown>;
-  for (const k of Object.keys(o)) if (!["prompts", "every", "steps", "cfg", "seed", "sampler"].includes(k)) throw new RangeError(`${op}: samples has no option ${JSON.stringify(k)}`);
+  checkGroupKeys(op, "samples", o, ["prompts", "every", "steps", "cfg", "seed", "sampler"]);
   if (!Array.isArray(o.prompts) || o.prompts.length === 0 || o.prompts.length > 64 || o.prompts.some((p) => typeof p !== "string"))
     throw new TypeError(`${op}: samples.prompts must be 1 to 64 strings`);
   const int = (name: string, x: unknown, d: number, min: number, max: number) => {

@@ -16,6 +16,7 @@ import type { CLIPTokenizer } from "../tokenizers/clip";
 import { writeSafetensors, type SafetensorsTensorInput } from "../io/safetensors";
 import type { TrainingDataset } from "./data";
 import type { Rng } from "./rng";
+import { checkGroupKeys } from "./loop";
 
 export type TextualInversionTemplate = "object" | "style" | "captions";
 export const TEXTUAL_INVERSION_TEMPLATES: readonly TextualInversionTemplate[] = ["object", "style", "captions"];
@@ -55,7 +56,7 @@ export function resolveTextualInversion(op: string, v: unknown): ResolvedTextual
   if (v === undefined) return null;
   if (v === null || typeof v !== "object") throw new TypeError(`${op}: textualInversion must be { token, initializer?, vectors?, template? }`);
   const o = v as Record<string, unknown>;
-  for (const k of Object.keys(o)) if (!["token", "initializer", "vectors", "template"].includes(k)) throw new RangeError(`${op}: textualInversion has no option ${JSON.stringify(k)}`);
+  checkGroupKeys(op, "textualInversion", o, ["token", "initializer", "vectors", "template"]);
   if (typeof o.token !== "string" || o.token.trim() === "" || /\s/.test(o.token))
     throw new TypeError(`${op}: textualInversion.token must be one word without spaces, e.g. "<my-cat>", got ${JSON.stringify(o.token)}`);
   if (o.initializer !== undefined && (typeof o.initializer !== "string" || o.initializer.trim() === ""))

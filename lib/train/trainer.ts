@@ -48,7 +48,7 @@ import { writeModuleComponent } from "../io/module-weights";
 import { writeJsonFile } from "../io/files";
 import { isFinishedVae, loadVaeWeights, readVaeFolder, trainVae, type TrainVaeOptions, type TrainVaeResult } from "./vae-trainer";
 import {
-  ReadBehind, StopControl, Throughput, checkKeys, finishStep, intOpt, mixedPrecisionDtype, numOpt, resolveData, trainingDevice, yieldToLoop,
+  ReadBehind, StopControl, Throughput, checkGroupKeys, checkKeys, finishStep, intOpt, mixedPrecisionDtype, numOpt, resolveData, trainingDevice, yieldToLoop,
   LOOP_KEYS, type DataOption, type LoopOptions, type TrainLogInfo,
 } from "./loop";
 
@@ -167,7 +167,7 @@ function resolveLora(op: string, v: unknown, hasInit: boolean, textEncoder: unkn
   if (!Number.isInteger(rank) || rank < 1 || rank > 1024) throw new RangeError(`${op}: lora.rank must be an integer in [1, 1024], got ${String(rank)}`);
   const alpha = o.alpha ?? rank;
   if (typeof alpha !== "number" || !Number.isFinite(alpha) || alpha <= 0) throw new RangeError(`${op}: lora.alpha must be a positive number, got ${String(alpha)}`);
-  for (const k of Object.keys(o)) if (!["rank", "alpha", "textEncoder", "convRank", "convAlpha"].includes(k)) throw new RangeError(`${op}: lora has no option ${JSON.stringify(k)}`);
+  checkGroupKeys(op, "lora", o, ["rank", "alpha", "textEncoder", "convRank", "convAlpha"]);
   if (o.convRank === undefined && o.convAlpha !== undefined) throw new RangeError(`${op}: lora.convAlpha goes with lora.convRank`);
   const conv = o.convRank === undefined ? null : { convRank: o.convRank, convAlpha: o.convAlpha ?? o.convRank };
   if (conv && (!Number.isInteger(conv.convRank) || conv.convRank < 1 || conv.convRank > 1024)) throw new RangeError(`${op}: lora.convRank must be an integer in [1, 1024], got ${String(o.convRank)}`);

@@ -7,11 +7,10 @@
 import * as fs from "fs";
 import * as path from "path";
 import { Option, type Command } from "commander";
-import { loadPipeline, openSingleFile, type LoadPipelineOptions } from "../pipelines/load";
+import { loadPipeline, openSingleFile } from "../pipelines/load";
 import { folderToSingleFile, singleFileToFolder } from "../pipelines/convert-files";
 import { prepareFolder } from "../pipelines/save";
-import { ModelFolder, openWeightsFile } from "../io/model-folder";
-import { SAVE_DTYPES, type SaveDType } from "../io/module-weights";
+import { SAVE_DTYPES, storedDType, type SaveDType } from "../io/module-weights";
 import { UsageError, collectLora } from "./options";
 
 interface ConvertCommandOptions {
@@ -25,29 +24,6 @@ interface ConvertCommandOptions {
   embedding?: string[];
   json?: boolean;
   quiet?: boolean;
-}
-
-const FILE_DTYPES: Record<string, SaveDType> = { F16: "float16", BF16: "bfloat16", F32: "float32" };
-
-/**
- * The precision the input's weights are stored in, which the output keeps by default: their one
- * dtype when they share it, else float32 (so that nothing is rounded unasked).
- */
-export function storedDType(input: string, variant?: string): SaveDType {
-  const sources = [];
-  if (fs.statSync(input).isDirectory()) {
-    const folder = ModelFolder.open(input);
-    for (const c of ["unet", "vae", "text_encoder", "text_encoder_2"]) if (folder.has(c)) sources.push(folder.weights(c, { variant }));
-  } else {
-    sources.push(openWeightsFile(input));
-  }
-  const seen = new Set<string>();
-  try {
-    for (const s of sources) for (const k of s.keys()) if (s.diskDType(k) in FILE_DTYPES || s.diskDType(k) === "F64") seen.add(s.diskDType(k));
-  } finally {
-    for (const s of sources) s.close();
-  }
-  return seen.size === 1 ? FILE_DTYPES[[...seen][0]] ?? "float32" : "float32";
 }
 
 async function convertCommand(input: string, output: string, opts: ConvertCommandOptions): Promise<void> {
@@ -93,17 +69,13 @@ async function convertCommand(input: string, output: string, opts: ConvertComman
     report(toFile ? "single-file" : "diffusers", [], []);
     return;
   }
-  const load: LoadPipelineOptions = { device: "cpu", dtype: "float32" };
-  if (opts.variant !== undefined) load.variant = opts.variant;
-  if (opts.tokenizer !== undefined) load.tokenizer = opts.tokenizer;
-  if (opts.configs !== undefined) load.configs = opts.configs;
   status(`loading ${src}`);
-  const pipe = await loadPipeline(src, load);
+  const pipe = await loadPipeline(src, { device: "cpu", dtype: "float32", variant: opts.variant, tokenizer: opts.tokenizer, configs: opts.configs });
   try {
     for (const l of opts.lora ?? []) pipe.loadLora(l.file, { scale: l.scale });
     const words = (opts.embedding ?? []).map((e) => pipe.loadTextualInversion(e).token);
     status(`writing ${dst} (${dtype})`);
-    await pipe.save(dst, { dtype, ...(opts.saveVariant !== undefined ? { variant: opts.saveVariant } : {}), ...(opts.textEncoderFormat ? { textEncoderFormat: opts.textEncoderFormat } : {}) });
+    await pipe.save(dst, { dtype, variant: opts.saveVariant, textEncoderFormat: opts.textEncoderFormat });
     report(toFile ? "single-file" : "diffusers", pipe.loras.map((l) => ({ name: l.name, scale: l.scale })), words);
   } finally {
     pipe.dispose();

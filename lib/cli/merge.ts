@@ -8,7 +8,7 @@ import { Option, type Command } from "commander";
 import { mergeModels } from "../pipelines/merge-models";
 import { SAVE_DTYPES, type SaveDType } from "../io/module-weights";
 import { UsageError, number } from "./options";
-import { storedDType } from "./convert";
+import { storedDType } from "../io/module-weights";
 
 interface MergeCommandOptions { alpha: number; addDifference?: string; saveDtype?: SaveDType; variant?: string; json?: boolean; quiet?: boolean }
 

@@ -12,6 +12,7 @@ import * as fs from "fs";
 import * as path from "path";
 import { writeSafetensorsStreaming, type SafetensorsDType } from "./safetensors";
 import { writeJsonFile } from "./files";
+import { ModelFolder, openWeightsFile } from "./model-folder";
 
 export type SaveDType = "float32" | "float16" | "bfloat16";
 export const SAVE_DTYPES: readonly SaveDType[] = ["float32", "float16", "bfloat16"];
@@ -74,4 +75,28 @@ export async function writeModuleComponent(dir: string, config: Record<string, u
   fs.mkdirSync(dir, { recursive: true });
   await writeModuleWeights(path.join(dir, weightsFile), module, opts);
   writeJsonFile(path.join(dir, "config.json"), config);
+}
+
+/** The components whose weights a pipeline folder's precision is read from. */
+export const WEIGHTED_COMPONENTS = ["unet", "vae", "text_encoder", "text_encoder_2"] as const;
+
+/**
+ * The precision the input's weights are stored in, which convert and merge keep by default: their
+ * one dtype when they share it, else float32 (so that nothing is rounded unasked; F64 counts as
+ * float32).
+ */
+export function storedDType(input: string, variant?: string): SaveDType {
+  const folder = fs.statSync(input).isDirectory() ? ModelFolder.open(input) : null;
+  const sources = folder ? WEIGHTED_COMPONENTS.filter((c) => folder.has(c)).map((c) => folder.weights(c, { variant })) : [openWeightsFile(input)];
+  const of = Object.fromEntries(Object.entries(SAFETENSORS_DTYPE_OF).map(([d, s]) => [s, d])) as Record<string, SaveDType>;
+  const seen = new Set<SaveDType>();
+  try {
+    for (const s of sources) for (const k of s.keys()) {
+      const d = s.diskDType(k);
+      if (d in of || d === "F64") seen.add(of[d] ?? "float32");
+    }
+  } finally {
+    for (const s of sources) s.close();
+  }
+  return seen.size === 1 ? [...seen][0] : "float32";
 }

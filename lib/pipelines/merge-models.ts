@@ -14,6 +14,7 @@ import { writeSafetensorsStreaming } from "../io/safetensors";
 import type { SafetensorsStateDict } from "../io/state-dict";
 import { Tensor } from "../tensor";
 import { prepareFolder } from "./save";
+import { WEIGHTED_COMPONENTS } from "../io/module-weights";
 
 export type MergeMethod = "weighted" | "add-difference";
 
@@ -99,7 +100,7 @@ export async function mergeModels(a: string, b: string, out: string, o: MergeOpt
   for (const name of models[0].index.components.keys()) {
     const dir = models[0].componentDir(name), outDir = path.join(target, name);
     fs.mkdirSync(outDir, { recursive: true });
-    const weighted = ["unet", "vae", "text_encoder", "text_encoder_2"].includes(name);
+    const weighted = (WEIGHTED_COMPONENTS as readonly string[]).includes(name);
     for (const f of fs.readdirSync(dir)) {
       // a merged component gets one weights file; other weights (other variants, shards, pickles) stay behind
       const isWeights = /\.(safetensors|bin|ckpt|pt|pth)$/.test(f) || /\.index(\.[^.]+)?\.json$/.test(f);

@@ -12,6 +12,28 @@ export class TemporaryFile {
     const tmp = path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}.tmp`);
     return new TemporaryFile(fs.openSync(tmp, "w"), tmp, target);
   }
+  /** `fill` writes the file's contents to the descriptor; committed when it returns, abandoned when it throws. */
+  static write(target: string, fill: (fd: number) => void): void {
+    const out = TemporaryFile.beside(target);
+    try {
+      fill(out.fd);
+      out.commit();
+    } catch (e) {
+      out.abandon();
+      throw e;
+    }
+  }
+  /** TemporaryFile.write with an asynchronous `fill`. */
+  static async writeAsync(target: string, fill: (fd: number) => Promise<void>): Promise<void> {
+    const out = TemporaryFile.beside(target);
+    try {
+      await fill(out.fd);
+      out.commit();
+    } catch (e) {
+      out.abandon();
+      throw e;
+    }
+  }
   commit(): void {
     fs.closeSync(this.fd);
     fs.renameSync(this.tmp, this.target);
@@ -33,14 +55,7 @@ export function writeAll(fd: number, chunk: Uint8Array): void {
 
 /** Writes `data` to `file` atomically. */
 export function writeFileAtomic(file: string, data: string | Uint8Array): void {
-  const out = TemporaryFile.beside(file);
-  try {
-    writeAll(out.fd, typeof data === "string" ? Buffer.from(data, "utf8") : data);
-    out.commit();
-  } catch (e) {
-    out.abandon();
-    throw e;
-  }
+  TemporaryFile.write(file, (fd) => writeAll(fd, typeof data === "string" ? Buffer.from(data, "utf8") : data));
 }
 
 /** Writes `value` as indented JSON (creating the folder), atomically. */

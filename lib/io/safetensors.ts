@@ -339,19 +339,25 @@ export class SafetensorsFile {
 
 // ---- writer ----
 
+/** Checks a tensor's name, dtype and shape for writing; returns its byte length. */
+function checkedByteLength(name: string, dtype: unknown, shape: unknown): number {
+  const where = `writeSafetensors: tensor ${JSON.stringify(name)}`;
+  if (name === "__metadata__") throw new Error(`writeSafetensors: "__metadata__" is reserved and cannot name a tensor`);
+  if (!isDType(dtype)) {
+    throw new TypeError(`${where}: unknown dtype ${JSON.stringify(dtype)} (known: ${Object.keys(SAFETENSORS_ITEMSIZE).join(", ")})`);
+  }
+  if (!Array.isArray(shape) || !shape.every(isSafeNonNegInt)) {
+    throw new TypeError(`${where}: shape must be non-negative integers, got ${JSON.stringify(shape)}`);
+  }
+  return elementCount(shape) * SAFETENSORS_ITEMSIZE[dtype];
+}
+
 /** Checks one input tensor and returns its bytes, little-endian. */
 function tensorBytes(name: string, t: SafetensorsTensorInput): Buffer {
   const where = `writeSafetensors: tensor ${JSON.stringify(name)}`;
-  if (name === "__metadata__") throw new Error(`writeSafetensors: "__metadata__" is reserved and cannot name a tensor`);
-  if (!isDType(t.dtype)) {
-    throw new TypeError(`${where}: unknown dtype ${JSON.stringify(t.dtype)} (known: ${Object.keys(SAFETENSORS_ITEMSIZE).join(", ")})`);
-  }
-  if (!Array.isArray(t.shape) || !t.shape.every(isSafeNonNegInt)) {
-    throw new TypeError(`${where}: shape must be non-negative integers, got ${JSON.stringify(t.shape)}`);
-  }
+  const expected = checkedByteLength(name, t.dtype, t.shape);
   if (!ArrayBuffer.isView(t.data)) throw new TypeError(`${where}: data must be a typed array, Buffer or DataView`);
   const size = SAFETENSORS_ITEMSIZE[t.dtype];
-  const expected = elementCount(t.shape) * size;
   // Raw bytes (Uint8Array, Buffer, DataView) fit any dtype; a typed array must have the dtype's
   // element size, and F32/F64 need Float32Array/Float64Array while integer dtypes refuse float arrays.
   const raw = t.data instanceof Uint8Array || t.data instanceof DataView;
@@ -445,14 +451,7 @@ export function writeSafetensors(
   metadata?: Record<string, string>,
 ): void {
   const { header, chunks } = layout(tensors, metadata);
-  const out = TemporaryFile.beside(file);
-  try {
-    for (const chunk of [header, ...chunks]) writeAll(out.fd, chunk);
-    out.commit();
-  } catch (e) {
-    out.abandon();
-    throw e;
-  }
+  TemporaryFile.write(file, (fd) => { for (const chunk of [header, ...chunks]) writeAll(fd, chunk); });
 }
 
 /** A tensor whose data `writeSafetensorsStreaming` asks for when its turn comes. */
@@ -476,25 +475,17 @@ export async function writeSafetensorsStreaming(
   const names = Object.keys(specs).sort();
   const entries = names.map((name) => {
     const { dtype, shape } = specs[name];
-    if (name === "__metadata__") throw new Error(`writeSafetensors: "__metadata__" is reserved and cannot name a tensor`);
-    if (!isDType(dtype)) throw new TypeError(`writeSafetensors: tensor ${JSON.stringify(name)}: unknown dtype ${JSON.stringify(dtype)}`);
-    if (!Array.isArray(shape) || !shape.every(isSafeNonNegInt))
-      throw new TypeError(`writeSafetensors: tensor ${JSON.stringify(name)}: shape must be non-negative integers, got ${JSON.stringify(shape)}`);
-    return { name, dtype, shape: [...shape], byteLength: elementCount(shape) * SAFETENSORS_ITEMSIZE[dtype] };
+    const byteLength = checkedByteLength(name, dtype, shape);
+    return { name, dtype, shape: [...shape], byteLength };
   });
   const header = headerBytes(entries, metadata);
-  const out = TemporaryFile.beside(file);
-  try {
-    writeAll(out.fd, header);
+  await TemporaryFile.writeAsync(file, async (fd) => {
+    writeAll(fd, header);
     for (const e of entries) {
       const bytes = await bytesOf(e.name);
       if (!(bytes instanceof Uint8Array) || bytes.byteLength !== e.byteLength)
         throw new RangeError(`writeSafetensors: tensor ${JSON.stringify(e.name)}: ${e.dtype} ${JSON.stringify(e.shape)} needs ${e.byteLength} bytes, got ${bytes instanceof Uint8Array ? bytes.byteLength : typeof bytes}`);
-      writeAll(out.fd, bytes);
+      writeAll(fd, bytes);
     }
-    out.commit();
-  } catch (e) {
-    out.abandon();
-    throw e;
-  }
+  });
 }

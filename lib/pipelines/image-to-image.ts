@@ -11,7 +11,7 @@ import type { NoiseSource, Scheduler } from "../schedulers";
 import { centerCrop, imageToNchw, loadImage, resizeImage, type ImageInput, type RGBImage } from "./images";
 import {
   GENERATE_KEYS, abortError, checkOutputType, checkSize, decodeLatents, denoise, disposeConditioning, drawNoise, encodeStage, imageParameters, latentResult, resolveCommon,
-  throwIfAborted, trainTimesteps,
+  throwIfAborted,
   type CommonGenerateOptions, type Conditioning, type GenerateResult,
 } from "./text-to-image";
 import type { StableDiffusionPipeline } from "./stable-diffusion";
@@ -91,7 +91,7 @@ export async function imageToImage(pipe: StableDiffusionPipeline, opts: Img2ImgO
     const img = opts.image === undefined ? null : fitImage(op, await loadImage(opts.image, `${op}: image`), f, opts.width, opts.height);
     const [width, height] = img ? [img.width, img.height] : [given!.shape[3] * f, given!.shape[2] * f];
     if (given && (opts.width !== undefined || opts.height !== undefined)) throw new RangeError(`${op}: width and height come from initLatents`);
-    const tail = denoisingStart === null ? startAtStrength(op, scheduler, run.steps, strength) : startAtDenoisingStart(op, scheduler, run.steps, denoisingStart, trainTimesteps(pipe));
+    const tail = denoisingStart === null ? startAtStrength(op, scheduler, run.steps, strength) : startAtDenoisingStart(op, scheduler, run.steps, denoisingStart, scheduler.config.numTrainTimesteps);
     throwIfAborted(run);
 
     // 2. encode prompt (+ negative prompt under CFG)

@@ -401,12 +401,6 @@ export async function latentResult(final: Tensor, run: Pick<ResolvedRun, "seeds"
   return { images: [], latents: { data: await final.toFloat32Array(), shape }, seeds: run.seeds, timings: { encode, denoise, decode: 0 } };
 }
 
-/** The model's training schedule length (scheduler_config's num_train_timesteps). */
-export function trainTimesteps(pipe: StableDiffusionPipeline): number {
-  const n = pipe.scheduler["num_train_timesteps"];
-  return typeof n === "number" ? n : 1000;
-}
-
 /** Checks a pixel size: a positive multiple of the VAE scale factor. */
 export function checkSize(op: string, name: string, v: unknown, f: number): number {
   if (typeof v !== "number" || !Number.isInteger(v) || v < f || v > MAX_SIZE || v % f !== 0)
@@ -804,7 +798,7 @@ export async function textToImage(pipe: StableDiffusionPipeline, opts: GenerateO
     // 4. denoising loop with classifier-free guidance
     const first = latents;
     latents = null;
-    const timesteps = denoisingEnd === null ? scheduler.timesteps : timestepsUntil(scheduler.timesteps, denoisingEnd, trainTimesteps(pipe));
+    const timesteps = denoisingEnd === null ? scheduler.timesteps : timestepsUntil(scheduler.timesteps, denoisingEnd, scheduler.config.numTrainTimesteps);
     latents = await denoise(pipe, run, { scheduler, timesteps, cond, control }, first);
     let extra: Record<string, string | number> = {};
     const variationInfo = (k: number): Record<string, number> =>
